@@ -1,0 +1,70 @@
+"""Results table: reads the examples' metrics.json files and writes a markdown table.
+
+    python benchmarks/report.py runs/mnist_flow_prior_64 [more run folders] --readme README.md
+
+Each row names the example's run folder and reads every figure from its ``metrics.json``, so
+the README's numbers always come from a run. With ``--readme`` the table replaces the text
+between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+COLUMNS = (
+    "run", "epochs", "train loss", "test ELBO", "test log p(x) (K)", "reference",
+    "wall-clock", "device",
+)  # fmt: skip
+
+
+def row(folder: Path, references: dict[str, str]) -> str:
+    m = json.loads((folder / "metrics.json").read_text())
+
+    def num(key: str) -> str:
+        value = m.get(key)
+        return "n/a" if value is None else f"{value:.2f}"
+
+    cells = (
+        f"`{folder.name}`",
+        str(m["epochs"]),
+        num("train_loss"),
+        num("test_elbo"),
+        f"{num('test_log_likelihood')} ({m['num_particles']})",
+        references.get(folder.name, ""),
+        f"{m['seconds'] / 60:.1f} min",
+        m["device"],
+    )
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(folders: list[Path], references: dict[str, str]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += [row(f, references) for f in folders]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
+    p.add_argument("--reference", action="append", default=[], metavar="RUN=TEXT",
+                   help="published figure to show beside a run")  # fmt: skip
+    p.add_argument("--readme", type=Path, default=None)
+    args = p.parse_args(argv)
+    references = dict(r.split("=", 1) for r in args.reference)
+    text = table(args.runs, references)
+    if args.readme is not None:
+        readme = args.readme.read_text()
+        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+        if not pattern.search(readme):
+            raise SystemExit(f"{args.readme} has no {START} ... {END} block")
+        args.readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""MNIST VAE with a masked autoregressive flow prior, in Pyro (after zuko's and Pyro's tutorial).
+
+Gaussian encoder 784→1024→1024→2×16 (ReLU), Bernoulli decoder 16→1024→1024→784, MAF prior with
+3 transforms and hidden features (256, 256), Adam lr 1e-3, batch 256, thresholded MNIST.
+zuko's plain-PyTorch tutorial reports a training loss of 65.8 nats per image after 64 epochs.
+
+    python examples/mnist_flow_prior.py --epochs 64 --out runs/mnist_flow_prior
+
+Writes ``metrics.json``, ``history.json``, ``samples.png`` and ``reconstructions.png`` to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+import pyro_vae as pv
+
+
+def build(latent_dim: int = 16, hidden: int = 1024) -> pv.VAE:
+    """The tutorial's model: MAF prior, Bernoulli decoder and Gaussian encoder."""
+    return pv.VAE(
+        prior=pv.MAFPrior(latent_dim, transforms=3, hidden_features=(256, 256)),
+        likelihood=pv.BernoulliLikelihood(pv.MLP(latent_dim, 784, (hidden, hidden)), 784),
+        guide=pv.GaussianEncoder(pv.MLP(784, 2 * latent_dim, (hidden, hidden)), latent_dim),
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=int, default=2, help="64 for the tutorial's full run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--latent-dim", type=int, default=16)
+    p.add_argument("--hidden", type=int, default=1024, help="width of the MLPs' hidden layers")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--download", action="store_true", help="let torchvision download MNIST")
+    p.add_argument("--out", default="runs/mnist_flow_prior")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke runs)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    device = torch.device(args.device) if args.device else pv.default_device()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
+    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
+    if args.limit:
+        x_train, x_test = x_train[: args.limit], x_test[: args.limit]
+    train = pv.Batches(x_train, batch_size=args.batch_size, binarize="threshold")
+    test = pv.Batches(x_test, batch_size=1000, binarize="threshold", shuffle=False)
+
+    vae = build(args.latent_dim, args.hidden)
+    t0 = time.perf_counter()
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=args.epochs,
+        optim=pyro.optim.Adam({"lr": args.lr}),
+        device=device,
+        modules=vae,
+        save_dir=out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
+
+    vae.eval()
+    k = args.num_particles or (5000 if device.type == "cuda" else 100)
+    result = pv.evaluate(
+        vae.model,
+        vae.guide,
+        test,
+        num_particles=k,
+        max_rows=2**20 if device.type == "cuda" else 2**16,
+    )
+    x = test.data[:64]
+    images = [
+        pv.save_grid(vae.sample(64), out / "samples.png"),
+        pv.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png"),
+    ]
+    metrics = {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1] if history.loss else None,
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "num_particles": k,
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "seconds": seconds,
+        "images": images,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "num_train": train.num_data,
+        "num_test": test.num_data,
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,139 @@
+"""Data on the training device: MNIST loading and shuffled minibatches with their indices.
+
+The whole data set lives in one tensor on the training device; a :class:`Batches` iterator
+draws shuffled minibatches by indexing it, so no per-item Python or PIL work happens in the
+training loop. Each batch comes with its dataset indices, which per-datapoint guides need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["Batches", "default_data_dir", "load_mnist"]
+
+Binarize = Literal["threshold", "dynamic"] | None
+_DATA_ENV = "PYRO_VAE_DATA"
+
+
+def default_data_dir() -> str:
+    """The data folder: ``$PYRO_VAE_DATA`` when set, else ``./data``."""
+    return os.environ.get(_DATA_ENV, "data")
+
+
+def load_mnist(
+    root: str | os.PathLike | None = None,
+    *,
+    train: bool = True,
+    device: torch.device | str | None = None,
+    download: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Loads MNIST through :class:`torchvision.datasets.MNIST` into tensors on ``device``.
+
+    Args:
+        root: The folder that holds ``MNIST/raw`` (torchvision's layout). Default:
+            :func:`default_data_dir`.
+        train: The 60000 training images, else the 10000 test images.
+        device: Where the tensors live.
+        download: Let torchvision download the files when they are missing.
+
+    Returns:
+        Images ``(N, 784)`` as float32 grey values in ``[0, 1]`` and labels ``(N,)`` (int64).
+
+    Raises:
+        FileNotFoundError: When the files are neither on disk nor downloadable; the message
+            names the folder looked in and how to point elsewhere.
+    """
+    from torchvision.datasets import MNIST
+
+    root = os.fspath(default_data_dir() if root is None else root)
+    try:
+        ds = MNIST(root, train=train, download=download)
+    except (RuntimeError, OSError) as e:
+        raise FileNotFoundError(
+            f"MNIST was not found in {os.path.abspath(os.path.join(root, 'MNIST', 'raw'))}"
+            + ("" if download else " and download=False")
+            + f" ({e}). Pass the folder that holds MNIST/raw with --data-dir (or "
+            f"load_mnist(root=...)), or set ${_DATA_ENV}."
+        ) from e
+    images = ds.data.to(device=device, dtype=torch.float32).div_(255).flatten(1)
+    return images, ds.targets.to(device)
+
+
+class Batches:
+    """Shuffled minibatches of a tensor data set, with their dataset indices.
+
+    Iterating yields ``(x, idx)`` with ``x = data[idx]`` of shape ``(B, *event_shape)`` and
+    ``idx`` of shape ``(B,)``, both on the data's device. One pass is one epoch.
+
+    Args:
+        data: The data set, shape ``(N, *event_shape)``, on the training device.
+        batch_size: The minibatch size :math:`B`.
+        shuffle: Draw a new random order every epoch (from torch's global RNG).
+        binarize: ``None`` keeps grey values; ``"threshold"`` rounds them once
+            (``x.round()``, as in zuko's tutorial); ``"dynamic"`` draws
+            :math:`x \\sim \\mathrm{Bernoulli}(x)` afresh for every batch (Salakhutdinov &
+            Murray 2008; the usual benchmark protocol).
+        drop_last: Drop the last, smaller batch.
+
+    Example:
+        >>> batches = Batches(torch.rand(1000, 784), batch_size=256, binarize="dynamic")
+        >>> x, idx = next(iter(batches))
+        >>> x.shape, idx.shape, len(batches)
+        (torch.Size([256, 784]), torch.Size([256]), 4)
+    """
+
+    def __init__(
+        self,
+        data: Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        binarize: Binarize = None,
+        drop_last: bool = False,
+    ) -> None:
+        if binarize not in (None, "threshold", "dynamic"):
+            raise ValueError(f"binarize must be None, 'threshold' or 'dynamic'; got {binarize!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        self.data = data.round() if binarize == "threshold" else data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.binarize = binarize
+        self.drop_last = drop_last
+
+    @property
+    def num_data(self) -> int:
+        """The data set's size :math:`N`."""
+        return self.data.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    def to(self, device: torch.device | str) -> Batches:
+        """The same batches with the data on ``device`` (no copy when already there)."""
+        new = Batches.__new__(Batches)
+        new.__dict__.update(self.__dict__, data=self.data.to(device))
+        return new
+
+    def __len__(self) -> int:
+        n, b = self.num_data, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.num_data
+        if self.shuffle:
+            order = torch.randperm(n, device=self.data.device)
+        else:
+            order = torch.arange(n, device=self.data.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            x = self.data[idx]
+            if self.binarize == "dynamic":
+                x = torch.bernoulli(x)
+            yield x, idx

@@ -1,0 +1,202 @@
+"""The training loop: Pyro SVI over shuffled minibatches, with history, checkpoints and resume.
+
+:func:`fit` trains any Pyro model/guide pair that follows one calling convention::
+
+    model(x, idx, num_data=N)   # and the same for guide
+
+where ``x`` is a minibatch, ``idx`` its dataset indices and ``N`` the data set's size (the
+package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, SVI, Trace_ELBO
+from torch import nn
+from torch.distributions import transform_to
+from tqdm.auto import tqdm
+
+from .data import Batches
+
+__all__ = ["History", "default_device", "fit"]
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.json"
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is available, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class History:
+    """Per-epoch training record.
+
+    Attributes:
+        epoch: Epoch numbers, from 1.
+        loss: Mean negative ELBO per data point over the epoch's minibatches (nats).
+        seconds: Cumulative training wall-clock at the end of each epoch.
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the history as JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> History:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def fit(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Batches,
+    *,
+    epochs: int,
+    optim: pyro.optim.PyroOptim | None = None,
+    loss: ELBO | None = None,
+    device: torch.device | str | None = None,
+    modules: nn.Module | None = None,
+    save_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, History], None] | None = None,
+) -> History:
+    """Trains a Pyro model/guide pair with :class:`pyro.infer.SVI`.
+
+    Each step calls ``svi.step(x, idx, num_data=N)`` on a minibatch; the loss it returns
+    (scaled to the whole data set by the model's subsampled plate) is divided by ``N`` so the
+    history holds the mean negative ELBO per data point.
+
+    Args:
+        model: A Pyro model ``model(x, idx, num_data=N)``.
+        guide: A Pyro guide with the same signature.
+        data: The training minibatches.
+        epochs: Train until this many epochs are done (counting those of a resumed run).
+        optim: A Pyro optimizer; default ``pyro.optim.Adam({"lr": 1e-3})``.
+        loss: A Pyro ELBO; default :class:`pyro.infer.Trace_ELBO`.
+        device: Where to train; default :func:`default_device`. ``modules`` and ``data`` are
+            moved there.
+        modules: The networks behind ``model`` and ``guide`` (e.g. the :class:`VAE`): moved to
+            ``device``, put in train mode, and saved in checkpoints with their buffers.
+        save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
+            state, module state, epoch, RNG states) are written there after every epoch.
+        resume: Continue from ``save_dir/checkpoint.pt`` when it exists.
+        progress: Show a tqdm bar with the running loss.
+        callback: Called as ``callback(epoch, history)`` after every epoch (e.g. to evaluate).
+
+    Returns:
+        The :class:`History` of all epochs (those of the resumed run included).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+    loss = loss if loss is not None else Trace_ELBO()
+    data = data.to(device)
+    if modules is not None:
+        modules.to(device).train()
+    svi = SVI(model, guide, optim, loss)
+    num_data = data.num_data
+
+    history, start = History(), 0
+    ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and ckpt_path.exists():
+            history = _restore(ckpt_path, model, guide, data, optim, modules, device)
+            start = history.epoch[-1] if history.epoch else 0
+
+    elapsed = history.seconds[-1] if history.seconds else 0.0
+    bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
+    for epoch in range(start + 1, epochs + 1):
+        t0 = time.perf_counter()
+        total, count = 0.0, 0
+        for step, (x, idx) in enumerate(data):
+            step_loss = svi.step(x, idx, num_data=num_data)
+            total += step_loss / num_data * x.shape[0]
+            count += x.shape[0]
+            if step % 10 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{total / count:.2f}")
+            bar.update()
+        elapsed += time.perf_counter() - t0
+        history.epoch.append(epoch)
+        history.loss.append(total / count)
+        history.seconds.append(elapsed)
+        bar.set_postfix(epoch=epoch, loss=f"{total / count:.2f}")
+        if save_dir is not None:
+            history.save(Path(save_dir) / HISTORY)
+            _save(ckpt_path, history, optim, modules)
+        if callback is not None:
+            callback(epoch, history)
+    bar.close()
+    return history
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _save(path: Path, history: History, optim: pyro.optim.PyroOptim, modules) -> None:
+    state = {
+        "history": asdict(history),
+        "param_store": pyro.get_param_store().get_state(),
+        "optim": optim.get_state(),
+        "modules": modules.state_dict() if modules is not None else None,
+        "rng": _rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path: Path, model, guide, data: Batches, optim, modules, device) -> History:
+    """Loads a checkpoint into the live objects.
+
+    One forward pass of model and guide on a batch first registers every parameter in the param
+    store, so that saved values can be copied *into* the tensors the modules use (a resumed run
+    then trains the same tensors whether a model registers modules or plain ``pyro.param``s).
+    """
+    state = torch.load(path, map_location=device, weights_only=False)
+    x, idx = next(iter(data))
+    with poutine.block(), torch.no_grad():
+        model(x, idx, num_data=data.num_data)
+        guide(x, idx, num_data=data.num_data)
+    store = pyro.get_param_store()
+    saved = state["param_store"]
+    with torch.no_grad():
+        for name, value in saved["params"].items():
+            if name in store:
+                store.get_param(name).unconstrained().copy_(value)
+            else:
+                constraint = saved["constraints"][name]
+                store.setdefault(name, transform_to(constraint)(value), constraint)
+    if modules is not None and state["modules"] is not None:
+        modules.load_state_dict(state["modules"])
+    optim.set_state(state["optim"])
+    _set_rng_state(state["rng"])
+    return History(**state["history"])

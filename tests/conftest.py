@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_root() -> Path:
+    """``$PYRO_VAE_DATA`` when set, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("PYRO_VAE_DATA", REPO.parent / "shared" / "data"))
+
+
+def has_mnist() -> bool:
+    return (mnist_root() / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()
+
+
+@pytest.fixture(autouse=True)
+def _pyro_state():
+    """Every test starts from an empty param store, validation on and fixed seeds."""
+    pyro.clear_param_store()
+    pyro.enable_validation(True)
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    if not has_mnist():
+        pytest.skip(f"MNIST files not found under {mnist_root()} (set PYRO_VAE_DATA)")
+    return mnist_root()
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,151 @@
+"""One contract for every prior, likelihood and guide the package ships."""
+
+from __future__ import annotations
+
+import io
+
+import pyro
+import pytest
+import torch
+import zuko
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+
+import pyro_vae as pv
+
+D, F, B, N = 3, 6, 8, 100
+
+PRIORS = {
+    "normal": lambda: pv.StandardNormalPrior(D),
+    "maf": lambda: pv.MAFPrior(D, transforms=2, hidden_features=(16, 16)),
+    "nsf": lambda: pv.FlowPrior(zuko.flows.NSF(D, transforms=1, hidden_features=(16,))),
+}
+LIKELIHOODS = {
+    "bernoulli": lambda: pv.BernoulliLikelihood(pv.MLP(D, F, (16,)), F),
+    "gaussian": lambda: pv.GaussianLikelihood(pv.MLP(D, F, (16,)), F, scale=0.5),
+    "gaussian-learned": lambda: pv.GaussianLikelihood(
+        pv.MLP(D, F, (16,)), F, scale=0.5, learn_scale=True
+    ),
+}
+GUIDES = {
+    "gaussian-encoder": lambda: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
+}
+
+
+def make_batch():
+    x = torch.rand(B, F).round()
+    idx = torch.randperm(N)[:B]
+    return x, idx
+
+
+@pytest.fixture(params=list(PRIORS))
+def prior_name(request):
+    return request.param
+
+
+@pytest.fixture(params=list(LIKELIHOODS))
+def likelihood_name(request):
+    return request.param
+
+
+@pytest.fixture(params=list(GUIDES))
+def guide_name(request):
+    return request.param
+
+
+@pytest.fixture
+def prior(prior_name):
+    return PRIORS[prior_name]()
+
+
+@pytest.fixture
+def likelihood(likelihood_name):
+    return LIKELIHOODS[likelihood_name]()
+
+
+@pytest.fixture
+def guide(guide_name):
+    return GUIDES[guide_name]()
+
+
+def build(prior_name, likelihood_name, guide_name):
+    return pv.VAE(PRIORS[prior_name](), LIKELIHOODS[likelihood_name](), GUIDES[guide_name]())
+
+
+def test_prior_contract(prior):
+    p = prior()
+    assert p.event_shape == (D,)
+    z = p(torch.Size((5,)))
+    assert z.shape == (5, D)
+    assert p.log_prob(z).shape == (5,)
+    assert torch.isfinite(p.log_prob(torch.randn(4, 2, D))).all()
+
+
+def test_likelihood_contract(likelihood):
+    z = torch.randn(4, B, D)
+    p = likelihood(z)
+    assert p.batch_shape == (4, B) and p.event_shape == (F,)
+    assert p.log_prob(torch.rand(B, F).round()).shape == (4, B)
+    assert p.mean.shape == (4, B, F)
+
+
+def test_guide_contract(guide):
+    x, idx = make_batch()
+    q = guide(x, idx)
+    assert q.batch_shape == (B,) and q.event_shape == (D,)
+    assert q.has_rsample
+    z = q.rsample()
+    assert z.shape == (B, D) and z.requires_grad
+    z.square().sum().backward()  # reparameterized: the sample is a function of the parameters
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in guide.parameters())
+
+
+def test_vae_contract(prior_name, likelihood_name, guide_name):
+    vae = build(prior_name, likelihood_name, guide_name)
+    x, idx = make_batch()
+
+    # The model and guide are ordinary Pyro programs with the documented sites and plate.
+    guide_tr = poutine.trace(vae.guide).get_trace(x, idx, num_data=N)
+    model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(
+        x, idx, num_data=N
+    )
+    assert model_tr.nodes["x"]["is_observed"] and not model_tr.nodes["z"]["is_observed"]
+    assert model_tr.nodes["z"]["value"] is guide_tr.nodes["z"]["value"]
+    for tr in (model_tr, guide_tr):
+        assert tr.nodes["z"]["scale"] == N / B
+        assert [f.name for f in tr.nodes["z"]["cond_indep_stack"]] == ["data"]
+
+    # Finite loss, and its gradient reaches every parameter of every module.
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x, idx, num_data=N)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    store_names = set(pyro.get_param_store().keys())
+    assert {n.split("$$$")[0] for n in store_names} <= {"vae.prior", "vae.likelihood", "vae.guide"}
+
+    # Shapes of the helpers.
+    assert vae.sample(5).shape == (5, F)
+    assert vae.reconstruct(x).shape == x.shape
+    assert pv.log_weights(vae.model, vae.guide, x, idx, num_particles=7).shape == (7, B)
+
+
+def test_save_load_round_trip(prior_name, likelihood_name, guide_name):
+    vae = build(prior_name, likelihood_name, guide_name)
+    x, idx = make_batch()
+    buffer = io.BytesIO()
+    torch.save(vae.state_dict(), buffer)
+
+    torch.manual_seed(123)
+    other = build(prior_name, likelihood_name, guide_name)  # other initial weights ...
+    assert any((p != q).any() for p, q in zip(vae.parameters(), other.parameters(), strict=True))
+    buffer.seek(0)
+    other.load_state_dict(torch.load(buffer))  # ... until the saved ones are loaded
+
+    pyro.set_rng_seed(1)
+    a = pv.log_weights(vae.model, vae.guide, x, idx, num_particles=3)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    b = pv.log_weights(other.model, other.guide, x, idx, num_particles=3)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -1,0 +1,109 @@
+"""Every example runs end to end with tiny arguments and writes what its metrics.json lists."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import pyro
+import pytest
+from conftest import REPO
+
+KEYS = {
+    "epochs",
+    "train_loss",
+    "test_elbo",
+    "test_log_likelihood",
+    "num_particles",
+    "device",
+    "seconds",
+    "images",
+}
+
+
+def load_example(name: str):
+    path = REPO / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_outputs(out, metrics: dict, epochs: int) -> None:
+    assert metrics.keys() >= KEYS
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["epochs"] == epochs
+    for key in ("train_loss", "test_elbo", "test_log_likelihood", "seconds"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["test_log_likelihood"] >= metrics["test_elbo"]
+    assert metrics["images"]
+    for image in metrics["images"]:
+        assert image.endswith(".png") and (out / image).stat().st_size > 0
+
+
+@pytest.mark.mnist
+def test_mnist_flow_prior(mnist_dir, tmp_path):
+    example = load_example("mnist_flow_prior")
+    args = example.parse_args(
+        [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--hidden",
+            "32",
+            "--limit",
+            "256",
+            "--num-particles",
+            "8",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "1",
+            "--no-progress",
+        ]
+    )
+    metrics = example.main(args)
+    check_outputs(tmp_path, metrics, epochs=1)
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "history.json").exists()
+    # Resuming a finished run trains nothing more and reports the same training loss.
+    args.resume, args.epochs = True, 1
+    again = example.main(args)
+    assert again["train_loss"] == metrics["train_loss"]
+
+
+def test_speed_benchmark_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    args = speed.parse_args(
+        [
+            "--device",
+            "cpu",
+            "--hidden",
+            "16",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--batch-size",
+            "32",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--json",
+            str(tmp_path / "speed.json"),
+        ]
+    )
+    try:
+        result = speed.main(args)
+    finally:
+        pyro.enable_validation(True)  # the benchmark turns validation off
+    assert result["pyro_vae_step_ms"] > 0 and result["plain_torch_step_ms"] > 0
+    assert json.loads((tmp_path / "speed.json").read_text()) == result
