@@ -5,12 +5,20 @@ A VAE is three distribution-returning modules — a prior :math:`p(z)`, a likeli
 ``model`` and ``guide`` that :class:`pyro.infer.SVI` (or :func:`fit`) trains.
 """
 
-from .data import Batches, default_data_dir, load_mnist
-from .evaluate import Evaluation, evaluate, log_weights
-from .guides import GaussianEncoder
+from .data import Batches, default_data_dir, load_mnist, make_circle
+from .evaluate import (
+    AmortizationGap,
+    Evaluation,
+    amortization_gap,
+    evaluate,
+    infer_local,
+    log_weights,
+)
+from .guides import GaussianEncoder, PerDatapointGaussian
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, UnitIntervalBernoulli
 from .nets import MLP
-from .plots import save_grid, save_reconstructions
+from .optim import LazyAdam
+from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .priors import FlowPrior, MAFPrior, StandardNormalPrior
 from .train import History, default_device, fit
 from .vae import VAE
@@ -18,6 +26,7 @@ from .vae import VAE
 __all__ = [
     "MLP",
     "VAE",
+    "AmortizationGap",
     "Batches",
     "BernoulliLikelihood",
     "Evaluation",
@@ -25,15 +34,22 @@ __all__ = [
     "GaussianEncoder",
     "GaussianLikelihood",
     "History",
+    "LazyAdam",
     "MAFPrior",
+    "PerDatapointGaussian",
     "StandardNormalPrior",
     "UnitIntervalBernoulli",
+    "amortization_gap",
     "default_data_dir",
     "default_device",
     "evaluate",
     "fit",
+    "infer_local",
     "load_mnist",
     "log_weights",
+    "make_circle",
+    "plot_curves",
+    "plot_scatter",
     "save_grid",
     "save_reconstructions",
 ]

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Batches", "default_data_dir", "load_mnist"]
+__all__ = ["Batches", "default_data_dir", "load_mnist", "make_circle"]
 
 Binarize = Literal["threshold", "dynamic"] | None
 _DATA_ENV = "PYRO_VAE_DATA"
@@ -62,6 +62,26 @@ def load_mnist(
         ) from e
     images = ds.data.to(device=device, dtype=torch.float32).div_(255).flatten(1)
     return images, ds.targets.to(device)
+
+
+def make_circle(
+    num_data: int = 20000, *, noise: float = 0.1, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Points on a noisy unit circle: :math:`z_n \\sim \\mathcal{N}(0, 1)`,
+    :math:`x_n = (\\cos z_n, \\sin z_n) + \text{noise} \\cdot \\epsilon_n`.
+
+    Args:
+        num_data: :math:`N`.
+        noise: The noise's standard deviation.
+        seed: Seed of a private generator (the global RNG is untouched).
+
+    Returns:
+        ``x`` ``(N, 2)`` and the true latents ``z`` ``(N, 1)``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_data, 1, generator=g)
+    x = torch.cat([z.cos(), z.sin()], -1) + noise * torch.randn(num_data, 2, generator=g)
+    return x, z
 
 
 class Batches:

@@ -25,8 +25,13 @@ from pyro import poutine
 from torch import Tensor
 
 from .data import Batches
+from .guides import PerDatapointGaussian
+from .optim import LazyAdam
+from .train import fit
+from .vae import VAE
 
-__all__ = ["Evaluation", "evaluate", "log_weights"]
+__all__ = ["AmortizationGap", "Evaluation", "amortization_gap", "evaluate", "infer_local",
+           "log_weights"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -138,3 +143,95 @@ def evaluate(
             ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
             count += x.shape[0]
     return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count)
+
+
+def infer_local(
+    vae: VAE,
+    data: Batches,
+    *,
+    epochs: int,
+    lr: float = 1e-2,
+    init: torch.nn.Module | None = None,
+    name: str = "local",
+    progress: bool = False,
+) -> VAE:
+    r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen.
+
+    This is the E-step that evaluating a per-datapoint model on new data needs, and, started
+    from an amortized guide's outputs (``init``), semi-amortized inference at evaluation time
+    (Kim et al. 2018): :math:`\lambda_n^{(0)} = \mathrm{enc}(x_n)`, then gradient steps.
+
+    Args:
+        vae: A trained VAE; its prior and likelihood are shared, not changed.
+        data: The data points, ``N'`` of them; their indices address the new local parameters.
+        epochs: Passes of :class:`~pyro_vae.LazyAdam` steps over ``data``.
+        lr: Step size for the local parameters.
+        init: An amortized Gaussian guide to start from; default: :math:`\mu_n = 0`,
+            :math:`\sigma_n = 1`.
+        name: Param-store prefix of the returned VAE (distinct from the training VAE's).
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`VAE` over the same model with a :class:`PerDatapointGaussian` guide for
+        ``data``: pass its ``model``/``guide`` to :func:`evaluate`.
+    """
+    if init is None:
+        guide = PerDatapointGaussian(data.num_data, vae.prior.latent_dim)
+    else:
+        guide = PerDatapointGaussian.from_guide(init, data.data)
+    local = vae.with_guide(guide.to(data.device), name=name)
+    fit(
+        local.model, local.guide, data, epochs=epochs, optim=LazyAdam({"lr": lr}),
+        device=data.device, freeze_model=True, progress=progress,
+    )  # fmt: skip
+    return local
+
+
+@dataclass
+class AmortizationGap:
+    r"""Inference suboptimality (Cremer, Li & Duvenaud 2018), mean nats per data point.
+
+    Attributes:
+        log_likelihood: Importance-sampled :math:`\log p(x)` (with the optimized guide).
+        elbo_optimal: ELBO of the per-point optimized Gaussian :math:`q^*` (the best in the
+            family, approximately).
+        elbo_amortized: ELBO of the amortized guide.
+        approximation_gap: :math:`\log p(x) - \mathcal{L}[q^*]`: the family's limit.
+        amortization_gap: :math:`\mathcal{L}[q^*] - \mathcal{L}[q_\phi]`: the encoder's.
+    """
+
+    log_likelihood: float
+    elbo_optimal: float
+    elbo_amortized: float
+    approximation_gap: float
+    amortization_gap: float
+
+
+def amortization_gap(
+    vae: VAE,
+    data: Batches,
+    *,
+    epochs: int = 100,
+    lr: float = 1e-2,
+    num_particles: int = 1000,
+    max_rows: int = 2**17,
+) -> AmortizationGap:
+    r"""Splits a trained amortized VAE's gap :math:`\log p(x) - \mathrm{ELBO}` into the
+    approximation and amortization gaps on ``data``.
+
+    The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
+    encoder's outputs (so it is at least as good as the encoder up to noise).
+    """
+    amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles,
+                         max_rows=max_rows)  # fmt: skip
+    local = infer_local(vae, data, epochs=epochs, lr=lr, init=vae.variational, name="gap")
+    optimal = evaluate(local.model, local.guide, data, num_particles=num_particles,
+                       max_rows=max_rows)  # fmt: skip
+    log_px = max(optimal.log_likelihood, amortized.log_likelihood)
+    return AmortizationGap(
+        log_likelihood=log_px,
+        elbo_optimal=optimal.elbo,
+        elbo_amortized=amortized.elbo,
+        approximation_gap=log_px - optimal.elbo,
+        amortization_gap=optimal.elbo - amortized.elbo,
+    )

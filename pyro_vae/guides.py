@@ -8,10 +8,14 @@ the two by swapping one object.
 
 from __future__ import annotations
 
-import pyro.distributions as dist
-from torch import Tensor, nn
+import math
 
-__all__ = ["GaussianEncoder"]
+import pyro.distributions as dist
+import torch
+from torch import Tensor, nn
+from torch.nn.functional import embedding
+
+__all__ = ["GaussianEncoder", "PerDatapointGaussian"]
 
 
 class GaussianEncoder(nn.Module):
@@ -46,3 +50,70 @@ class GaussianEncoder(nn.Module):
             )
         loc, log_scale = out.chunk(2, dim=-1)
         return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+
+class PerDatapointGaussian(nn.Module):
+    r"""Per-datapoint diagonal Gaussian guide :math:`q(z_n) = \mathcal{N}(z_n; \mu_n,
+    \mathrm{diag}\,\sigma_n^2)`, with local parameters :math:`\lambda_n = (\mu_n, \log\sigma_n)`
+    for each of the :math:`N` data points and no encoder (variational EM; e.g. Hoffman et al.
+    2013, "Stochastic Variational Inference").
+
+    ``forward(x, idx)`` reads rows ``idx`` of the ``(N, D)`` parameters ``loc`` and
+    ``log_scale``; with ``sparse=True`` (the default) their gradients are row-sparse, so
+    :class:`~pyro_vae.LazyAdam` moves only the minibatch's rows and a step costs O(B), not O(N).
+
+    Args:
+        num_data: :math:`N`, the number of data points.
+        latent_dim: :math:`D`.
+        init_scale: Initial :math:`\sigma_n` (all :math:`\mu_n` start at 0).
+        sparse: Produce row-sparse gradients.
+
+    Example:
+        >>> guide = PerDatapointGaussian(60000, 16)
+        >>> guide(x, idx).batch_shape  # x: (B, 784), idx: (B,)
+        torch.Size([B])
+    """
+
+    def __init__(
+        self, num_data: int, latent_dim: int, *, init_scale: float = 1.0, sparse: bool = True
+    ) -> None:
+        super().__init__()
+        self.num_data = num_data
+        self.latent_dim = latent_dim
+        self.sparse = sparse
+        self.loc = nn.Parameter(torch.zeros(num_data, latent_dim))
+        self.log_scale = nn.Parameter(torch.full((num_data, latent_dim), math.log(init_scale)))
+
+    def forward(self, x: Tensor | None, idx: Tensor | None = None) -> dist.Distribution:
+        """Returns :math:`q(z_n)` for ``n`` in ``idx``: batch shape ``(B,)``, event ``(D,)``."""
+        if idx is None:
+            raise ValueError(
+                "a per-datapoint guide needs the minibatch's dataset indices: call "
+                "model/guide as (x, idx, num_data=N)"
+            )
+        loc = embedding(idx, self.loc, sparse=self.sparse)
+        log_scale = embedding(idx, self.log_scale, sparse=self.sparse)
+        return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+    @classmethod
+    @torch.no_grad()
+    def from_guide(
+        cls, guide: nn.Module, data: Tensor, *, batch_size: int = 4096, sparse: bool = True
+    ) -> PerDatapointGaussian:
+        r"""Local parameters initialized at an amortized Gaussian guide's outputs,
+        :math:`\lambda_n = \mathrm{enc}(x_n)` (the start of semi-amortized inference).
+
+        Args:
+            guide: A guide returning a diagonal Gaussian ``q(z|x)`` (e.g. GaussianEncoder).
+            data: All ``N`` data points ``(N, *event_shape)``.
+        """
+        locs, scales = [], []
+        for x in data.split(batch_size):
+            q = guide(x, None)
+            locs.append(q.mean)
+            scales.append(q.stddev)
+        loc, scale = torch.cat(locs), torch.cat(scales)
+        new = cls(loc.shape[0], loc.shape[-1], sparse=sparse).to(loc.device)
+        new.loc.copy_(loc)
+        new.log_scale.copy_(scale.log())
+        return new

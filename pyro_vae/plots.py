@@ -1,14 +1,18 @@
-"""Pictures: grids of samples and reconstructions saved as PNG."""
+"""Pictures: image grids (torchvision) and curves and scatter plots (matplotlib), saved as PNG.
+
+Every function writes one file and returns its base name, for the ``images`` list of an
+example's ``metrics.json``.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["save_grid", "save_reconstructions"]
+__all__ = ["plot_curves", "plot_scatter", "save_grid", "save_reconstructions"]
 
 
 def _as_images(x: Tensor, image_shape: Sequence[int]) -> Tensor:
@@ -60,3 +64,71 @@ def save_reconstructions(
     n = (a.shape[0] // nrow) * nrow or a.shape[0]
     rows = [t for i in range(0, n, nrow) for t in (a[i : i + nrow], b[i : i + nrow])]
     return save_grid(torch.cat(rows), path, image_shape=image_shape, nrow=nrow)
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | os.PathLike,
+    *,
+    xlabel: str = "epoch",
+    ylabel: str = "ELBO per data point (nats)",
+    title: str | None = None,
+) -> str:
+    """Plots named curves ``{label: (xs, ys)}`` on one set of axes and saves a PNG.
+
+    Returns:
+        The file's name.
+    """
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), label=label, marker="." if len(xs) < 50 else None)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+    return os.path.basename(os.fspath(path))
+
+
+def plot_scatter(
+    points: Tensor,
+    colors: Tensor,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    colorbar: str | None = None,
+    cmap: str = "viridis",
+) -> str:
+    """A 2-D scatter plot of ``points`` ``(N, 2)`` coloured by ``colors`` ``(N,)``.
+
+    Returns:
+        The file's name.
+    """
+    plt = _figure()
+    p = points.detach().float().cpu()
+    c = colors.detach().float().cpu().reshape(-1)
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    sc = ax.scatter(p[:, 0], p[:, 1], c=c, s=2, cmap=cmap)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    if colorbar:
+        fig.colorbar(sc, ax=ax, label=colorbar, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+    return os.path.basename(os.fspath(path))

@@ -23,11 +23,13 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, SVI, Trace_ELBO
+from pyro.infer.util import zero_grads
 from torch import nn
 from torch.distributions import transform_to
 from tqdm.auto import tqdm
 
 from .data import Batches
+from .optim import LazyAdam
 
 __all__ = ["History", "default_device", "fit"]
 
@@ -77,6 +79,8 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, History], None] | None = None,
+    e_steps: int = 0,
+    freeze_model: bool = False,
 ) -> History:
     """Trains a Pyro model/guide pair with :class:`pyro.infer.SVI`.
 
@@ -89,8 +93,10 @@ def fit(
         guide: A Pyro guide with the same signature.
         data: The training minibatches.
         epochs: Train until this many epochs are done (counting those of a resumed run).
-        optim: A Pyro optimizer; default ``pyro.optim.Adam({"lr": 1e-3})``.
-        loss: A Pyro ELBO; default :class:`pyro.infer.Trace_ELBO`.
+        optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
+            with sparse updates for per-datapoint parameters).
+        loss: A Pyro ELBO; default :class:`pyro.infer.Trace_ELBO`. With ``e_steps`` or
+            ``freeze_model`` it must provide ``differentiable_loss``.
         device: Where to train; default :func:`default_device`. ``modules`` and ``data`` are
             moved there.
         modules: The networks behind ``model`` and ``guide`` (e.g. the :class:`VAE`): moved to
@@ -100,18 +106,36 @@ def fit(
         resume: Continue from ``save_dir/checkpoint.pt`` when it exists.
         progress: Show a tqdm bar with the running loss.
         callback: Called as ``callback(epoch, history)`` after every epoch (e.g. to evaluate).
+        e_steps: The schedule. ``0``: joint stochastic updates of the model's parameters
+            :math:`\theta` and the guide's :math:`\\lambda` (one ``SVI.step`` per batch).
+            ``k > 0``: variational EM with alternating steps: per batch, ``k`` updates of the
+            guide's parameters with :math:`\theta` fixed (E-step), then one update of
+            :math:`\theta` with the guide fixed (M-step).
+        freeze_model: Update only the guide's parameters (an E-step over the data), e.g. to
+            fit a per-datapoint guide to held-out data under a trained model.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
     """
     device = torch.device(device) if device is not None else default_device()
-    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+    if e_steps < 0 or (e_steps and freeze_model):
+        raise ValueError("e_steps must be >= 0 and cannot be combined with freeze_model")
+    optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else Trace_ELBO()
     data = data.to(device)
     if modules is not None:
         modules.to(device).train()
     svi = SVI(model, guide, optim, loss)
     num_data = data.num_data
+
+    def train_step(x: torch.Tensor, idx: torch.Tensor) -> float:
+        if freeze_model:
+            return _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=True)
+        if e_steps:
+            for _ in range(e_steps):
+                _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=True)
+            return _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=False)
+        return svi.step(x, idx, num_data=num_data)
 
     history, start = History(), 0
     ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
@@ -127,7 +151,7 @@ def fit(
         t0 = time.perf_counter()
         total, count = 0.0, 0
         for step, (x, idx) in enumerate(data):
-            step_loss = svi.step(x, idx, num_data=num_data)
+            step_loss = train_step(x, idx)
             total += step_loss / num_data * x.shape[0]
             count += x.shape[0]
             if step % 10 == 0:
@@ -145,6 +169,26 @@ def fit(
             callback(epoch, history)
     bar.close()
     return history
+
+
+def _partial_step(model, guide, x, idx, num_data, optim, loss, *, update_guide: bool) -> float:
+    """One gradient step on the guide's parameters only, or on the model's only.
+
+    The other side's ``pyro.param`` / ``pyro.module`` sites are blocked, so they are not
+    collected, and ``backward(inputs=...)`` computes gradients for the updated side alone.
+    """
+    if update_guide:
+        model = poutine.block(model, hide_types=["param"])
+    else:
+        guide = poutine.block(guide, hide_types=["param"])
+    with poutine.trace(param_only=True) as capture:
+        value = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
+    params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    if params:
+        torch.autograd.backward(value, inputs=params)
+        optim(params)
+        zero_grads(params)
+    return value.item()
 
 
 def _rng_state() -> dict:

@@ -13,6 +13,7 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 from __future__ import annotations
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +35,14 @@ class VAE(nn.Module):
         guide: A module whose ``forward(x, idx)`` returns :math:`q(z \mid x)` with batch shape
             ``(B,)``: amortized (:class:`~pyro_vae.GaussianEncoder`) or per data point.
         name: Prefix of the names under which the modules enter Pyro's param store.
+        refine_steps: Semi-amortized inference (Kim et al. 2018, "Semi-Amortized Variational
+            Autoencoders"): the guide's Gaussian output :math:`\lambda_0 = (\mu, \log\sigma)`
+            is refined by this many gradient-ascent steps
+            :math:`\lambda_{k+1} = \lambda_k + \eta \nabla_\lambda \mathrm{ELBO}(x; \lambda_k)`
+            (one reparameterized sample each) before ``z`` is drawn. While gradients are
+            enabled (training) the steps are differentiated through, so the encoder and the
+            model learn through the refinement; under ``torch.no_grad`` they are not.
+        refine_lr: :math:`\eta`.
 
     Example:
         >>> vae = VAE(
@@ -47,13 +56,30 @@ class VAE(nn.Module):
     """
 
     def __init__(
-        self, prior: nn.Module, likelihood: nn.Module, guide: nn.Module, *, name: str = "vae"
+        self,
+        prior: nn.Module,
+        likelihood: nn.Module,
+        guide: nn.Module,
+        *,
+        name: str = "vae",
+        refine_steps: int = 0,
+        refine_lr: float = 1e-2,
     ) -> None:
         super().__init__()
         self.prior = prior
         self.likelihood = likelihood
         self.variational = guide
         self.name = name
+        self.refine_steps = refine_steps
+        self.refine_lr = refine_lr
+
+    def with_guide(self, guide: nn.Module, *, name: str, refine_steps: int = 0) -> VAE:
+        """The same prior and likelihood (shared modules) with another guide, registered under
+        another ``name`` (e.g. a per-datapoint guide for held-out data)."""
+        return VAE(
+            self.prior, self.likelihood, guide, name=name,
+            refine_steps=refine_steps, refine_lr=self.refine_lr,
+        )  # fmt: skip
 
     @property
     def event_shape(self) -> torch.Size:
@@ -94,7 +120,38 @@ class VAE(nn.Module):
         """The guide :math:`q(z \\mid x)` for a minibatch; same arguments as :meth:`model`."""
         pyro.module(f"{self.name}.guide", self.variational, update_module_params=True)
         with self._plate(x, idx, num_data) as ind:
-            pyro.sample("z", self.variational(x, ind))
+            q = self.variational(x, ind)
+            if self.refine_steps:
+                q = self.refine(q, x)
+            pyro.sample("z", q)
+
+    def refine(self, q: dist.Distribution, x: Tensor) -> dist.Distribution:
+        """Semi-amortized refinement of a diagonal Gaussian ``q`` (batch ``(B,)``) for data
+        ``x`` (see ``refine_steps``); returns the refined diagonal Gaussian."""
+        base = q.base_dist if isinstance(q, dist.Independent) else q
+        if not isinstance(base, dist.Normal):
+            raise TypeError(f"refinement needs a diagonal Gaussian guide; got {type(q).__name__}")
+        differentiate = torch.is_grad_enabled()
+        loc, log_scale = base.loc, base.scale.log()
+        with torch.enable_grad():
+            if not differentiate:
+                loc, log_scale = loc.detach().requires_grad_(), log_scale.detach().requires_grad_()
+            for _ in range(self.refine_steps):
+                scale = log_scale.exp()
+                z = loc + scale * torch.randn_like(loc)
+                elbo = (
+                    self.prior().log_prob(z)
+                    + self.likelihood(z).log_prob(x)
+                    - dist.Normal(loc, scale).log_prob(z).sum(-1)
+                )
+                g_loc, g_log_scale = torch.autograd.grad(
+                    elbo.sum(), (loc, log_scale), create_graph=differentiate
+                )
+                loc = loc + self.refine_lr * g_loc
+                log_scale = log_scale + self.refine_lr * g_log_scale
+        if not differentiate:
+            loc, log_scale = loc.detach(), log_scale.detach()
+        return dist.Normal(loc, log_scale.exp()).to_event(1)
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
@@ -109,4 +166,7 @@ class VAE(nn.Module):
         :math:`z = \\mathbb{E}_q[z]`, shape of ``x``."""
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        return self.likelihood(self.variational(x, idx).mean).mean
+        q = self.variational(x, idx)
+        if self.refine_steps:
+            q = self.refine(q, x)
+        return self.likelihood(q.mean).mean
