@@ -16,9 +16,15 @@ from pathlib import Path
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = (
-    "run", "epochs", "train loss", "test ELBO", "test log p(x) (K)", "reference",
-    "wall-clock", "device",
-)  # fmt: skip
+    "run",
+    "epochs",
+    "train loss",
+    "test ELBO",
+    "test log p(x) (K)",
+    "reference",
+    "wall-clock",
+    "device",
+)
 
 
 def row(folder: Path, references: dict[str, str]) -> str:
@@ -50,8 +56,13 @@ def table(folders: list[Path], references: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
-    p.add_argument("--reference", action="append", default=[], metavar="RUN=TEXT",
-                   help="published figure to show beside a run")  # fmt: skip
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="RUN=TEXT",
+        help="published figure to show beside a run",
+    )
     p.add_argument("--readme", type=Path, default=None)
     args = p.parse_args(argv)
     references = dict(r.split("=", 1) for r in args.reference)

@@ -9,6 +9,10 @@ minibatches, in one run, and the script prints the mean step time of each and th
 * plain PyTorch: the loss -(log p(x|z) + log p(z) - log q(z|x)) written by hand, as in zuko's
   tutorial, with ``torch.optim.Adam`` and no host sync per step.
 
+* per-datapoint guide: SVI steps of a VAE with local parameters for N = 10^4 and 10^6 points
+  (``--per-point-sizes``), with row-sparse gradients + LazyAdam and with dense gradients + Pyro's
+  Adam; with sparse updates the step cost should not grow with N.
+
     python benchmarks/speed.py --device cpu --steps 50
 """
 
@@ -61,6 +65,29 @@ def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> 
         step(*next_batch())
     sync(device)
     return (time.perf_counter() - t0) / steps
+
+
+def per_point_step(
+    n: int,
+    *,
+    sparse: bool,
+    batch_size: int,
+    latent: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+) -> float:
+    """Mean seconds per SVI step of a per-datapoint VAE over ``n`` points (2-D data)."""
+    pyro.clear_param_store()
+    data = pv.Batches(torch.randn(n, 2, device=device), batch_size=batch_size)
+    vae = pv.VAE(
+        pv.StandardNormalPrior(latent),
+        pv.GaussianLikelihood(pv.MLP(latent, 2, (64, 64)), 2, scale=0.1),
+        pv.PerDatapointGaussian(n, latent, sparse=sparse),
+    ).to(device)
+    optim = pv.LazyAdam({"lr": 1e-2}) if sparse else pyro.optim.Adam({"lr": 1e-2})
+    svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
+    return time_steps(lambda x, idx: svi.step(x, idx, num_data=n), data, steps, warmup, device)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -122,6 +149,29 @@ def main(args: argparse.Namespace) -> dict:
     print(f"pyro_vae (SVI + Trace_ELBO): {result['pyro_vae_step_ms']:8.2f} ms/step")
     print(f"plain PyTorch             : {result['plain_torch_step_ms']:8.2f} ms/step")
     print(f"ratio pyro_vae / PyTorch  : {result['ratio']:8.3f}")
+    sizes = args.per_point_sizes
+    for sparse in (True, False):
+        label = "sparse + LazyAdam" if sparse else "dense + pyro.optim.Adam"
+        times = [
+            per_point_step(
+                n,
+                sparse=sparse,
+                batch_size=args.batch_size,
+                latent=16,
+                steps=args.steps,
+                warmup=args.warmup,
+                device=device,
+            )
+            for n in sizes
+        ]
+        key = "per_point_sparse" if sparse else "per_point_dense"
+        result[key] = {
+            "sizes": sizes,
+            "step_ms": [1e3 * t for t in times],
+            "ratio_largest_to_smallest": times[-1] / times[0],
+        }
+        cells = ", ".join(f"N={n:.0e}: {1e3 * t:.2f} ms" for n, t in zip(sizes, times, strict=True))
+        print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
@@ -136,6 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--data-dir", default=pv.default_data_dir())
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-point-sizes", type=int, nargs="+", default=[10**4, 10**6])
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args(argv)
 

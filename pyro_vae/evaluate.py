@@ -30,8 +30,14 @@ from .optim import LazyAdam
 from .train import fit
 from .vae import VAE
 
-__all__ = ["AmortizationGap", "Evaluation", "amortization_gap", "evaluate", "infer_local",
-           "log_weights"]  # fmt: skip
+__all__ = [
+    "AmortizationGap",
+    "Evaluation",
+    "amortization_gap",
+    "evaluate",
+    "infer_local",
+    "log_weights",
+]
 
 
 @torch.no_grad()
@@ -179,11 +185,17 @@ def infer_local(
         guide = PerDatapointGaussian(data.num_data, vae.prior.latent_dim)
     else:
         guide = PerDatapointGaussian.from_guide(init, data.data)
-    local = vae.with_guide(guide.to(data.device), name=name)
+    local = vae.with_guide(guide.to(data.data), name=name)
     fit(
-        local.model, local.guide, data, epochs=epochs, optim=LazyAdam({"lr": lr}),
-        device=data.device, freeze_model=True, progress=progress,
-    )  # fmt: skip
+        local.model,
+        local.guide,
+        data,
+        epochs=epochs,
+        optim=LazyAdam({"lr": lr}),
+        device=data.device,
+        freeze_model=True,
+        progress=progress,
+    )
     return local
 
 
@@ -222,11 +234,11 @@ def amortization_gap(
     The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
     encoder's outputs (so it is at least as good as the encoder up to noise).
     """
-    amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles,
-                         max_rows=max_rows)  # fmt: skip
+    amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
     local = infer_local(vae, data, epochs=epochs, lr=lr, init=vae.variational, name="gap")
-    optimal = evaluate(local.model, local.guide, data, num_particles=num_particles,
-                       max_rows=max_rows)  # fmt: skip
+    optimal = evaluate(
+        local.model, local.guide, data, num_particles=num_particles, max_rows=max_rows
+    )
     log_px = max(optimal.log_likelihood, amortized.log_likelihood)
     return AmortizationGap(
         log_likelihood=log_px,

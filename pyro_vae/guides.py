@@ -113,7 +113,7 @@ class PerDatapointGaussian(nn.Module):
             locs.append(q.mean)
             scales.append(q.stddev)
         loc, scale = torch.cat(locs), torch.cat(scales)
-        new = cls(loc.shape[0], loc.shape[-1], sparse=sparse).to(loc.device)
+        new = cls(loc.shape[0], loc.shape[-1], sparse=sparse).to(loc)
         new.loc.copy_(loc)
         new.log_scale.copy_(scale.log())
         return new

@@ -77,9 +77,13 @@ class VAE(nn.Module):
         """The same prior and likelihood (shared modules) with another guide, registered under
         another ``name`` (e.g. a per-datapoint guide for held-out data)."""
         return VAE(
-            self.prior, self.likelihood, guide, name=name,
-            refine_steps=refine_steps, refine_lr=self.refine_lr,
-        )  # fmt: skip
+            self.prior,
+            self.likelihood,
+            guide,
+            name=name,
+            refine_steps=refine_steps,
+            refine_lr=self.refine_lr,
+        )
 
     @property
     def event_shape(self) -> torch.Size:

@@ -107,3 +107,39 @@ def test_speed_benchmark_runs(tmp_path):
         pyro.enable_validation(True)  # the benchmark turns validation off
     assert result["pyro_vae_step_ms"] > 0 and result["plain_torch_step_ms"] > 0
     assert json.loads((tmp_path / "speed.json").read_text()) == result
+
+
+@pytest.mark.parametrize("inference", ["amortized", "per-point", "semi-amortized"])
+def test_circle(inference, tmp_path):
+    example = load_example("circle")
+    args = example.parse_args(
+        [
+            "--inference",
+            inference,
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+            "--num-data",
+            "400",
+            "--batch-size",
+            "100",
+            "--test-epochs",
+            "2",
+            "--refine-steps",
+            "2",
+            "--num-particles",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "0",
+            "--no-progress",
+        ]
+    )
+    metrics = example.main(args)
+    check_outputs(tmp_path, metrics, epochs=2)
+    assert metrics["inference"] == inference and math.isfinite(metrics["train_elbo"])
+    assert metrics["test_curve"]["epoch"] == [1, 2]
