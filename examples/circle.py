@@ -159,7 +159,8 @@ def main(args: argparse.Namespace) -> dict:
     samples = vae.likelihood(z).sample()
     title = "samples x ~ p(x|z) p(z), coloured by z"
     images.append(pv.plot_scatter(samples, z, out / "samples.png", colorbar="z", title=title))
-    x_shown, idx = train.data[:5000], torch.arange(5000, device=device)
+    shown = min(5000, train.num_data)
+    x_shown, idx = train.data[:shown], torch.arange(shown, device=device)
     q_mean = vae.variational(x_shown, idx).mean
     title = "training data coloured by E_q[z]"
     images.append(
