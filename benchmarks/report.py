@@ -1,10 +1,11 @@
 """Results table: reads the examples' metrics.json files and writes a markdown table.
 
-    python benchmarks/report.py runs/mnist_flow_prior_64 [more run folders] --readme README.md
+    python benchmarks/report.py runs/mnist_flow_prior_64 [more run folders] \
+        --reference mnist_flow_prior_64="65.8 train loss (zuko)" --readme README.md --block mnist
 
 Each row names the example's run folder and reads every figure from its ``metrics.json``, so
 the README's numbers always come from a run. With ``--readme`` the table replaces the text
-between ``<!-- results:start -->`` and ``<!-- results:end -->``.
+between ``<!-- results:BLOCK:start -->`` and ``<!-- results:BLOCK:end -->``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import json
 import re
 from pathlib import Path
 
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 COLUMNS = (
     "run",
     "epochs",
     "train loss",
+    "train ELBO",
     "test ELBO",
     "test log p(x) (K)",
     "reference",
@@ -38,6 +39,7 @@ def row(folder: Path, references: dict[str, str]) -> str:
         f"`{folder.name}`",
         str(m["epochs"]),
         num("train_loss"),
+        num("train_elbo"),
         num("test_elbo"),
         f"{num('test_log_likelihood')} ({m['num_particles']})",
         references.get(folder.name, ""),
@@ -64,15 +66,17 @@ def main(argv: list[str] | None = None) -> str:
         help="published figure to show beside a run",
     )
     p.add_argument("--readme", type=Path, default=None)
+    p.add_argument("--block", default="main", help="name of the README block to replace")
     args = p.parse_args(argv)
     references = dict(r.split("=", 1) for r in args.reference)
     text = table(args.runs, references)
     if args.readme is not None:
+        start, end = f"<!-- results:{args.block}:start -->", f"<!-- results:{args.block}:end -->"
         readme = args.readme.read_text()
-        pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
         if not pattern.search(readme):
-            raise SystemExit(f"{args.readme} has no {START} ... {END} block")
-        args.readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", readme))
+            raise SystemExit(f"{args.readme} has no {start} ... {end} block")
+        args.readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
     print(text)
     return text
 
