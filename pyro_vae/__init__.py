@@ -14,6 +14,7 @@ from .evaluate import (
     infer_local,
     log_weights,
 )
+from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
 from .guides import GaussianEncoder, PerDatapointGaussian
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, UnitIntervalBernoulli
 from .nets import MLP
@@ -34,11 +35,15 @@ __all__ = [
     "GaussianEncoder",
     "GaussianLikelihood",
     "History",
+    "IAFEncoder",
     "LazyAdam",
     "MAFPrior",
     "PerDatapointGaussian",
+    "PlanarEncoder",
     "StandardNormalPrior",
+    "TransformedGaussianEncoder",
     "UnitIntervalBernoulli",
+    "ZukoFlowEncoder",
     "amortization_gap",
     "default_data_dir",
     "default_device",

@@ -29,21 +29,28 @@ class LazyAdam(PyroOptim):
 
     Args:
         optim_args: Adam's keyword arguments (``lr``, ``betas``, ``eps``, ...), or a callable
-            ``f(param_name) -> dict`` for per-parameter settings (as in ``pyro.optim``), e.g.
-            a larger step size for local parameters. Sparse parameters use ``lr``, ``betas``,
-            ``eps`` and ``maximize``.
+            ``f(param_name) -> dict`` for per-parameter settings (as in ``pyro.optim``; names
+            are normalized, e.g. ``"vae.guide.loc"``). Sparse parameters use ``lr``,
+            ``betas``, ``eps`` and ``maximize``.
+        local_lr: Step size for the parameters with sparse gradients (the local ones), which
+            each move only when their data point is drawn: typically larger than ``lr``.
 
     Example:
-        >>> optim = LazyAdam(lambda name: {"lr": 1e-2 if "local" in name else 1e-3})
+        >>> optim = LazyAdam({"lr": 3e-4}, local_lr=1e-2)
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, optim, pyro.infer.Trace_ELBO())
     """
 
-    def __init__(self, optim_args: dict | Callable[[str], dict]) -> None:
+    def __init__(
+        self, optim_args: dict | Callable[[str], dict], *, local_lr: float | None = None
+    ) -> None:
         super().__init__(torch.optim.Adam, optim_args)
+        self.local_lr = local_lr
 
     def _get_optim(self, param: torch.Tensor) -> torch.optim.Optimizer:
         args = self._get_optim_args(param)
         if param.grad is not None and param.grad.is_sparse:
             sparse_args = {k: v for k, v in args.items() if k in _SPARSE_ARGS}
+            if self.local_lr is not None:
+                sparse_args["lr"] = self.local_lr
             return torch.optim.SparseAdam([param], **sparse_args)
         return torch.optim.Adam([param], **args)

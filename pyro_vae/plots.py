@@ -82,8 +82,18 @@ def plot_curves(
     xlabel: str = "epoch",
     ylabel: str = "ELBO per data point (nats)",
     title: str | None = None,
+    ylim: tuple[float | None, float | None] | None = None,
 ) -> str:
     """Plots named curves ``{label: (xs, ys)}`` on one set of axes and saves a PNG.
+
+    Args:
+        curves: ``{label: (xs, ys)}``.
+        path: The PNG file to write.
+        xlabel: The x axis's label.
+        ylabel: The y axis's label.
+        title: The figure's title.
+        ylim: ``(bottom, top)`` of the y axis (``None`` for automatic), e.g. to leave out the
+            first epochs' losses.
 
     Returns:
         The file's name.
@@ -96,6 +106,8 @@ def plot_curves(
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -167,10 +167,14 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """Returns the mean of :math:`p(x \\mid z)` at the guide's mean
-        :math:`z = \\mathbb{E}_q[z]`, shape of ``x``."""
+        :math:`z = \\mathbb{E}_q[z]` (a sample from flow guides), shape of ``x``."""
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
         q = self.variational(x, idx)
         if self.refine_steps:
             q = self.refine(q, x)
-        return self.likelihood(q.mean).mean
+        try:
+            z = q.mean
+        except NotImplementedError:  # flows have no closed-form mean: use one sample
+            z = q()
+        return self.likelihood(z).mean

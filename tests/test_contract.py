@@ -31,6 +31,16 @@ GUIDES = {
     "gaussian-encoder": lambda: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
     "per-point": lambda: pv.PerDatapointGaussian(N, D),
     "semi-amortized": lambda: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
+    "planar": lambda: pv.PlanarEncoder(pv.MLP(F, 16, (16,)), 16, D, flows=3),
+    "iaf": lambda: pv.IAFEncoder(pv.MLP(F, 16, (16,)), 16, D, flows=2, hidden_features=(16,)),
+    "nsf": lambda: pv.ZukoFlowEncoder(
+        pv.MLP(F, 16, (16,)), zuko.flows.NSF(D, context=16, transforms=2, hidden_features=(16,))
+    ),
+    "maf-forward": lambda: pv.ZukoFlowEncoder(
+        pv.MLP(F, 16, (16,)),
+        zuko.flows.MAF(D, context=16, transforms=2, hidden_features=(16,)),
+        inverse=False,
+    ),
 }
 REFINE_STEPS = {"semi-amortized": 2}  # the VAE refines this guide's output
 
@@ -107,7 +117,7 @@ def test_guide_contract(guide):
     q = guide(x, idx)
     assert q.batch_shape == (B,) and q.event_shape == (D,)
     assert q.has_rsample
-    z = q.rsample()
+    z = q()  # Pyro draws reparameterized samples when has_rsample (ZukoToPyro has no rsample)
     assert z.shape == (B, D) and z.requires_grad
     z.square().sum().backward()  # reparameterized: the sample is a function of the parameters
     assert all(p.grad is not None and grad_abs_sum(p) > 0 for p in guide.parameters())

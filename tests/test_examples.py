@@ -143,3 +143,45 @@ def test_circle(inference, tmp_path):
     check_outputs(tmp_path, metrics, epochs=2)
     assert metrics["inference"] == inference and math.isfinite(metrics["train_elbo"])
     assert metrics["test_curve"]["epoch"] == [1, 2]
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize(
+    ("flow", "prior"), [("none", "maf"), ("planar", "normal"), ("iaf", "maf"), ("nsf", "normal")]
+)
+def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
+    example = load_example("mnist_flow_posterior")
+    args = example.parse_args(
+        [
+            "--flow",
+            flow,
+            "--flows",
+            "2",
+            "--prior",
+            prior,
+            "--latent-dim",
+            "4",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--limit",
+            "256",
+            "--num-particles",
+            "8",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "0",
+            "--no-progress",
+        ]
+    )
+    metrics = example.main(args)
+    check_outputs(tmp_path, metrics, epochs=1)
+    assert (metrics["flow"], metrics["prior"]) == (flow, prior)

@@ -229,3 +229,13 @@ def test_amortization_gap_on_ppca_is_the_encoder_kl():
     assert abs(gap.approximation_gap) < 0.03
     assert gap.log_likelihood == pytest.approx(log_px.mean().item(), abs=0.01)
     assert math.isfinite(gap.elbo_amortized)
+
+
+def test_lazy_adam_local_lr_applies_to_sparse_parameters_only():
+    n = 50
+    x, _ = pv.make_circle(n)
+    vae = circle_vae(pv.PerDatapointGaussian(n, 1))
+    optim = pv.LazyAdam({"lr": 1e-4}, local_lr=0.5)
+    run_steps(vae, optim, x, [torch.arange(10)])
+    lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in optim.optim_objs.values()}
+    assert lrs == {"SparseAdam": 0.5, "Adam": 1e-4}

@@ -1,0 +1,162 @@
+"""MNIST VAE with normalizing-flow posteriors (and optionally a flow prior).
+
+Dynamically binarized MNIST (a fresh Bernoulli draw of every training image each time it is
+used; the test set binarized once with a fixed seed), MLP encoder and decoder
+(784→H→H, ReLU; defaults H = 200, z = 50 as in Burda et al. 2015), Bernoulli likelihood, and
+a guide chosen by ``--flow``:
+
+* ``none``: diagonal Gaussian q(z|x);
+* ``planar``: K amortized planar flows (Rezende & Mohamed 2015);
+* ``iaf``: K inverse autoregressive flows conditioned on the encoder's features (Kingma et
+  al. 2016);
+* ``nsf``: a zuko neural spline flow, inverted for one-pass sampling, as conditional posterior.
+
+``--prior normal|maf`` picks N(0, I) or a MAF prior. Test NLL is the importance-sampled
+estimate with ``--num-particles`` samples (5000 is the standard; default 5000 on CUDA).
+
+    python examples/mnist_flow_posterior.py --flow planar --flows 16 --epochs 100
+
+Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyro
+import torch
+import zuko
+from torch import nn
+
+import pyro_vae as pv
+
+FLOWS = ("none", "planar", "iaf", "nsf")
+PRIORS = ("normal", "maf")
+
+
+def build(flow: str, flows: int, prior: str, *, latent: int = 50, hidden: int = 200) -> pv.VAE:
+    """The VAE for one configuration of the command line."""
+    z_prior = pv.MAFPrior(latent) if prior == "maf" else pv.StandardNormalPrior(latent)
+    decoder = pv.MLP(latent, 784, (hidden, hidden))
+    features = nn.Sequential(pv.MLP(784, hidden, (hidden,)), nn.ReLU())  # x -> h(x)
+    if flow == "none":
+        guide = pv.GaussianEncoder(pv.MLP(784, 2 * latent, (hidden, hidden)), latent)
+    elif flow == "planar":
+        guide = pv.PlanarEncoder(features, hidden, latent, flows=flows)
+    elif flow == "iaf":
+        guide = pv.IAFEncoder(
+            features, hidden, latent, flows=flows, hidden_features=(2 * hidden, 2 * hidden)
+        )
+    else:
+        nsf = zuko.flows.NSF(
+            latent, context=hidden, transforms=flows, hidden_features=(2 * hidden, 2 * hidden)
+        )
+        guide = pv.ZukoFlowEncoder(features, nsf)
+    return pv.VAE(z_prior, pv.BernoulliLikelihood(decoder, 784), guide)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--flow", choices=FLOWS, default="planar")
+    p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")
+    p.add_argument("--prior", choices=PRIORS, default="normal")
+    p.add_argument("--latent-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--out", default="runs/mnist_flow_posterior")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only this many images")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    device = torch.device(args.device) if args.device else pv.default_device()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
+    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
+    if args.limit:
+        x_train, x_test = x_train[: args.limit], x_test[: args.limit]
+    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
+    x_test = torch.bernoulli(x_test, generator=g)
+    train = pv.Batches(x_train, batch_size=args.batch_size, binarize="dynamic")
+    test = pv.Batches(x_test, batch_size=1000, shuffle=False)
+
+    vae = build(args.flow, args.flows, args.prior, latent=args.latent_dim, hidden=args.hidden)
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=args.epochs,
+        optim=pv.LazyAdam({"lr": args.lr}),
+        device=device,
+        modules=vae,
+        save_dir=out,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    vae.eval()
+    k = args.num_particles or (5000 if device.type == "cuda" else 100)
+    result = pv.evaluate(
+        vae.model,
+        vae.guide,
+        test,
+        num_particles=k,
+        max_rows=2**20 if device.type == "cuda" else 2**16,
+    )
+    x = test.data[:64]
+    images = [
+        pv.save_grid(vae.sample(64), out / "samples.png"),
+        pv.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png"),
+        pv.plot_curves(
+            {"train": (history.epoch, history.loss)},
+            out / "loss.png",
+            ylabel="negative ELBO per image (nats)",
+            title=f"flow={args.flow}",
+        ),
+    ]
+    metrics = {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1] if history.loss else None,
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "test_nll": -result.log_likelihood,
+        "num_particles": k,
+        "device": str(device)
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "seconds": history.seconds[-1] if history.seconds else 0.0,
+        "images": images,
+        "flow": args.flow,
+        "flows": args.flows if args.flow != "none" else 0,
+        "prior": args.prior,
+        "latent_dim": args.latent_dim,
+        "hidden": args.hidden,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "binarize": "dynamic",
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_args())
