@@ -93,14 +93,15 @@ def main(args: argparse.Namespace) -> dict:
     optim = pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr)
 
     # Held-out points: the amortized guides read them directly; per-point inference keeps a
-    # guide for them whose E-steps (decoder frozen) run alongside training, one epoch of
-    # E-steps per training epoch, so test points get as many updates as training points.
+    # guide for them whose E-steps (decoder frozen) run alongside training, as many per
+    # training epoch as a training point gets, then --test-epochs more at the end.
     held_out = vae
     if per_point:
         test_guide = pv.PerDatapointGaussian(test.num_data, 1).to(device)
         held_out = vae.with_guide(test_guide, name="test")
 
     def test_eval(e_epochs: int) -> pv.Evaluation:
+        e_epochs *= max(1, args.e_steps)  # as many E-steps as a training point got
         if per_point and e_epochs:
             pv.fit(
                 held_out.model,

@@ -132,7 +132,7 @@ class IAFEncoder(TransformedGaussianEncoder):
         *,
         flows: int = 2,
         hidden_features: Sequence[int] = (320, 320),
-        stable: bool = True,
+        stable: bool = False,
     ) -> None:
         maps = [
             conditional_affine_autoregressive(

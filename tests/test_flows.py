@@ -92,3 +92,49 @@ def test_planar_maps_stay_invertible_for_any_encoder_output():
             lambda v, i=i: f(torch.where(torch.arange(64)[:, None] == i, v, z0))[i], z0[i]
         )
         assert torch.linalg.det(jac) > 0
+
+
+class Banana(nn.Module):
+    """A fixed decoder x = z_2 + z_1²: with σ = 0.1 the posterior p(z | x) is a thin parabola."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[..., 1:2] + z[..., 0:1] ** 2
+
+
+def banana_elbo(guide: nn.Module) -> float:
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(512, 2, generator=g)
+    x = z[:, 1:2] + z[:, 0:1] ** 2 + 0.1 * torch.randn(512, 1, generator=g)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = pv.VAE(pv.StandardNormalPrior(2), pv.GaussianLikelihood(Banana(), 1, scale=0.1), guide)
+    pv.fit(
+        vae.model,
+        vae.guide,
+        pv.Batches(x, batch_size=256),
+        epochs=150,
+        device="cpu",
+        optim=pv.LazyAdam({"lr": 1e-2}),
+        progress=False,
+    )
+    return pv.evaluate(vae.model, vae.guide, x, num_particles=200).elbo
+
+
+def test_flow_guides_fit_a_non_gaussian_posterior_better_than_a_gaussian():
+    def features():
+        return nn.Sequential(pv.MLP(1, 32, (32,)), nn.ReLU())
+
+    torch.manual_seed(0)
+    gaussian = banana_elbo(pv.GaussianEncoder(pv.MLP(1, 4, (32, 32)), 2))
+    planar = banana_elbo(pv.PlanarEncoder(features(), 32, 2, flows=8))
+    iaf = banana_elbo(pv.IAFEncoder(features(), 32, 2, flows=2, hidden_features=(32,)))
+    nsf = banana_elbo(
+        pv.ZukoFlowEncoder(
+            features(), zuko.flows.NSF(2, context=32, transforms=2, hidden_features=(32,))
+        )
+    )
+    # Seen: gaussian -4.29, planar -3.74, iaf -3.54, nsf -2.41 (nats per point; the ELBO's
+    # Monte-Carlo error here is about 0.01).
+    assert planar > gaussian + 0.3
+    assert iaf > gaussian + 0.3
+    assert nsf > gaussian + 1.0
