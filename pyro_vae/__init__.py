@@ -21,7 +21,7 @@ from .nets import MLP
 from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .priors import FlowPrior, MAFPrior, StandardNormalPrior
-from .train import History, default_device, fit
+from .train import History, LatentScale, default_device, fit
 from .vae import VAE
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "GaussianLikelihood",
     "History",
     "IAFEncoder",
+    "LatentScale",
     "LazyAdam",
     "MAFPrior",
     "PerDatapointGaussian",

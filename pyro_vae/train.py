@@ -24,6 +24,7 @@ import torch
 from pyro import poutine
 from pyro.infer import ELBO, SVI, Trace_ELBO
 from pyro.infer.util import zero_grads
+from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import transform_to
 from tqdm.auto import tqdm
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from .data import Batches
 from .optim import LazyAdam
 
-__all__ = ["History", "default_device", "fit"]
+__all__ = ["History", "LatentScale", "default_device", "fit"]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -65,6 +66,29 @@ class History:
         return cls(**json.loads(Path(path).read_text()))
 
 
+class LatentScale(Messenger):
+    r"""Scales the log-densities of latent (unobserved) sample sites by :math:`\beta`.
+
+    Applied to both the model and the guide, the ELBO becomes
+    :math:`\mathbb{E}_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`:
+    the :math:`\beta`-VAE objective (Higgins et al. 2017) and, with :math:`\beta` rising from
+    0 to 1, KL warm-up (Bowman et al. 2016; Sønderby et al. 2016). It is ``poutine.scale``
+    restricted to latent sites; ``beta`` may be changed between steps.
+
+    Example:
+        >>> with LatentScale(0.5):
+        ...     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    """
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and self.beta != 1.0:
+            msg["scale"] = msg["scale"] * self.beta
+
+
 def fit(
     model: Callable[..., object],
     guide: Callable[..., object],
@@ -81,6 +105,7 @@ def fit(
     callback: Callable[[int, History], None] | None = None,
     e_steps: int = 0,
     freeze_model: bool = False,
+    beta: float | Callable[[int], float] = 1.0,
 ) -> History:
     """Trains a Pyro model/guide pair with :class:`pyro.infer.SVI`.
 
@@ -113,6 +138,9 @@ def fit(
             :math:`\theta` with the guide fixed (M-step).
         freeze_model: Update only the guide's parameters (an E-step over the data), e.g. to
             fit a per-datapoint guide to held-out data under a trained model.
+        beta: Weight :math:`\beta` of the KL term (see :class:`LatentScale`), or a function
+            of the epoch (from 1) for a warm-up, e.g. ``lambda e: min(1.0, e / 10)``. The
+            history then records the :math:`\beta`-weighted loss.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -125,6 +153,9 @@ def fit(
     data = data.to(device)
     if modules is not None:
         modules.to(device).train()
+    kl_scale = LatentScale()
+    if beta != 1.0:
+        model, guide = kl_scale(model), kl_scale(guide)
     svi = SVI(model, guide, optim, loss)
     num_data = data.num_data
 
@@ -148,6 +179,7 @@ def fit(
     elapsed = history.seconds[-1] if history.seconds else 0.0
     bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
     for epoch in range(start + 1, epochs + 1):
+        kl_scale.beta = beta(epoch) if callable(beta) else beta
         t0 = time.perf_counter()
         total, count = 0.0, 0
         for step, (x, idx) in enumerate(data):
