@@ -133,8 +133,7 @@ def main(args: argparse.Namespace) -> dict:
 
     torch_step_s = time_steps(torch_step, batches, args.steps, args.warmup, device)
     result = {
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": pv.device_name(device),
         "threads": torch.get_num_threads(),
         "data": source,
         "batch_size": args.batch_size,

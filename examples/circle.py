@@ -177,7 +177,7 @@ def main(args: argparse.Namespace) -> dict:
         "test_log_likelihood": test_result.log_likelihood,
         "train_log_likelihood": train_eval.log_likelihood,
         "num_particles": args.num_particles,
-        "device": str(device),
+        "device": pv.device_name(device),
         "seconds": seconds,
         "images": images,
         "e_steps": args.e_steps if per_point else 0,

@@ -140,8 +140,7 @@ def main(args: argparse.Namespace) -> dict:
         "test_log_likelihood": result.log_likelihood,
         "test_nll": -result.log_likelihood,
         "num_particles": k,
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": pv.device_name(device),
         "seconds": history.seconds[-1] if history.seconds else 0.0,
         "images": images,
         "flow": args.flow,

@@ -105,8 +105,7 @@ def main(args: argparse.Namespace) -> dict:
         "test_elbo": result.elbo,
         "test_log_likelihood": result.log_likelihood,
         "num_particles": k,
-        "device": str(device)
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "device": pv.device_name(device),
         "seconds": seconds,
         "images": images,
         "batch_size": args.batch_size,

@@ -17,11 +17,11 @@ from .evaluate import (
 from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
 from .guides import GaussianEncoder, PerDatapointGaussian
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, UnitIntervalBernoulli
-from .nets import MLP
+from .nets import MLP, ConvDecoder, ConvEncoder
 from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .priors import FlowPrior, MAFPrior, StandardNormalPrior
-from .train import History, LatentScale, default_device, fit
+from .train import History, LatentScale, default_device, device_name, fit
 from .vae import VAE
 
 __all__ = [
@@ -30,6 +30,8 @@ __all__ = [
     "AmortizationGap",
     "Batches",
     "BernoulliLikelihood",
+    "ConvDecoder",
+    "ConvEncoder",
     "Evaluation",
     "FlowPrior",
     "GaussianEncoder",
@@ -48,6 +50,7 @@ __all__ = [
     "amortization_gap",
     "default_data_dir",
     "default_device",
+    "device_name",
     "evaluate",
     "fit",
     "infer_local",

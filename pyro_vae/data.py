@@ -31,6 +31,7 @@ def load_mnist(
     train: bool = True,
     device: torch.device | str | None = None,
     download: bool = False,
+    flatten: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Loads MNIST through :class:`torchvision.datasets.MNIST` into tensors on ``device``.
 
@@ -40,9 +41,11 @@ def load_mnist(
         train: The 60000 training images, else the 10000 test images.
         device: Where the tensors live.
         download: Let torchvision download the files when they are missing.
+        flatten: Images as ``(N, 784)`` vectors, else ``(N, 1, 28, 28)``.
 
     Returns:
-        Images ``(N, 784)`` as float32 grey values in ``[0, 1]`` and labels ``(N,)`` (int64).
+        Images ``(N, 784)`` (or ``(N, 1, 28, 28)``) as float32 grey values in ``[0, 1]`` and
+        labels ``(N,)`` (int64).
 
     Raises:
         FileNotFoundError: When the files are neither on disk nor downloadable; the message
@@ -60,7 +63,8 @@ def load_mnist(
             + f" ({e}). Pass the folder that holds MNIST/raw with --data-dir (or "
             f"load_mnist(root=...)), or set ${_DATA_ENV}."
         ) from e
-    images = ds.data.to(device=device, dtype=torch.float32).div_(255).flatten(1)
+    images = ds.data.to(device=device, dtype=torch.float32).div_(255)
+    images = images.flatten(1) if flatten else images.unsqueeze(1)
     return images, ds.targets.to(device)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
 
 
 class MLP(nn.Sequential):
@@ -70,3 +70,97 @@ class MLP(nn.Sequential):
 
 def _as_shape(size: int | Sequence[int]) -> torch.Size:
     return torch.Size((size,) if isinstance(size, int) else tuple(size))
+
+
+def _flat_batch(x: Tensor, event_dims: int) -> tuple[Tensor, torch.Size]:
+    batch = x.shape[: x.dim() - event_dims]
+    return x.reshape(-1, *x.shape[x.dim() - event_dims :]), batch
+
+
+class ConvEncoder(nn.Module):
+    r"""A DCGAN-discriminator-style encoder for 28×28 images (Radford et al. 2016).
+
+    Three stride-2 convolutions (kernel 4, padding 1: 28→14→7→3 pixels) with channels
+    ``channels``, BatchNorm and LeakyReLU(0.2) between them and nothing after the last, then a
+    linear map of the flattened features to ``out_features`` (e.g. :math:`2D` for a Gaussian
+    guide's :math:`(\mu, \log\sigma)`).
+
+    Args:
+        out_features: Output size.
+        channels: Output channels of the three convolutions.
+        in_channels: Image channels.
+
+    Example:
+        >>> ConvEncoder(64)(torch.zeros(8, 1, 28, 28)).shape
+        torch.Size([8, 64])
+    """
+
+    def __init__(
+        self, out_features: int, *, channels: Sequence[int] = (16, 32, 64), in_channels: int = 1
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.in_channels = in_channels
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 4, 2, 1),
+            nn.BatchNorm2d(c1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c1, c2, 4, 2, 1),
+            nn.BatchNorm2d(c2),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c2, c3, 4, 2, 1),
+        )
+        self.linear = nn.Linear(c3 * 3 * 3, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Maps ``(*batch, C, 28, 28)`` to ``(*batch, out_features)``."""
+        if x.dim() < 3 or x.shape[-3:] != (self.in_channels, 28, 28):
+            raise ValueError(
+                f"ConvEncoder expects images of shape (*batch, {self.in_channels}, 28, 28); "
+                f"got {tuple(x.shape)}"
+            )
+        flat, batch = _flat_batch(x, 3)
+        return self.linear(self.convs(flat).flatten(1)).reshape(*batch, -1)
+
+
+class ConvDecoder(nn.Module):
+    r"""A DCGAN-generator-style decoder from :math:`D` latents to 28×28 images.
+
+    Transposed convolutions :math:`D \to 256 \to 128 \to 64 \to C` channels
+    (1→4→7→14→28 pixels) with BatchNorm and ReLU between them; the output is unconstrained
+    (Bernoulli logits, or a Gaussian mean).
+
+    Args:
+        latent_dim: :math:`D`.
+        channels: Channels of the three hidden layers.
+        out_channels: Image channels :math:`C`.
+
+    Example:
+        >>> ConvDecoder(32)(torch.zeros(5, 8, 32)).shape
+        torch.Size([5, 8, 1, 28, 28])
+    """
+
+    def __init__(
+        self, latent_dim: int, *, channels: Sequence[int] = (256, 128, 64), out_channels: int = 1
+    ) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.latent_dim = latent_dim
+        self.convs = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, c1, 4, 1, 0),
+            nn.BatchNorm2d(c1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c1, c2, 3, 2, 1),
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, c3, 4, 2, 1),
+            nn.BatchNorm2d(c3),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c3, out_channels, 4, 2, 1),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Maps ``(*batch, D)`` to ``(*batch, C, 28, 28)``."""
+        flat, batch = _flat_batch(z, 1)
+        out = self.convs(flat[:, :, None, None])
+        return out.reshape(*batch, *out.shape[1:])

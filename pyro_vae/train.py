@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .data import Batches
 from .optim import LazyAdam
 
-__all__ = ["History", "LatentScale", "default_device", "fit"]
+__all__ = ["History", "LatentScale", "default_device", "device_name", "fit"]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
@@ -41,6 +41,14 @@ HISTORY = "history.json"
 def default_device() -> torch.device:
     """``cuda`` when a GPU is available, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def device_name(device: torch.device | str) -> str:
+    """``"cpu"``, or e.g. ``"cuda (NVIDIA H100 80GB HBM3)"``: for reports."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
 
 
 @dataclass

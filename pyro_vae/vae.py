@@ -12,6 +12,9 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -160,21 +163,36 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
         """Draws :math:`z \\sim p(z)` and returns the mean of :math:`p(x \\mid z)`,
-        shape ``(num_samples, *event_shape)`` (pixel probabilities for a Bernoulli)."""
-        z = self.prior()(torch.Size((num_samples,)))
-        return self.likelihood(z).mean
+        shape ``(num_samples, *event_shape)`` (pixel probabilities for a Bernoulli).
+
+        Runs in eval mode (BatchNorm uses its running statistics) and restores the mode."""
+        with _eval_mode(self):
+            z = self.prior()(torch.Size((num_samples,)))
+            return self.likelihood(z).mean
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, idx: Tensor | None = None) -> Tensor:
         """Returns the mean of :math:`p(x \\mid z)` at the guide's mean
-        :math:`z = \\mathbb{E}_q[z]` (a sample from flow guides), shape of ``x``."""
+        :math:`z = \\mathbb{E}_q[z]` (a sample from flow guides), shape of ``x``; in eval mode.
+        """
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        q = self.variational(x, idx)
-        if self.refine_steps:
-            q = self.refine(q, x)
-        try:
-            z = q.mean
-        except NotImplementedError:  # flows have no closed-form mean: use one sample
-            z = q()
-        return self.likelihood(z).mean
+        with _eval_mode(self):
+            q = self.variational(x, idx)
+            if self.refine_steps:
+                q = self.refine(q, x)
+            try:
+                z = q.mean
+            except NotImplementedError:  # flows have no closed-form mean: use one sample
+                z = q()
+            return self.likelihood(z).mean
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(training)

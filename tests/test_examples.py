@@ -185,3 +185,67 @@ def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
     metrics = example.main(args)
     check_outputs(tmp_path, metrics, epochs=1)
     assert (metrics["flow"], metrics["prior"]) == (flow, prior)
+
+
+@pytest.mark.mnist
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_mnist_latent2d(likelihood, mnist_dir, tmp_path):
+    example = load_example("mnist_latent2d")
+    args = example.parse_args(
+        [
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--hidden",
+            "32",
+            "--limit",
+            "256",
+            "--likelihood",
+            likelihood,
+            "--warmup",
+            "2",
+            "--num-particles",
+            "8",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "0",
+            "--no-progress",
+        ]
+    )
+    metrics = example.main(args)
+    check_outputs(tmp_path, metrics, epochs=2)
+    assert len(metrics["images"]) == 6 and math.isfinite(metrics["val_loss"])
+
+
+@pytest.mark.mnist
+def test_mnist_conv(mnist_dir, tmp_path):
+    example = load_example("mnist_conv")
+    args = example.parse_args(
+        [
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--limit",
+            "128",
+            "--num-particles",
+            "4",
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(mnist_dir),
+            "--out",
+            str(tmp_path),
+            "--seed",
+            "0",
+            "--no-progress",
+        ]
+    )
+    metrics = example.main(args)
+    check_outputs(tmp_path, metrics, epochs=1)

@@ -1,0 +1,162 @@
+"""A VAE with a 2-D latent space on MNIST, and the pictures of that space.
+
+MLP encoder and decoder with two hidden layers of 400 (ReLU), 2 latent dimensions, a Bernoulli
+likelihood on grey values (the usual summed binary cross-entropy), Adam lr 1e-3, batch 100,
+50 epochs for the full run. A published run of this setup reports a training loss of 137.45
+and a validation loss of 141.13 nats per image after 50 epochs.
+
+    python examples/mnist_latent2d.py --epochs 50 --out runs/mnist_latent2d
+
+Writes metrics.json, history.json and latent.png (test posterior means by digit),
+latent_cdf.png (the same on Φ(μ)), manifold.png (20×20 decoded Normal quantiles),
+samples.png (10×10), reconstructions.png and loss.png (train and validation) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyro
+import torch
+
+import pyro_vae as pv
+
+
+def build(likelihood: str, *, hidden: int = 400, latent: int = 2) -> pv.VAE:
+    decoder = pv.MLP(latent, 784, (hidden, hidden))
+    if likelihood == "gaussian":
+        lik = pv.GaussianLikelihood(decoder, 784, scale=0.1, learn_scale=True)
+    else:
+        lik = pv.BernoulliLikelihood(decoder, 784)
+    guide = pv.GaussianEncoder(pv.MLP(784, 2 * latent, (hidden, hidden)), latent)
+    return pv.VAE(pv.StandardNormalPrior(latent), lik, guide)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=int, default=5, help="50 for the full run")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=int, default=400)
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--warmup", type=int, default=0, help="epochs of linear KL warm-up")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--out", default="runs/mnist_latent2d")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-particles", type=int, default=1000)
+    p.add_argument("--limit", type=int, default=None, help="use only this many images")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    device = torch.device(args.device) if args.device else pv.default_device()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
+    x_test, y_test = pv.load_mnist(
+        args.data_dir, train=False, device=device, download=args.download
+    )
+    if args.limit:
+        x_train, x_test, y_test = x_train[: args.limit], x_test[: args.limit], y_test[: args.limit]
+    train = pv.Batches(x_train, batch_size=args.batch_size)
+    test = pv.Batches(x_test, batch_size=1000, shuffle=False)
+    vae = build(args.likelihood, hidden=args.hidden)
+
+    val_epochs, val_loss = [], []
+
+    def validate(epoch: int, history: pv.History) -> None:  # the validation loss, as trained
+        vae.eval()
+        val_epochs.append(epoch)
+        val_loss.append(-pv.evaluate(vae.model, vae.guide, test, num_particles=1).elbo)
+        vae.train()
+
+    def beta(epoch: int) -> float:
+        return args.beta * min(1.0, epoch / args.warmup) if args.warmup else args.beta
+
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=args.epochs,
+        optim=pv.LazyAdam({"lr": args.lr}),
+        device=device,
+        modules=vae,
+        save_dir=out,
+        progress=not args.no_progress,
+        callback=validate,
+        beta=beta,
+    )
+    vae.eval()
+    result = pv.evaluate(
+        vae.model,
+        vae.guide,
+        test,
+        num_particles=args.num_particles,
+        max_rows=2**20 if device.type == "cuda" else 2**16,
+    )
+
+    with torch.no_grad():
+        mu = vae.variational(test.data, None).mean
+    normal = torch.distributions.Normal(0.0, 1.0)
+    quantiles = normal.icdf(torch.linspace(0.025, 0.975, 20, device=device))
+    grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1)
+    with torch.no_grad():
+        manifold = vae.likelihood(grid.reshape(-1, 2)).mean
+    x = test.data[:80]
+    images = [
+        pv.plot_scatter(
+            mu,
+            y_test,
+            out / "latent.png",
+            colorbar="digit",
+            cmap="tab10",
+            title="test set: posterior means E_q[z | x]",
+        ),
+        pv.plot_scatter(
+            normal.cdf(mu),
+            y_test,
+            out / "latent_cdf.png",
+            colorbar="digit",
+            cmap="tab10",
+            title="test set: Φ(E_q[z | x])",
+        ),
+        pv.save_grid(manifold, out / "manifold.png", nrow=20),
+        pv.save_grid(vae.sample(100), out / "samples.png", nrow=10),
+        pv.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png", nrow=10),
+        pv.plot_curves(
+            {"train": (history.epoch, history.loss), "validation": (val_epochs, val_loss)},
+            out / "loss.png",
+            ylabel="negative ELBO per image (nats)",
+        ),
+    ]
+    metrics = {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1],
+        "val_loss": val_loss[-1],
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "num_particles": args.num_particles,
+        "device": pv.device_name(device),
+        "seconds": history.seconds[-1],
+        "images": images,
+        "likelihood": args.likelihood,
+        "beta": args.beta,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps(metrics, indent=1))
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_args())
