@@ -18,6 +18,7 @@ Writes metrics.json, history.json, elbo_curves.png, samples.png and posterior_me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,12 +31,14 @@ import pyro_vae as pv
 INFERENCE = ("amortized", "per-point", "semi-amortized")
 
 
-def build(inference: str, num_train: int, *, refine_steps: int, refine_lr: float) -> pv.VAE:
+def build(
+    inference: str, num_train: int, *, refine_steps: int, refine_lr: float, init_scale: float
+) -> pv.VAE:
     """The circle VAE with the guide ``inference`` names."""
     prior = pv.StandardNormalPrior(1)
     likelihood = pv.GaussianLikelihood(pv.MLP(1, 2, (20, 20)), 2, scale=0.1)
     if inference == "per-point":
-        guide = pv.PerDatapointGaussian(num_train, 1)
+        guide = pv.PerDatapointGaussian(num_train, 1, init_scale=init_scale)
     else:
         guide = pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1)
     steps = refine_steps if inference == "semi-amortized" else 0
@@ -60,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="per-point: 0 = joint updates, k = variational EM with k E-steps a batch",
     )
+    p.add_argument("--init-scale", type=float, default=1.0, help="per-point: initial σ_n")
     p.add_argument("--refine-steps", type=int, default=5, help="semi-amortized: K")
     p.add_argument("--refine-lr", type=float, default=1e-2, help="semi-amortized: step size")
     p.add_argument(
@@ -88,7 +92,13 @@ def main(args: argparse.Namespace) -> dict:
     x, z_true = x.to(device), z_true.to(device)
     train = pv.Batches(x[:n_train], batch_size=args.batch_size)
     test = pv.Batches(x[n_train:], batch_size=args.batch_size, shuffle=False)
-    vae = build(args.inference, n_train, refine_steps=args.refine_steps, refine_lr=args.refine_lr)
+    vae = build(
+        args.inference,
+        n_train,
+        refine_steps=args.refine_steps,
+        refine_lr=args.refine_lr,
+        init_scale=args.init_scale,
+    )
     per_point = args.inference == "per-point"
     optim = pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr)
 
@@ -97,7 +107,8 @@ def main(args: argparse.Namespace) -> dict:
     # training epoch as a training point gets, then --test-epochs more at the end.
     held_out = vae
     if per_point:
-        test_guide = pv.PerDatapointGaussian(test.num_data, 1).to(device)
+        test_guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
+        test_guide = test_guide.to(device)
         held_out = vae.with_guide(test_guide, name="test")
 
     def test_eval(e_epochs: int) -> pv.Evaluation:
@@ -152,7 +163,7 @@ def main(args: argparse.Namespace) -> dict:
             },
             out / "elbo_curves.png",
             title=f"circle VAE, {args.inference} inference",
-            ylim=(-5.0, None),
+            ylim=(min(min(curve_test), -history.loss[-1]) - 2.0, None),
         )
     ]
     z = vae.prior()(torch.Size((5000,)))
@@ -168,6 +179,11 @@ def main(args: argparse.Namespace) -> dict:
             x_shown, q_mean, out / "posterior_means.png", colorbar="E_q[z]", title=title
         )
     )
+    gap = None
+    if not per_point:  # how far the encoder is from the per-point optimum, on the test set
+        gap = pv.amortization_gap(
+            vae, test, epochs=args.test_epochs, lr=args.local_lr, num_particles=args.num_particles
+        )
     metrics = {
         "inference": args.inference,
         "epochs": len(history.epoch),
@@ -185,7 +201,9 @@ def main(args: argparse.Namespace) -> dict:
         "local_lr": args.local_lr if per_point else None,
         "refine_steps": vae.refine_steps,
         "test_extra_e_epochs": args.test_epochs if per_point else 0,
+        "init_scale": args.init_scale if per_point else None,
         "test_curve": {"epoch": curve_epochs, "elbo": curve_test},
+        "test_amortization_gap": None if gap is None else dataclasses.asdict(gap),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     print(json.dumps({k: v for k, v in metrics.items() if k != "test_curve"}, indent=1))
