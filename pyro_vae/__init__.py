@@ -6,6 +6,7 @@ A VAE is three distribution-returning modules — a prior :math:`p(z)`, a likeli
 """
 
 from .data import Batches, default_data_dir, load_mnist, make_circle
+from .elbo import TensorTrace_ELBO
 from .evaluate import (
     AmortizationGap,
     Evaluation,
@@ -44,6 +45,7 @@ __all__ = [
     "PerDatapointGaussian",
     "PlanarEncoder",
     "StandardNormalPrior",
+    "TensorTrace_ELBO",
     "TransformedGaussianEncoder",
     "UnitIntervalBernoulli",
     "ZukoFlowEncoder",

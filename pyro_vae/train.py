@@ -11,25 +11,27 @@ package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, SVI, Trace_ELBO
-from pyro.infer.util import zero_grads
+from pyro.infer import ELBO, SVI
 from pyro.poutine.messenger import Messenger
 from torch import nn
 from torch.distributions import transform_to
 from tqdm.auto import tqdm
 
 from .data import Batches
+from .elbo import TensorTrace_ELBO
 from .optim import LazyAdam
 
 __all__ = ["History", "LatentScale", "default_device", "device_name", "fit"]
@@ -114,12 +116,16 @@ def fit(
     e_steps: int = 0,
     freeze_model: bool = False,
     beta: float | Callable[[int], float] = 1.0,
+    log_every: int = 50,
 ) -> History:
-    """Trains a Pyro model/guide pair with :class:`pyro.infer.SVI`.
+    """Trains a Pyro model/guide pair by stochastic variational inference.
 
-    Each step calls ``svi.step(x, idx, num_data=N)`` on a minibatch; the loss it returns
-    (scaled to the whole data set by the model's subsampled plate) is divided by ``N`` so the
-    history holds the mean negative ELBO per data point.
+    Each step does what ``pyro.infer.SVI(model, guide, optim, loss).step(x, idx,
+    num_data=N)`` does — the ELBO's gradient on a minibatch, one step of the Pyro optimizer on
+    the parameters the step traced — through the differentiable-loss interface, without the
+    host synchronizations of ``SVI.step`` (the loss stays a device tensor; the progress bar
+    reads it every ``log_every`` steps). The loss, scaled to the whole data set by the model's
+    subsampled plate, is divided by ``N``: the history holds the mean negative ELBO per point.
 
     Args:
         model: A Pyro model ``model(x, idx, num_data=N)``.
@@ -128,8 +134,9 @@ def fit(
         epochs: Train until this many epochs are done (counting those of a resumed run).
         optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
             with sparse updates for per-datapoint parameters).
-        loss: A Pyro ELBO; default :class:`pyro.infer.Trace_ELBO`. With ``e_steps`` or
-            ``freeze_model`` it must provide ``differentiable_loss``.
+        loss: A Pyro ELBO; default :class:`~pyro_vae.TensorTrace_ELBO` (``Trace_ELBO``'s
+            estimator without per-site syncs). One without ``differentiable_loss`` is run
+            through ``SVI.step`` (joint updates only).
         device: Where to train; default :func:`default_device`. ``modules`` and ``data`` are
             moved there.
         modules: The networks behind ``model`` and ``guide`` (e.g. the :class:`VAE`): moved to
@@ -157,24 +164,30 @@ def fit(
     if e_steps < 0 or (e_steps and freeze_model):
         raise ValueError("e_steps must be >= 0 and cannot be combined with freeze_model")
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
-    loss = loss if loss is not None else Trace_ELBO()
+    loss = loss if loss is not None else TensorTrace_ELBO()
     data = data.to(device)
     if modules is not None:
         modules.to(device).train()
     kl_scale = LatentScale()
     if beta != 1.0:
         model, guide = kl_scale(model), kl_scale(guide)
-    svi = SVI(model, guide, optim, loss)
     num_data = data.num_data
+    if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
+        svi = SVI(model, guide, optim, loss)
+        if e_steps or freeze_model:
+            raise ValueError(f"{type(loss).__name__} has no differentiable_loss for e_steps")
 
-    def train_step(x: torch.Tensor, idx: torch.Tensor) -> float:
+    def train_step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | float:
+        if not hasattr(loss, "differentiable_loss"):
+            return svi.step(x, idx, num_data=num_data)
+        step = partial(_step, model, guide, x, idx, num_data, optim, loss)
         if freeze_model:
-            return _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=True)
+            return step(update_model=False)
         if e_steps:
             for _ in range(e_steps):
-                _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=True)
-            return _partial_step(model, guide, x, idx, num_data, optim, loss, update_guide=False)
-        return svi.step(x, idx, num_data=num_data)
+                step(update_model=False)
+            return step(update_guide=False)
+        return step()
 
     history, start = History(), 0
     ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
@@ -189,19 +202,21 @@ def fit(
     for epoch in range(start + 1, epochs + 1):
         kl_scale.beta = beta(epoch) if callable(beta) else beta
         t0 = time.perf_counter()
-        total, count = 0.0, 0
+        total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
         for step, (x, idx) in enumerate(data):
-            step_loss = train_step(x, idx)
-            total += step_loss / num_data * x.shape[0]
+            total = total + train_step(x, idx) * (x.shape[0] / num_data)
             count += x.shape[0]
-            if step % 10 == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{total / count:.2f}")
+            if progress and step % log_every == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{float(total) / count:.2f}")
             bar.update()
+        epoch_loss = float(total) / count
         elapsed += time.perf_counter() - t0
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"the loss is {epoch_loss} in epoch {epoch}")
         history.epoch.append(epoch)
-        history.loss.append(total / count)
+        history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
-        bar.set_postfix(epoch=epoch, loss=f"{total / count:.2f}")
+        bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
         if save_dir is not None:
             history.save(Path(save_dir) / HISTORY)
             _save(ckpt_path, history, optim, modules)
@@ -211,15 +226,18 @@ def fit(
     return history
 
 
-def _partial_step(model, guide, x, idx, num_data, optim, loss, *, update_guide: bool) -> float:
-    """One gradient step on the guide's parameters only, or on the model's only.
+def _step(
+    model, guide, x, idx, num_data, optim, loss, *, update_model=True, update_guide=True
+) -> torch.Tensor:
+    """One gradient step on the parameters of the model, the guide, or both.
 
-    The other side's ``pyro.param`` / ``pyro.module`` sites are blocked, so they are not
-    collected, and ``backward(inputs=...)`` computes gradients for the updated side alone.
+    A side that is not updated has its ``pyro.param`` / ``pyro.module`` sites blocked, so they
+    are not collected, and ``backward(inputs=...)`` computes gradients for the others alone.
+    Gradients are released (set to ``None``) after the step. Returns the detached loss.
     """
-    if update_guide:
+    if not update_model:
         model = poutine.block(model, hide_types=["param"])
-    else:
+    if not update_guide:
         guide = poutine.block(guide, hide_types=["param"])
     with poutine.trace(param_only=True) as capture:
         value = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
@@ -227,8 +245,9 @@ def _partial_step(model, guide, x, idx, num_data, optim, loss, *, update_guide: 
     if params:
         torch.autograd.backward(value, inputs=params)
         optim(params)
-        zero_grads(params)
-    return value.item()
+        for p in params:
+            p.grad = None
+    return value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
 
 
 def _rng_state() -> dict:

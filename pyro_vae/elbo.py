@@ -1,0 +1,71 @@
+"""An ELBO whose losses stay on the device: ``Trace_ELBO`` without a host sync per site.
+
+Pyro's ``Trace_ELBO.differentiable_loss`` converts every site's log-density to a Python float
+(``.item()``), which on CUDA is a host-device synchronization per site per step
+(pyro-ppl/pyro#222, #361, #829). :class:`TensorTrace_ELBO` computes the same estimator and
+the same gradients but returns the loss as a tensor, so a training loop can read it every
+few steps instead of every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.trace_elbo import _compute_log_r
+from pyro.infer.util import is_identically_zero
+
+__all__ = ["TensorTrace_ELBO"]
+
+
+class TensorTrace_ELBO(Trace_ELBO):
+    r"""``Trace_ELBO`` with tensor-valued losses (no ``.item()``, no NaN check per step).
+
+    The estimator is Pyro's: for reparameterized sites the pathwise gradient of
+    :math:`\log p(x, z) - \log q(z)`, for the others the score-function term with Pyro's
+    dependency-aware :math:`\log r`. ``differentiable_loss`` returns a 0-dim tensor whose value
+    is the loss and whose gradient is the surrogate's; ``loss_and_grads`` returns the detached
+    loss tensor. Everything else (``num_particles``, ``vectorize_particles``,
+    ``max_plate_nesting``) is as in :class:`pyro.infer.Trace_ELBO`; works with
+    :class:`pyro.infer.SVI` too.
+
+    Example:
+        >>> loss = TensorTrace_ELBO().differentiable_loss(vae.model, vae.guide, x, idx)
+        >>> loss.backward()
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo = 0.0
+        surrogate = 0.0
+        log_r = None
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                elbo = elbo + site["log_prob_sum"].detach()
+                surrogate = surrogate + site["log_prob_sum"]
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                elbo = elbo - site["log_prob_sum"].detach()
+                if not is_identically_zero(entropy_term):
+                    surrogate = surrogate - entropy_term.sum()
+                if not is_identically_zero(score_function_term):
+                    if log_r is None:
+                        log_r = _compute_log_r(model_trace, guide_trace)
+                    weight = log_r.sum_to(site["cond_indep_stack"])
+                    surrogate = surrogate + (weight * score_function_term).sum()
+        return -elbo, -surrogate
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        loss = 0.0
+        surrogate = 0.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            particle_loss, particle_surrogate = self._differentiable_loss_particle(
+                model_trace, guide_trace
+            )
+            loss = loss + particle_loss / self.num_particles
+            surrogate = surrogate + particle_surrogate / self.num_particles
+        return loss + (surrogate - surrogate.detach())
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        value = self.differentiable_loss(model, guide, *args, **kwargs)
+        value.backward()
+        return value.detach()
