@@ -63,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="per-point: 0 = joint updates, k = variational EM with k E-steps a batch",
     )
-    p.add_argument("--init-scale", type=float, default=1.0, help="per-point: initial σ_n")
+    p.add_argument("--init-scale", type=float, default=0.1, help="per-point: initial σ_n")
     p.add_argument("--refine-steps", type=int, default=5, help="semi-amortized: K")
-    p.add_argument("--refine-lr", type=float, default=1e-2, help="semi-amortized: step size")
+    p.add_argument("--refine-lr", type=float, default=1e-3, help="semi-amortized: step size")
     p.add_argument(
         "--test-epochs", type=int, default=200, help="per-point: E-step epochs on held-out points"
     )
