@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--local-lr",
         type=float,
-        default=1e-2,
+        default=0.1,
         help="Adam step size of per-point parameters (and held-out E-steps)",
     )
     p.add_argument(
