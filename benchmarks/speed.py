@@ -1,19 +1,22 @@
-"""Speed: training steps of the MNIST flow-prior VAE through pyro_vae vs a plain-PyTorch loop.
+"""Speed: pyro_vae's training loop against a plain-PyTorch loop of the same model, in one run.
 
-Both loops train the same architecture (examples/mnist_flow_prior.py: MLP 784-1024-1024 encoder
-and decoder, 16 latents, MAF prior) with Adam on the same device and the same data-resident
-minibatches, in one run, and the script prints the mean step time of each and their ratio.
+For each model the script times training steps (median over interleaved repeats) and a whole
+epoch through ``pyro_vae.fit`` and through a plain-PyTorch loop on the same device, data and
+batches, and prints both and their ratio (package ÷ plain; below 1 is faster):
 
-* pyro_vae: ``pyro.infer.SVI.step`` with ``Trace_ELBO`` on ``VAE.model`` / ``VAE.guide``,
-  exactly what :func:`pyro_vae.fit` runs per step.
-* plain PyTorch: the loss -(log p(x|z) + log p(z) - log q(z|x)) written by hand, as in zuko's
-  tutorial, with ``torch.optim.Adam`` and no host sync per step.
+* ``flow_prior``: examples/mnist_flow_prior.py's model (MLPs 784-1024-1024, 16 latents, MAF
+  prior, batch 256, thresholded MNIST), plus one epoch of zuko's tutorial pipeline (a
+  ``DataLoader`` over torchvision's MNIST with ``to_tensor``) with the plain step;
+* ``flow_posterior``: examples/mnist_flow_posterior.py's IAF model (z = 50, K = 2 maps);
+* ``per_point``: SVI steps of a per-datapoint guide for N = 10^4 and 10^6 points, with sparse
+  updates (LazyAdam) and with dense gradients (Pyro's Adam).
 
-* per-datapoint guide: SVI steps of a VAE with local parameters for N = 10^4 and 10^6 points
-  (``--per-point-sizes``), with row-sparse gradients + LazyAdam and with dense gradients + Pyro's
-  Adam; with sparse updates the step cost should not grow with N.
+The plain loop uses the same modules and distribution objects, so the difference is the cost
+of Pyro's inference machinery (traces, messengers, param store, per-parameter optimizers):
+loss = -(log p(x|z) + log p(z) - log q(z|x)).mean(), ``torch.optim.Adam``, no host sync per
+step. Validation is off in both, as in a tuned run.
 
-    python benchmarks/speed.py --device cpu --steps 50
+    python benchmarks/speed.py --device cpu          # or cuda; --json out.json
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -33,11 +37,11 @@ import pyro_vae as pv
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build_model(hidden: int) -> pv.VAE:
-    spec = importlib.util.spec_from_file_location("example", ROOT / "examples/mnist_flow_prior.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example.build(16, hidden)
+def example(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def sync(device: torch.device) -> None:
@@ -45,26 +49,106 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step, batches, steps: int, warmup: int, device: torch.device) -> float:
-    """Mean seconds per step over ``steps`` steps after ``warmup`` untimed ones."""
-    it = iter(batches)
+def plain_loss(vae: pv.VAE, x: torch.Tensor) -> torch.Tensor:
+    """The negative ELBO per data point with one reparameterized sample, by hand."""
+    q = vae.variational(x, None)
+    z = q()  # rsample (ZukoToPyro and Pyro distributions alike)
+    return -(vae.likelihood(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)).mean()
 
-    def next_batch():
-        nonlocal it
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(batches)
-            return next(it)
 
-    for _ in range(warmup):
-        step(*next_batch())
+def plain_epoch(vae: pv.VAE, batches, optimizer: torch.optim.Optimizer, device) -> float:
+    """Seconds for one pass of the plain loop over ``batches`` (pairs ``(x, _)``)."""
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        step(*next_batch())
+    total = 0.0
+    for x, _ in batches:
+        x = x.to(device, non_blocking=True)
+        loss = plain_loss(vae, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total = total + loss.detach()
+    float(total)  # one sync per epoch, like fit
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return time.perf_counter() - t0
+
+
+def package_epoch(vae: pv.VAE, batches: pv.Batches, optim, device) -> float:
+    """Seconds for one epoch of ``pyro_vae.fit`` over ``batches``."""
+    sync(device)
+    t0 = time.perf_counter()
+    pv.fit(vae.model, vae.guide, batches, epochs=1, optim=optim, device=device, progress=False)
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def compare(name, build, x, *, batch_size, binarize, args, device, tutorial=None) -> dict:
+    """Steps and an epoch of one model through pyro_vae and through plain PyTorch."""
+    torch.manual_seed(args.seed)
+    pyro.clear_param_store()
+    vae_pkg = build().to(device)
+    vae_ref = build().to(device)
+    vae_ref.load_state_dict(vae_pkg.state_dict())
+    optim = pv.LazyAdam({"lr": 1e-3})
+    optimizer = torch.optim.Adam(vae_ref.parameters(), lr=1e-3)
+    few = pv.Batches(x[: args.steps * batch_size], batch_size=batch_size, binarize=binarize)
+    warm = pv.Batches(x[: args.warmup * batch_size], batch_size=batch_size, binarize=binarize)
+    package_epoch(vae_pkg, warm, optim, device)
+    plain_epoch(vae_ref, warm, optimizer, device)
+    pkg, ref = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        pkg.append(package_epoch(vae_pkg, few, optim, device) / len(few))
+        ref.append(plain_epoch(vae_ref, few, optimizer, device) / len(few))
+    result = {
+        "steps": len(few),
+        "pyro_vae_step_ms": 1e3 * statistics.median(pkg),
+        "plain_torch_step_ms": 1e3 * statistics.median(ref),
+    }
+    result["step_ratio"] = result["pyro_vae_step_ms"] / result["plain_torch_step_ms"]
+    if args.epochs:
+        full = pv.Batches(x, batch_size=batch_size, binarize=binarize)
+        result["pyro_vae_epoch_s"] = package_epoch(vae_pkg, full, optim, device)
+        result["plain_torch_epoch_s"] = plain_epoch(vae_ref, full, optimizer, device)
+        result["epoch_ratio"] = result["pyro_vae_epoch_s"] / result["plain_torch_epoch_s"]
+        if tutorial is not None:
+            result["zuko_tutorial_pipeline_epoch_s"] = plain_epoch(
+                vae_ref, tutorial, optimizer, device
+            )
+    line = (
+        f"{name}: step {result['pyro_vae_step_ms']:.2f} ms (pyro_vae) vs "
+        f"{result['plain_torch_step_ms']:.2f} ms (plain), ratio {result['step_ratio']:.3f}"
+    )
+    if args.epochs:
+        line += (
+            f"; epoch {result['pyro_vae_epoch_s']:.2f} s vs {result['plain_torch_epoch_s']:.2f} s,"
+            f" ratio {result['epoch_ratio']:.3f}"
+        )
+    if "zuko_tutorial_pipeline_epoch_s" in result:
+        line += f"; zuko tutorial pipeline epoch {result['zuko_tutorial_pipeline_epoch_s']:.2f} s"
+    print(line, flush=True)
+    return result
+
+
+def tutorial_loader(data_dir: str, batch_size: int, limit: int | None):
+    """zuko's tutorial pipeline: DataLoader over torchvision MNIST with to_tensor, x.round()."""
+    from torchvision.datasets import MNIST
+    from torchvision.transforms.functional import to_tensor
+
+    ds = MNIST(data_dir, train=True, download=False, transform=to_tensor)
+    if limit:
+        ds = torch.utils.data.Subset(ds, range(limit))
+    return _Rounded(torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True))
+
+
+class _Rounded:
+    """Iterates a DataLoader as the tutorial's loop does: ``x.round().flatten(-3)``."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x.round().flatten(-3), y
 
 
 def per_point_step(
@@ -87,67 +171,62 @@ def per_point_step(
     ).to(device)
     optim = pv.LazyAdam({"lr": 1e-2}) if sparse else pyro.optim.Adam({"lr": 1e-2})
     svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
-    return time_steps(lambda x, idx: svi.step(x, idx, num_data=n), data, steps, warmup, device)
+    batches = iter(data)
+    for _ in range(warmup):
+        svi.step(*next(batches), num_data=n)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        svi.step(*next(batches), num_data=n)
+    sync(device)
+    return (time.perf_counter() - t0) / steps
 
 
 def main(args: argparse.Namespace) -> dict:
     device = torch.device(args.device) if args.device else pv.default_device()
-    pyro.enable_validation(False)  # as in a tuned training run; tests run with validation on
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    pyro.enable_validation(False)
     torch.manual_seed(args.seed)
     try:
         x, _ = pv.load_mnist(args.data_dir, device=device)
         source = "MNIST"
+        tutorial = tutorial_loader(args.data_dir, 256, args.limit)
     except FileNotFoundError:
-        x, source = torch.rand(60000, 784, device=device), "random [0, 1] data (no MNIST found)"
-    batches = pv.Batches(x, batch_size=args.batch_size, binarize="threshold")
-    n = batches.num_data
-
-    # pyro_vae: SVI on the package's VAE.
-    pyro.clear_param_store()
-    vae = build_model(args.hidden).to(device)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-    pyro_step = time_steps(
-        lambda xb, idx: svi.step(xb, idx, num_data=n), batches, args.steps, args.warmup, device
-    )
-
-    # Plain PyTorch: the same networks, the loss by hand.
-    torch.manual_seed(args.seed)
-    ref = build_model(args.hidden).to(device)
-    encoder, decoder = ref.variational.encoder, ref.likelihood.decoder
-    flow = ref.prior.flow
-    optimizer = torch.optim.Adam(ref.parameters(), lr=1e-3)
-
-    def torch_step(xb, idx):
-        loc, log_scale = encoder(xb).chunk(2, -1)
-        q = torch.distributions.Independent(torch.distributions.Normal(loc, log_scale.exp()), 1)
-        z = q.rsample()
-        logits = decoder(z)
-        log_px = -torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, xb, reduction="none"
-        ).sum(-1)
-        loss = -(log_px + flow().log_prob(z) - q.log_prob(z)).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    torch_step_s = time_steps(torch_step, batches, args.steps, args.warmup, device)
+        x, source, tutorial = torch.rand(60000, 784, device=device), "random data", None
+    if args.limit:
+        x = x[: args.limit]
     result = {
         "device": pv.device_name(device),
         "threads": torch.get_num_threads(),
         "data": source,
-        "batch_size": args.batch_size,
-        "steps": args.steps,
-        "pyro_vae_step_ms": 1e3 * pyro_step,
-        "plain_torch_step_ms": 1e3 * torch_step_s,
-        "ratio": pyro_step / torch_step_s,
-        "pyro_vae_epoch_s": pyro_step * len(batches),
-        "plain_torch_epoch_s": torch_step_s * len(batches),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
     }
     print(f"device: {result['device']}, {result['threads']} threads, data: {source}")
-    print(f"pyro_vae (SVI + Trace_ELBO): {result['pyro_vae_step_ms']:8.2f} ms/step")
-    print(f"plain PyTorch             : {result['plain_torch_step_ms']:8.2f} ms/step")
-    print(f"ratio pyro_vae / PyTorch  : {result['ratio']:8.3f}")
+
+    flow_prior = example("mnist_flow_prior")
+    result["flow_prior"] = compare(
+        "flow prior (MAF prior, MLP 1024-1024, batch 256)",
+        lambda: flow_prior.build(16, args.hidden),
+        x,
+        batch_size=256,
+        binarize="threshold",
+        args=args,
+        device=device,
+        tutorial=tutorial,
+    )
+    flow_posterior = example("mnist_flow_posterior")
+    result["flow_posterior"] = compare(
+        "flow posterior (IAF K=2, MLP 200-200, z=50, batch 100)",
+        lambda: flow_posterior.build("iaf", 2, "normal", hidden=max(32, args.hidden // 5)),
+        x,
+        batch_size=100,
+        binarize="dynamic",
+        args=args,
+        device=device,
+    )
     sizes = args.per_point_sizes
     for sparse in (True, False):
         label = "sparse + LazyAdam" if sparse else "dense + pyro.optim.Adam"
@@ -155,7 +234,7 @@ def main(args: argparse.Namespace) -> dict:
             per_point_step(
                 n,
                 sparse=sparse,
-                batch_size=args.batch_size,
+                batch_size=256,
                 latent=16,
                 steps=args.steps,
                 warmup=args.warmup,
@@ -163,14 +242,13 @@ def main(args: argparse.Namespace) -> dict:
             )
             for n in sizes
         ]
-        key = "per_point_sparse" if sparse else "per_point_dense"
-        result[key] = {
+        result["per_point_sparse" if sparse else "per_point_dense"] = {
             "sizes": sizes,
             "step_ms": [1e3 * t for t in times],
             "ratio_largest_to_smallest": times[-1] / times[0],
         }
         cells = ", ".join(f"N={n:.0e}: {1e3 * t:.2f} ms" for n, t in zip(sizes, times, strict=True))
-        print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}")
+        print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result
@@ -179,13 +257,17 @@ def main(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=1024, help="width of the flow-prior MLPs")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--no-epochs", dest="epochs", action="store_false", help="skip the whole-epoch timings"
+    )
+    p.add_argument("--limit", type=int, default=None, help="use only this many images")
+    p.add_argument("--per-point-sizes", type=int, nargs="+", default=[10**4, 10**6])
     p.add_argument("--data-dir", default=pv.default_data_dir())
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-point-sizes", type=int, nargs="+", default=[10**4, 10**6])
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     return p.parse_args(argv)
 

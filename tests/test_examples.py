@@ -93,10 +93,15 @@ def test_speed_benchmark_runs(tmp_path):
             "2",
             "--warmup",
             "1",
-            "--batch-size",
-            "32",
+            "--repeats",
+            "1",
+            "--limit",
+            "600",
             "--data-dir",
             str(tmp_path / "none"),
+            "--per-point-sizes",
+            "300",
+            "1000",
             "--json",
             str(tmp_path / "speed.json"),
         ]
@@ -105,7 +110,10 @@ def test_speed_benchmark_runs(tmp_path):
         result = speed.main(args)
     finally:
         pyro.enable_validation(True)  # the benchmark turns validation off
-    assert result["pyro_vae_step_ms"] > 0 and result["plain_torch_step_ms"] > 0
+    for key in ("flow_prior", "flow_posterior"):
+        assert result[key]["pyro_vae_step_ms"] > 0 and result[key]["plain_torch_step_ms"] > 0
+        assert result[key]["pyro_vae_epoch_s"] > 0 and result[key]["plain_torch_epoch_s"] > 0
+    assert len(result["per_point_sparse"]["step_ms"]) == 2
     assert json.loads((tmp_path / "speed.json").read_text()) == result
 
 
