@@ -171,7 +171,7 @@ def per_point_step(
     ).to(device)
     optim = pv.LazyAdam({"lr": 1e-2}) if sparse else pyro.optim.Adam({"lr": 1e-2})
     svi = SVI(vae.model, vae.guide, optim, Trace_ELBO())
-    batches = iter(data)
+    batches = (batch for _ in iter(int, 1) for batch in data)  # epochs without end
     for _ in range(warmup):
         svi.step(*next(batches), num_data=n)
     sync(device)
