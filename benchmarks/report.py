@@ -71,14 +71,19 @@ def main(argv: list[str] | None = None) -> str:
     references = dict(r.split("=", 1) for r in args.reference)
     text = table(args.runs, references)
     if args.readme is not None:
-        start, end = f"<!-- results:{args.block}:start -->", f"<!-- results:{args.block}:end -->"
-        readme = args.readme.read_text()
-        pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-        if not pattern.search(readme):
-            raise SystemExit(f"{args.readme} has no {start} ... {end} block")
-        args.readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", readme))
+        replace_block(args.readme, args.block, text)
     print(text)
     return text
+
+
+def replace_block(readme: Path, block: str, text: str) -> None:
+    """Puts ``text`` between the README's ``<!-- results:BLOCK:start/end -->`` markers."""
+    start, end = f"<!-- results:{block}:start -->", f"<!-- results:{block}:end -->"
+    content = readme.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {start} ... {end} block")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
 
 
 if __name__ == "__main__":
