@@ -25,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from pyro.infer import SVI, Trace_ELBO
 import pyro_vae as pv
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import replace_block  # noqa: E402
 
 
 def example(name: str):
@@ -251,7 +254,55 @@ def main(args: argparse.Namespace) -> dict:
         print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.readme:
+        replace_block(Path(args.readme), args.block, markdown(result))
     return result
+
+
+def markdown(result: dict) -> str:
+    """The figures of one run as a markdown table."""
+    lines = [
+        f"Measured on {result['device']} ({result['threads']} threads), torch "
+        f"{result['torch']}, pyro {result['pyro']}, data: {result['data']}.",
+        "",
+        "| model | pyro_vae step | plain step | ratio | pyro_vae epoch | plain epoch | ratio |"
+        " zuko tutorial pipeline epoch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, label in (
+        ("flow_prior", "MAF prior, MLP 1024, batch 256"),
+        ("flow_posterior", "IAF posterior, MLP 200, batch 100"),
+    ):
+        r = result[key]
+        epoch = (
+            (
+                f"{r['pyro_vae_epoch_s']:.2f} s | {r['plain_torch_epoch_s']:.2f} s | "
+                f"{r['epoch_ratio']:.3f}"
+            )
+            if "epoch_ratio" in r
+            else "| |"
+        )
+        tutorial = r.get("zuko_tutorial_pipeline_epoch_s")
+        lines.append(
+            f"| {label} | {r['pyro_vae_step_ms']:.2f} ms | {r['plain_torch_step_ms']:.2f} ms | "
+            f"{r['step_ratio']:.3f} | {epoch} | "
+            + (f"{tutorial:.2f} s |" if tutorial is not None else "|")
+        )
+    lines += [
+        "",
+        "| per-datapoint guide | "
+        + " | ".join(f"N = {n:.0e}" for n in result["per_point_sparse"]["sizes"])
+        + " | ratio |",
+        "|---|" + "---|" * (len(result["per_point_sparse"]["sizes"]) + 1),
+    ]
+    for key, label in (
+        ("per_point_sparse", "sparse rows + LazyAdam"),
+        ("per_point_dense", "dense + pyro.optim.Adam"),
+    ):
+        r = result[key]
+        cells = " | ".join(f"{t:.2f} ms" for t in r["step_ms"])
+        lines.append(f"| {label} | {cells} | {r['ratio_largest_to_smallest']:.2f} |")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -269,6 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=pv.default_data_dir())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--readme", default=None, help="write the table into this README")
+    p.add_argument("--block", default="speed")
     return p.parse_args(argv)
 
 

@@ -115,6 +115,8 @@ def test_speed_benchmark_runs(tmp_path):
         assert result[key]["pyro_vae_epoch_s"] > 0 and result[key]["plain_torch_epoch_s"] > 0
     assert len(result["per_point_sparse"]["step_ms"]) == 2
     assert json.loads((tmp_path / "speed.json").read_text()) == result
+    table = speed.markdown(result)
+    assert "| MAF prior, MLP 1024, batch 256 |" in table and "sparse rows + LazyAdam" in table
 
 
 @pytest.mark.parametrize("inference", ["amortized", "per-point", "semi-amortized"])
