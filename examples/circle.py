@@ -154,7 +154,17 @@ def main(args: argparse.Namespace) -> dict:
 
     vae.eval()
     train_eval = pv.evaluate(vae.model, vae.guide, train, num_particles=args.num_particles)
-    test_result = test_eval(args.test_epochs)
+    if per_point:  # more E-steps, from where they are, with the step size annealed to 1%
+        held_out = pv.infer_local(
+            vae,
+            test,
+            epochs=args.test_epochs,
+            lr=args.local_lr,
+            init=held_out.variational,
+            name="test_final",
+            final_lr_ratio=0.01,
+        )
+    test_result = test_eval(0)
     images = [
         pv.plot_curves(
             {

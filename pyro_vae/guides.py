@@ -104,12 +104,14 @@ class PerDatapointGaussian(nn.Module):
         :math:`\lambda_n = \mathrm{enc}(x_n)` (the start of semi-amortized inference).
 
         Args:
-            guide: A guide returning a diagonal Gaussian ``q(z|x)`` (e.g. GaussianEncoder).
+            guide: A guide returning a diagonal Gaussian ``q(z|x)`` (e.g. GaussianEncoder, or
+                a per-datapoint guide over the same points, called with their indices).
             data: All ``N`` data points ``(N, *event_shape)``.
         """
         locs, scales = [], []
-        for x in data.split(batch_size):
-            q = guide(x, None)
+        idx = torch.arange(data.shape[0], device=data.device)
+        for x, i in zip(data.split(batch_size), idx.split(batch_size), strict=True):
+            q = guide(x, i)
             locs.append(q.mean)
             scales.append(q.stddev)
         loc, scale = torch.cat(locs), torch.cat(scales)
