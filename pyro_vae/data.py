@@ -72,7 +72,7 @@ def make_circle(
     num_data: int = 20000, *, noise: float = 0.1, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
     """Points on a noisy unit circle: :math:`z_n \\sim \\mathcal{N}(0, 1)`,
-    :math:`x_n = (\\cos z_n, \\sin z_n) + \text{noise} \\cdot \\epsilon_n`.
+    :math:`x_n = (\\cos z_n, \\sin z_n) + \\text{noise} \\cdot \\epsilon_n`.
 
     Args:
         num_data: :math:`N`.

@@ -118,7 +118,7 @@ def fit(
     beta: float | Callable[[int], float] = 1.0,
     log_every: int = 50,
 ) -> History:
-    """Trains a Pyro model/guide pair by stochastic variational inference.
+    r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
     Each step does what ``pyro.infer.SVI(model, guide, optim, loss).step(x, idx,
     num_data=N)`` does — the ELBO's gradient on a minibatch, one step of the Pyro optimizer on
@@ -147,7 +147,7 @@ def fit(
         progress: Show a tqdm bar with the running loss.
         callback: Called as ``callback(epoch, history)`` after every epoch (e.g. to evaluate).
         e_steps: The schedule. ``0``: joint stochastic updates of the model's parameters
-            :math:`\theta` and the guide's :math:`\\lambda` (one ``SVI.step`` per batch).
+            :math:`\theta` and the guide's :math:`\lambda` (one ``SVI.step`` per batch).
             ``k > 0``: variational EM with alternating steps: per batch, ``k`` updates of the
             guide's parameters with :math:`\theta` fixed (E-step), then one update of
             :math:`\theta` with the guide fixed (M-step).
@@ -156,6 +156,7 @@ def fit(
         beta: Weight :math:`\beta` of the KL term (see :class:`LatentScale`), or a function
             of the epoch (from 1) for a warm-up, e.g. ``lambda e: min(1.0, e / 10)``. The
             history then records the :math:`\beta`-weighted loss.
+        log_every: Steps between progress-bar updates (each reads the loss: a host sync).
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
