@@ -28,12 +28,22 @@ COLUMNS = (
 )
 
 
-def row(folder: Path, references: dict[str, str]) -> str:
+def lookup(metrics: dict, key: str) -> object:
+    """``metrics["a"]["b"]`` for the key ``"a.b"``; None where a part is missing."""
+    value: object = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def row(folder: Path, references: dict[str, str], extra: list[str] = ()) -> str:
     m = json.loads((folder / "metrics.json").read_text())
 
     def num(key: str) -> str:
-        value = m.get(key)
-        return "n/a" if value is None else f"{value:.2f}"
+        value = lookup(m, key)
+        if isinstance(value, float | int):
+            return f"{value:.2f}"
+        return "n/a" if value is None else str(value)
 
     cells = (
         f"`{folder.name}`",
@@ -45,13 +55,15 @@ def row(folder: Path, references: dict[str, str]) -> str:
         references.get(folder.name, ""),
         f"{m['seconds'] / 60:.1f} min",
         m["device"],
+        *(num(key.split("=")[0]) for key in extra),
     )
     return "| " + " | ".join(cells) + " |"
 
 
-def table(folders: list[Path], references: dict[str, str]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += [row(f, references) for f in folders]
+def table(folders: list[Path], references: dict[str, str], extra: list[str] = ()) -> str:
+    columns = (*COLUMNS, *(key.split("=")[-1] for key in extra))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [row(f, references, extra) for f in folders]
     return "\n".join(lines)
 
 
@@ -65,11 +77,18 @@ def main(argv: list[str] | None = None) -> str:
         metavar="RUN=TEXT",
         help="published figure to show beside a run",
     )
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="another metrics.json value as a column (a.b for nested keys)",
+    )
     p.add_argument("--readme", type=Path, default=None)
     p.add_argument("--block", default="main", help="name of the README block to replace")
     args = p.parse_args(argv)
     references = dict(r.split("=", 1) for r in args.reference)
-    text = table(args.runs, references)
+    text = table(args.runs, references, args.extra)
     if args.readme is not None:
         replace_block(args.readme, args.block, text)
     print(text)
