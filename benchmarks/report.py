@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> str:
         "--extra",
         action="append",
         default=[],
-        metavar="KEY",
-        help="another metrics.json value as a column (a.b for nested keys)",
+        metavar="KEY[=LABEL]",
+        help="another metrics.json value as a column (a.b for nested keys; =LABEL names it)",
     )
     p.add_argument("--readme", type=Path, default=None)
     p.add_argument("--block", default="main", help="name of the README block to replace")
