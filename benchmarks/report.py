@@ -41,7 +41,7 @@ def row(folder: Path, references: dict[str, str], extra: list[str] = ()) -> str:
 
     def num(key: str) -> str:
         value = lookup(m, key)
-        if isinstance(value, float | int):
+        if isinstance(value, float):
             return f"{value:.2f}"
         return "n/a" if value is None else str(value)
 
