@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--num-particles",
         type=int,
         default=None,
-        help="K for the test log-likelihood (default: 1000 on cuda, 20 on cpu)",
+        help="K for the test log-likelihood (default: 1000 on cuda, 5 on cpu)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
     p.add_argument("--no-progress", action="store_true")
@@ -88,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
         beta=args.beta,
     )
     vae.eval()  # BatchNorm: running statistics from here on
-    k = args.num_particles or (1000 if device.type == "cuda" else 20)
+    k = args.num_particles or (1000 if device.type == "cuda" else 5)
     result = pv.evaluate(
         vae.model,
         vae.guide,
