@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import sys
 import time
 from pathlib import Path
 
-import pyro
 import torch
 
 import pyro_vae as pv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 INFERENCE = ("amortized", "per-point", "semi-amortized")
 
@@ -46,10 +48,8 @@ def build(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = common.parser(__doc__, epochs=50, batch_size=1000, out="runs/circle", full="500")
     p.add_argument("--inference", choices=INFERENCE, default="amortized")
-    p.add_argument("--epochs", type=int, default=50, help="500 for the full run")
-    p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--lr", type=float, default=3e-4, help="Adam step size of the networks")
     p.add_argument(
         "--local-lr",
@@ -72,20 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=25, help="epochs between test evaluations")
     p.add_argument("--num-data", type=int, default=20000)
     p.add_argument("--num-particles", type=int, default=1000)
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=None, help="unused: the data are generated")
-    p.add_argument("--out", default="runs/circle")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = common.setup(args)
 
     x, z_true = pv.make_circle(args.num_data, seed=0)
     n_train = int(0.75 * args.num_data)
@@ -215,9 +206,7 @@ def main(args: argparse.Namespace) -> dict:
         "test_curve": {"epoch": curve_epochs, "elbo": curve_test},
         "test_amortization_gap": None if gap is None else dataclasses.asdict(gap),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps({k: v for k, v in metrics.items() if k != "test_curve"}, indent=1))
-    return metrics
+    return common.save_metrics(out, metrics, hide=("test_curve",))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ samples.png and loss.png to --out.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import pyro
-import torch
-
 import pyro_vae as pv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 SHAPE = (1, 28, 28)
 
@@ -38,18 +38,12 @@ def build(likelihood: str, *, latent: int = 32) -> pv.VAE:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--epochs", type=int, default=2, help="10 for the full run")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p = common.parser(__doc__, epochs=2, batch_size=1024, out="runs/mnist_conv", full="10")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--out", default="runs/mnist_conv")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--num-particles",
         type=int,
@@ -57,16 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="K for the test log-likelihood (default: 1000 on cuda, 5 on cpu)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = common.setup(args)
     kw = {"device": device, "download": args.download, "flatten": False}
     x_train, _ = pv.load_mnist(args.data_dir, train=True, **kw)
     x_test, _ = pv.load_mnist(args.data_dir, train=False, **kw)
@@ -120,9 +109,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1))
-    return metrics
+    return common.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,17 @@ Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import pyro
 import torch
 import zuko
 from torch import nn
 
 import pyro_vae as pv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 FLOWS = ("none", "planar", "iaf", "nsf")
 PRIORS = ("normal", "maf")
@@ -58,20 +60,16 @@ def build(flow: str, flows: int, prior: str, *, latent: int = 50, hidden: int = 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = common.parser(
+        __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
+    )
     p.add_argument("--flow", choices=FLOWS, default="planar")
     p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")
     p.add_argument("--prior", choices=PRIORS, default="normal")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--out", default="runs/mnist_flow_posterior")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--num-particles",
         type=int,
@@ -80,16 +78,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = common.setup(args)
 
     x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
     x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
@@ -152,9 +145,7 @@ def main(args: argparse.Namespace) -> dict:
         "lr": args.lr,
         "binarize": "dynamic",
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1))
-    return metrics
+    return common.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ Writes ``metrics.json``, ``history.json``, ``samples.png`` and ``reconstructions
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +20,9 @@ import pyro
 import torch
 
 import pyro_vae as pv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 
 def build(latent_dim: int = 16, hidden: int = 1024) -> pv.VAE:
@@ -32,17 +35,11 @@ def build(latent_dim: int = 16, hidden: int = 1024) -> pv.VAE:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--epochs", type=int, default=2, help="64 for the tutorial's full run")
-    p.add_argument("--batch-size", type=int, default=256)
+    p = common.parser(__doc__, epochs=2, batch_size=256, out="runs/mnist_flow_prior", full="64")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=1024, help="width of the MLPs' hidden layers")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--download", action="store_true", help="let torchvision download MNIST")
-    p.add_argument("--out", default="runs/mnist_flow_prior")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--num-particles",
         type=int,
@@ -51,16 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = common.setup(args)
 
     x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
     x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
@@ -115,9 +107,7 @@ def main(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "pyro": pyro.__version__,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1))
-    return metrics
+    return common.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,15 @@ samples.png (10×10), reconstructions.png and loss.png (train and validation) to
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import pyro
 import torch
 
 import pyro_vae as pv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 
 def build(likelihood: str, *, hidden: int = 400, latent: int = 2) -> pv.VAE:
@@ -35,31 +37,20 @@ def build(likelihood: str, *, hidden: int = 400, latent: int = 2) -> pv.VAE:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--epochs", type=int, default=5, help="50 for the full run")
-    p.add_argument("--batch-size", type=int, default=100)
+    p = common.parser(__doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--warmup", type=int, default=0, help="epochs of linear KL warm-up")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--out", default="runs/mnist_latent2d")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-particles", type=int, default=1000)
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
-    p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    pyro.set_rng_seed(args.seed)
-    pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    device, out = common.setup(args)
     x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
     x_test, y_test = pv.load_mnist(
         args.data_dir, train=False, device=device, download=args.download
@@ -153,9 +144,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics, indent=1))
-    return metrics
+    return common.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

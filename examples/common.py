@@ -1,0 +1,45 @@
+"""What every example shares: its standard flags, its setup and its metrics.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pyro
+import torch
+
+import pyro_vae as pv
+
+
+def parser(
+    doc: str, *, epochs: int, batch_size: int, out: str, full: str
+) -> argparse.ArgumentParser:
+    """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed
+    --no-progress``; ``full`` says how many epochs the full run takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--out", default=out)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
+    """Seeds Pyro, clears its param store, picks the device and creates ``--out``."""
+    pyro.set_rng_seed(args.seed)
+    pyro.clear_param_store()
+    device = torch.device(args.device) if args.device else pv.default_device()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return device, out
+
+
+def save_metrics(out: Path, metrics: dict, *, hide: tuple[str, ...] = ()) -> dict:
+    """Writes ``metrics.json`` and prints it (without the ``hide`` keys)."""
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in hide}, indent=1))
+    return metrics
