@@ -173,13 +173,14 @@ def fit(
     if beta != 1.0:
         model, guide = kl_scale(model), kl_scale(guide)
     num_data = data.num_data
+    svi = None
     if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
         svi = SVI(model, guide, optim, loss)
         if e_steps or freeze_model:
             raise ValueError(f"{type(loss).__name__} has no differentiable_loss for e_steps")
 
     def train_step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | float:
-        if not hasattr(loss, "differentiable_loss"):
+        if svi is not None:
             return svi.step(x, idx, num_data=num_data)
         step = partial(_step, model, guide, x, idx, num_data, optim, loss)
         if freeze_model:
