@@ -44,33 +44,20 @@ def check_outputs(out, metrics: dict, epochs: int) -> None:
         assert image.endswith(".png") and (out / image).stat().st_size > 0
 
 
+def run(name: str, flags: str, out, data_dir=None):
+    """Runs an example with ``flags`` plus the shared ones (CPU, ``out``, no progress bar)."""
+    example = load_example(name)
+    argv = [*flags.split(), "--device", "cpu", "--out", str(out), "--no-progress"]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
+    args = example.parse_args(argv)
+    return example, args, example.main(args)
+
+
 @pytest.mark.mnist
 def test_mnist_flow_prior(mnist_dir, tmp_path):
-    example = load_example("mnist_flow_prior")
-    args = example.parse_args(
-        [
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--hidden",
-            "32",
-            "--limit",
-            "256",
-            "--num-particles",
-            "8",
-            "--device",
-            "cpu",
-            "--data-dir",
-            str(mnist_dir),
-            "--out",
-            str(tmp_path),
-            "--seed",
-            "1",
-            "--no-progress",
-        ]
-    )
-    metrics = example.main(args)
+    flags = "--epochs 1 --batch-size 64 --hidden 32 --limit 256 --num-particles 8 --seed 1"
+    example, args, metrics = run("mnist_flow_prior", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=1)
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "history.json").exists()
     # Resuming a finished run trains nothing more and reports the same training loss.
@@ -83,25 +70,15 @@ def test_speed_benchmark_runs(tmp_path):
     spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
     speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(speed)
+    flags = "--device cpu --hidden 16 --steps 2 --warmup 1 --repeats 1 --limit 600"
     args = speed.parse_args(
         [
-            "--device",
-            "cpu",
-            "--hidden",
-            "16",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--repeats",
-            "1",
-            "--limit",
-            "600",
-            "--data-dir",
-            str(tmp_path / "none"),
+            *flags.split(),
             "--per-point-sizes",
             "300",
             "1000",
+            "--data-dir",
+            str(tmp_path / "none"),
             "--json",
             str(tmp_path / "speed.json"),
         ]
@@ -121,35 +98,11 @@ def test_speed_benchmark_runs(tmp_path):
 
 @pytest.mark.parametrize("inference", ["amortized", "per-point", "semi-amortized"])
 def test_circle(inference, tmp_path):
-    example = load_example("circle")
-    args = example.parse_args(
-        [
-            "--inference",
-            inference,
-            "--epochs",
-            "2",
-            "--eval-every",
-            "1",
-            "--num-data",
-            "400",
-            "--batch-size",
-            "100",
-            "--test-epochs",
-            "2",
-            "--refine-steps",
-            "2",
-            "--num-particles",
-            "8",
-            "--device",
-            "cpu",
-            "--out",
-            str(tmp_path),
-            "--seed",
-            "0",
-            "--no-progress",
-        ]
+    flags = (
+        f"--inference {inference} --epochs 2 --eval-every 1 --num-data 400 --batch-size 100 "
+        "--test-epochs 2 --refine-steps 2 --num-particles 8 --seed 0"
     )
-    metrics = example.main(args)
+    _, _, metrics = run("circle", flags, tmp_path)
     check_outputs(tmp_path, metrics, epochs=2)
     assert metrics["inference"] == inference and math.isfinite(metrics["train_elbo"])
     assert metrics["test_curve"]["epoch"] == [1, 2]
@@ -160,39 +113,11 @@ def test_circle(inference, tmp_path):
     ("flow", "prior"), [("none", "maf"), ("planar", "normal"), ("iaf", "maf"), ("nsf", "normal")]
 )
 def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
-    example = load_example("mnist_flow_posterior")
-    args = example.parse_args(
-        [
-            "--flow",
-            flow,
-            "--flows",
-            "2",
-            "--prior",
-            prior,
-            "--latent-dim",
-            "4",
-            "--hidden",
-            "16",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--limit",
-            "256",
-            "--num-particles",
-            "8",
-            "--device",
-            "cpu",
-            "--data-dir",
-            str(mnist_dir),
-            "--out",
-            str(tmp_path),
-            "--seed",
-            "0",
-            "--no-progress",
-        ]
+    flags = (
+        f"--flow {flow} --flows 2 --prior {prior} --latent-dim 4 --hidden 16 --epochs 1 "
+        "--batch-size 64 --limit 256 --num-particles 8 --seed 0"
     )
-    metrics = example.main(args)
+    _, _, metrics = run("mnist_flow_posterior", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=1)
     assert (metrics["flow"], metrics["prior"]) == (flow, prior)
 
@@ -200,62 +125,17 @@ def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
 @pytest.mark.mnist
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_mnist_latent2d(likelihood, mnist_dir, tmp_path):
-    example = load_example("mnist_latent2d")
-    args = example.parse_args(
-        [
-            "--epochs",
-            "2",
-            "--batch-size",
-            "64",
-            "--hidden",
-            "32",
-            "--limit",
-            "256",
-            "--likelihood",
-            likelihood,
-            "--warmup",
-            "2",
-            "--num-particles",
-            "8",
-            "--device",
-            "cpu",
-            "--data-dir",
-            str(mnist_dir),
-            "--out",
-            str(tmp_path),
-            "--seed",
-            "0",
-            "--no-progress",
-        ]
+    flags = (
+        f"--epochs 2 --batch-size 64 --hidden 32 --limit 256 --likelihood {likelihood} "
+        "--warmup 2 --num-particles 8 --seed 0"
     )
-    metrics = example.main(args)
+    _, _, metrics = run("mnist_latent2d", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=2)
     assert len(metrics["images"]) == 6 and math.isfinite(metrics["val_loss"])
 
 
 @pytest.mark.mnist
 def test_mnist_conv(mnist_dir, tmp_path):
-    example = load_example("mnist_conv")
-    args = example.parse_args(
-        [
-            "--epochs",
-            "1",
-            "--batch-size",
-            "64",
-            "--limit",
-            "128",
-            "--num-particles",
-            "4",
-            "--device",
-            "cpu",
-            "--data-dir",
-            str(mnist_dir),
-            "--out",
-            str(tmp_path),
-            "--seed",
-            "0",
-            "--no-progress",
-        ]
-    )
-    metrics = example.main(args)
+    flags = "--epochs 1 --batch-size 64 --limit 128 --num-particles 4 --seed 0"
+    _, _, metrics = run("mnist_conv", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=1)
