@@ -43,8 +43,9 @@ def build(
         guide = pv.PerDatapointGaussian(num_train, 1, init_scale=init_scale)
     else:
         guide = pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1)
-    steps = refine_steps if inference == "semi-amortized" else 0
-    return pv.VAE(prior, likelihood, guide, refine_steps=steps, refine_lr=refine_lr)
+    if inference == "semi-amortized":
+        guide = pv.SemiAmortizedGaussian(guide, prior, likelihood, steps=refine_steps, lr=refine_lr)
+    return pv.VAE(prior, likelihood, guide)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,7 +201,7 @@ def main(args: argparse.Namespace) -> dict:
         "e_steps": args.e_steps if per_point else 0,
         "lr": args.lr,
         "local_lr": args.local_lr if per_point else None,
-        "refine_steps": vae.refine_steps,
+        "refine_steps": args.refine_steps if args.inference == "semi-amortized" else 0,
         "test_extra_e_epochs": args.test_epochs if per_point else 0,
         "init_scale": args.init_scale if per_point else None,
         "test_curve": {"epoch": curve_epochs, "elbo": curve_test},

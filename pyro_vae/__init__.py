@@ -1,28 +1,36 @@
 """pyro_vae: variational autoencoders the Pyro way.
 
-A VAE is three distribution-returning modules — a prior :math:`p(z)`, a likelihood
-:math:`p(x \\mid z)` and a guide :math:`q(z \\mid x)` — composed by :class:`VAE` into a Pyro
-``model`` and ``guide`` that :class:`pyro.infer.SVI` (or :func:`fit`) trains.
+A VAE is three distribution-returning modules — a :class:`Prior` :math:`p(z)`, a
+:class:`Likelihood` :math:`p(x \\mid z)` and a :class:`Guide` :math:`q(z \\mid x)` — composed by
+:class:`VAE` into a Pyro ``model`` and ``guide`` that :class:`pyro.infer.SVI` (or :func:`fit`)
+trains.
+
+Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, ``guides`` and
+``flows`` (the three roles), ``vae`` (their composition), ``data``, ``devices``, ``elbo``
+(objectives), ``optim``, ``evaluate`` (scoring), ``checkpoint``, ``train`` (the loop),
+``local`` (inference that trains: held-out E-steps, the amortization gap), ``zoo`` (standard
+architectures) and ``plots``.
 """
 
 from .data import Batches, default_data_dir, load_mnist, make_circle
-from .elbo import TensorTrace_ELBO
-from .evaluate import (
-    AmortizationGap,
-    Evaluation,
-    amortization_gap,
-    evaluate,
-    infer_local,
-    log_weights,
-)
+from .devices import default_device, device_name
+from .elbo import LatentScale, TensorTrace_ELBO
+from .evaluate import Evaluation, evaluate, log_weights
 from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
-from .guides import GaussianEncoder, PerDatapointGaussian
-from .likelihoods import BernoulliLikelihood, GaussianLikelihood, UnitIntervalBernoulli
+from .guides import (
+    GaussianEncoder,
+    Guide,
+    PerDatapointGaussian,
+    SemiAmortizedGaussian,
+    diagonal_normal,
+)
+from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
+from .local import AmortizationGap, amortization_gap, infer_local
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
-from .priors import FlowPrior, MAFPrior, StandardNormalPrior
-from .train import History, LatentScale, default_device, device_name, fit
+from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior
+from .train import History, fit
 from .vae import VAE
 
 __all__ = [
@@ -37,13 +45,17 @@ __all__ = [
     "FlowPrior",
     "GaussianEncoder",
     "GaussianLikelihood",
+    "Guide",
     "History",
     "IAFEncoder",
     "LatentScale",
     "LazyAdam",
+    "Likelihood",
     "MAFPrior",
     "PerDatapointGaussian",
     "PlanarEncoder",
+    "Prior",
+    "SemiAmortizedGaussian",
     "StandardNormalPrior",
     "TensorTrace_ELBO",
     "TransformedGaussianEncoder",
@@ -53,6 +65,7 @@ __all__ = [
     "default_data_dir",
     "default_device",
     "device_name",
+    "diagonal_normal",
     "evaluate",
     "fit",
     "infer_local",

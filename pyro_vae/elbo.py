@@ -1,4 +1,4 @@
-"""An ELBO whose losses stay on the device: ``Trace_ELBO`` without a host sync per site.
+r"""Objectives: an ELBO whose losses stay on the device, and the KL weight :math:`\beta`.
 
 Pyro's ``Trace_ELBO.differentiable_loss`` converts every site's log-density to a Python float
 (``.item()``), which on CUDA is a host-device synchronization per site per step
@@ -13,8 +13,9 @@ import torch
 from pyro.infer import Trace_ELBO
 from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_identically_zero
+from pyro.poutine.messenger import Messenger
 
-__all__ = ["TensorTrace_ELBO"]
+__all__ = ["LatentScale", "TensorTrace_ELBO"]
 
 
 class TensorTrace_ELBO(Trace_ELBO):
@@ -69,3 +70,29 @@ class TensorTrace_ELBO(Trace_ELBO):
         value = self.differentiable_loss(model, guide, *args, **kwargs)
         value.backward()
         return value.detach()
+
+
+class LatentScale(Messenger):
+    r"""Scales the log-densities of latent (unobserved) sample sites by :math:`\beta`.
+
+    Applied to both the model and the guide, the ELBO becomes
+    :math:`\mathbb{E}_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`:
+    the :math:`\beta`-VAE objective (Higgins et al. 2017) and, with :math:`\beta` rising from
+    0 to 1, KL warm-up (Bowman et al. 2016; Sønderby et al. 2016). It is ``poutine.scale``
+    restricted to latent sites; ``beta`` may be changed between steps.
+
+    Args:
+        beta: :math:`\beta \ge 0`.
+
+    Example:
+        >>> with LatentScale(0.5):
+        ...     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+    """
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and not msg["is_observed"] and self.beta != 1.0:
+            msg["scale"] = msg["scale"] * self.beta

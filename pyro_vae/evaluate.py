@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pyro
@@ -25,19 +26,9 @@ from pyro import poutine
 from torch import Tensor
 
 from .data import Batches
-from .guides import PerDatapointGaussian
-from .optim import LazyAdam
-from .train import fit
-from .vae import VAE
+from .devices import DeviceCheck, check_module, owner_modules
 
-__all__ = [
-    "AmortizationGap",
-    "Evaluation",
-    "amortization_gap",
-    "evaluate",
-    "infer_local",
-    "log_weights",
-]
+__all__ = ["Evaluation", "evaluate", "log_weights"]
 
 
 @torch.no_grad()
@@ -125,138 +116,41 @@ def evaluate(
     Returns:
         An :class:`Evaluation` with per-point means.
     """
+    _check_positive_int("num_particles", num_particles)
+    _check_positive_int("max_rows", max_rows)
     if isinstance(data, Tensor):
         data = Batches(data, batch_size=max(1, max_rows // num_particles), shuffle=False)
+    fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
+    for module in owner_modules(model, guide):
+        check_module(module, data.device, data.data.dtype, fix=fix)
     elbo_sum = ll_sum = 0.0
     count = 0
+    check = DeviceCheck(data.device, data.data.dtype, fix=fix)
     for x_batch, idx_batch in data:
         step = max(1, max_rows // num_particles)
         for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
             chunk = max(1, min(num_particles, max_rows // x.shape[0]))
-            parts = [
-                log_weights(
-                    model,
-                    guide,
-                    x,
-                    idx,
-                    num_particles=min(chunk, num_particles - start),
-                    max_plate_nesting=max_plate_nesting,
-                )
-                for start in range(0, num_particles, chunk)
-            ]
+            with check if count == 0 else nullcontext():  # the first pass checks devices
+                parts = [
+                    log_weights(
+                        model,
+                        guide,
+                        x,
+                        idx,
+                        num_particles=min(chunk, num_particles - start),
+                        max_plate_nesting=max_plate_nesting,
+                    )
+                    for start in range(0, num_particles, chunk)
+                ]
             lw = torch.cat(parts)
             elbo_sum += lw.mean(0).sum().item()
             ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
             count += x.shape[0]
+    if count == 0:
+        raise ValueError("evaluate got no data points: the data set is empty")
     return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count)
 
 
-def infer_local(
-    vae: VAE,
-    data: Batches,
-    *,
-    epochs: int,
-    lr: float = 1e-2,
-    init: torch.nn.Module | None = None,
-    name: str = "local",
-    progress: bool = False,
-    final_lr_ratio: float = 1.0,
-) -> VAE:
-    r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen.
-
-    This is the E-step that evaluating a per-datapoint model on new data needs, and, started
-    from an amortized guide's outputs (``init``), semi-amortized inference at evaluation time
-    (Kim et al. 2018): :math:`\lambda_n^{(0)} = \mathrm{enc}(x_n)`, then gradient steps.
-
-    Args:
-        vae: A trained VAE; its prior and likelihood are shared, not changed.
-        data: The data points, ``N'`` of them; their indices address the new local parameters.
-        epochs: Passes of :class:`~pyro_vae.LazyAdam` steps over ``data``.
-        lr: Step size for the local parameters.
-        init: An amortized Gaussian guide to start from; default: :math:`\mu_n = 0`,
-            :math:`\sigma_n = 1`.
-        name: Param-store prefix of the returned VAE (distinct from the training VAE's).
-        progress: Show a progress bar.
-        final_lr_ratio: Anneal the step size geometrically to ``lr * final_lr_ratio`` over the
-            epochs (e.g. 0.01), so that the local parameters settle instead of jittering.
-
-    Returns:
-        A :class:`VAE` over the same model with a :class:`PerDatapointGaussian` guide for
-        ``data``: pass its ``model``/``guide`` to :func:`evaluate`.
-    """
-    if init is None:
-        guide = PerDatapointGaussian(data.num_data, vae.prior.latent_dim)
-    else:
-        guide = PerDatapointGaussian.from_guide(init, data.data)
-    local = vae.with_guide(guide.to(data.data), name=name)
-    optim = LazyAdam({"lr": lr})
-
-    def anneal(epoch: int, history: object) -> None:  # lr → lr · final_lr_ratio, geometrically
-        for optimizer in optim.optim_objs.values():
-            for group in optimizer.param_groups:
-                group["lr"] = lr * final_lr_ratio ** (epoch / epochs)
-
-    fit(
-        local.model,
-        local.guide,
-        data,
-        epochs=epochs,
-        optim=optim,
-        device=data.device,
-        freeze_model=True,
-        progress=progress,
-        callback=anneal if final_lr_ratio != 1.0 else None,
-    )
-    return local
-
-
-@dataclass
-class AmortizationGap:
-    r"""Inference suboptimality (Cremer, Li & Duvenaud 2018), mean nats per data point.
-
-    Attributes:
-        log_likelihood: Importance-sampled :math:`\log p(x)` (with the optimized guide).
-        elbo_optimal: ELBO of the per-point optimized Gaussian :math:`q^*` (the best in the
-            family, approximately).
-        elbo_amortized: ELBO of the amortized guide.
-        approximation_gap: :math:`\log p(x) - \mathcal{L}[q^*]`: the family's limit.
-        amortization_gap: :math:`\mathcal{L}[q^*] - \mathcal{L}[q_\phi]`: the encoder's.
-    """
-
-    log_likelihood: float
-    elbo_optimal: float
-    elbo_amortized: float
-    approximation_gap: float
-    amortization_gap: float
-
-
-def amortization_gap(
-    vae: VAE,
-    data: Batches,
-    *,
-    epochs: int = 100,
-    lr: float = 1e-2,
-    num_particles: int = 1000,
-    max_rows: int = 2**17,
-) -> AmortizationGap:
-    r"""Splits a trained amortized VAE's gap :math:`\log p(x) - \mathrm{ELBO}` into the
-    approximation and amortization gaps on ``data``.
-
-    The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
-    encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
-    """
-    amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
-    local = infer_local(
-        vae, data, epochs=epochs, lr=lr, init=vae.variational, name="gap", final_lr_ratio=0.01
-    )
-    optimal = evaluate(
-        local.model, local.guide, data, num_particles=num_particles, max_rows=max_rows
-    )
-    log_px = max(optimal.log_likelihood, amortized.log_likelihood)
-    return AmortizationGap(
-        log_likelihood=log_px,
-        elbo_optimal=optimal.elbo,
-        elbo_amortized=amortized.elbo,
-        approximation_gap=log_px - optimal.elbo,
-        amortization_gap=optimal.elbo - amortized.elbo,
-    )
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")

@@ -27,6 +27,8 @@ from pyro.contrib.zuko import ZukoToPyro
 from pyro.distributions.transforms import ConditionalPlanar, conditional_affine_autoregressive
 from torch import Tensor, nn
 
+from .guides import diagonal_normal
+
 __all__ = ["IAFEncoder", "PlanarEncoder", "TransformedGaussianEncoder", "ZukoFlowEncoder"]
 
 
@@ -59,7 +61,7 @@ class TransformedGaussianEncoder(nn.Module):
         """Returns :math:`q(z \\mid x)`: batch shape ``(B,)``, event shape ``(D,)``."""
         h = self.encoder(x)
         loc, log_scale = self.base(h).chunk(2, dim=-1)
-        base = dist.Normal(loc, log_scale.exp()).to_event(1)
+        base = diagonal_normal(loc, log_scale)
         return dist.TransformedDistribution(base, [t.condition(h) for t in self.transforms])
 
 

@@ -9,13 +9,49 @@ the two by swapping one object.
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding
 
-__all__ = ["GaussianEncoder", "PerDatapointGaussian"]
+from .likelihoods import Likelihood
+from .priors import Prior
+
+__all__ = [
+    "GaussianEncoder",
+    "Guide",
+    "PerDatapointGaussian",
+    "SemiAmortizedGaussian",
+    "diagonal_normal",
+]
+
+
+@runtime_checkable
+class Guide(Protocol):
+    r"""What a guide is: a module whose ``forward(x, idx)`` returns :math:`q(z \mid x)` for a
+    minibatch ``x`` ``(B, *event_shape)`` with dataset indices ``idx`` ``(B,)``, with batch
+    shape ``(B,)`` and event shape ``(D,)``, and that knows :math:`D` as ``latent_dim``.
+
+    Amortized guides read ``x`` and may ignore ``idx``; per-datapoint guides read their
+    parameters at ``idx``. ``isinstance(module, Guide)`` checks the attributes.
+    """
+
+    latent_dim: int
+
+    def __call__(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution: ...
+
+
+def diagonal_normal(loc: Tensor, log_scale: Tensor) -> dist.Distribution:
+    r"""The diagonal Gaussian :math:`\mathcal{N}(\mu, \mathrm{diag}\,\sigma^2)` with
+    :math:`\sigma = \exp(\log\sigma)`, event shape ``loc.shape[-1:]``.
+
+    Example:
+        >>> diagonal_normal(torch.zeros(8, 3), torch.zeros(8, 3)).batch_shape
+        torch.Size([8])
+    """
+    return dist.Normal(loc, log_scale.exp()).to_event(1)
 
 
 class GaussianEncoder(nn.Module):
@@ -49,7 +85,7 @@ class GaussianEncoder(nn.Module):
                 f"(loc and log-scale); got {out.shape[-1]}"
             )
         loc, log_scale = out.chunk(2, dim=-1)
-        return dist.Normal(loc, log_scale.exp()).to_event(1)
+        return diagonal_normal(loc, log_scale)
 
 
 class PerDatapointGaussian(nn.Module):
@@ -78,6 +114,8 @@ class PerDatapointGaussian(nn.Module):
         self, num_data: int, latent_dim: int, *, init_scale: float = 1.0, sparse: bool = True
     ) -> None:
         super().__init__()
+        if not init_scale > 0 or not math.isfinite(init_scale):
+            raise ValueError(f"init_scale must be a positive number; got {init_scale!r}")
         self.num_data = num_data
         self.latent_dim = latent_dim
         self.sparse = sparse
@@ -93,7 +131,7 @@ class PerDatapointGaussian(nn.Module):
             )
         loc = embedding(idx, self.loc, sparse=self.sparse)
         log_scale = embedding(idx, self.log_scale, sparse=self.sparse)
-        return dist.Normal(loc, log_scale.exp()).to_event(1)
+        return diagonal_normal(loc, log_scale)
 
     @classmethod
     @torch.no_grad()
@@ -119,3 +157,84 @@ class PerDatapointGaussian(nn.Module):
         new.loc.copy_(loc)
         new.log_scale.copy_(scale.log())
         return new
+
+
+class SemiAmortizedGaussian(nn.Module):
+    r"""Semi-amortized inference (Kim et al. 2018, "Semi-Amortized Variational Autoencoders"):
+    a diagonal Gaussian guide's output :math:`\lambda_0 = (\mu, \log\sigma)` refined by
+    ``steps`` gradient-ascent steps on the data point's ELBO,
+
+    .. math::
+
+        \lambda_{k+1} = \lambda_k + \eta \nabla_\lambda \big[\log p(z_k) + \log p(x \mid z_k)
+            - \log q_{\lambda_k}(z_k)\big], \qquad z_k = \mu_k + \sigma_k \epsilon_k,
+
+    one reparameterized sample each, before ``z`` is drawn. While gradients are enabled
+    (training) the steps are differentiated through, so the encoder and the model learn through
+    the refinement; under ``torch.no_grad`` they are not.
+
+    The prior and likelihood are the model's: they are read, not owned (they are not
+    submodules, so the guide's parameters are the encoder's alone).
+
+    Args:
+        guide: An amortized guide returning a diagonal Gaussian (e.g. :class:`GaussianEncoder`).
+        prior: The model's prior :math:`p(z)`.
+        likelihood: The model's likelihood :math:`p(x \mid z)`.
+        steps: :math:`K \ge 1`, the refinement steps.
+        lr: :math:`\eta`.
+
+    Example:
+        >>> prior = StandardNormalPrior(2)
+        >>> likelihood = GaussianLikelihood(MLP(2, 5, (8,)), 5)
+        >>> guide = SemiAmortizedGaussian(
+        ...     GaussianEncoder(MLP(5, 4, (8,)), 2), prior, likelihood, steps=3, lr=1e-2
+        ... )
+        >>> guide(torch.zeros(7, 5)).batch_shape
+        torch.Size([7])
+    """
+
+    def __init__(
+        self,
+        guide: Guide,
+        prior: Prior,
+        likelihood: Likelihood,
+        *,
+        steps: int = 5,
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        self.guide = guide
+        self.latent_dim = guide.latent_dim
+        self._model = (prior, likelihood)  # a tuple: not registered as submodules
+        self.steps = steps
+        self.lr = lr
+
+    def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
+        """Returns the refined :math:`q(z \\mid x)`: batch shape ``(B,)``, event ``(D,)``."""
+        q = self.guide(x, idx)
+        base = q.base_dist if isinstance(q, dist.Independent) else q
+        if not isinstance(base, dist.Normal):
+            raise TypeError(f"refinement needs a diagonal Gaussian guide; got {type(q).__name__}")
+        prior, likelihood = self._model
+        differentiate = torch.is_grad_enabled()
+        loc, log_scale = base.loc, base.scale.log()
+        with torch.enable_grad():
+            if not differentiate:
+                loc, log_scale = loc.detach().requires_grad_(), log_scale.detach().requires_grad_()
+            for _ in range(self.steps):
+                z = loc + log_scale.exp() * torch.randn_like(loc)
+                elbo = (
+                    prior().log_prob(z)
+                    + likelihood(z).log_prob(x)
+                    - diagonal_normal(loc, log_scale).log_prob(z)
+                )
+                g_loc, g_log_scale = torch.autograd.grad(
+                    elbo.sum(), (loc, log_scale), create_graph=differentiate
+                )
+                loc = loc + self.lr * g_loc
+                log_scale = log_scale + self.lr * g_log_scale
+        if not differentiate:
+            loc, log_scale = loc.detach(), log_scale.detach()
+        return diagonal_normal(loc, log_scale)

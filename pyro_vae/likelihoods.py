@@ -9,13 +9,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
-__all__ = ["BernoulliLikelihood", "GaussianLikelihood", "UnitIntervalBernoulli"]
+__all__ = ["BernoulliLikelihood", "GaussianLikelihood", "Likelihood", "UnitIntervalBernoulli"]
+
+
+@runtime_checkable
+class Likelihood(Protocol):
+    r"""What a likelihood is: a module whose ``forward(z)`` returns :math:`p(x \mid z)` with
+    batch shape ``z.shape[:-1]`` and event shape ``event_shape`` (the shape of one data point,
+    which it knows as ``event_shape``).
+
+    ``isinstance(module, Likelihood)`` checks the attributes.
+    """
+
+    event_shape: torch.Size
+
+    def __call__(self, z: Tensor) -> dist.Distribution: ...
 
 
 class UnitIntervalBernoulli(dist.Bernoulli):

@@ -7,6 +7,7 @@ empty batch shape, which ``pyro.plate`` broadcasts over the data points.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
@@ -14,7 +15,20 @@ import zuko
 from pyro.contrib.zuko import ZukoToPyro
 from torch import nn
 
-__all__ = ["FlowPrior", "MAFPrior", "StandardNormalPrior"]
+__all__ = ["FlowPrior", "MAFPrior", "Prior", "StandardNormalPrior"]
+
+
+@runtime_checkable
+class Prior(Protocol):
+    r"""What a prior is: a module whose ``forward()`` returns :math:`p(z)` with event shape
+    ``(D,)`` and an empty batch shape, and that knows :math:`D` as ``latent_dim``.
+
+    ``isinstance(module, Prior)`` checks the attributes.
+    """
+
+    latent_dim: int
+
+    def __call__(self) -> dist.Distribution: ...
 
 
 class StandardNormalPrior(nn.Module):

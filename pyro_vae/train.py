@@ -1,4 +1,5 @@
-"""The training loop: Pyro SVI over shuffled minibatches, with history, checkpoints and resume.
+"""The training loop: Pyro SVI over shuffled minibatches, with history, validation,
+checkpoints and resume.
 
 :func:`fit` trains any Pyro model/guide pair that follows one calling convention::
 
@@ -13,9 +14,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -25,32 +26,17 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import ELBO, SVI
-from pyro.poutine.messenger import Messenger
-from torch import nn
-from torch.distributions import transform_to
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checkpoint import CHECKPOINT, HISTORY, load_checkpoint, save_checkpoint
 from .data import Batches
-from .elbo import TensorTrace_ELBO
+from .devices import DeviceCheck, default_device, move_param_store, owner_modules
+from .elbo import LatentScale, TensorTrace_ELBO
+from .evaluate import evaluate
 from .optim import LazyAdam
 
-__all__ = ["History", "LatentScale", "default_device", "device_name", "fit"]
-
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.json"
-
-
-def default_device() -> torch.device:
-    """``cuda`` when a GPU is available, else ``cpu``."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def device_name(device: torch.device | str) -> str:
-    """``"cpu"``, or e.g. ``"cuda (NVIDIA H100 80GB HBM3)"``: for reports."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
+__all__ = ["History", "fit"]
 
 
 @dataclass
@@ -61,11 +47,19 @@ class History:
         epoch: Epoch numbers, from 1.
         loss: Mean negative ELBO per data point over the epoch's minibatches (nats).
         seconds: Cumulative training wall-clock at the end of each epoch.
+        val_epoch: The epochs after which the validation set was evaluated.
+        val_elbo: Mean ELBO per validation point at those epochs (nats; ``β = 1``).
+
+    Example:
+        >>> History(epoch=[1], loss=[2.5], seconds=[0.1]).loss
+        [2.5]
     """
 
     epoch: list[int] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    val_epoch: list[int] = field(default_factory=list)
+    val_elbo: list[float] = field(default_factory=list)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the history as JSON."""
@@ -73,30 +67,8 @@ class History:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> History:
+        """Reads a history written by :meth:`save`."""
         return cls(**json.loads(Path(path).read_text()))
-
-
-class LatentScale(Messenger):
-    r"""Scales the log-densities of latent (unobserved) sample sites by :math:`\beta`.
-
-    Applied to both the model and the guide, the ELBO becomes
-    :math:`\mathbb{E}_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`:
-    the :math:`\beta`-VAE objective (Higgins et al. 2017) and, with :math:`\beta` rising from
-    0 to 1, KL warm-up (Bowman et al. 2016; Sønderby et al. 2016). It is ``poutine.scale``
-    restricted to latent sites; ``beta`` may be changed between steps.
-
-    Example:
-        >>> with LatentScale(0.5):
-        ...     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
-    """
-
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
-        self.beta = beta
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"] and self.beta != 1.0:
-            msg["scale"] = msg["scale"] * self.beta
 
 
 def fit(
@@ -117,6 +89,9 @@ def fit(
     freeze_model: bool = False,
     beta: float | Callable[[int], float] = 1.0,
     log_every: int = 50,
+    validation: Batches | None = None,
+    validate_every: int = 1,
+    validation_particles: int = 1,
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -137,10 +112,14 @@ def fit(
         loss: A Pyro ELBO; default :class:`~pyro_vae.TensorTrace_ELBO` (``Trace_ELBO``'s
             estimator without per-site syncs). One without ``differentiable_loss`` is run
             through ``SVI.step`` (joint updates only).
-        device: Where to train; default :func:`default_device`. ``modules`` and ``data`` are
-            moved there.
-        modules: The networks behind ``model`` and ``guide`` (e.g. the :class:`VAE`): moved to
-            ``device``, put in train mode, and saved in checkpoints with their buffers.
+        device: Where to train; default :func:`~pyro_vae.default_device`. The data, the
+            networks (``modules``) and the param store's parameters are moved there; any other
+            parameter the first step registers on another device (or in another floating
+            dtype than the data) stops training with a :class:`ValueError` that names it.
+        modules: The networks behind ``model`` and ``guide``: moved to ``device``, put in
+            train mode (not with ``freeze_model``), and saved in checkpoints with their
+            buffers. Default: the ``nn.Module`` whose bound methods ``model`` and ``guide``
+            are (e.g. the :class:`~pyro_vae.VAE` of ``vae.model``), if any.
         save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
             state, module state, epoch, RNG states) are written there after every epoch.
         resume: Continue from ``save_dir/checkpoint.pt`` when it exists.
@@ -157,32 +136,63 @@ def fit(
             of the epoch (from 1) for a warm-up, e.g. ``lambda e: min(1.0, e / 10)``. The
             history then records the :math:`\beta`-weighted loss.
         log_every: Steps between progress-bar updates (each reads the loss: a host sync).
+        validation: Held-out batches whose mean ELBO per point (``β = 1``, the networks in
+            eval mode) is recorded in ``History.val_elbo`` every ``validate_every`` epochs
+            and after the last one. For amortized guides (a per-datapoint guide has no
+            parameters for new points: use :func:`~pyro_vae.infer_local`).
+        validate_every: Epochs between validations.
+        validation_particles: Guide samples per validation point.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
     """
+    _check_int("epochs", epochs, minimum=1)
+    _check_int("log_every", log_every, minimum=1)
+    _check_int("e_steps", e_steps, minimum=0)
+    _check_int("validate_every", validate_every, minimum=1)
+    if e_steps and freeze_model:
+        raise ValueError(
+            "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
+            "only (the model is never updated); for variational EM (k E-steps, then an M-step "
+            "per batch) pass e_steps=k and leave freeze_model=False"
+        )
     device = torch.device(device) if device is not None else default_device()
-    if e_steps < 0 or (e_steps and freeze_model):
-        raise ValueError("e_steps must be >= 0 and cannot be combined with freeze_model")
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
     data = data.to(device)
+    if validation is not None:
+        validation = validation.to(device)
+    if modules is None:  # the networks behind bound methods, e.g. vae.model / vae.guide
+        found = owner_modules(model, guide)
+        modules = found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
     if modules is not None:
-        modules.to(device).train()
+        modules.to(device)
+        if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
+            modules.train()
+    move_param_store(device)  # pyro.params of hand-written pairs registered before the call
     kl_scale = LatentScale()
+    train_model, train_guide = model, guide
     if beta != 1.0:
-        model, guide = kl_scale(model), kl_scale(guide)
+        train_model, train_guide = kl_scale(model), kl_scale(guide)
     num_data = data.num_data
     svi = None
     if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
-        svi = SVI(model, guide, optim, loss)
-        if e_steps or freeze_model:
-            raise ValueError(f"{type(loss).__name__} has no differentiable_loss for e_steps")
+        if e_steps:
+            raise ValueError(
+                f"e_steps needs a loss with differentiable_loss; {type(loss).__name__} has "
+                "none. Use e_steps=0 or a Trace_ELBO-like loss"
+            )
+        if freeze_model:
+            raise ValueError(
+                f"freeze_model=True needs a loss with differentiable_loss; "
+                f"{type(loss).__name__} has none. Use a Trace_ELBO-like loss for E-steps"
+            )
+        svi = SVI(train_model, train_guide, optim, loss)
 
-    def train_step(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | float:
+    def train_step(x: Tensor, idx: Tensor) -> Tensor | float:
         if svi is not None:
             return svi.step(x, idx, num_data=num_data)
-        step = partial(_step, model, guide, x, idx, num_data, optim, loss)
+        step = partial(_step, train_model, train_guide, x, idx, num_data, optim, loss)
         if freeze_model:
             return step(update_model=False)
         if e_steps:
@@ -191,22 +201,41 @@ def fit(
             return step(update_guide=False)
         return step()
 
+    def validate() -> float:
+        was_training = modules.training if modules is not None else None
+        if modules is not None:
+            modules.eval()
+        try:
+            return evaluate(model, guide, validation, num_particles=validation_particles).elbo
+        finally:
+            if modules is not None:
+                modules.train(was_training)
+
     history, start = History(), 0
     ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
-            history = _restore(ckpt_path, model, guide, data, optim, modules, device)
+            batch = next(iter(data))
+            with DeviceCheck(device, batch[0].dtype):
+                saved = load_checkpoint(
+                    ckpt_path, model, guide, batch, num_data, optim, modules, device
+                )
+            history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
 
     elapsed = history.seconds[-1] if history.seconds else 0.0
     bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
+    first = True
     for epoch in range(start + 1, epochs + 1):
         kl_scale.beta = beta(epoch) if callable(beta) else beta
         t0 = time.perf_counter()
         total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
         for step, (x, idx) in enumerate(data):
-            total = total + train_step(x, idx) * (x.shape[0] / num_data)
+            with DeviceCheck(device, x.dtype) if first else nullcontext():
+                value = train_step(x, idx)
+            first = False
+            total = total + value * (x.shape[0] / num_data)
             count += x.shape[0]
             if progress and step % log_every == 0:
                 bar.set_postfix(epoch=epoch, loss=f"{float(total) / count:.2f}")
@@ -218,14 +247,22 @@ def fit(
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
+        if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
+            history.val_epoch.append(epoch)
+            history.val_elbo.append(validate())
         bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
         if save_dir is not None:
             history.save(Path(save_dir) / HISTORY)
-            _save(ckpt_path, history, optim, modules)
+            save_checkpoint(ckpt_path, asdict(history), optim, modules)
         if callback is not None:
             callback(epoch, history)
     bar.close()
     return history
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
 def _step(
@@ -250,58 +287,3 @@ def _step(
         for p in params:
             p.grad = None
     return value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _save(path: Path, history: History, optim: pyro.optim.PyroOptim, modules) -> None:
-    state = {
-        "history": asdict(history),
-        "param_store": pyro.get_param_store().get_state(),
-        "optim": optim.get_state(),
-        "modules": modules.state_dict() if modules is not None else None,
-        "rng": _rng_state(),
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def _restore(path: Path, model, guide, data: Batches, optim, modules, device) -> History:
-    """Loads a checkpoint into the live objects.
-
-    One forward pass of model and guide on a batch first registers every parameter in the param
-    store, so that saved values can be copied *into* the tensors the modules use (a resumed run
-    then trains the same tensors whether a model registers modules or plain ``pyro.param``s).
-    """
-    state = torch.load(path, map_location=device, weights_only=False)
-    x, idx = next(iter(data))
-    with poutine.block(), torch.no_grad():
-        model(x, idx, num_data=data.num_data)
-        guide(x, idx, num_data=data.num_data)
-    store = pyro.get_param_store()
-    saved = state["param_store"]
-    with torch.no_grad():
-        for name, value in saved["params"].items():
-            if name in store:
-                store.get_param(name).unconstrained().copy_(value)
-            else:
-                constraint = saved["constraints"][name]
-                store.setdefault(name, transform_to(constraint)(value), constraint)
-    if modules is not None and state["modules"] is not None:
-        modules.load_state_dict(state["modules"])
-    optim.set_state(state["optim"])
-    _set_rng_state(state["rng"])
-    return History(**state["history"])

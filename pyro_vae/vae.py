@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
+
+from .guides import Guide
+from .likelihoods import Likelihood
+from .priors import Prior
 
 __all__ = ["VAE"]
 
@@ -33,60 +36,62 @@ class VAE(nn.Module):
     guide's parameters in the guide, so model-only or guide-only updates are possible.
 
     Args:
-        prior: A module whose ``forward()`` returns :math:`p(z)` (event shape ``(D,)``).
-        likelihood: A module whose ``forward(z)`` returns :math:`p(x \mid z)`.
-        guide: A module whose ``forward(x, idx)`` returns :math:`q(z \mid x)` with batch shape
-            ``(B,)``: amortized (:class:`~pyro_vae.GaussianEncoder`) or per data point.
+        prior: A :class:`~pyro_vae.Prior`: ``forward()`` returns :math:`p(z)` (event shape
+            ``(D,)``).
+        likelihood: A :class:`~pyro_vae.Likelihood`: ``forward(z)`` returns
+            :math:`p(x \mid z)`.
+        guide: A :class:`~pyro_vae.Guide`: ``forward(x, idx)`` returns :math:`q(z \mid x)`
+            with batch shape ``(B,)``: amortized (:class:`~pyro_vae.GaussianEncoder`, flows,
+            :class:`~pyro_vae.SemiAmortizedGaussian`) or per data point
+            (:class:`~pyro_vae.PerDatapointGaussian`).
         name: Prefix of the names under which the modules enter Pyro's param store.
-        refine_steps: Semi-amortized inference (Kim et al. 2018, "Semi-Amortized Variational
-            Autoencoders"): the guide's Gaussian output :math:`\lambda_0 = (\mu, \log\sigma)`
-            is refined by this many gradient-ascent steps
-            :math:`\lambda_{k+1} = \lambda_k + \eta \nabla_\lambda \mathrm{ELBO}(x; \lambda_k)`
-            (one reparameterized sample each) before ``z`` is drawn. While gradients are
-            enabled (training) the steps are differentiated through, so the encoder and the
-            model learn through the refinement; under ``torch.no_grad`` they are not.
-        refine_lr: :math:`\eta`.
+
+    Raises:
+        TypeError: When a piece is not an ``nn.Module`` with the attributes its role needs
+            (``latent_dim`` for the prior and the guide, ``event_shape`` for the likelihood).
 
     Example:
         >>> vae = VAE(
         ...     MAFPrior(16),
-        ...     BernoulliLikelihood(MLP(16, 784, (1024, 1024)), 784),
-        ...     GaussianEncoder(MLP(784, 32, (1024, 1024)), 16),
+        ...     BernoulliLikelihood(MLP(16, 784, (256,)), 784),
+        ...     GaussianEncoder(MLP(784, 32, (256,)), 16),
         ... )
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
         ...                      pyro.infer.Trace_ELBO())
-        >>> loss = svi.step(x, idx, num_data=60000)  # doctest: +SKIP
+        >>> x, idx = torch.rand(8, 784).round(), torch.arange(8)
+        >>> loss = svi.step(x, idx, num_data=60000)
+        >>> vae.sample(4).shape
+        torch.Size([4, 784])
     """
 
     def __init__(
         self,
-        prior: nn.Module,
-        likelihood: nn.Module,
-        guide: nn.Module,
+        prior: Prior,
+        likelihood: Likelihood,
+        guide: Guide,
         *,
         name: str = "vae",
-        refine_steps: int = 0,
-        refine_lr: float = 1e-2,
     ) -> None:
         super().__init__()
+        for role, piece, protocol, needs in (
+            ("prior", prior, Prior, "latent_dim and forward() -> p(z)"),
+            ("likelihood", likelihood, Likelihood, "event_shape and forward(z) -> p(x|z)"),
+            ("guide", guide, Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
+        ):
+            if not isinstance(piece, nn.Module) or not isinstance(piece, protocol):
+                raise TypeError(
+                    f"the {role} must be an nn.Module with {needs} (see pyro_vae."
+                    f"{protocol.__name__}); got {type(piece).__name__}"
+                )
         self.prior = prior
         self.likelihood = likelihood
         self.variational = guide
         self.name = name
-        self.refine_steps = refine_steps
-        self.refine_lr = refine_lr
 
-    def with_guide(self, guide: nn.Module, *, name: str, refine_steps: int = 0) -> VAE:
+    def with_guide(self, guide: Guide, *, name: str) -> VAE:
         """The same prior and likelihood (shared modules) with another guide, registered under
         another ``name`` (e.g. a per-datapoint guide for held-out data)."""
-        return VAE(
-            self.prior,
-            self.likelihood,
-            guide,
-            name=name,
-            refine_steps=refine_steps,
-            refine_lr=self.refine_lr,
-        )
+        return VAE(self.prior, self.likelihood, guide, name=name)
 
     @property
     def event_shape(self) -> torch.Size:
@@ -127,38 +132,7 @@ class VAE(nn.Module):
         """The guide :math:`q(z \\mid x)` for a minibatch; same arguments as :meth:`model`."""
         pyro.module(f"{self.name}.guide", self.variational, update_module_params=True)
         with self._plate(x, idx, num_data) as ind:
-            q = self.variational(x, ind)
-            if self.refine_steps:
-                q = self.refine(q, x)
-            pyro.sample("z", q)
-
-    def refine(self, q: dist.Distribution, x: Tensor) -> dist.Distribution:
-        """Semi-amortized refinement of a diagonal Gaussian ``q`` (batch ``(B,)``) for data
-        ``x`` (see ``refine_steps``); returns the refined diagonal Gaussian."""
-        base = q.base_dist if isinstance(q, dist.Independent) else q
-        if not isinstance(base, dist.Normal):
-            raise TypeError(f"refinement needs a diagonal Gaussian guide; got {type(q).__name__}")
-        differentiate = torch.is_grad_enabled()
-        loc, log_scale = base.loc, base.scale.log()
-        with torch.enable_grad():
-            if not differentiate:
-                loc, log_scale = loc.detach().requires_grad_(), log_scale.detach().requires_grad_()
-            for _ in range(self.refine_steps):
-                scale = log_scale.exp()
-                z = loc + scale * torch.randn_like(loc)
-                elbo = (
-                    self.prior().log_prob(z)
-                    + self.likelihood(z).log_prob(x)
-                    - dist.Normal(loc, scale).log_prob(z).sum(-1)
-                )
-                g_loc, g_log_scale = torch.autograd.grad(
-                    elbo.sum(), (loc, log_scale), create_graph=differentiate
-                )
-                loc = loc + self.refine_lr * g_loc
-                log_scale = log_scale + self.refine_lr * g_log_scale
-        if not differentiate:
-            loc, log_scale = loc.detach(), log_scale.detach()
-        return dist.Normal(loc, log_scale.exp()).to_event(1)
+            pyro.sample("z", self.variational(x, ind))
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
@@ -179,8 +153,6 @@ class VAE(nn.Module):
             idx = torch.arange(x.shape[0], device=x.device)
         with _eval_mode(self):
             q = self.variational(x, idx)
-            if self.refine_steps:
-                q = self.refine(q, x)
             try:
                 z = q.mean
             except NotImplementedError:  # flows have no closed-form mean: use one sample

@@ -198,16 +198,19 @@ def test_semi_amortized_refinement_improves_the_elbo():
     with torch.no_grad():  # a poor encoder
         vae.variational.encoder.bias[:D] += 0.3
     plain = pv.evaluate(vae.model, vae.guide, x, num_particles=500)
-    refined_vae = vae.with_guide(vae.variational, name="semi", refine_steps=20)
-    refined_vae.refine_lr = 1e-3
+    semi = pv.SemiAmortizedGaussian(vae.variational, vae.prior, vae.likelihood, steps=20, lr=1e-3)
+    refined_vae = vae.with_guide(semi, name="semi")
     refined = pv.evaluate(refined_vae.model, refined_vae.guide, x, num_particles=500)
     assert refined.elbo > plain.elbo + 0.5, (plain, refined)
     assert refined.elbo <= log_px.mean().item() + 0.02
 
 
 def test_semi_amortized_training_differentiates_through_the_refinement():
-    vae = circle_vae(pv.GaussianEncoder(pv.MLP(2, 2, (8,)), 1))
-    vae.refine_steps, vae.refine_lr = 3, 1e-3
+    amortized = circle_vae(pv.GaussianEncoder(pv.MLP(2, 2, (8,)), 1))
+    guide = pv.SemiAmortizedGaussian(
+        amortized.variational, amortized.prior, amortized.likelihood, steps=3, lr=1e-3
+    )
+    vae = amortized.with_guide(guide, name="semi")
     x = pv.make_circle(64)[0]
     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x, torch.arange(64))
     loss.backward()
