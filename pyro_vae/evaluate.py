@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import pyro
@@ -125,23 +124,22 @@ def evaluate(
         check_module(module, data.device, data.data.dtype, fix=fix)
     elbo_sum = ll_sum = 0.0
     count = 0
-    check = DeviceCheck(data.device, data.data.dtype, fix=fix)
+    check = DeviceCheck(data.device, data.data.dtype, fix=fix)  # the first pass, innermost
     for x_batch, idx_batch in data:
         step = max(1, max_rows // num_particles)
         for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
             chunk = max(1, min(num_particles, max_rows // x.shape[0]))
-            with check if count == 0 else nullcontext():  # the first pass checks devices
-                parts = [
-                    log_weights(
-                        model,
-                        guide,
-                        x,
-                        idx,
-                        num_particles=min(chunk, num_particles - start),
-                        max_plate_nesting=max_plate_nesting,
-                    )
-                    for start in range(0, num_particles, chunk)
-                ]
+            pair = (check(model), check(guide)) if count == 0 else (model, guide)
+            parts = [
+                log_weights(
+                    *pair,
+                    x,
+                    idx,
+                    num_particles=min(chunk, num_particles - start),
+                    max_plate_nesting=max_plate_nesting,
+                )
+                for start in range(0, num_particles, chunk)
+            ]
             lw = torch.cat(parts)
             elbo_sum += lw.mean(0).sum().item()
             ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()

@@ -16,7 +16,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CHECKPOINT, HISTORY, load_checkpoint, save_checkpoint
 from .data import Batches
-from .devices import DeviceCheck, default_device, move_param_store, owner_modules
+from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
 from .optim import LazyAdam
@@ -167,6 +166,7 @@ def fit(
         modules = found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
     if modules is not None:
         modules.to(device)
+        check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
         if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
             modules.train()
     move_param_store(device)  # pyro.params of hand-written pairs registered before the call
@@ -175,7 +175,14 @@ def fit(
     if beta != 1.0:
         train_model, train_guide = kl_scale(model), kl_scale(guide)
     num_data = data.num_data
-    svi = None
+    # The first step (and a resume's forward pass) runs model and guide under a DeviceCheck,
+    # innermost, so it sees every parameter site, blocked ones included; later steps don't pay.
+    check = DeviceCheck(device, data.data.dtype)
+    pairs = {
+        True: (check(train_model), check(train_guide)),
+        False: (train_model, train_guide),
+    }
+    svis = None
     if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
         if e_steps:
             raise ValueError(
@@ -187,12 +194,12 @@ def fit(
                 f"freeze_model=True needs a loss with differentiable_loss; "
                 f"{type(loss).__name__} has none. Use a Trace_ELBO-like loss for E-steps"
             )
-        svi = SVI(train_model, train_guide, optim, loss)
+        svis = {first: SVI(*pair, optim, loss) for first, pair in pairs.items()}
 
-    def train_step(x: Tensor, idx: Tensor) -> Tensor | float:
-        if svi is not None:
-            return svi.step(x, idx, num_data=num_data)
-        step = partial(_step, train_model, train_guide, x, idx, num_data, optim, loss)
+    def train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
+        if svis is not None:
+            return svis[first].step(x, idx, num_data=num_data)
+        step = partial(_step, *pairs[first], x, idx, num_data, optim, loss)
         if freeze_model:
             return step(update_model=False)
         if e_steps:
@@ -216,11 +223,9 @@ def fit(
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
-            batch = next(iter(data))
-            with DeviceCheck(device, batch[0].dtype):
-                saved = load_checkpoint(
-                    ckpt_path, model, guide, batch, num_data, optim, modules, device
-                )
+            saved = load_checkpoint(
+                ckpt_path, *pairs[True], next(iter(data)), num_data, optim, modules, device
+            )
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
 
@@ -232,8 +237,7 @@ def fit(
         t0 = time.perf_counter()
         total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
         for step, (x, idx) in enumerate(data):
-            with DeviceCheck(device, x.dtype) if first else nullcontext():
-                value = train_step(x, idx)
+            value = train_step(x, idx, first)
             first = False
             total = total + value * (x.shape[0] / num_data)
             count += x.shape[0]
