@@ -1,15 +1,24 @@
-"""Checkpoints: everything a training run needs to continue exactly where it stopped.
+"""Checkpoints: everything a training run needs to continue exactly where it stopped, as data.
 
-A checkpoint holds the training history, Pyro's param store, the optimizer's state, the
-networks' state (parameters *and* buffers, e.g. BatchNorm statistics) and the random number
-generators' states. It is written to a temporary file and renamed over the old one, so a
-killed process leaves either the old or the new checkpoint, never half of one.
+A checkpoint is the run's history, the values of the model's and guide's parameters (Pyro's
+param store, by name), the networks' state (parameters *and* buffers, e.g. BatchNorm
+statistics), the optimizer's state (moments, step counts and the current hyperparameters, so a
+learning-rate schedule continues), the optimizer's type and settings, and the random number
+generators' states. It holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``: loading a checkpoint never runs code from it.
+
+Files, in the run's folder: ``checkpoint.pt`` (the latest; what ``resume=True`` reads) and
+``checkpoint.prev.pt`` (the one before it, kept so that one bad epoch never destroys a run). A
+new checkpoint is written to ``checkpoint.tmp`` and renamed over ``checkpoint.pt``, so a killed
+process leaves the old or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +27,25 @@ import pyro.optim
 import torch
 from pyro import poutine
 from torch import Tensor, nn
-from torch.distributions import transform_to
 
-__all__ = ["CHECKPOINT", "HISTORY", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT",
+    "HISTORY",
+    "PREVIOUS",
+    "CheckpointError",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 HISTORY = "history.json"
+_KEYS = ("history", "params", "optim", "optim_settings", "modules", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that belongs to another model or optimizer."""
 
 
 def _rng_state() -> dict:
@@ -40,31 +62,80 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _settings(optim: pyro.optim.PyroOptim) -> dict:
+    cls = type(optim)
+    args = getattr(optim, "pt_optim_args", None)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "args": dict(args) if isinstance(args, dict) else None,
+        "local_lr": getattr(optim, "local_lr", None),
+    }
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     history: dict,
     optim: pyro.optim.PyroOptim,
     modules: nn.Module | None,
+    param_names: list[str],
 ) -> None:
-    """Writes a checkpoint atomically (temporary file, then rename).
+    """Writes a checkpoint atomically and keeps the previous one as ``checkpoint.prev.pt``.
 
     Args:
         path: The checkpoint file.
         history: The run's history as a dict (``dataclasses.asdict(History)``).
-        optim: The Pyro optimizer whose state to save.
+        optim: The Pyro optimizer whose state and settings to save.
         modules: The networks whose ``state_dict`` to save (buffers included), if any.
+        param_names: The param-store names of the run's parameters.
     """
     path = Path(path)
+    store = pyro.get_param_store()
     state = {
         "history": history,
-        "param_store": pyro.get_param_store().get_state(),
+        "params": {name: store.get_param(name).unconstrained().detach() for name in param_names},
         "optim": optim.get_state(),
+        "optim_settings": _settings(optim),
         "modules": modules.state_dict() if modules is not None else None,
         "rng": _rng_state(),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
+        previous, link = path.with_name(PREVIOUS), path.with_suffix(".link")
+        try:
+            os.link(path, link)
+        except OSError:
+            shutil.copyfile(path, link)
+        os.replace(link, previous)
     os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+    """Reads a checkpoint as data (``weights_only=True``) and checks that it is complete.
+
+    Raises:
+        CheckpointError: When the file is truncated, empty, not a checkpoint, missing keys, or
+            holds anything but tensors and plain containers (e.g. pickled code).
+    """
+    path = Path(path)
+    advice = (
+        f"resume from the previous checkpoint (replace {path.name} by {PREVIOUS} when it "
+        "exists) or start over with overwrite=True"
+    )
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, random bytes, empty, or code that is not data
+        raise CheckpointError(
+            f"the checkpoint {path} cannot be read as data ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'no details'}); {advice}"
+        ) from None
+    missing = [k for k in _KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint {path} is not a complete pyro_vae checkpoint (missing "
+            f"{', '.join(missing)}); {advice}"
+        )
+    return state
 
 
 def load_checkpoint(
@@ -76,31 +147,98 @@ def load_checkpoint(
     optim: pyro.optim.PyroOptim,
     modules: nn.Module | None,
     device: torch.device,
-) -> dict:
-    """Loads a checkpoint into the live objects and returns the saved history (a dict).
+) -> tuple[dict, list[str]]:
+    """Loads a checkpoint into the live objects and returns the saved history (a dict) and the
+    run's parameter names.
 
     One forward pass of ``model`` and ``guide`` on ``batch`` first registers every parameter
     in the param store, so that saved values are copied *into* the tensors the modules use (a
     resumed run then trains the same tensors whether a model registers modules or plain
-    ``pyro.param``\\ s). Then the modules' state, the optimizer's state and the RNG states are
-    restored.
+    ``pyro.param``\\ s). The checkpoint must match: the same parameter names and shapes, the
+    same module state keys, the same optimizer type; else a :class:`CheckpointError` names the
+    first difference. Optimizer settings (``optim_args``, ``local_lr``) that differ from the
+    checkpoint's replace the saved hyperparameters (with a warning); equal ones restore the
+    saved hyperparameters, so a schedule continues where it was.
     """
-    state = torch.load(path, map_location=device, weights_only=False)
+    path = Path(path)
+    state = read_checkpoint(path, device)
+    settings = _settings(optim)
+    saved_settings = state["optim_settings"]
+    if saved_settings["type"] != settings["type"]:
+        raise CheckpointError(
+            f"the checkpoint {path} was trained with the optimizer {saved_settings['type']}; "
+            f"this run uses {settings['type']}. Resume with the same optimizer type, or start "
+            "over with overwrite=True"
+        )
     x, idx = batch
-    with poutine.block(), torch.no_grad():
+    with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
         model(x, idx, num_data=num_data)
         guide(x, idx, num_data=num_data)
+    names = list(capture.trace.nodes)
+    _check_params(path, state["params"], names)
     store = pyro.get_param_store()
-    saved = state["param_store"]
     with torch.no_grad():
-        for name, value in saved["params"].items():
-            if name in store:
-                store.get_param(name).unconstrained().copy_(value)
-            else:
-                constraint = saved["constraints"][name]
-                store.setdefault(name, transform_to(constraint)(value), constraint)
-    if modules is not None and state["modules"] is not None:
-        modules.load_state_dict(state["modules"])
-    optim.set_state(state["optim"])
+        for name in names:
+            store.get_param(name).unconstrained().copy_(state["params"][name])
+    if modules is not None:
+        if state["modules"] is None:
+            raise CheckpointError(
+                f"the checkpoint {path} holds no network state but this run trains "
+                f"{type(modules).__name__}; start over with overwrite=True"
+            )
+        try:
+            modules.load_state_dict(state["modules"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"the checkpoint {path} was written by other networks: {e}"
+            ) from None
+    optim.set_state(_with_settings(state["optim"], saved_settings, settings, path))
     _set_rng_state(state["rng"])
-    return state["history"]
+    return state["history"], names
+
+
+def _check_params(path: Path, saved: dict[str, Tensor], names: list[str]) -> None:
+    fix = "resume with the model and guide that wrote it, or start over with overwrite=True"
+    for name in names:
+        if name not in saved:
+            raise CheckpointError(
+                f"the checkpoint {path} has no parameter {name!r} (this run's model or guide "
+                f"is not the one that wrote it); {fix}"
+            )
+    for name, value in saved.items():
+        if name not in names:
+            raise CheckpointError(
+                f"the checkpoint {path} has a parameter {name!r} that this run's model and "
+                f"guide do not register; {fix}"
+            )
+        live = pyro.get_param_store().get_param(name).unconstrained()
+        if live.shape != value.shape:
+            raise CheckpointError(
+                f"the parameter {name!r} has shape {tuple(value.shape)} in the checkpoint "
+                f"{path} but {tuple(live.shape)} in this run; {fix}"
+            )
+
+
+def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> dict:
+    """The saved per-parameter optimizer states, with the live settings where they differ."""
+    changed = {}
+    if live["args"] is not None and saved["args"] is not None:
+        changed = {k: v for k, v in live["args"].items() if saved["args"].get(k, object()) != v}
+    local_lr_changed = live["local_lr"] != saved["local_lr"]
+    if not changed and not local_lr_changed:
+        return optim_state
+    warnings.warn(
+        f"resuming {path} with new optimizer settings "
+        f"{changed if changed else ''}{' local_lr=' + str(live['local_lr']) if local_lr_changed else ''}"
+        ": they replace the checkpoint's",
+        stacklevel=3,
+    )
+    for per_param in optim_state.values():
+        for group in per_param.get("param_groups", []):
+            sparse = "weight_decay" not in group  # LazyAdam's SparseAdam states
+            for k, v in changed.items():
+                if k in group and not (sparse and k == "lr" and live["local_lr"] is not None):
+                    group[k] = v
+            if sparse and live["local_lr"] is not None:
+                group["lr"] = live["local_lr"]
+    return optim_state

@@ -145,8 +145,10 @@ class DeviceCheck(Messenger):
         self.device = torch.device(device)
         self.dtype = dtype
         self.fix = fix
+        self.names: dict[str, None] = {}  # the parameter names seen, in order
 
     def _pyro_post_param(self, msg: dict) -> None:
+        self.names[msg["name"]] = None
         value = msg["value"]
         if isinstance(value, Tensor):
             what = f"pyro.param {msg['name']!r}"

@@ -40,8 +40,15 @@ class LazyAdam(PyroOptim):
             each move only when their data point is drawn: typically larger than ``lr``.
 
     Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           PerDatapointGaussian(100, 2))
         >>> optim = LazyAdam({"lr": 3e-4}, local_lr=1e-2)
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, optim, pyro.infer.Trace_ELBO())
+        >>> x, idx = torch.rand(8, 10).round(), torch.arange(8)
+        >>> loss = svi.step(x, idx, num_data=100)
+        >>> loc = vae.variational.loc
+        >>> bool((loc[:8] != 0).all()), bool((loc[8:] == 0).all())  # only the batch's rows move
+        (True, True)
     """
 
     def __init__(
@@ -106,6 +113,11 @@ class LazyAdam(PyroOptim):
             k: v if k == "step" else v.to(device=param.device, dtype=param.dtype)
             for k, v in saved.items()
         }
+        # The saved hyperparameters (e.g. a scheduled lr) apply to the parameter's group.
+        group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
+        for k, v in state["param_groups"][0].items():
+            if k != "params" and k in group:
+                group[k] = v
 
     def get_state(self) -> dict:
         """``{param name: optimizer state}`` in ``pyro.optim``'s per-parameter format."""

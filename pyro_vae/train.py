@@ -28,7 +28,7 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, HISTORY, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT, HISTORY, PREVIOUS, load_checkpoint, save_checkpoint
 from .data import Batches
 from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
 from .elbo import LatentScale, TensorTrace_ELBO
@@ -82,6 +82,7 @@ def fit(
     modules: nn.Module | None = None,
     save_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     callback: Callable[[int, History], None] | None = None,
     e_steps: int = 0,
@@ -121,7 +122,13 @@ def fit(
             are (e.g. the :class:`~pyro_vae.VAE` of ``vae.model``), if any.
         save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
             state, module state, epoch, RNG states) are written there after every epoch.
-        resume: Continue from ``save_dir/checkpoint.pt`` when it exists.
+        resume: Continue from ``save_dir/checkpoint.pt`` when it exists. The checkpoint must
+            come from the same model, guide and optimizer type (else a
+            :class:`~pyro_vae.checkpoint.CheckpointError` names the first difference); new
+            optimizer settings (e.g. another ``lr``) replace the saved ones, with a warning.
+        overwrite: Start over in a ``save_dir`` that holds a run (its checkpoints are deleted).
+            Without it (and without ``resume``) an existing checkpoint is never overwritten:
+            :class:`FileExistsError`.
         progress: Show a tqdm bar with the running loss.
         callback: Called as ``callback(epoch, history)`` after every epoch (e.g. to evaluate).
         e_steps: The schedule. ``0``: joint stochastic updates of the model's parameters
@@ -144,6 +151,14 @@ def fit(
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
+
+    Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> data = Batches(torch.rand(64, 10).round(), batch_size=16)
+        >>> history = fit(vae.model, vae.guide, data, epochs=2, device="cpu", progress=False)
+        >>> history.epoch, len(history.loss)
+        ([1, 2], 2)
     """
     _check_int("epochs", epochs, minimum=1)
     _check_int("log_every", log_every, minimum=1)
@@ -222,12 +237,29 @@ def fit(
     ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        ckpt_path.with_suffix(".tmp").unlink(missing_ok=True)  # left by a killed process
+        if ckpt_path.exists() and not resume:
+            if not overwrite:
+                raise FileExistsError(
+                    f"{ckpt_path} exists: a run was saved there. Pass resume=True to continue "
+                    "it, overwrite=True to start over (its checkpoints are deleted), or "
+                    "another save_dir"
+                )
+            for name in (CHECKPOINT, PREVIOUS, HISTORY):
+                (ckpt_path.parent / name).unlink(missing_ok=True)
         if resume and ckpt_path.exists():
-            saved = load_checkpoint(
+            saved, names = load_checkpoint(
                 ckpt_path, *pairs[True], next(iter(data)), num_data, optim, modules, device
             )
+            check.names.update(dict.fromkeys(names))
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
+    stop_hint = (
+        f"the last checkpoint in {save_dir} is untouched: continue from it with resume=True "
+        "and a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+        if save_dir is not None
+        else "train again with a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+    )
 
     elapsed = history.seconds[-1] if history.seconds else 0.0
     bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
@@ -241,13 +273,19 @@ def fit(
             first = False
             total = total + value * (x.shape[0] / num_data)
             count += x.shape[0]
-            if progress and step % log_every == 0:
-                bar.set_postfix(epoch=epoch, loss=f"{float(total) / count:.2f}")
+            if step % log_every == 0:  # the only host sync: every log_every steps
+                running = float(total) / count
+                if not math.isfinite(running):
+                    raise FloatingPointError(
+                        f"the loss became {running} in epoch {epoch} by step {step + 1}; "
+                        + stop_hint
+                    )
+                bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
             bar.update()
         epoch_loss = float(total) / count
         elapsed += time.perf_counter() - t0
         if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"the loss is {epoch_loss} in epoch {epoch}")
+            raise FloatingPointError(f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint}")
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
@@ -255,11 +293,11 @@ def fit(
             history.val_epoch.append(epoch)
             history.val_elbo.append(validate())
         bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
-        if save_dir is not None:
-            history.save(Path(save_dir) / HISTORY)
-            save_checkpoint(ckpt_path, asdict(history), optim, modules)
-        if callback is not None:
+        if callback is not None:  # before saving: a schedule it sets is in the checkpoint
             callback(epoch, history)
+        if save_dir is not None:  # the checkpoint first: history.json is never ahead of it
+            save_checkpoint(ckpt_path, asdict(history), optim, modules, list(check.names))
+            history.save(Path(save_dir) / HISTORY)
     bar.close()
     return history
 
