@@ -227,10 +227,12 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
     local_lr_changed = live["local_lr"] != saved["local_lr"]
     if not changed and not local_lr_changed:
         return optim_state
+    new = [f"{k}={v!r}" for k, v in changed.items()]
+    if local_lr_changed:
+        new.append(f"local_lr={live['local_lr']!r}")
     warnings.warn(
-        f"resuming {path} with new optimizer settings "
-        f"{changed if changed else ''}{' local_lr=' + str(live['local_lr']) if local_lr_changed else ''}"
-        ": they replace the checkpoint's",
+        f"resuming {path} with new optimizer settings ({', '.join(new)}): they replace the "
+        "checkpoint's",
         stacklevel=3,
     )
     for per_param in optim_state.values():
