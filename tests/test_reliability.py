@@ -1,0 +1,250 @@
+"""Reliability: nothing overwritten silently, checkpoints are data, resume restores exactly what
+a checkpoint is (model, optimizer state and settings, schedule, RNG) and refuses what it is not."""
+
+from __future__ import annotations
+
+import os
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyro_vae as pv
+from pyro_vae import train as train_module
+from pyro_vae.checkpoint import CheckpointError
+
+
+def circle_vae(hidden: int = 8) -> pv.VAE:
+    return pv.VAE(
+        pv.StandardNormalPrior(1),
+        pv.GaussianLikelihood(pv.MLP(1, 2, (hidden,)), 2, scale=0.1),
+        pv.GaussianEncoder(pv.MLP(2, 2, (hidden,)), 1),
+    )
+
+
+def data(n: int = 64) -> pv.Batches:
+    return pv.Batches(pv.make_circle(n)[0], batch_size=16)
+
+
+def run(save_dir, epochs, *, hidden=8, seed=0, optim=None, **options):
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    vae = circle_vae(hidden)
+    pyro.set_rng_seed(0)
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        data(),
+        epochs=epochs,
+        device="cpu",
+        save_dir=save_dir,
+        progress=False,
+        optim=optim if optim is not None else pv.LazyAdam({"lr": 1e-2}),
+        **options,
+    )
+    return vae, history
+
+
+# ---- lost runs -------------------------------------------------------------------------------
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path):
+    run(tmp_path, 3)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="resume=True to continue it, overwrite=True"):
+        run(tmp_path, 1)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    _, history = run(tmp_path, 1, overwrite=True)
+    assert history.epoch == [1]
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
+
+
+def test_the_previous_checkpoint_is_kept(tmp_path):
+    run(tmp_path, 1)
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    run(tmp_path, 2, resume=True)
+    assert (tmp_path / "checkpoint.prev.pt").read_bytes() == first
+    assert (tmp_path / "checkpoint.pt").read_bytes() != first
+    # A diverged epoch 3 leaves epoch 2 as the previous checkpoint, from which a run resumes.
+    second = (tmp_path / "checkpoint.pt").read_bytes()
+    run(tmp_path, 3, resume=True)
+    assert (tmp_path / "checkpoint.prev.pt").read_bytes() == second
+
+
+class NaNAfter:
+    """A pair whose loss turns NaN at a given step (counted across calls of the guide)."""
+
+    def __init__(self, bad_step: int) -> None:
+        self.bad_step, self.steps = bad_step, 0
+        self.net = torch.nn.Linear(2, 2)
+
+    def model(self, x, idx=None, num_data=None):
+        pyro.module("net", self.net)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.net(z), 0.1).to_event(1), obs=x)
+        if self.steps >= self.bad_step:
+            pyro.factor("nan", torch.tensor(float("nan")))
+
+    def guide(self, x, idx=None, num_data=None):
+        self.steps += 1
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def test_a_non_finite_loss_stops_at_the_next_read_and_keeps_the_checkpoint(tmp_path):
+    pyro.enable_validation(False)  # a NaN from the parameters, not from validated inputs
+    pair = NaNAfter(bad_step=100 + 3)  # 100 steps an epoch: the third step of epoch 2
+    batches = pv.Batches(pv.make_circle(1000)[0], batch_size=10)
+    kwargs = {"device": "cpu", "progress": False, "save_dir": tmp_path}
+    with pytest.raises(FloatingPointError) as info:
+        pv.fit(pair.model, pair.guide, batches, epochs=3, log_every=5, **kwargs)
+    message = str(info.value)
+    assert "in epoch 2 by step 6" in message  # the first read after the NaN (steps 1, 6, ...)
+    assert "resume=True" in message and "smaller step size" in message
+    assert pair.steps == 100 + 6  # stopped there, not at the end of the epoch
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["history"]["epoch"] == [1]
+
+
+def test_history_is_never_ahead_of_the_checkpoint_and_stale_tmp_is_removed(tmp_path, monkeypatch):
+    run(tmp_path, 1)
+    (tmp_path / "checkpoint.tmp").write_bytes(b"left by a killed process")
+    calls = []
+
+    def failing_save(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, 2, resume=True)
+    assert calls and not (tmp_path / "checkpoint.tmp").exists()
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
+
+
+# ---- checkpoints are data ------------------------------------------------------------------
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch MARKER_FILE",))
+
+
+def test_a_checkpoint_with_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(tmp_path, 1)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["history"] = Payload()
+    torch.save(state, tmp_path / "checkpoint.pt")  # pickles os.system("touch MARKER_FILE")
+    with pytest.raises(CheckpointError, match="cannot be read as data"):
+        run(tmp_path, 2, resume=True)
+    assert not (tmp_path / "MARKER_FILE").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "missing-keys"])
+def test_a_corrupt_checkpoint_gets_one_clear_error(tmp_path, damage):
+    run(tmp_path, 1)
+    path = tmp_path / "checkpoint.pt"
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "random":
+        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        state = torch.load(path, weights_only=True)
+        del state["optim"]
+        torch.save(state, path)
+    with pytest.raises(CheckpointError) as info:
+        run(tmp_path, 2, resume=True)
+    message = str(info.value)
+    assert str(path) in message
+    assert "overwrite=True" in message and "checkpoint.prev.pt" in message
+
+
+# ---- resume restores what it should, and only that --------------------------------------------
+
+
+def test_resume_refuses_another_architecture_naming_the_parameter(tmp_path):
+    run(tmp_path, 1, hidden=8)
+    with pytest.raises(CheckpointError) as info:
+        run(tmp_path, 2, hidden=16, resume=True)
+    assert "encoder.0.weight' has shape (8, 2) in the checkpoint" in str(info.value)
+    assert "but (16, 2) in this run" in str(info.value)
+
+
+def test_resume_refuses_another_guide(tmp_path):
+    run(tmp_path, 1)
+    pyro.clear_param_store()
+    vae = circle_vae()
+    vae = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
+    with pytest.raises(CheckpointError, match=r"has no parameter 'vae\.guide\$\$\$loc'"):
+        pv.fit(vae.model, vae.guide, data(), epochs=2, save_dir=tmp_path, resume=True)
+
+
+def test_resume_refuses_another_optimizer_type(tmp_path):
+    run(tmp_path, 1)
+    with pytest.raises(CheckpointError, match="trained with the optimizer pyro_vae.optim.LazyAdam"):
+        run(tmp_path, 2, resume=True, optim=pyro.optim.ClippedAdam({"lr": 1e-2}))
+
+
+@pytest.mark.parametrize("make", [pv.LazyAdam, pyro.optim.Adam])
+def test_a_new_learning_rate_on_resume_is_used_and_announced(tmp_path, make):
+    run(tmp_path, 1, optim=make({"lr": 1e-2}))
+    optim = make({"lr": 0.5})
+    with pytest.warns(UserWarning, match=r"new optimizer settings \(lr=0\.5\)"):
+        run(tmp_path, 2, resume=True, optim=optim)
+    lrs = {g["lr"] for o in optim.optim_objs.values() for g in o.param_groups}
+    assert lrs == {0.5}
+
+
+def test_lazy_adam_new_local_lr_on_resume(tmp_path):
+    def per_point(save_dir, epochs, optim, **options):
+        pyro.clear_param_store()
+        vae = circle_vae().with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
+        pv.fit(
+            vae.model,
+            vae.guide,
+            data(),
+            epochs=epochs,
+            optim=optim,
+            save_dir=save_dir,
+            device="cpu",
+            progress=False,
+            **options,
+        )
+
+    per_point(tmp_path, 1, pv.LazyAdam({"lr": 1e-2}, local_lr=0.1))
+    optim = pv.LazyAdam({"lr": 1e-2}, local_lr=0.3)
+    with pytest.warns(UserWarning, match=r"local_lr=0\.3"):
+        per_point(tmp_path, 2, optim, resume=True)
+    lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in optim.optim_objs.values()}
+    assert lrs == {"SparseAdam": 0.3, "Adam": 1e-2}
+
+
+@pytest.mark.parametrize("make", [pv.LazyAdam, pyro.optim.Adam])
+def test_resume_with_a_learning_rate_schedule_is_exact(tmp_path, make):
+    """A schedule applied by a callback is part of the optimizer's state: resume continues it."""
+
+    def schedule_run(save_dir, epochs, resume):
+        optim = make({"lr": 1e-2})
+
+        def decay(epoch, history):
+            for o in optim.optim_objs.values():
+                for group in o.param_groups:
+                    group["lr"] = 1e-2 * 0.5**epoch
+
+        return run(save_dir, epochs, optim=optim, callback=decay, resume=resume)
+
+    full_vae, full = schedule_run(tmp_path / "a", 4, False)
+    schedule_run(tmp_path / "b", 2, False)
+    resumed_vae, resumed = schedule_run(tmp_path / "b", 4, True)
+    assert resumed.loss == full.loss
+    for (name, a), b in zip(
+        full_vae.state_dict().items(), resumed_vae.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
