@@ -12,6 +12,12 @@ Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, `
 architectures) and ``plots``.
 """
 
+import torch as _torch
+
+# Importing zuko switches torch's distribution argument checks off for the whole process
+# (Distribution.set_default_validate_args(False)); the package leaves the flag as it found it.
+_validate_args = _torch.distributions.Distribution._validate_args
+
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
@@ -32,6 +38,8 @@ from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior
 from .train import History, fit
 from .vae import VAE
+
+_torch.distributions.Distribution.set_default_validate_args(_validate_args)
 
 __all__ = [
     "MLP",

@@ -50,6 +50,11 @@ def load_mnist(
     Raises:
         FileNotFoundError: When the files are neither on disk nor downloadable; the message
             names the folder looked in and how to point elsewhere.
+
+    Example:
+        >>> images, labels = load_mnist(train=False)  # doctest: +SKIP
+        >>> images.shape, labels.shape  # doctest: +SKIP
+        (torch.Size([10000, 784]), torch.Size([10000]))
     """
     from torchvision.datasets import MNIST
 
@@ -81,6 +86,11 @@ def make_circle(
 
     Returns:
         ``x`` ``(N, 2)`` and the true latents ``z`` ``(N, 1)``.
+
+    Example:
+        >>> x, z = make_circle(100)
+        >>> x.shape, z.shape
+        (torch.Size([100, 2]), torch.Size([100, 1]))
     """
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(num_data, 1, generator=g)
@@ -122,8 +132,15 @@ class Batches:
     ) -> None:
         if binarize not in (None, "threshold", "dynamic"):
             raise ValueError(f"binarize must be None, 'threshold' or 'dynamic'; got {binarize!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive; got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        if data.dim() == 0 or data.shape[0] == 0:
+            raise ValueError(f"the data set is empty (shape {tuple(data.shape)})")
+        if drop_last and batch_size > data.shape[0]:
+            raise ValueError(
+                f"drop_last=True with batch_size {batch_size} > N = {data.shape[0]} leaves no "
+                "batch: use a smaller batch_size or drop_last=False"
+            )
         self.data = data.round() if binarize == "threshold" else data
         self.batch_size = batch_size
         self.shuffle = shuffle

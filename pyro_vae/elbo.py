@@ -30,7 +30,12 @@ class TensorTrace_ELBO(Trace_ELBO):
     :class:`pyro.infer.SVI` too.
 
     Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> x, idx = torch.rand(8, 10).round(), torch.arange(8)
         >>> loss = TensorTrace_ELBO().differentiable_loss(vae.model, vae.guide, x, idx)
+        >>> loss.shape, loss.requires_grad
+        (torch.Size([]), True)
         >>> loss.backward()
     """
 
@@ -85,8 +90,13 @@ class LatentScale(Messenger):
         beta: :math:`\beta \ge 0`.
 
     Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> x = torch.rand(8, 10).round()
         >>> with LatentScale(0.5):
         ...     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+        >>> loss.shape
+        torch.Size([])
     """
 
     def __init__(self, beta: float = 1.0) -> None:

@@ -42,6 +42,14 @@ class TransformedGaussianEncoder(nn.Module):
         latent_dim: :math:`D`.
         transforms: Conditional transforms of :math:`D`-vectors with context size :math:`H`
             (``pyro.distributions.transforms.ConditionalTransformModule``).
+
+    Example:
+        >>> from pyro.distributions.transforms import conditional_planar
+        >>> guide = TransformedGaussianEncoder(
+        ...     MLP(784, 32, (64,)), 32, 4, [conditional_planar(4, 32) for _ in range(2)]
+        ... )
+        >>> guide(torch.rand(8, 784)).rsample().shape
+        torch.Size([8, 4])
     """
 
     def __init__(
@@ -97,9 +105,9 @@ class PlanarEncoder(TransformedGaussianEncoder):
         flows: :math:`K`, the number of planar maps.
 
     Example:
-        >>> guide = PlanarEncoder(MLP(784, 256, (512,)), 256, 50, flows=16)
+        >>> guide = PlanarEncoder(MLP(784, 64, (128,)), 64, 16, flows=4)
         >>> guide(torch.rand(8, 784)).rsample().shape
-        torch.Size([8, 50])
+        torch.Size([8, 16])
     """
 
     def __init__(self, encoder: nn.Module, features: int, latent_dim: int, *, flows: int) -> None:
@@ -123,7 +131,11 @@ class IAFEncoder(TransformedGaussianEncoder):
         stable: Kingma et al.'s numerically stable (sigmoid-gated) update.
 
     Example:
-        >>> guide = IAFEncoder(MLP(784, 256, (512,)), 256, 50, flows=2)
+        >>> guide = IAFEncoder(MLP(784, 64, (128,)), 64, 16, flows=2, hidden_features=(32,))
+        >>> q = guide(torch.rand(8, 784))
+        >>> z = q.rsample()
+        >>> z.shape, q.log_prob(z).shape
+        (torch.Size([8, 16]), torch.Size([8]))
     """
 
     def __init__(
@@ -160,8 +172,12 @@ class ZukoFlowEncoder(nn.Module):
         inverse: Invert the flow's transforms for fast sampling.
 
     Example:
-        >>> flow = zuko.flows.NSF(16, context=256, transforms=3)
-        >>> guide = ZukoFlowEncoder(MLP(784, 256, (512,)), flow)
+        >>> flow = zuko.flows.NSF(16, context=64, transforms=2, hidden_features=(32, 32))
+        >>> guide = ZukoFlowEncoder(MLP(784, 64, (128,)), flow)
+        >>> q = guide(torch.rand(8, 784))
+        >>> z = q()  # sampled with its log-density, which log_prob reads back
+        >>> z.shape, q.log_prob(z).shape
+        (torch.Size([8, 16]), torch.Size([8]))
     """
 
     def __init__(self, encoder: nn.Module, flow: zuko.flows.Flow, *, inverse: bool = True) -> None:

@@ -36,6 +36,10 @@ class Guide(Protocol):
 
     Amortized guides read ``x`` and may ignore ``idx``; per-datapoint guides read their
     parameters at ``idx``. ``isinstance(module, Guide)`` checks the attributes.
+
+    Example:
+        >>> isinstance(PerDatapointGaussian(100, 2), Guide)
+        True
     """
 
     latent_dim: int
@@ -66,7 +70,7 @@ class GaussianEncoder(nn.Module):
         latent_dim: The latent dimension :math:`D`.
 
     Example:
-        >>> guide = GaussianEncoder(MLP(784, 2 * 16, (1024, 1024)), 16)
+        >>> guide = GaussianEncoder(MLP(784, 2 * 16, (256,)), 16)
         >>> guide(torch.zeros(8, 784)).rsample().shape
         torch.Size([8, 16])
     """
@@ -105,9 +109,10 @@ class PerDatapointGaussian(nn.Module):
         sparse: Produce row-sparse gradients.
 
     Example:
-        >>> guide = PerDatapointGaussian(60000, 16)
-        >>> guide(x, idx).batch_shape  # x: (B, 784), idx: (B,)
-        torch.Size([B])
+        >>> guide = PerDatapointGaussian(1000, 16)
+        >>> x, idx = torch.rand(8, 784), torch.randint(1000, (8,))
+        >>> guide(x, idx).batch_shape
+        torch.Size([8])
     """
 
     def __init__(
@@ -145,6 +150,12 @@ class PerDatapointGaussian(nn.Module):
             guide: A guide returning a diagonal Gaussian ``q(z|x)`` (e.g. GaussianEncoder, or
                 a per-datapoint guide over the same points, called with their indices).
             data: All ``N`` data points ``(N, *event_shape)``.
+
+        Example:
+            >>> encoder = GaussianEncoder(MLP(784, 2 * 16, (256,)), 16)
+            >>> local = PerDatapointGaussian.from_guide(encoder, torch.rand(100, 784))
+            >>> local.loc.shape
+            torch.Size([100, 16])
         """
         locs, scales = [], []
         idx = torch.arange(data.shape[0], device=data.device)

@@ -26,6 +26,10 @@ class Likelihood(Protocol):
     which it knows as ``event_shape``).
 
     ``isinstance(module, Likelihood)`` checks the attributes.
+
+    Example:
+        >>> isinstance(BernoulliLikelihood(MLP(2, 10), 10), Likelihood)
+        True
     """
 
     event_shape: torch.Size
@@ -78,10 +82,21 @@ class BernoulliLikelihood(_DecoderLikelihood):
         event_shape: The shape of one data point, e.g. ``784`` or ``(1, 28, 28)``.
 
     Example:
-        >>> lik = BernoulliLikelihood(MLP(16, 784, (1024, 1024)), 784)
+        >>> lik = BernoulliLikelihood(MLP(16, 784, (256,)), 784)
         >>> lik(torch.zeros(8, 16)).log_prob(torch.zeros(8, 784)).shape
         torch.Size([8])
     """
+
+    def check_support(self, data: Tensor) -> None:
+        """Raises a :class:`ValueError` unless every value of ``data`` lies in :math:`[0, 1]`
+        (called once per data set by :func:`~pyro_vae.fit` and :func:`~pyro_vae.evaluate`)."""
+        low, high = data.min().item(), data.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"the Bernoulli likelihood expects data in [0, 1]; got values in "
+                f"[{low:.3g}, {high:.3g}]. Scale the data to [0, 1] (e.g. divide 0..255 "
+                "images by 255) or use GaussianLikelihood"
+            )
 
     def forward(self, z: Tensor) -> dist.Distribution:
         """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""

@@ -55,6 +55,16 @@ def infer_local(
     Returns:
         A :class:`VAE` over the same model with a :class:`PerDatapointGaussian` guide for
         ``data``: pass its ``model``/``guide`` to :func:`evaluate`.
+
+    Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> held_out = Batches(torch.rand(32, 10).round(), batch_size=16)
+        >>> local = infer_local(vae, held_out, epochs=2)
+        >>> local.variational.loc.shape
+        torch.Size([32, 2])
+        >>> evaluate(local.model, local.guide, held_out, num_particles=10).num_data
+        32
     """
     check_module(
         vae, data.device, data.data.dtype, fix="move the VAE to the data's device (vae.to(...))"
@@ -119,6 +129,14 @@ def amortization_gap(
 
     The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
     encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
+
+    Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> data = Batches(torch.rand(32, 10).round(), batch_size=16)
+        >>> gap = amortization_gap(vae, data, epochs=2, num_particles=10)
+        >>> gap.approximation_gap >= 0
+        True
     """
     amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
     local = infer_local(

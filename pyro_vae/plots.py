@@ -36,6 +36,12 @@ def save_grid(
 
     Returns:
         The file's name (for ``metrics.json``).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_grid(torch.rand(16, 784), f"{tmp}/samples.png")
+        'samples.png'
     """
     from torchvision.utils import save_image
 
@@ -58,6 +64,13 @@ def save_reconstructions(
 
     Returns:
         The file's name.
+
+    Example:
+        >>> import tempfile
+        >>> x = torch.rand(16, 784)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     save_reconstructions(x, x.round(), f"{tmp}/reconstructions.png")
+        'reconstructions.png'
     """
     a = _as_images(originals, image_shape)
     b = _as_images(reconstructions, image_shape)
@@ -97,6 +110,13 @@ def plot_curves(
 
     Returns:
         The file's name.
+
+    Example:
+        >>> import tempfile
+        >>> curves = {"train": ([1, 2, 3], [-120.0, -110.0, -105.0])}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot_curves(curves, f"{tmp}/elbo.png", title="ELBO")
+        'elbo.png'
     """
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -129,6 +149,13 @@ def plot_scatter(
 
     Returns:
         The file's name.
+
+    Example:
+        >>> import tempfile
+        >>> x, z = make_circle(500)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     plot_scatter(x, z, f"{tmp}/circle.png", colorbar="true z")
+        'circle.png'
     """
     plt = _figure()
     p = points.detach().float().cpu()

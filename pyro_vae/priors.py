@@ -24,6 +24,10 @@ class Prior(Protocol):
     ``(D,)`` and an empty batch shape, and that knows :math:`D` as ``latent_dim``.
 
     ``isinstance(module, Prior)`` checks the attributes.
+
+    Example:
+        >>> isinstance(StandardNormalPrior(2), Prior), isinstance(torch.nn.Linear(2, 2), Prior)
+        (True, False)
     """
 
     latent_dim: int
@@ -64,7 +68,7 @@ class FlowPrior(nn.Module):
         flow: An unconditional ``zuko.flows.Flow`` (``context=0``) over ``D`` features.
 
     Example:
-        >>> prior = FlowPrior(zuko.flows.NSF(8, transforms=2))
+        >>> prior = FlowPrior(zuko.flows.NSF(8, transforms=2, hidden_features=(32, 32)))
         >>> z = prior()((4,))
         >>> prior().log_prob(z).shape
         torch.Size([4])

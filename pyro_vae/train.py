@@ -170,6 +170,11 @@ def fit(
             "only (the model is never updated); for variational EM (k E-steps, then an M-step "
             "per batch) pass e_steps=k and leave freeze_model=False"
         )
+    if not isinstance(data, Batches):
+        raise TypeError(
+            f"fit needs the data as pv.Batches (minibatches with their indices); got "
+            f"{type(data).__name__}. Wrap a tensor: pv.Batches(x, batch_size=256)"
+        )
     device = torch.device(device) if device is not None else default_device()
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
@@ -182,6 +187,15 @@ def fit(
     if modules is not None:
         modules.to(device)
         check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
+        _check_data(modules, data, validation)
+        sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
+        if sparse and not isinstance(optim, LazyAdam):
+            raise ValueError(
+                f"{type(sparse[0]).__name__} has row-sparse gradients, which "
+                f"{type(optim).__name__} cannot step (and a dense Adam would move every "
+                "point's parameters at every step): use optim=pv.LazyAdam({'lr': ...}, "
+                "local_lr=...)"
+            )
         if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
             modules.train()
     move_param_store(device)  # pyro.params of hand-written pairs registered before the call
@@ -212,6 +226,12 @@ def fit(
         svis = {first: SVI(*pair, optim, loss) for first, pair in pairs.items()}
 
     def train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
+        if not first:  # the first step validates as the user chose; the data are checked
+            with pyro.validation_enabled(False):
+                return _train_step(x, idx, first)
+        return _train_step(x, idx, first)
+
+    def _train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
         if svis is not None:
             return svis[first].step(x, idx, num_data=num_data)
         step = partial(_step, *pairs[first], x, idx, num_data, optim, loss)
@@ -300,6 +320,16 @@ def fit(
             history.save(Path(save_dir) / HISTORY)
     bar.close()
     return history
+
+
+def _check_data(modules: nn.Module, data: Batches, validation: Batches | Tensor | None) -> None:
+    """Once per data set: each model's own checks (shape, finite values, support, N)."""
+    for module in modules.modules():
+        check_data = getattr(module, "check_data", None)
+        if callable(check_data):
+            check_data(data.data)
+            if validation is not None:
+                check_data(validation.data if isinstance(validation, Batches) else validation)
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:

@@ -54,14 +54,14 @@ class VAE(nn.Module):
         >>> vae = VAE(
         ...     MAFPrior(16),
         ...     BernoulliLikelihood(MLP(16, 784, (256,)), 784),
-        ...     GaussianEncoder(MLP(784, 32, (256,)), 16),
+        ...     GaussianEncoder(MLP(784, 2 * 16, (256,)), 16),
         ... )
         >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
         ...                      pyro.infer.Trace_ELBO())
         >>> x, idx = torch.rand(8, 784).round(), torch.arange(8)
         >>> loss = svi.step(x, idx, num_data=60000)
-        >>> vae.sample(4).shape
-        torch.Size([4, 784])
+        >>> vae.sample(4).shape, vae.reconstruct(x).shape
+        (torch.Size([4, 784]), torch.Size([8, 784]))
     """
 
     def __init__(
@@ -98,6 +98,52 @@ class VAE(nn.Module):
         """The shape of one data point."""
         return self.likelihood.event_shape
 
+    def check_data(self, data: Tensor) -> None:
+        """Checks a whole data set once (not per step): the shape of its points, finite values,
+        the likelihood's support (e.g. ``[0, 1]`` for a Bernoulli) and, for a per-datapoint
+        guide, that it has local parameters for exactly these ``N`` points.
+
+        Args:
+            data: The data set, ``(N, *event_shape)``.
+
+        Raises:
+            ValueError: Naming the problem, the value seen, and what to do.
+        """
+        shape = self.event_shape
+        if data.dim() != len(shape) + 1 or data.shape[1:] != shape:
+            raise ValueError(
+                f"expected data of shape (N, {', '.join(map(str, shape))}); got {tuple(data.shape)}"
+            )
+        if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+            bad = (~torch.isfinite(data)).nonzero()[0].tolist()
+            raise ValueError(
+                f"the data hold non-finite values (e.g. {data[tuple(bad)].item()} at index "
+                f"{bad}); remove or impute them before training"
+            )
+        check_support = getattr(self.likelihood, "check_support", None)
+        if check_support is not None:
+            check_support(data)
+        num_local = getattr(self.variational, "num_data", None)
+        if num_local is not None and num_local != data.shape[0]:
+            raise ValueError(
+                f"this VAE's per-datapoint guide has local parameters for N = {num_local} "
+                f"points but the data set has {data.shape[0]}: a per-datapoint guide cannot "
+                "score new points; fit local parameters for them with pv.infer_local(vae, "
+                "batches) and evaluate the VAE it returns"
+            )
+
+    def _register(self, role: str, module: nn.Module) -> None:
+        """``pyro.module`` with this VAE's own tensors: an entry of the param store under the
+        same name that is not this module's parameter (left by another VAE of the same
+        ``name``) is replaced, so a fresh VAE always trains from its own initial weights."""
+        name = f"{self.name}.{role}"
+        store = pyro.get_param_store()
+        for param_name, p in module.named_parameters():
+            full = f"{name}$$${param_name}"
+            if full in store and store.get_param(full) is not p:
+                del store[full]
+        pyro.module(name, module, update_module_params=True)
+
     def _plate(self, x: Tensor, idx: Tensor | None, num_data: int | None) -> pyro.plate:
         shape = self.event_shape
         if x.dim() != len(shape) + 1 or x.shape[1:] != shape:
@@ -122,15 +168,15 @@ class VAE(nn.Module):
             idx: Its indices in the data set, shape ``(B,)``; required by per-datapoint guides.
             num_data: The data set's size :math:`N`; the ELBO is scaled by :math:`N / B`.
         """
-        pyro.module(f"{self.name}.prior", self.prior, update_module_params=True)
-        pyro.module(f"{self.name}.likelihood", self.likelihood, update_module_params=True)
+        self._register("prior", self.prior)
+        self._register("likelihood", self.likelihood)
         with self._plate(x, idx, num_data):
             z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(z), obs=x)
 
     def guide(self, x: Tensor, idx: Tensor | None = None, *, num_data: int | None = None) -> None:
         """The guide :math:`q(z \\mid x)` for a minibatch; same arguments as :meth:`model`."""
-        pyro.module(f"{self.name}.guide", self.variational, update_module_params=True)
+        self._register("guide", self.variational)
         with self._plate(x, idx, num_data) as ind:
             pyro.sample("z", self.variational(x, ind))
 

@@ -77,7 +77,7 @@ def test_missing_data_folder(tmp_path):
 def test_bad_batches_arguments():
     with pytest.raises(ValueError, match="binarize must be"):
         pv.Batches(torch.rand(10, 3), batch_size=4, binarize="round")
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         pv.Batches(torch.rand(10, 3), batch_size=0)
 
 

@@ -249,3 +249,100 @@ def test_resume_with_a_learning_rate_schedule_is_exact(tmp_path, make):
         full_vae.state_dict().items(), resumed_vae.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+# ---- silent wrong answers --------------------------------------------------------------------
+
+
+def test_import_leaves_torch_validation_as_found_and_fit_checks_the_data_itself():
+    """Run in a fresh interpreter: no conftest turns validation on first."""
+    code = """
+import torch
+before = torch.distributions.Distribution._validate_args
+import pyro_vae as pv
+assert torch.distributions.Distribution._validate_args is before is True, "flag changed"
+torch.distributions.Distribution.set_default_validate_args(False)  # even with checks off
+vae = pv.VAE(pv.StandardNormalPrior(2), pv.BernoulliLikelihood(pv.MLP(2, 6), 6),
+             pv.GaussianEncoder(pv.MLP(6, 4), 2))
+for bad in (torch.rand(32, 6) * 2 - 1, torch.rand(32, 6) * 255):
+    try:
+        pv.fit(vae.model, vae.guide, pv.Batches(bad, batch_size=8), epochs=1, progress=False)
+    except ValueError as e:
+        assert "expects data in [0, 1]" in str(e), e
+    else:
+        raise AssertionError("fit trained on data outside [0, 1]")
+    try:
+        pv.evaluate(vae.model, vae.guide, bad, num_particles=2)
+    except ValueError as e:
+        assert "expects data in [0, 1]" in str(e), e
+    else:
+        raise AssertionError("evaluate scored data outside [0, 1]")
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_non_finite_data_are_refused_once():
+    vae = circle_vae()
+    x = pv.make_circle(32)[0]
+    x[5, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite values \(e\.g\. nan at index \[5, 1\]\)"):
+        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+
+
+def test_a_fresh_vae_trains_from_its_own_weights_whatever_ran_before():
+    first = circle_vae(hidden=16)
+    pv.fit(first.model, first.guide, data(), epochs=2, device="cpu", progress=False)
+    torch.manual_seed(1)
+    second = circle_vae(hidden=32)  # the same names in the param store, other shapes
+    initial = {k: v.clone() for k, v in second.state_dict().items()}
+    own = {k: v for k, v in second.named_parameters()}
+    pyro.infer.Trace_ELBO().differentiable_loss(second.model, second.guide, pv.make_circle(4)[0])
+    for name, p in second.named_parameters():
+        assert p is own[name] and torch.equal(p, initial[name]), name  # not taken over
+    pv.fit(second.model, second.guide, data(), epochs=1, device="cpu", progress=False)
+    assert second.likelihood.decoder[0].weight.shape == (32, 1)
+    # And back: the first VAE again uses its own tensors, not the second's.
+    trained = {k: v.clone() for k, v in first.state_dict().items()}
+    pyro.infer.Trace_ELBO().differentiable_loss(first.model, first.guide, pv.make_circle(4)[0])
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+
+
+def test_a_per_point_vae_refuses_new_data():
+    vae = circle_vae().with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
+    pv.fit(vae.model, vae.guide, data(64), epochs=1, device="cpu", progress=False)
+    new = pv.make_circle(20, seed=1)[0]
+    with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20.*infer_local"):
+        pv.evaluate(vae.model, vae.guide, new, num_particles=2)
+    with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20"):
+        pv.fit(vae.model, vae.guide, data(64), epochs=2, validation=new, progress=False)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+def test_bad_inputs_get_clear_errors():
+    vae = circle_vae()
+    with pytest.raises(ValueError, match=r"the data set is empty \(shape \(0, 2\)\)"):
+        pv.Batches(torch.zeros(0, 2), batch_size=4)
+    with pytest.raises(ValueError, match="drop_last=True with batch_size 64 > N = 10"):
+        pv.Batches(torch.zeros(10, 2), batch_size=64, drop_last=True)
+    with pytest.raises(TypeError, match=r"Wrap a tensor: pv\.Batches\(x, batch_size=256\)"):
+        pv.fit(vae.model, vae.guide, torch.zeros(10, 2), epochs=1)
+    per_point = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
+    with pytest.raises(ValueError, match=r"use optim=pv\.LazyAdam"):
+        pv.fit(
+            per_point.model,
+            per_point.guide,
+            data(64),
+            epochs=1,
+            optim=pyro.optim.Adam({"lr": 1e-2}),
+            progress=False,
+        )
