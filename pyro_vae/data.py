@@ -21,8 +21,16 @@ _DATA_ENV = "PYRO_VAE_DATA"
 
 
 def default_data_dir() -> str:
-    """The data folder: ``$PYRO_VAE_DATA`` when set, else ``./data``."""
-    return os.environ.get(_DATA_ENV, "data")
+    """The folder that holds ``MNIST/raw``, looked up in this order (the one place it is
+    decided): ``$PYRO_VAE_DATA`` when set; else ``../shared/data`` (relative to the working
+    directory) when it holds ``MNIST/raw``; else ``./data`` (where torchvision may download).
+    """
+    if os.environ.get(_DATA_ENV):
+        return os.environ[_DATA_ENV]
+    shared = os.path.join("..", "shared", "data")
+    if os.path.isdir(os.path.join(shared, "MNIST", "raw")):
+        return shared
+    return "data"
 
 
 def load_mnist(

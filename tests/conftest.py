@@ -7,12 +7,19 @@ import pyro
 import pytest
 import torch
 
+import pyro_vae as pv
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def mnist_root() -> Path:
-    """``$PYRO_VAE_DATA`` when set, else ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("PYRO_VAE_DATA", REPO.parent / "shared" / "data"))
+    """The package's own lookup (:func:`pyro_vae.default_data_dir`), from the repository root."""
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        return Path(pv.default_data_dir()).resolve()
+    finally:
+        os.chdir(cwd)
 
 
 def has_mnist() -> bool:
