@@ -134,7 +134,15 @@ class PerDatapointGaussian(nn.Module):
                 "a per-datapoint guide needs the minibatch's dataset indices: call "
                 "model/guide as (x, idx, num_data=N)"
             )
-        loc = embedding(idx, self.loc, sparse=self.sparse)
+        try:  # no check on the hot path: the lookup itself fails on a bad index
+            loc = embedding(idx, self.loc, sparse=self.sparse)
+        except IndexError:
+            bad = idx[(idx < 0) | (idx >= self.num_data)]
+            raise ValueError(
+                f"index {bad[0].item()} is out of range for a per-datapoint guide of N = "
+                f"{self.num_data} points (indices must lie in [0, {self.num_data})); new data "
+                "points need their own local parameters: pv.infer_local(vae, batches)"
+            ) from None
         log_scale = embedding(idx, self.log_scale, sparse=self.sparse)
         return diagonal_normal(loc, log_scale)
 

@@ -346,3 +346,9 @@ def test_bad_inputs_get_clear_errors():
             optim=pyro.optim.Adam({"lr": 1e-2}),
             progress=False,
         )
+
+
+def test_an_index_out_of_range_names_n_and_the_index():
+    guide = pv.PerDatapointGaussian(10, 1)
+    with pytest.raises(ValueError, match=r"index 12 is out of range .* N = 10 points"):
+        guide(torch.zeros(3, 2), torch.tensor([1, 12, 3]))
