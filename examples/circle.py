@@ -3,7 +3,10 @@
 Data: z_n ~ N(0, 1), x_n = (cos z_n, sin z_n) + 0.1 ε_n, N = 20000 (seed 0), the first 75% for
 training. Decoder 1→20→20→2 (ReLU), Gaussian likelihood with σ = 0.1, standard normal prior;
 for amortized inference an encoder 2→20→20→(μ, log σ). Adam lr 3e-4, batch 1000, 500 epochs
-for the full run. ``--inference`` switches the guide, and nothing else:
+for the full run (the setup of Linderman's Stanford STATS 305C lecture notes "Variational
+Autoencoders", 2023, which report an ELBO of −0.77 on the training and −0.93 on the test points
+for the amortized VAE after 500 epochs). The model is ``pyro_vae.zoo.circle_vae``.
+``--inference`` switches the guide, and nothing else:
 
 * ``amortized``: q(z|x) from the encoder;
 * ``per-point``: variational EM, local (μ_n, log σ_n) for each point (no encoder); held-out
@@ -26,31 +29,15 @@ from pathlib import Path
 import torch
 
 import pyro_vae as pv
+from pyro_vae import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
-INFERENCE = ("amortized", "per-point", "semi-amortized")
-
-
-def build(
-    inference: str, num_train: int, *, refine_steps: int, refine_lr: float, init_scale: float
-) -> pv.VAE:
-    """The circle VAE with the guide ``inference`` names."""
-    prior = pv.StandardNormalPrior(1)
-    likelihood = pv.GaussianLikelihood(pv.MLP(1, 2, (20, 20)), 2, scale=0.1)
-    if inference == "per-point":
-        guide = pv.PerDatapointGaussian(num_train, 1, init_scale=init_scale)
-    else:
-        guide = pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1)
-    if inference == "semi-amortized":
-        guide = pv.SemiAmortizedGaussian(guide, prior, likelihood, steps=refine_steps, lr=refine_lr)
-    return pv.VAE(prior, likelihood, guide)
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = common.parser(__doc__, epochs=50, batch_size=1000, out="runs/circle", full="500")
-    p.add_argument("--inference", choices=INFERENCE, default="amortized")
+    p.add_argument("--inference", choices=zoo.INFERENCE, default="amortized")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam step size of the networks")
     p.add_argument(
         "--local-lr",
@@ -84,9 +71,9 @@ def main(args: argparse.Namespace) -> dict:
     x, z_true = x.to(device), z_true.to(device)
     train = pv.Batches(x[:n_train], batch_size=args.batch_size)
     test = pv.Batches(x[n_train:], batch_size=args.batch_size, shuffle=False)
-    vae = build(
+    vae = zoo.circle_vae(
         args.inference,
-        n_train,
+        num_data=n_train,
         refine_steps=args.refine_steps,
         refine_lr=args.refine_lr,
         init_scale=args.init_scale,
@@ -94,14 +81,12 @@ def main(args: argparse.Namespace) -> dict:
     per_point = args.inference == "per-point"
     optim = pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr)
 
-    # Held-out points: the amortized guides read them directly; per-point inference keeps a
-    # guide for them whose E-steps (decoder frozen) run alongside training, as many per
-    # training epoch as a training point gets, then --test-epochs more at the end.
-    held_out = vae
-    if per_point:
-        test_guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
-        test_guide = test_guide.to(device)
-        held_out = vae.with_guide(test_guide, name="test")
+    # The test curve. The amortized guides read held-out points directly: fit's validation
+    # option evaluates them. Per-point inference keeps a guide for them whose E-steps (decoder
+    # frozen) run in a callback alongside training, as many per training epoch as a training
+    # point gets, then --test-epochs more at the end.
+    held_out, callback, validation = vae, None, {}
+    curve_epochs, curve_test = [], []
 
     def test_eval(e_epochs: int) -> pv.Evaluation:
         e_epochs *= max(1, args.e_steps)  # as many E-steps as a training point got
@@ -118,15 +103,24 @@ def main(args: argparse.Namespace) -> dict:
             )
         return pv.evaluate(held_out.model, held_out.guide, test, num_particles=args.num_particles)
 
-    curve_epochs, curve_test = [], []
+    if per_point:
+        test_guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
+        held_out = vae.with_guide(test_guide.to(device), name="test")
 
-    def callback(epoch: int, history: pv.History) -> None:
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
-            vae.eval()
-            e_epochs = epoch - (curve_epochs[-1] if curve_epochs else 0)
-            curve_epochs.append(epoch)
-            curve_test.append(test_eval(e_epochs).elbo)
-            vae.train()
+        def callback(epoch: int, history: pv.History) -> None:
+            if epoch % args.eval_every == 0 or epoch == args.epochs:
+                vae.eval()
+                e_epochs = epoch - (curve_epochs[-1] if curve_epochs else 0)
+                curve_epochs.append(epoch)
+                curve_test.append(test_eval(e_epochs).elbo)
+                vae.train()
+
+    else:
+        validation = {
+            "validation": test,
+            "validate_every": args.eval_every,
+            "validation_particles": args.num_particles,
+        }
 
     t0 = time.perf_counter()
     history = pv.fit(
@@ -136,13 +130,15 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=optim,
         device=device,
-        modules=vae,
         save_dir=out,
         progress=not args.no_progress,
         callback=callback,
         e_steps=args.e_steps if per_point else 0,
+        **validation,
     )
     seconds = time.perf_counter() - t0
+    if not per_point:
+        curve_epochs, curve_test = history.val_epoch, history.val_elbo
 
     vae.eval()
     train_eval = pv.evaluate(vae.model, vae.guide, train, num_particles=args.num_particles)

@@ -5,7 +5,7 @@ none after the last) and a linear map to μ and log σ of 32 latents. Decoder: t
 convolutions 32→256→128→64→1 with BatchNorm + ReLU, producing 28×28 logits. Grey-value MNIST
 with a Bernoulli likelihood (summed binary cross-entropy; the KL is estimated by Trace_ELBO),
 Adam lr 2e-3, batch 1024, 10 epochs. ``vae.eval()`` switches BatchNorm to its running
-statistics for evaluation and pictures.
+statistics for evaluation and pictures. The model is ``pyro_vae.zoo.conv_vae``.
 
     python examples/mnist_conv.py --epochs 10 --out runs/mnist_conv
 
@@ -20,28 +20,17 @@ import sys
 from pathlib import Path
 
 import pyro_vae as pv
+from pyro_vae import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-
-SHAPE = (1, 28, 28)
-
-
-def build(likelihood: str, *, latent: int = 32) -> pv.VAE:
-    decoder = pv.ConvDecoder(latent)
-    if likelihood == "gaussian":
-        lik = pv.GaussianLikelihood(decoder, SHAPE, scale=0.1, learn_scale=True)
-    else:
-        lik = pv.BernoulliLikelihood(decoder, SHAPE)
-    guide = pv.GaussianEncoder(pv.ConvEncoder(2 * latent), latent)
-    return pv.VAE(pv.StandardNormalPrior(latent), lik, guide)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = common.parser(__doc__, epochs=2, batch_size=1024, out="runs/mnist_conv", full="10")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--download", action="store_true")
     p.add_argument(
@@ -63,7 +52,7 @@ def main(args: argparse.Namespace) -> dict:
         x_train, x_test = x_train[: args.limit], x_test[: args.limit]
     train = pv.Batches(x_train, batch_size=args.batch_size)
     test = pv.Batches(x_test, batch_size=500, shuffle=False)
-    vae = build(args.likelihood, latent=args.latent_dim)
+    vae = zoo.conv_vae(likelihood=args.likelihood, latent_dim=args.latent_dim)
     history = pv.fit(
         vae.model,
         vae.guide,
@@ -71,7 +60,6 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
-        modules=vae,
         save_dir=out,
         progress=not args.no_progress,
         beta=args.beta,

@@ -2,8 +2,9 @@
 
 Dynamically binarized MNIST (a fresh Bernoulli draw of every training image each time it is
 used; the test set binarized once with a fixed seed), MLP encoder and decoder
-(784→H→H, ReLU; defaults H = 200, z = 50 as in Burda et al. 2015), Bernoulli likelihood, and
-a guide chosen by ``--flow``:
+(784→H→H, ReLU; defaults H = 200, z = 50 as in Burda, Grosse & Salakhutdinov 2016,
+"Importance Weighted Autoencoders"), Bernoulli likelihood, and a guide chosen by ``--flow``
+(the model is ``pyro_vae.zoo.flow_posterior_vae``):
 
 * ``none``: diagonal Gaussian q(z|x);
 * ``planar``: K amortized planar flows (Rezende & Mohamed 2015);
@@ -26,46 +27,21 @@ import sys
 from pathlib import Path
 
 import torch
-import zuko
-from torch import nn
 
 import pyro_vae as pv
+from pyro_vae import zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-
-FLOWS = ("none", "planar", "iaf", "nsf")
-PRIORS = ("normal", "maf")
-
-
-def build(flow: str, flows: int, prior: str, *, latent: int = 50, hidden: int = 200) -> pv.VAE:
-    """The VAE for one configuration of the command line."""
-    z_prior = pv.MAFPrior(latent) if prior == "maf" else pv.StandardNormalPrior(latent)
-    decoder = pv.MLP(latent, 784, (hidden, hidden))
-    features = nn.Sequential(pv.MLP(784, hidden, (hidden,)), nn.ReLU())  # x -> h(x)
-    if flow == "none":
-        guide = pv.GaussianEncoder(pv.MLP(784, 2 * latent, (hidden, hidden)), latent)
-    elif flow == "planar":
-        guide = pv.PlanarEncoder(features, hidden, latent, flows=flows)
-    elif flow == "iaf":
-        guide = pv.IAFEncoder(
-            features, hidden, latent, flows=flows, hidden_features=(2 * hidden, 2 * hidden)
-        )
-    else:
-        nsf = zuko.flows.NSF(
-            latent, context=hidden, transforms=flows, hidden_features=(2 * hidden, 2 * hidden)
-        )
-        guide = pv.ZukoFlowEncoder(features, nsf)
-    return pv.VAE(z_prior, pv.BernoulliLikelihood(decoder, 784), guide)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = common.parser(
         __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
     )
-    p.add_argument("--flow", choices=FLOWS, default="planar")
+    p.add_argument("--flow", choices=zoo.FLOWS, default="planar")
     p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")
-    p.add_argument("--prior", choices=PRIORS, default="normal")
+    p.add_argument("--prior", choices=zoo.PRIORS, default="normal")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, default=200)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -93,7 +69,13 @@ def main(args: argparse.Namespace) -> dict:
     train = pv.Batches(x_train, batch_size=args.batch_size, binarize="dynamic")
     test = pv.Batches(x_test, batch_size=1000, shuffle=False)
 
-    vae = build(args.flow, args.flows, args.prior, latent=args.latent_dim, hidden=args.hidden)
+    vae = zoo.flow_posterior_vae(
+        args.flow,
+        flows=args.flows,
+        prior=args.prior,
+        latent_dim=args.latent_dim,
+        hidden=args.hidden,
+    )
     history = pv.fit(
         vae.model,
         vae.guide,
@@ -101,7 +83,6 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
-        modules=vae,
         save_dir=out,
         resume=args.resume,
         progress=not args.no_progress,

@@ -18,6 +18,7 @@ import torch as _torch
 # (Distribution.set_default_validate_args(False)); the package leaves the flag as it found it.
 _validate_args = _torch.distributions.Distribution._validate_args
 
+from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
@@ -84,6 +85,7 @@ __all__ = [
     "plot_scatter",
     "save_grid",
     "save_reconstructions",
+    "zoo",
 ]
 
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import pytest
+
 from conftest import REPO
 
 
