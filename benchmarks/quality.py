@@ -24,6 +24,8 @@ import json
 import sys
 from pathlib import Path
 
+import pyro_vae as pv
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import replace_block  # noqa: E402
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--num-particles", type=int, default=5000)
     p.add_argument("--device", default=None)
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke)")

@@ -131,6 +131,8 @@ def main(args: argparse.Namespace) -> dict:
         optim=optim,
         device=device,
         save_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
         callback=callback,
         e_steps=args.e_steps if per_point else 0,

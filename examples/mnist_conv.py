@@ -61,6 +61,8 @@ def main(args: argparse.Namespace) -> dict:
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
         save_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
         beta=args.beta,
     )

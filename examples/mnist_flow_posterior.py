@@ -53,7 +53,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
-    p.add_argument("--resume", action="store_true")
     return p.parse_args(argv)
 
 
@@ -85,6 +84,7 @@ def main(args: argparse.Namespace) -> dict:
         device=device,
         save_dir=out,
         resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     vae.eval()

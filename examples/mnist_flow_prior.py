@@ -41,7 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke runs)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     return p.parse_args(argv)
 
 
@@ -66,6 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         device=device,
         save_dir=out,
         resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress,
     )
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0

@@ -201,3 +201,14 @@ def test_zoo_rejects_unknown_choices():
         zoo.latent2d_vae(likelihood="poisson")
     with pytest.raises(ValueError, match="needs num_data"):
         zoo.circle_vae("per-point")
+
+
+def test_examples_never_overwrite_a_run_silently(tmp_path):
+    flags = "--epochs 1 --num-data 200 --batch-size 100 --test-epochs 1 --num-particles 4"
+    _, _, first = run("circle", flags, tmp_path)
+    with pytest.raises(FileExistsError, match="resume=True to continue it, overwrite=True"):
+        run("circle", flags, tmp_path)
+    _, _, resumed = run("circle", flags.replace("--epochs 1", "--epochs 2") + " --resume", tmp_path)
+    assert resumed["epochs"] == 2
+    _, _, again = run("circle", flags + " --overwrite", tmp_path)
+    assert again["epochs"] == 1 and again["train_loss"] == first["train_loss"]
