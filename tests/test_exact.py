@@ -79,11 +79,20 @@ def test_elbo_bounds_and_importance_sampling_converges():
     stderr = lw.std(0) / math.sqrt(k)
     assert ((lw.mean(0) - exact_elbo).abs() < 5 * stderr).all()
     assert (lw.mean(0) < log_px).all()
-    # The importance-sampled estimate approaches log p(x) as K grows (gap at K=1 is ~0.7).
-    gaps = {}
-    for k, tol in ((10, 0.1), (5000, 0.01)):
-        est = pv.evaluate(vae.model, vae.guide, x, num_particles=k, max_rows=2**14)
-        gaps[k] = log_px.mean().item() - est.log_likelihood
-        assert abs(gaps[k]) < tol, gaps
-        assert est.log_likelihood > est.elbo
-    assert est.elbo == pytest.approx(exact_elbo.mean().item(), abs=0.02)
+    # The importance-sampled estimate of log p(x) with K particles has, per point, bias
+    # -ρ/(2K) and variance ρ/K to first order (delta method), ρ = Var(w)/E[w]² (finite: q is
+    # wider than the posterior). Estimated from the 20000 weights above, these put the
+    # estimate within 5 standard errors of the exact log p(x); at K = 5000 that is ±0.015,
+    # against the ELBO's gap of ~0.7.
+    rho = (2 * (lw - (lw.logsumexp(0) - math.log(k)))).exp().mean(0) - 1
+    assert (rho < 1).all(), rho  # light-tailed weights: the first-order terms describe it
+    for particles in (10, 5000):
+        est = pv.evaluate(vae.model, vae.guide, x, num_particles=particles, max_rows=2**14)
+        bias = -(rho / (2 * particles)).mean().item()
+        se = (rho / particles).sum().sqrt().item() / B
+        error = est.log_likelihood - log_px.mean().item() - bias
+        assert abs(error) < 5 * se, (particles, est, se)
+    assert 5 * se < 0.015  # at K = 5000 the check is tight
+    # The K = 5000 ELBO is the closed form's mean within 5 standard errors.
+    elbo_se = (lw.var(0) / 5000).sum().sqrt().item() / B
+    assert est.elbo == pytest.approx(exact_elbo.mean().item(), abs=5 * elbo_se)

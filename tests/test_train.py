@@ -134,9 +134,20 @@ def test_checkpoint_resume_is_exact(tmp_path):
     assert pv.History.load(tmp_path / "b" / "vae" / "history.json") == hist_b
 
 
-def test_default_device():
+def test_fit_without_device_trains_on_the_default_device():
+    """The default device is the GPU when there is one, and fit without device= (and without
+    modules=) moves the VAE there and trains it there."""
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert pv.default_device().type == expected
+    assert pv.default_device() == torch.device(expected)
+    vae = small_vae(features=6, latent=2, hidden=8)
+    before = {k: v.detach().cpu().clone() for k, v in vae.named_parameters()}
+    data = pv.Batches(torch.rand(64, 6).round(), batch_size=32)  # on the CPU
+    history = pv.fit(vae.model, vae.guide, data, epochs=2, progress=False)
+    assert history.epoch == [1, 2]
+    devices = {p.device.type for p in vae.parameters()} | {b.device.type for b in vae.buffers()}
+    assert devices == {expected}
+    for name, p in vae.named_parameters():
+        assert not torch.equal(p.detach().cpu(), before[name]), name
 
 
 def test_beta_scales_the_kl_term_exactly():
