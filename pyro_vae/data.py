@@ -144,6 +144,12 @@ class Batches:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
         if data.dim() == 0 or data.shape[0] == 0:
             raise ValueError(f"the data set is empty (shape {tuple(data.shape)})")
+        if binarize is not None and not bool(((data >= 0) & (data <= 1)).all()):
+            raise ValueError(
+                f"binarize={binarize!r} needs values in [0, 1] (probabilities of a pixel being "
+                f"on); got values in [{data.min().item():.3g}, {data.max().item():.3g}]. Scale "
+                "the data to [0, 1] first (e.g. divide 0..255 images by 255)"
+            )
         if drop_last and batch_size > data.shape[0]:
             raise ValueError(
                 f"drop_last=True with batch_size {batch_size} > N = {data.shape[0]} leaves no "

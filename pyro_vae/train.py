@@ -247,11 +247,13 @@ def fit(
         was_training = modules.training if modules is not None else None
         if modules is not None:
             modules.eval()
-        try:
-            return evaluate(model, guide, validation, num_particles=validation_particles).elbo
-        finally:
-            if modules is not None:
-                modules.train(was_training)
+        # Its own random draws: validating (or not) never changes the training run's RNG stream.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            try:
+                return evaluate(model, guide, validation, num_particles=validation_particles).elbo
+            finally:
+                if modules is not None:
+                    modules.train(was_training)
 
     history, start = History(), 0
     ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
@@ -306,12 +308,18 @@ def fit(
         elapsed += time.perf_counter() - t0
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint}")
+        _check_finite_params(check.names, epoch, stop_hint)  # one sync an epoch
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
         if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
+            val_elbo = validate()
+            if not math.isfinite(val_elbo):
+                raise FloatingPointError(
+                    f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint}"
+                )
             history.val_epoch.append(epoch)
-            history.val_elbo.append(validate())
+            history.val_elbo.append(val_elbo)
         bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
         if callback is not None:  # before saving: a schedule it sets is in the checkpoint
             callback(epoch, history)
@@ -330,6 +338,21 @@ def _check_data(modules: nn.Module, data: Batches, validation: Batches | Tensor 
             check_data(data.data)
             if validation is not None:
                 check_data(validation.data if isinstance(validation, Batches) else validation)
+
+
+def _check_finite_params(names: dict[str, None], epoch: int, hint: str) -> None:
+    """Raises a :class:`FloatingPointError` naming a parameter that is no longer finite (a
+    finite loss can still have produced a non-finite step)."""
+    store = pyro.get_param_store()
+    params = [store.get_param(n).unconstrained() for n in names if n in store]
+    if not params:
+        return
+    finite = torch.stack([p.detach().isfinite().all() for p in params])
+    if not bool(finite.all()):
+        name = [n for n in names if n in store][int((~finite).nonzero()[0])]
+        raise FloatingPointError(
+            f"the parameter {name!r} became non-finite in epoch {epoch}; {hint}"
+        )
 
 
 def _check_int(name: str, value: object, *, minimum: int) -> None:
