@@ -19,6 +19,7 @@ import torch as _torch
 _validate_args = _torch.distributions.Distribution._validate_args
 
 from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
+from .checkpoint import History
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
@@ -37,7 +38,7 @@ from .nets import MLP, ConvDecoder, ConvEncoder
 from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior
-from .train import History, fit
+from .train import fit
 from .vae import VAE
 
 _torch.distributions.Distribution.set_default_validate_args(_validate_args)

@@ -1,4 +1,5 @@
-"""Checkpoints: everything a training run needs to continue exactly where it stopped, as data.
+"""What a run saves: its :class:`History` (``history.json``) and checkpoints, everything a
+training run needs to continue exactly where it stopped, as data.
 
 A checkpoint is the run's history, the values of the model's and guide's parameters (Pyro's
 param store, by name), the networks' state (parameters *and* buffers, e.g. BatchNorm
@@ -15,11 +16,13 @@ process leaves the old or the new one, never half of one.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyro
@@ -33,6 +36,7 @@ __all__ = [
     "HISTORY",
     "PREVIOUS",
     "CheckpointError",
+    "History",
     "load_checkpoint",
     "read_checkpoint",
     "save_checkpoint",
@@ -42,6 +46,38 @@ CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 HISTORY = "history.json"
 _KEYS = ("history", "params", "optim", "optim_settings", "modules", "rng")
+
+
+@dataclass
+class History:
+    """Per-epoch training record.
+
+    Attributes:
+        epoch: Epoch numbers, from 1.
+        loss: Mean negative ELBO per data point over the epoch's minibatches (nats).
+        seconds: Cumulative training wall-clock at the end of each epoch.
+        val_epoch: The epochs after which the validation set was evaluated.
+        val_elbo: Mean ELBO per validation point at those epochs (nats; ``β = 1``).
+
+    Example:
+        >>> History(epoch=[1], loss=[2.5], seconds=[0.1]).loss
+        [2.5]
+    """
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    val_epoch: list[int] = field(default_factory=list)
+    val_elbo: list[float] = field(default_factory=list)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the history as JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> History:
+        """Reads a history written by :meth:`save`."""
+        return cls(**json.loads(Path(path).read_text()))
 
 
 class CheckpointError(ValueError):

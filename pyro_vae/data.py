@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .checks import check_int
+
 __all__ = ["Batches", "default_data_dir", "load_mnist", "make_circle"]
 
 Binarize = Literal["threshold", "dynamic"] | None
@@ -140,8 +142,7 @@ class Batches:
     ) -> None:
         if binarize not in (None, "threshold", "dynamic"):
             raise ValueError(f"binarize must be None, 'threshold' or 'dynamic'; got {binarize!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        check_int("batch_size", batch_size)
         if data.dim() == 0 or data.shape[0] == 0:
             raise ValueError(f"the data set is empty (shape {tuple(data.shape)})")
         if binarize is not None and not bool(((data >= 0) & (data <= 1)).all()):

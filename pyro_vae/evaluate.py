@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from .checks import check_data, check_int
 from .data import Batches
 from .devices import DeviceCheck, check_module, owner_modules
 
@@ -130,16 +131,14 @@ def evaluate(
         >>> result.num_data, result.num_particles
         (32, 100)
     """
-    _check_positive_int("num_particles", num_particles)
-    _check_positive_int("max_rows", max_rows)
+    check_int("num_particles", num_particles)
+    check_int("max_rows", max_rows)
     if isinstance(data, Tensor):
         data = Batches(data, batch_size=max(1, max_rows // num_particles), shuffle=False)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     for module in owner_modules(model, guide):
         check_module(module, data.device, data.data.dtype, fix=fix)
-        check_data = getattr(module, "check_data", None)
-        if callable(check_data):  # shape, finite values, support, N: once for the data set
-            check_data(data.data)
+        check_data(module, data.data)  # shape, finite values, support, N: once for the data
     elbo_sum = ll_sum = 0.0
     count = 0
     check = DeviceCheck(data.device, data.data.dtype, fix=fix)  # the first pass, innermost
@@ -167,8 +166,3 @@ def evaluate(
     if count == 0:
         raise ValueError("evaluate got no data points: the data set is empty")
     return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}")

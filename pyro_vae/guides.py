@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding
 
+from .checks import check_int
 from .likelihoods import Likelihood
 from .priors import Prior
 
@@ -222,8 +223,7 @@ class SemiAmortizedGaussian(nn.Module):
         lr: float = 1e-3,
     ) -> None:
         super().__init__()
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive integer; got {steps!r}")
+        check_int("steps", steps)
         self.guide = guide
         self.latent_dim = guide.latent_dim
         self._model = (prior, likelihood)  # a tuple: not registered as submodules

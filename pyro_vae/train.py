@@ -11,63 +11,37 @@ package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .checkpoint import CHECKPOINT, HISTORY, PREVIOUS, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT,
+    HISTORY,
+    PREVIOUS,
+    History,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .checks import check_data, check_finite_params, check_int
 from .data import Batches
 from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
-from .optim import LazyAdam
+from .optim import LazyAdam, gradient_step
 
-__all__ = ["History", "fit"]
-
-
-@dataclass
-class History:
-    """Per-epoch training record.
-
-    Attributes:
-        epoch: Epoch numbers, from 1.
-        loss: Mean negative ELBO per data point over the epoch's minibatches (nats).
-        seconds: Cumulative training wall-clock at the end of each epoch.
-        val_epoch: The epochs after which the validation set was evaluated.
-        val_elbo: Mean ELBO per validation point at those epochs (nats; ``β = 1``).
-
-    Example:
-        >>> History(epoch=[1], loss=[2.5], seconds=[0.1]).loss
-        [2.5]
-    """
-
-    epoch: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
-    val_epoch: list[int] = field(default_factory=list)
-    val_elbo: list[float] = field(default_factory=list)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the history as JSON."""
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> History:
-        """Reads a history written by :meth:`save`."""
-        return cls(**json.loads(Path(path).read_text()))
+__all__ = ["fit"]
 
 
 def fit(
@@ -160,10 +134,10 @@ def fit(
         >>> history.epoch, len(history.loss)
         ([1, 2], 2)
     """
-    _check_int("epochs", epochs, minimum=1)
-    _check_int("log_every", log_every, minimum=1)
-    _check_int("e_steps", e_steps, minimum=0)
-    _check_int("validate_every", validate_every, minimum=1)
+    check_int("epochs", epochs)
+    check_int("log_every", log_every)
+    check_int("e_steps", e_steps, minimum=0)
+    check_int("validate_every", validate_every)
     if e_steps and freeze_model:
         raise ValueError(
             "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
@@ -181,13 +155,14 @@ def fit(
     data = data.to(device)
     if validation is not None:
         validation = validation.to(device)
+        validation_tensor = validation.data if isinstance(validation, Batches) else validation
     if modules is None:  # the networks behind bound methods, e.g. vae.model / vae.guide
         found = owner_modules(model, guide)
         modules = found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
     if modules is not None:
         modules.to(device)
         check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
-        _check_data(modules, data, validation)
+        check_data(modules, data.data, *([] if validation is None else [validation_tensor]))
         sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
         if sparse and not isinstance(optim, LazyAdam):
             raise ValueError(
@@ -234,7 +209,7 @@ def fit(
     def _train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
         if svis is not None:
             return svis[first].step(x, idx, num_data=num_data)
-        step = partial(_step, *pairs[first], x, idx, num_data, optim, loss)
+        step = partial(gradient_step, *pairs[first], loss, optim, x, idx, num_data=num_data)
         if freeze_model:
             return step(update_model=False)
         if e_steps:
@@ -276,12 +251,12 @@ def fit(
             check.names.update(dict.fromkeys(names))
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
-    stop_hint = (
-        f"the last checkpoint in {save_dir} is untouched: continue from it with resume=True "
-        "and a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
-        if save_dir is not None
-        else "train again with a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
-    )
+
+    def stop_hint() -> str:
+        retry = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+        if ckpt_path is not None and ckpt_path.exists():
+            return f"{ckpt_path} is untouched: continue from it with resume=True and {retry}"
+        return f"train again with {retry}"
 
     elapsed = history.seconds[-1] if history.seconds else 0.0
     bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
@@ -300,15 +275,17 @@ def fit(
                 if not math.isfinite(running):
                     raise FloatingPointError(
                         f"the loss became {running} in epoch {epoch} by step {step + 1}; "
-                        + stop_hint
+                        + stop_hint()
                     )
                 bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
             bar.update()
         epoch_loss = float(total) / count
         elapsed += time.perf_counter() - t0
         if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint}")
-        _check_finite_params(check.names, epoch, stop_hint)  # one sync an epoch
+            raise FloatingPointError(
+                f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
+            )
+        check_finite_params(check.names, epoch, stop_hint())  # one sync an epoch
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
@@ -316,7 +293,7 @@ def fit(
             val_elbo = validate()
             if not math.isfinite(val_elbo):
                 raise FloatingPointError(
-                    f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint}"
+                    f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint()}"
                 )
             history.val_epoch.append(epoch)
             history.val_elbo.append(val_elbo)
@@ -328,57 +305,3 @@ def fit(
             history.save(Path(save_dir) / HISTORY)
     bar.close()
     return history
-
-
-def _check_data(modules: nn.Module, data: Batches, validation: Batches | Tensor | None) -> None:
-    """Once per data set: each model's own checks (shape, finite values, support, N)."""
-    for module in modules.modules():
-        check_data = getattr(module, "check_data", None)
-        if callable(check_data):
-            check_data(data.data)
-            if validation is not None:
-                check_data(validation.data if isinstance(validation, Batches) else validation)
-
-
-def _check_finite_params(names: dict[str, None], epoch: int, hint: str) -> None:
-    """Raises a :class:`FloatingPointError` naming a parameter that is no longer finite (a
-    finite loss can still have produced a non-finite step)."""
-    store = pyro.get_param_store()
-    params = [store.get_param(n).unconstrained() for n in names if n in store]
-    if not params:
-        return
-    finite = torch.stack([p.detach().isfinite().all() for p in params])
-    if not bool(finite.all()):
-        name = [n for n in names if n in store][int((~finite).nonzero()[0])]
-        raise FloatingPointError(
-            f"the parameter {name!r} became non-finite in epoch {epoch}; {hint}"
-        )
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _step(
-    model, guide, x, idx, num_data, optim, loss, *, update_model=True, update_guide=True
-) -> torch.Tensor:
-    """One gradient step on the parameters of the model, the guide, or both.
-
-    A side that is not updated has its ``pyro.param`` / ``pyro.module`` sites blocked, so they
-    are not collected, and ``backward(inputs=...)`` computes gradients for the others alone.
-    Gradients are released (set to ``None``) after the step. Returns the detached loss.
-    """
-    if not update_model:
-        model = poutine.block(model, hide_types=["param"])
-    if not update_guide:
-        guide = poutine.block(guide, hide_types=["param"])
-    with poutine.trace(param_only=True) as capture:
-        value = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
-    params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-    if params:
-        torch.autograd.backward(value, inputs=params)
-        optim(params)
-        for p in params:
-            p.grad = None
-    return value.detach() if isinstance(value, torch.Tensor) else torch.tensor(value)

@@ -114,11 +114,11 @@ def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_pa
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"epochs": 0}, "epochs must be an integer >= 1; got 0"),
-        ({"epochs": 2.5}, "epochs must be an integer >= 1; got 2.5"),
-        ({"epochs": 1, "log_every": 0}, "log_every must be an integer >= 1; got 0"),
-        ({"epochs": 1, "e_steps": -1}, "e_steps must be an integer >= 0; got -1"),
-        ({"epochs": 1, "validate_every": 0}, "validate_every must be an integer >= 1"),
+        ({"epochs": 0}, "epochs must be a positive integer; got 0"),
+        ({"epochs": 2.5}, "epochs must be a positive integer; got 2.5"),
+        ({"epochs": 1, "log_every": 0}, "log_every must be a positive integer; got 0"),
+        ({"epochs": 1, "e_steps": -1}, "e_steps must be a non-negative integer; got -1"),
+        ({"epochs": 1, "validate_every": 0}, "validate_every must be a positive integer"),
         ({"epochs": 1, "e_steps": 2, "freeze_model": True}, "cannot be combined"),
         (
             {"epochs": 1, "e_steps": 2, "loss": pyro.infer.RenyiELBO()},

@@ -1,0 +1,58 @@
+"""Checks that run once — on an option, a whole data set, or after an epoch — never per step.
+
+Each raises an error that names the problem, the value seen, and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyro
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_data", "check_finite_params", "check_int"]
+
+
+def check_int(name: str, value: object, *, minimum: int = 1) -> None:
+    """Raises a :class:`ValueError` unless ``value`` is an integer ``>= minimum``.
+
+    Example:
+        >>> check_int("epochs", 0)
+        Traceback (most recent call last):
+        ...
+        ValueError: epochs must be a positive integer; got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}"
+        )
+        raise ValueError(f"{name} must be {kind}; got {value!r}")
+
+
+def check_data(modules: nn.Module, *datasets: Tensor) -> None:
+    """Runs the ``check_data(data)`` method of every module in ``modules`` that has one (e.g.
+    :meth:`pyro_vae.VAE.check_data`: shape, finite values, the likelihood's support, a
+    per-datapoint guide's N) on each whole data set."""
+    for module in modules.modules():
+        check = getattr(module, "check_data", None)
+        if callable(check):
+            for data in datasets:
+                check(data)
+
+
+def check_finite_params(names: Iterable[str], epoch: int, hint: str) -> None:
+    """Raises a :class:`FloatingPointError` naming a parameter of Pyro's param store that is no
+    longer finite (a step with a finite loss can still write NaN), with one host sync."""
+    store = pyro.get_param_store()
+    names = [n for n in names if n in store]
+    if not names:
+        return
+    finite = torch.stack(
+        [store.get_param(n).unconstrained().detach().isfinite().all() for n in names]
+    )
+    if not bool(finite.all()):
+        name = names[int((~finite).nonzero()[0])]
+        raise FloatingPointError(
+            f"the parameter {name!r} became non-finite in epoch {epoch}; {hint}"
+        )
