@@ -114,6 +114,8 @@ def save_checkpoint(
     optim: pyro.optim.PyroOptim,
     modules: nn.Module | None,
     param_names: list[str],
+    *,
+    world_size: int = 1,
 ) -> None:
     """Writes a checkpoint atomically and keeps the previous one as ``checkpoint.prev.pt``.
 
@@ -123,6 +125,7 @@ def save_checkpoint(
         optim: The Pyro optimizer whose state and settings to save.
         modules: The networks whose ``state_dict`` to save (buffers included), if any.
         param_names: The param-store names of the run's parameters.
+        world_size: The number of data-parallel processes (each saves its own checkpoint).
     """
     path = Path(path)
     store = pyro.get_param_store()
@@ -133,11 +136,12 @@ def save_checkpoint(
         "optim_settings": _settings(optim),
         "modules": modules.state_dict() if modules is not None else None,
         "rng": _rng_state(),
+        "world_size": world_size,
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
-        previous, link = path.with_name(PREVIOUS), path.with_suffix(".link")
+        previous, link = path.with_suffix(".prev.pt"), path.with_suffix(".link")
         try:
             os.link(path, link)
         except OSError:
@@ -183,6 +187,8 @@ def load_checkpoint(
     optim: pyro.optim.PyroOptim,
     modules: nn.Module | None,
     device: torch.device,
+    *,
+    world_size: int = 1,
 ) -> tuple[dict, list[str]]:
     """Loads a checkpoint into the live objects and returns the saved history (a dict) and the
     run's parameter names.
@@ -197,7 +203,19 @@ def load_checkpoint(
     saved hyperparameters, so a schedule continues where it was.
     """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path} is missing: the run in {path.parent} was saved by another number of "
+            f"processes than this one's {world_size}; resume with that number, or start over "
+            "with overwrite=True"
+        )
     state = read_checkpoint(path, device)
+    if state.get("world_size", 1) != world_size:
+        raise CheckpointError(
+            f"the checkpoint {path} was written by {state.get('world_size', 1)} data-parallel "
+            f"processes; this run has {world_size}. Resume with "
+            f"{state.get('world_size', 1)} processes, or start over with overwrite=True"
+        )
     settings = _settings(optim)
     saved_settings = state["optim_settings"]
     if saved_settings["type"] != settings["type"]:

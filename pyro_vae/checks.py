@@ -5,7 +5,7 @@ Each raises an error that names the problem, the value seen, and what to do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyro
 import torch
@@ -41,18 +41,32 @@ def check_data(modules: nn.Module, *datasets: Tensor) -> None:
                 check(data)
 
 
-def check_finite_params(names: Iterable[str], epoch: int, hint: str) -> None:
+def check_finite_params(
+    names: Iterable[str],
+    epoch: int,
+    hint: str,
+    *,
+    anywhere: Callable[[bool], bool] | None = None,
+) -> None:
     """Raises a :class:`FloatingPointError` naming a parameter of Pyro's param store that is no
-    longer finite (a step with a finite loss can still write NaN), with one host sync."""
+    longer finite (a step with a finite loss can still write NaN), with one host sync.
+    ``anywhere(flag)`` (data-parallel runs) tells whether any process found one, so that all
+    stop together."""
     store = pyro.get_param_store()
     names = [n for n in names if n in store]
-    if not names:
-        return
-    finite = torch.stack(
-        [store.get_param(n).unconstrained().detach().isfinite().all() for n in names]
+    params = [store.get_param(n).unconstrained().detach() for n in names]
+    finite = (
+        torch.stack([p.isfinite().all() for p in params])
+        if params
+        else torch.ones(1, dtype=torch.bool)
     )
-    if not bool(finite.all()):
-        name = names[int((~finite).nonzero()[0])]
+    bad = not bool(finite.all())
+    if anywhere is not None:
+        bad = anywhere(bad)
+    if bad:
+        name = (
+            names[int((~finite).nonzero()[0])] if not bool(finite.all()) else "(on another process)"
+        )
         raise FloatingPointError(
             f"the parameter {name!r} became non-finite in epoch {epoch}; {hint}"
         )

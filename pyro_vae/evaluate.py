@@ -28,6 +28,7 @@ from torch import Tensor
 from .checks import check_data, check_int
 from .data import Batches
 from .devices import DeviceCheck, check_module, owner_modules
+from .distributed import all_sum, get_world
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 
@@ -104,6 +105,7 @@ def evaluate(
     num_particles: int = 1000,
     max_rows: int = 2**17,
     max_plate_nesting: int = 1,
+    distributed: bool | None = None,
 ) -> Evaluation:
     """The ELBO and the importance-sampled log-likelihood of a data set.
 
@@ -120,6 +122,9 @@ def evaluate(
         num_particles: :math:`K`.
         max_rows: Most (point, particle) pairs evaluated in one vectorized pass.
         max_plate_nesting: Plates nested in ``model`` and ``guide``.
+        distributed: Under ``torchrun`` (an initialized process group; default ``None``:
+            detect it) each rank scores a contiguous block of the points and all ranks get
+            the global means; ``False`` scores everything in this process.
 
     Returns:
         An :class:`Evaluation` with per-point means.
@@ -139,10 +144,21 @@ def evaluate(
     for module in owner_modules(model, guide):
         check_module(module, data.device, data.data.dtype, fix=fix)
         check_data(module, data.data)  # shape, finite values, support, N: once for the data
+    device, dtype = data.device, data.data.dtype
+    world, offset = get_world(distributed), 0
+    if world is not None:  # this rank scores its block of points (a per-point guide's shard)
+        block = torch.arange(data.num_data).tensor_split(world.size)[world.rank]
+        offset = int(block[0]) if len(block) else 0
+        rows = data.data[offset : offset + len(block)]
+        size, binarize = data.batch_size, data.binarize
+        data = (
+            Batches(rows, batch_size=size, shuffle=False, binarize=binarize) if len(block) else []
+        )
     elbo_sum = ll_sum = 0.0
     count = 0
-    check = DeviceCheck(data.device, data.data.dtype, fix=fix)  # the first pass, innermost
-    for x_batch, idx_batch in data:
+    check = DeviceCheck(device, dtype, fix=fix)  # the first pass, innermost
+    for x_batch, local_idx in data:
+        idx_batch = local_idx + offset
         step = max(1, max_rows // num_particles)
         for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
             chunk = max(1, min(num_particles, max_rows // x.shape[0]))
@@ -163,6 +179,9 @@ def evaluate(
             elbo_sum += lw.mean(0).sum().item()
             ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
             count += x.shape[0]
+    if world is not None:  # the global sums
+        elbo_sum, ll_sum, count = all_sum(torch.tensor([elbo_sum, ll_sum, count], device=device))
+        elbo_sum, ll_sum, count = elbo_sum.item(), ll_sum.item(), int(count.item())
     if count == 0:
         raise ValueError("evaluate got no data points: the data set is empty")
     return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count)

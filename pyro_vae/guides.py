@@ -127,6 +127,19 @@ class PerDatapointGaussian(nn.Module):
         self.sparse = sparse
         self.loc = nn.Parameter(torch.zeros(num_data, latent_dim))
         self.log_scale = nn.Parameter(torch.full((num_data, latent_dim), math.log(init_scale)))
+        self.offset = 0  # the first row held: > 0 on a shard (see shard)
+
+    def shard(self, start: int, stop: int) -> None:
+        """Keeps only the rows of the points ``start <= n < stop`` (in place): a data-parallel
+        rank holds the local parameters of its own points, O(N / world size) memory. Indices
+        stay global; the parameters are marked local (never averaged across ranks)."""
+        if not 0 <= start < stop <= self.num_data or self.offset or len(self.loc) < self.num_data:
+            raise ValueError(f"cannot shard rows [{start}, {stop}) of {self.num_data} points")
+        self.offset = start
+        with torch.no_grad():
+            self.loc = nn.Parameter(self.loc[start:stop].clone())
+            self.log_scale = nn.Parameter(self.log_scale[start:stop].clone())
+        self.loc.local_rows = self.log_scale.local_rows = True
 
     def forward(self, x: Tensor | None, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z_n)` for ``n`` in ``idx``: batch shape ``(B,)``, event ``(D,)``."""
@@ -136,15 +149,17 @@ class PerDatapointGaussian(nn.Module):
                 "model/guide as (x, idx, num_data=N)"
             )
         try:  # no check on the hot path: the lookup itself fails on a bad index
-            loc = embedding(idx, self.loc, sparse=self.sparse)
+            rows = idx - self.offset if self.offset else idx
+            loc = embedding(rows, self.loc, sparse=self.sparse)
         except IndexError:
-            bad = idx[(idx < 0) | (idx >= self.num_data)]
+            low, high = self.offset, self.offset + len(self.loc)
+            bad = idx[(idx < low) | (idx >= high)]
             raise ValueError(
                 f"index {bad[0].item()} is out of range for a per-datapoint guide of N = "
-                f"{self.num_data} points (indices must lie in [0, {self.num_data})); new data "
+                f"{self.num_data} points (this one holds indices [{low}, {high})); new data "
                 "points need their own local parameters: pv.infer_local(vae, batches)"
             ) from None
-        log_scale = embedding(idx, self.log_scale, sparse=self.sparse)
+        log_scale = embedding(rows, self.log_scale, sparse=self.sparse)
         return diagonal_normal(loc, log_scale)
 
     @classmethod

@@ -147,6 +147,7 @@ def gradient_step(
     *args: object,
     update_model: bool = True,
     update_guide: bool = True,
+    before_step: Callable[[list[torch.Tensor]], None] | None = None,
     **kwargs: object,
 ) -> torch.Tensor:
     """One gradient step on the parameters of the model, the guide, or both: what
@@ -164,6 +165,8 @@ def gradient_step(
         optim: A Pyro optimizer.
         update_model: Step the model's parameters.
         update_guide: Step the guide's parameters.
+        before_step: Called with the parameters after the backward pass, before the
+            optimizer (e.g. to combine gradients across data-parallel processes).
 
     Returns:
         The loss, a detached 0-dim tensor on the parameters' device (no host sync).
@@ -188,6 +191,8 @@ def gradient_step(
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
     if params:
         torch.autograd.backward(value, inputs=params)
+        if before_step is not None:
+            before_step(params)
         optim(params)
         for p in params:
             p.grad = None

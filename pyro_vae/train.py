@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (
     CHECKPOINT,
     HISTORY,
-    PREVIOUS,
+    CheckpointError,
     History,
     load_checkpoint,
     save_checkpoint,
@@ -37,6 +37,16 @@ from .checkpoint import (
 from .checks import check_data, check_finite_params, check_int
 from .data import Batches
 from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
+from .distributed import (
+    ShardedBatches,
+    agree,
+    combine_gradients,
+    device_of,
+    get_world,
+    global_mean,
+    shard_local_guides,
+    start_ranks,
+)
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
 from .optim import LazyAdam, gradient_step
@@ -66,6 +76,7 @@ def fit(
     validation: Batches | None = None,
     validate_every: int = 1,
     validation_particles: int = 1,
+    distributed: bool | None = None,
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -122,6 +133,15 @@ def fit(
             parameters for new points: use :func:`~pyro_vae.infer_local`).
         validate_every: Epochs between validations.
         validation_particles: Guide samples per validation point.
+        distributed: Data-parallel training under ``torchrun`` (default ``None``: when a
+            process group is initialized or ``WORLD_SIZE > 1``; ``False``: one process).
+            ``data.batch_size`` is then the global batch; each rank trains on its part and
+            the gradients are combined into the single-process gradient (see
+            :mod:`pyro_vae.distributed`); a per-datapoint guide is partitioned by rank. The
+            history's loss is global; rank 0 shows the bar and writes ``history.json``; each
+            rank writes its own checkpoint (``checkpoint.pt`` on rank 0,
+            ``checkpoint.rank<r>.pt`` on the others) and resumes from it, with the same number
+            of processes.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -149,7 +169,10 @@ def fit(
             f"fit needs the data as pv.Batches (minibatches with their indices); got "
             f"{type(data).__name__}. Wrap a tensor: pv.Batches(x, batch_size=256)"
         )
-    device = torch.device(device) if device is not None else default_device()
+    world = get_world(distributed)
+    if device is None:
+        device = device_of(world) if world is not None else default_device()
+    device = torch.device(device)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
     data = data.to(device)
@@ -174,6 +197,8 @@ def fit(
         if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
             modules.train()
     move_param_store(device)  # pyro.params of hand-written pairs registered before the call
+    if world is not None:  # this rank's parts of the global minibatches (and its shard)
+        data = ShardedBatches(data, world, block=shard_local_guides(modules, data.num_data, world))
     kl_scale = LatentScale()
     train_model, train_guide = model, guide
     if beta != 1.0:
@@ -198,6 +223,11 @@ def fit(
                 f"freeze_model=True needs a loss with differentiable_loss; "
                 f"{type(loss).__name__} has none. Use a Trace_ELBO-like loss for E-steps"
             )
+        if world is not None:
+            raise ValueError(
+                f"data-parallel training needs a loss with differentiable_loss; "
+                f"{type(loss).__name__} has none"
+            )
         svis = {first: SVI(*pair, optim, loss) for first, pair in pairs.items()}
 
     def train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
@@ -209,7 +239,12 @@ def fit(
     def _train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
         if svis is not None:
             return svis[first].step(x, idx, num_data=num_data)
-        step = partial(gradient_step, *pairs[first], loss, optim, x, idx, num_data=num_data)
+        hook = None
+        if world is not None:  # rank r's gradient enters with weight b_r / b
+            hook = partial(combine_gradients, weight=x.shape[0] / data.global_size)
+        step = partial(
+            gradient_step, *pairs[first], loss, optim, x, idx, num_data=num_data, before_step=hook
+        )
         if freeze_model:
             return step(update_model=False)
         if e_steps:
@@ -231,26 +266,50 @@ def fit(
                     modules.train(was_training)
 
     history, start = History(), 0
-    ckpt_path = Path(save_dir) / CHECKPOINT if save_dir is not None else None
+    name = CHECKPOINT if world is None or world.rank == 0 else f"checkpoint.rank{world.rank}.pt"
+    ckpt_path = Path(save_dir) / name if save_dir is not None else None
+    writes = world is None or world.rank == 0  # the bar and history.json
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
         ckpt_path.with_suffix(".tmp").unlink(missing_ok=True)  # left by a killed process
-        if ckpt_path.exists() and not resume:
+        exists = ckpt_path.exists()
+        if world is not None:  # every process decides alike
+            exists = agree(exists, device)
+        if exists and not resume:
             if not overwrite:
                 raise FileExistsError(
                     f"{ckpt_path} exists: a run was saved there. Pass resume=True to continue "
                     "it, overwrite=True to start over (its checkpoints are deleted), or "
                     "another save_dir"
                 )
-            for name in (CHECKPOINT, PREVIOUS, HISTORY):
-                (ckpt_path.parent / name).unlink(missing_ok=True)
-        if resume and ckpt_path.exists():
-            saved, names = load_checkpoint(
-                ckpt_path, *pairs[True], next(iter(data)), num_data, optim, modules, device
-            )
+            for path in (ckpt_path, ckpt_path.with_suffix(".prev.pt")):
+                path.unlink(missing_ok=True)
+            if writes:
+                (ckpt_path.parent / HISTORY).unlink(missing_ok=True)
+        if resume and exists:
+            batch, error = next(iter(data)), None
+            try:
+                saved, names = load_checkpoint(
+                    ckpt_path,
+                    *pairs[True],
+                    batch,
+                    num_data,
+                    optim,
+                    modules,
+                    device,
+                    world_size=world.size if world is not None else 1,
+                )
+            except CheckpointError as e:
+                error = e
+            if world is not None and agree(error is not None, device) and error is None:
+                error = CheckpointError("another process could not resume: see its error")
+            if error is not None:
+                raise error
             check.names.update(dict.fromkeys(names))
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
+    if world is not None and start == 0:  # a new run: the same initial values everywhere
+        start_ranks(*pairs[True], data, world)
 
     def stop_hint() -> str:
         retry = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
@@ -259,7 +318,12 @@ def fit(
         return f"train again with {retry}"
 
     elapsed = history.seconds[-1] if history.seconds else 0.0
-    bar = tqdm(total=(epochs - start) * len(data), disable=not progress, desc="train", unit="step")
+    bar = tqdm(
+        total=(epochs - start) * len(data),
+        disable=not (progress and writes),
+        desc="train",
+        unit="step",
+    )
     first = True
     for epoch in range(start + 1, epochs + 1):
         kl_scale.beta = beta(epoch) if callable(beta) else beta
@@ -271,7 +335,9 @@ def fit(
             total = total + value * (x.shape[0] / num_data)
             count += x.shape[0]
             if step % log_every == 0:  # the only host sync: every log_every steps
-                running = float(total) / count
+                running = (
+                    global_mean(total, count, world, device) if world else float(total) / count
+                )
                 if not math.isfinite(running):
                     raise FloatingPointError(
                         f"the loss became {running} in epoch {epoch} by step {step + 1}; "
@@ -279,13 +345,14 @@ def fit(
                     )
                 bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
             bar.update()
-        epoch_loss = float(total) / count
+        epoch_loss = global_mean(total, count, world, device) if world else float(total) / count
         elapsed += time.perf_counter() - t0
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(
                 f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
             )
-        check_finite_params(check.names, epoch, stop_hint())  # one sync an epoch
+        anywhere = partial(agree, device=device) if world is not None else None
+        check_finite_params(check.names, epoch, stop_hint(), anywhere=anywhere)  # one sync
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)
         history.seconds.append(elapsed)
@@ -301,7 +368,15 @@ def fit(
         if callback is not None:  # before saving: a schedule it sets is in the checkpoint
             callback(epoch, history)
         if save_dir is not None:  # the checkpoint first: history.json is never ahead of it
-            save_checkpoint(ckpt_path, asdict(history), optim, modules, list(check.names))
-            history.save(Path(save_dir) / HISTORY)
+            save_checkpoint(
+                ckpt_path,
+                asdict(history),
+                optim,
+                modules,
+                list(check.names),
+                world_size=world.size if world is not None else 1,
+            )
+            if writes:
+                history.save(Path(save_dir) / HISTORY)
     bar.close()
     return history

@@ -1,0 +1,254 @@
+r"""Data-parallel training on PyTorch's own engine (``torch.distributed``, launched by
+``torchrun``): each process (rank) trains on its part of every minibatch, and the gradients
+are combined with one all-reduce per step.
+
+The ELBO stays the single-process one. A global minibatch of :math:`b` points is split into
+parts of :math:`b_r` points, one per rank; rank :math:`r`'s data plate scales its terms by
+:math:`N / b_r`, and its gradient :math:`g_r` enters the sum
+:math:`\sum_r (b_r / b)\, g_r = (N / b) \sum_{n \in \text{batch}} \nabla \ell_n`: exactly the
+gradient one process computes on the whole minibatch (Pyro's distributed example scales each
+worker's plate to the full data set for the same reason).
+
+* Amortized models: every epoch rank 0 draws the permutation and broadcasts it, so all ranks
+  walk the same global minibatches and each takes its part.
+* Per-datapoint guides: the data are partitioned by rank once (contiguous blocks), each rank
+  holds the local parameters of its own points only (O(N / world size) memory) and shuffles
+  within its block; those parameters are never averaged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.distributed as tdist
+from pyro import poutine
+from torch import Tensor, nn
+
+from .data import Batches
+
+__all__ = ["ShardedBatches", "World", "get_world"]
+
+
+class World(NamedTuple):
+    """This process's rank and the number of processes."""
+
+    rank: int
+    size: int
+
+
+def get_world(distributed: bool | None = None) -> World | None:
+    """The process group to train in, or ``None`` for one process.
+
+    Args:
+        distributed: ``None``: use an initialized process group, or initialize one when the
+            torchrun environment says ``WORLD_SIZE > 1`` (NCCL with CUDA, else gloo).
+            ``False``: one process. ``True``: as ``None``, but an error without a group.
+
+    Example:
+        >>> get_world() is None  # a plain python process
+        True
+    """
+    if distributed is False or not tdist.is_available():
+        if distributed:
+            raise ValueError("distributed=True needs torch.distributed, which is unavailable")
+        return None
+    if not tdist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            tdist.init_process_group(backend)
+        elif distributed:
+            raise ValueError(
+                "distributed=True but no process group: launch with torchrun (e.g. torchrun "
+                "--nproc_per_node 2 script.py) or call torch.distributed.init_process_group"
+            )
+        else:
+            return None
+    return World(tdist.get_rank(), tdist.get_world_size())
+
+
+def device_of(world: World | None) -> torch.device:
+    """This rank's device: ``cuda:<LOCAL_RANK>`` with CUDA, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world else None)
+    return torch.device("cpu")
+
+
+def agree(flag: bool, device: torch.device) -> bool:
+    """``True`` on every rank when ``flag`` is ``True`` on any rank (so all raise together)."""
+    value = torch.tensor([float(flag)], device=device)
+    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def all_sum(value: Tensor) -> Tensor:
+    """The sum of ``value`` over the ranks (a new tensor)."""
+    value = value.detach().clone()
+    tdist.all_reduce(value)
+    return value
+
+
+def is_local(p: Tensor) -> bool:
+    """A parameter that holds this rank's rows only (a sharded per-datapoint guide)."""
+    return getattr(p, "local_rows", False)
+
+
+def broadcast(params: list[Tensor]) -> None:
+    """Copies rank 0's values of the shared (non-local) ``params`` to every rank."""
+    with torch.no_grad():
+        for p in params:
+            if not is_local(p):
+                tdist.broadcast(p.data, src=0)
+
+
+def combine_gradients(params: list[Tensor], weight: float) -> None:
+    r"""Replaces the dense gradient of every shared parameter by
+    :math:`\sum_r w_r g_r` over the ranks (``weight`` is this rank's :math:`w_r = b_r / b`),
+    in one all-reduce of a flat buffer. Local and sparse gradients are left alone."""
+    shared = [
+        p for p in params if not is_local(p) and not (p.grad is not None and p.grad.is_sparse)
+    ]
+    if not shared:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in shared]
+    flat = torch.cat([g.reshape(-1) for g in grads]) * weight
+    tdist.all_reduce(flat)
+    for p, part in zip(shared, flat.split([g.numel() for g in grads]), strict=True):
+        p.grad = part.view_as(p)
+
+
+def shard_local_guides(
+    modules: nn.Module | None, num_data: int, world: World
+) -> tuple[int, int] | None:
+    """Shards every per-datapoint guide of ``N = num_data`` points in ``modules`` to this
+    rank's block of points; returns the block ``(start, stop)``, or ``None`` without one."""
+    guides = [
+        m
+        for m in (modules.modules() if modules is not None else ())
+        if callable(getattr(m, "shard", None)) and getattr(m, "num_data", None) == num_data
+    ]
+    if not guides:
+        return None
+    if num_data % world.size:
+        raise ValueError(
+            f"a per-datapoint guide is partitioned across {world.size} processes, which needs "
+            f"N = {num_data} to be a multiple of {world.size}: drop {num_data % world.size} "
+            "points or change the number of processes"
+        )
+    size = num_data // world.size
+    start, stop = world.rank * size, (world.rank + 1) * size
+    for m in guides:
+        if len(m.loc) == num_data:  # not yet sharded
+            m.shard(start, stop)
+    return start, stop
+
+
+def start_ranks(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: ShardedBatches,
+    world: World,
+) -> None:
+    """Before the first step of a new run: registers every parameter (one forward pass on a
+    few of this rank's points, with its own randomness), copies rank 0's initial values of
+    the shared ones to all ranks, and gives ranks > 0 their own random stream (rank 0 keeps
+    the stream a single process would have)."""
+    start = data.block[0] if data.block is not None else 0
+    idx = torch.arange(start, start + min(2, data.num_data - start), device=data.device)
+    own_rng = torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else [])
+    with own_rng, poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
+        model(data.data[idx], idx, num_data=data.num_data)
+        guide(data.data[idx], idx, num_data=data.num_data)
+    broadcast([site["value"].unconstrained() for site in capture.trace.nodes.values()])
+    if world.rank:
+        torch.manual_seed(int(torch.randint(2**62, ())) + world.rank)
+
+
+def global_mean(total: Tensor | float, count: int, world: World, device: torch.device) -> float:
+    """``sum(total) / sum(count)`` over the ranks, one all-reduce."""
+    pair = torch.stack(
+        [
+            torch.as_tensor(total, dtype=torch.float64, device=device).reshape(()),
+            torch.tensor(float(count), dtype=torch.float64, device=device),
+        ]
+    )
+    total, count = all_sum(pair).tolist()
+    return total / count
+
+
+class ShardedBatches:
+    """This rank's parts of the global minibatches of a :class:`~pyro_vae.Batches`.
+
+    ``batches.batch_size`` is the *global* batch size :math:`b`. Without ``block`` (amortized
+    models) rank 0 draws each epoch's permutation and broadcasts it; every global batch is
+    split into ``world.size`` parts (``tensor_split``) and this rank yields its part; a last
+    batch smaller than the world is dropped. With ``block = (start, stop)`` (per-datapoint
+    guides) this rank yields minibatches of :math:`b / W` of its own points, shuffled within
+    the block. ``global_size`` is the current global batch's size, for the gradient weight.
+    """
+
+    def __init__(
+        self, batches: Batches, world: World, *, block: tuple[int, int] | None = None
+    ) -> None:
+        self.batches, self.world, self.block = batches, world, block
+        if block is not None and batches.batch_size % world.size:
+            raise ValueError(
+                f"the global batch size {batches.batch_size} must be a multiple of the "
+                f"{world.size} processes for a per-datapoint guide"
+            )
+        self.global_size = batches.batch_size
+
+    @property
+    def num_data(self) -> int:
+        return self.batches.num_data
+
+    @property
+    def data(self) -> Tensor:
+        return self.batches.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.batches.device
+
+    def __len__(self) -> int:
+        if self.block is not None:
+            n, b = self.block[1] - self.block[0], self.batches.batch_size // self.world.size
+            return n // b if self.batches.drop_last else -(-n // b)
+        n, b = self.num_data, self.batches.batch_size
+        full, rest = divmod(n, b)
+        return full + (rest > 0 and not self.batches.drop_last and rest >= self.world.size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        b = self.batches
+        if self.block is not None:
+            start, stop = self.block
+            n = stop - start
+            order = torch.randperm(n, device=b.device) if b.shuffle else torch.arange(n)
+            order = order.to(b.device) + start
+            local = b.batch_size // self.world.size
+            for i in range(len(self)):
+                part = order[i * local : (i + 1) * local]
+                yield self._take(part, len(part) * self.world.size)
+            return
+        order = (
+            torch.randperm(b.num_data, device=b.device)
+            if b.shuffle
+            else torch.arange(b.num_data, device=b.device)
+        )
+        if b.shuffle:
+            tdist.broadcast(order, src=0)
+        for i in range(len(self)):
+            batch = order[i * b.batch_size : (i + 1) * b.batch_size]
+            part = batch.tensor_split(self.world.size)[self.world.rank]
+            yield self._take(part, len(batch))
+
+    def _take(self, idx: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
+        self.global_size = global_size
+        x = self.batches.data[idx]
+        if self.batches.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        return x, idx
