@@ -155,13 +155,14 @@ def main(args: argparse.Namespace) -> dict:
             final_lr_ratio=0.01,
         )
     test_result = test_eval(0)
+    pics = common.pictures(out)  # rank 0 writes to --out
     images = [
         pv.plot_curves(
             {
                 "train (running mean of the epoch)": (history.epoch, [-v for v in history.loss]),
                 "test": (curve_epochs, curve_test),
             },
-            out / "elbo_curves.png",
+            pics / "elbo_curves.png",
             title=f"circle VAE, {args.inference} inference",
             ylim=(min(min(curve_test), -history.loss[-1]) - 2.0, None),
         )
@@ -169,14 +170,14 @@ def main(args: argparse.Namespace) -> dict:
     z = vae.prior()(torch.Size((5000,)))
     samples = vae.likelihood(z).sample()
     title = "samples x ~ p(x|z) p(z), coloured by z"
-    images.append(pv.plot_scatter(samples, z, out / "samples.png", colorbar="z", title=title))
+    images.append(pv.plot_scatter(samples, z, pics / "samples.png", colorbar="z", title=title))
     shown = min(5000, train.num_data)
     x_shown, idx = train.data[:shown], torch.arange(shown, device=device)
     q_mean = vae.variational(x_shown, idx).mean
     title = "training data coloured by E_q[z]"
     images.append(
         pv.plot_scatter(
-            x_shown, q_mean, out / "posterior_means.png", colorbar="E_q[z]", title=title
+            x_shown, q_mean, pics / "posterior_means.png", colorbar="E_q[z]", title=title
         )
     )
     gap = None

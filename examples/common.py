@@ -43,8 +43,25 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
     return device, out
 
 
+def rank() -> int:
+    """This process's rank under torchrun (0 in a single process)."""
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def pictures(out: Path) -> Path:
+    """Where this process writes its PNGs: ``out`` on rank 0; other ranks (under torchrun)
+    write their copies to ``out/.rank<r>`` so that no two processes write one file."""
+    if rank() == 0:
+        return out
+    folder = out / f".rank{rank()}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def save_metrics(out: Path, metrics: dict, *, hide: tuple[str, ...] = ()) -> dict:
-    """Writes ``metrics.json`` and prints it (without the ``hide`` keys)."""
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps({k: v for k, v in metrics.items() if k not in hide}, indent=1))
+    """Writes ``metrics.json`` and prints it (without the ``hide`` keys), on rank 0 only."""
+    if rank() == 0:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in hide}, indent=1))
     return metrics

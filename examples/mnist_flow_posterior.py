@@ -97,12 +97,13 @@ def main(args: argparse.Namespace) -> dict:
         max_rows=2**20 if device.type == "cuda" else 2**16,
     )
     x = test.data[:64]
+    pics = common.pictures(out)  # rank 0 writes to --out
     images = [
-        pv.save_grid(vae.sample(64), out / "samples.png"),
-        pv.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png"),
+        pv.save_grid(vae.sample(64), pics / "samples.png"),
+        pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
         pv.plot_curves(
             {"train": (history.epoch, history.loss)},
-            out / "loss.png",
+            pics / "loss.png",
             ylabel="negative ELBO per image (nats)",
             title=f"flow={args.flow}",
         ),

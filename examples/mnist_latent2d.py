@@ -90,11 +90,12 @@ def main(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         manifold = vae.likelihood(grid.reshape(-1, 2)).mean
     x = test.data[:80]
+    pics = common.pictures(out)  # rank 0 writes to --out
     images = [
         pv.plot_scatter(
             mu,
             y_test,
-            out / "latent.png",
+            pics / "latent.png",
             colorbar="digit",
             cmap="tab10",
             title="test set: posterior means E_q[z | x]",
@@ -102,17 +103,17 @@ def main(args: argparse.Namespace) -> dict:
         pv.plot_scatter(
             normal.cdf(mu),
             y_test,
-            out / "latent_cdf.png",
+            pics / "latent_cdf.png",
             colorbar="digit",
             cmap="tab10",
             title="test set: Φ(E_q[z | x])",
         ),
-        pv.save_grid(manifold, out / "manifold.png", nrow=20),
-        pv.save_grid(vae.sample(100), out / "samples.png", nrow=10),
-        pv.save_reconstructions(x, vae.reconstruct(x), out / "reconstructions.png", nrow=10),
+        pv.save_grid(manifold, pics / "manifold.png", nrow=20),
+        pv.save_grid(vae.sample(100), pics / "samples.png", nrow=10),
+        pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png", nrow=10),
         pv.plot_curves(
             {"train": (history.epoch, history.loss), "validation": (history.val_epoch, val_loss)},
-            out / "loss.png",
+            pics / "loss.png",
             ylabel="negative ELBO per image (nats)",
         ),
     ]

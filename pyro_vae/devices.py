@@ -9,6 +9,7 @@ and buffer *before* it is used, with an error that names it and both devices.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 
 import pyro
@@ -27,13 +28,18 @@ __all__ = [
 
 
 def default_device() -> torch.device:
-    """``cuda`` when a GPU is available, else ``cpu``.
+    """``cuda`` when a GPU is available, else ``cpu``; under ``torchrun`` with several
+    processes, ``cuda:<LOCAL_RANK>`` (each process its own GPU).
 
     Example:
         >>> default_device().type in ("cpu", "cuda")
         True
     """
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cuda")
 
 
 def device_name(device: torch.device | str) -> str:

@@ -71,13 +71,6 @@ def get_world(distributed: bool | None = None) -> World | None:
     return World(tdist.get_rank(), tdist.get_world_size())
 
 
-def device_of(world: World | None) -> torch.device:
-    """This rank's device: ``cuda:<LOCAL_RANK>`` with CUDA, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if world else None)
-    return torch.device("cpu")
-
-
 def agree(flag: bool, device: torch.device) -> bool:
     """``True`` on every rank when ``flag`` is ``True`` on any rank (so all raise together)."""
     value = torch.tensor([float(flag)], device=device)

@@ -41,7 +41,6 @@ from .distributed import (
     ShardedBatches,
     agree,
     combine_gradients,
-    device_of,
     get_world,
     global_mean,
     shard_local_guides,
@@ -170,9 +169,7 @@ def fit(
             f"{type(data).__name__}. Wrap a tensor: pv.Batches(x, batch_size=256)"
         )
     world = get_world(distributed)
-    if device is None:
-        device = device_of(world) if world is not None else default_device()
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else default_device()
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
     data = data.to(device)
