@@ -212,3 +212,24 @@ def test_examples_never_overwrite_a_run_silently(tmp_path):
     assert resumed["epochs"] == 2
     _, _, again = run("circle", flags + " --overwrite", tmp_path)
     assert again["epochs"] == 1 and again["train_loss"] == first["train_loss"]
+
+
+def test_distributed_benchmark_runs(tmp_path):
+    path = REPO / "benchmarks" / "distributed.py"
+    spec = importlib.util.spec_from_file_location("distributed", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["distributed"] = bench  # the spawned processes import it by this name
+    spec.loader.exec_module(bench)
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:distributed:start -->\n<!-- results:distributed:end -->\n")
+    args = bench.parse_args(
+        [
+            *("--limit", "512", "--hidden", "16", "--epochs", "1", "--threads", "2"),
+            *("--data-dir", str(tmp_path / "none"), "--json", str(tmp_path / "d.json")),
+            *("--readme", str(readme)),
+        ]
+    )
+    result = bench.main(args)
+    assert result["epoch_s_1"] > 0 and result["epoch_s_2"] > 0
+    assert json.loads((tmp_path / "d.json").read_text()) == result
+    assert "| 2 |" in readme.read_text()
