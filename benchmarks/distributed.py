@@ -76,6 +76,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: str) 
         if rank == 0:
             Path(out).write_text(json.dumps(seconds))
     finally:
+        tdist.barrier()  # nobody leaves (rank 0 hosts the store) before all are done
         tdist.destroy_process_group()
 
 

@@ -159,8 +159,8 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     """
     path = Path(path)
     advice = (
-        f"resume from the previous checkpoint (replace {path.name} by {PREVIOUS} when it "
-        "exists) or start over with overwrite=True"
+        f"resume from the previous checkpoint (replace {path.name} by "
+        f"{path.with_suffix('.prev.pt').name} when it exists) or start over with overwrite=True"
     )
     try:
         state = torch.load(path, map_location=device, weights_only=True)

@@ -57,8 +57,9 @@ def get_world(distributed: bool | None = None) -> World | None:
         return None
     if not tdist.is_initialized():
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if backend == "nccl":
+            # gloo for CPU tensors, and NCCL for CUDA tensors where there is a GPU
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+            if torch.cuda.is_available():
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             tdist.init_process_group(backend)
         elif distributed:
@@ -76,6 +77,13 @@ def agree(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([float(flag)], device=device)
     tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def min_max(value: int, device: torch.device) -> tuple[int, int]:
+    """The smallest and the largest of ``value`` over the ranks."""
+    ends = torch.tensor([value, -value], device=device)
+    tdist.all_reduce(ends, op=tdist.ReduceOp.MAX)
+    return -int(ends[1]), int(ends[0])
 
 
 def all_sum(value: Tensor) -> Tensor:
@@ -99,19 +107,58 @@ def broadcast(params: list[Tensor]) -> None:
 
 
 def combine_gradients(params: list[Tensor], weight: float) -> None:
-    r"""Replaces the dense gradient of every shared parameter by
-    :math:`\sum_r w_r g_r` over the ranks (``weight`` is this rank's :math:`w_r = b_r / b`),
-    in one all-reduce of a flat buffer. Local and sparse gradients are left alone."""
-    shared = [
-        p for p in params if not is_local(p) and not (p.grad is not None and p.grad.is_sparse)
-    ]
+    r"""Turns this rank's gradients into its share of the single-process gradient.
+
+    Shared parameters: the gradient becomes :math:`\sum_r w_r g_r` over the ranks
+    (``weight`` is this rank's :math:`w_r = b_r / b`), in one all-reduce of a flat buffer
+    that also carries, per parameter, whether any rank has a gradient (one that none has stays
+    ``None``, as in one process). Local rows (a sharded per-datapoint guide) are this rank's
+    alone: their gradient is only weighted, :math:`w_r g_r`, which is the single-process
+    gradient of those rows (their plate scale is :math:`N / b_r`, not :math:`N / b`).
+
+    Raises:
+        ValueError: For a shared parameter with a sparse gradient (each rank would step its
+            own copy): shard it (a per-datapoint guide) or use dense gradients.
+    """
+    shared = []
+    for p in params:
+        if is_local(p):
+            if p.grad is not None:
+                p.grad = p.grad * weight
+        elif p.grad is not None and p.grad.is_sparse:
+            raise ValueError(
+                "a parameter shared by the data-parallel processes has a sparse gradient "
+                f"(shape {tuple(p.shape)}); each process would step its own copy. Use a "
+                "per-datapoint guide (sharded by rank) or dense gradients (sparse=False)"
+            )
+        else:
+            shared.append(p)
     if not shared:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in shared]
-    flat = torch.cat([g.reshape(-1) for g in grads]) * weight
+    present = torch.tensor([float(p.grad is not None) for p in shared], device=grads[0].device)
+    flat = torch.cat([torch.cat([g.reshape(-1) for g in grads]) * weight, present])
     tdist.all_reduce(flat)
-    for p, part in zip(shared, flat.split([g.numel() for g in grads]), strict=True):
-        p.grad = part.view_as(p)
+    sizes = [g.numel() for g in grads]
+    parts = flat[: sum(sizes)].split(sizes)
+    for p, part, any_grad in zip(shared, parts, flat[sum(sizes) :].tolist(), strict=True):
+        p.grad = part.view_as(p) if any_grad else None
+
+
+def average_buffers(modules: nn.Module | None) -> None:
+    """Averages every floating buffer (e.g. BatchNorm's running statistics) over the ranks, so
+    that all ranks evaluate and save one model (one all-reduce; each rank's BatchNorm still
+    normalizes a training batch with the statistics of its own part)."""
+    buffers = [
+        b for b in (modules.buffers() if modules is not None else ()) if b.is_floating_point()
+    ]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers]) / tdist.get_world_size()
+    tdist.all_reduce(flat)
+    with torch.no_grad():
+        for b, part in zip(buffers, flat.split([b.numel() for b in buffers]), strict=True):
+            b.copy_(part.view_as(b))
 
 
 def shard_local_guides(
@@ -188,6 +235,11 @@ class ShardedBatches:
         self, batches: Batches, world: World, *, block: tuple[int, int] | None = None
     ) -> None:
         self.batches, self.world, self.block = batches, world, block
+        if block is None and batches.batch_size < world.size:
+            raise ValueError(
+                f"the global batch size {batches.batch_size} is smaller than the {world.size} "
+                "processes: each process needs at least one point of every batch"
+            )
         if block is not None and batches.batch_size % world.size:
             raise ValueError(
                 f"the global batch size {batches.batch_size} must be a multiple of the "

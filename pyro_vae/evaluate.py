@@ -180,7 +180,9 @@ def evaluate(
             ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
             count += x.shape[0]
     if world is not None:  # the global sums
-        elbo_sum, ll_sum, count = all_sum(torch.tensor([elbo_sum, ll_sum, count], device=device))
+        elbo_sum, ll_sum, count = all_sum(
+            torch.tensor([elbo_sum, ll_sum, count], dtype=torch.float64, device=device)
+        )
         elbo_sum, ll_sum, count = elbo_sum.item(), ll_sum.item(), int(count.item())
     if count == 0:
         raise ValueError("evaluate got no data points: the data set is empty")

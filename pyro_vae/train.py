@@ -40,9 +40,11 @@ from .devices import DeviceCheck, check_module, default_device, move_param_store
 from .distributed import (
     ShardedBatches,
     agree,
+    average_buffers,
     combine_gradients,
     get_world,
     global_mean,
+    min_max,
     shard_local_guides,
     start_ranks,
 )
@@ -140,7 +142,7 @@ def fit(
             history's loss is global; rank 0 shows the bar and writes ``history.json``; each
             rank writes its own checkpoint (``checkpoint.pt`` on rank 0,
             ``checkpoint.rank<r>.pt`` on the others) and resumes from it, with the same number
-            of processes.
+            of processes. ``callback`` runs on every rank.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -257,7 +259,13 @@ def fit(
         # Its own random draws: validating (or not) never changes the training run's RNG stream.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             try:
-                return evaluate(model, guide, validation, num_particles=validation_particles).elbo
+                return evaluate(
+                    model,
+                    guide,
+                    validation,
+                    num_particles=validation_particles,
+                    distributed=world is not None,
+                ).elbo
             finally:
                 if modules is not None:
                     modules.train(was_training)
@@ -305,6 +313,15 @@ def fit(
             check.names.update(dict.fromkeys(names))
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
+    if world is not None and resume:  # all processes continue from the same epoch
+        low, high = min_max(start, device)
+        if low != high:
+            raise CheckpointError(
+                f"the processes' checkpoints in {save_dir} end at different epochs (from "
+                f"{low} to {high}; a process was stopped between two "
+                "saves): put back the .prev.pt checkpoints of the processes that are ahead, "
+                "or start over with overwrite=True"
+            )
     if world is not None and start == 0:  # a new run: the same initial values everywhere
         start_ranks(*pairs[True], data, world)
 
@@ -348,7 +365,11 @@ def fit(
             raise FloatingPointError(
                 f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
             )
-        anywhere = partial(agree, device=device) if world is not None else None
+        anywhere = None
+        if world is not None:
+            if modules is not None and modules.training:
+                average_buffers(modules)  # one model (BatchNorm statistics) on every rank
+            anywhere = partial(agree, device=device)
         check_finite_params(check.names, epoch, stop_hint(), anywhere=anywhere)  # one sync
         history.epoch.append(epoch)
         history.loss.append(epoch_loss)

@@ -6,6 +6,7 @@ writes what it saw to a file the test reads back.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -32,12 +33,14 @@ def free_port() -> int:
 def _worker(rank: int, port: int, scenario, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    tdist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    timeout = datetime.timedelta(seconds=60)  # a stuck rank fails the test, never hangs CI
+    tdist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timeout)
     try:
         pyro.enable_validation(True)
         result = scenario(rank, out)
         torch.save(result, os.path.join(out, f"result{rank}.pt"))
     finally:
+        tdist.barrier()  # nobody leaves (rank 0 hosts the store) before all are done
         tdist.destroy_process_group()
 
 
