@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -20,6 +21,8 @@ from torch import nn
 
 import pyro_vae as pv
 from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.distributed import combine_gradients
+from pyro_vae.optim import gradient_step
 
 WORLD = 2
 
@@ -117,10 +120,33 @@ def per_point_shards(rank: int, out: str) -> dict:
     vae = circle_vae(pv.PerDatapointGaussian(40, 1))
     x = pv.make_circle(40)[0]
     pyro.set_rng_seed(0)
-    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), **per_point_options())
+    options = per_point_options()
+    optim = options["optim"]
+    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), **options)
     result = pv.evaluate(vae.model, vae.guide, x, num_particles=50)
+    loc = vae.variational.loc.detach().clone()
+    # One more step on 4 points of this rank's block: the other rows stay bit-identical.
+    batch = torch.arange(20 * rank, 20 * rank + 4)
+    gradient_step(
+        vae.model,
+        vae.guide,
+        pv.TensorTrace_ELBO(),
+        optim,
+        x[batch],
+        batch,
+        num_data=40,
+        before_step=partial(combine_gradients, weight=0.5),
+    )
+    moved = (vae.variational.loc.detach() != loc).any(-1)
+    # Held-out points: local inference and evaluation split across the ranks too.
+    held_out = pv.make_circle(20, seed=1)[0]
+    local = pv.infer_local(vae, pv.Batches(held_out, batch_size=10), epochs=5, lr=0.05)
+    test = pv.evaluate(local.model, local.guide, held_out, num_particles=20)
     return {
-        "loc": vae.variational.loc.detach().clone(),
+        "moved": moved,
+        "held_out_rows": len(local.variational.loc),
+        "held_out": (test.elbo, test.num_data),
+        "loc": loc,
         "offset": vae.variational.offset,
         "decoder": vae.likelihood.state_dict(),
         "loss": history.loss,
@@ -178,6 +204,9 @@ def test_per_point_guides_are_sharded_by_rank(tmp_path):
     ranks = run_ranks(per_point_shards, tmp_path)
     for rank, r in enumerate(ranks):
         assert r["loc"].shape == (20, 1) and r["offset"] == 20 * rank  # O(N / world) rows
+        assert r["moved"][:4].all() and not r["moved"][4:].any()  # LazyAdam, per rank
+        assert r["held_out_rows"] == 10 and r["held_out"][1] == 20
+        assert r["held_out"] == ranks[0]["held_out"]  # the global result on every rank
         assert r["count"] == 40  # evaluate scores every point once, on the rank that owns it
         assert r["loss"] == ranks[0]["loss"]  # the global history on every rank
         assert r["elbo"] == ranks[0]["elbo"]
