@@ -19,7 +19,7 @@ import torch as _torch
 _validate_args = _torch.distributions.Distribution._validate_args
 
 from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
-from .checkpoint import History
+from .checkpoint import CheckpointError, History, load_checkpoint
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
@@ -49,6 +49,7 @@ __all__ = [
     "AmortizationGap",
     "Batches",
     "BernoulliLikelihood",
+    "CheckpointError",
     "ConvDecoder",
     "ConvEncoder",
     "Evaluation",
@@ -79,6 +80,7 @@ __all__ = [
     "evaluate",
     "fit",
     "infer_local",
+    "load_checkpoint",
     "load_mnist",
     "log_weights",
     "make_circle",

@@ -39,6 +39,7 @@ __all__ = [
     "History",
     "load_checkpoint",
     "read_checkpoint",
+    "resume_run",
     "save_checkpoint",
 ]
 
@@ -178,7 +179,7 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     return state
 
 
-def load_checkpoint(
+def resume_run(
     path: str | os.PathLike,
     model: Callable[..., object],
     guide: Callable[..., object],
@@ -298,3 +299,68 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
             if sparse and live["local_lr"] is not None:
                 group["lr"] = live["local_lr"]
     return optim_state
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    module: nn.Module,
+    *,
+    map_location: torch.device | str = "cpu",
+) -> History:
+    """Loads the weights and buffers a :func:`~pyro_vae.fit` checkpoint holds into ``module``
+    (e.g. a :class:`~pyro_vae.VAE` built as in training), for inference: no optimizer, no
+    ``fit``, no code run from the file (it is read with ``weights_only=True``).
+
+    Args:
+        path: A ``checkpoint.pt`` written by ``fit`` (``save_dir/checkpoint.pt``).
+        module: The networks ``fit`` trained, built with the same architecture.
+        map_location: Where the loaded tensors go first (then into ``module``'s own).
+
+    Returns:
+        The run's :class:`History`.
+
+    Raises:
+        CheckpointError: When the file is not a readable checkpoint, holds no network state,
+            or was written by another architecture (the first differing entry is named).
+
+    Example:
+        >>> import tempfile
+        >>> def tiny():
+        ...     return VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6, (8,)), 6),
+        ...                GaussianEncoder(MLP(6, 4, (8,)), 2))
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     trained = tiny()
+        ...     _ = fit(trained.model, trained.guide, Batches(torch.rand(32, 6).round(),
+        ...             batch_size=8), epochs=2, save_dir=run, progress=False, device="cpu")
+        ...     vae = tiny()  # e.g. in another script
+        ...     history = load_checkpoint(f"{run}/checkpoint.pt", vae)
+        >>> history.epoch, torch.equal(vae.likelihood.decoder[0].weight,
+        ...                            trained.likelihood.decoder[0].weight)
+        ([1, 2], True)
+    """
+    path = Path(path)
+    state = read_checkpoint(path, map_location)
+    saved = state["modules"]
+    if saved is None:
+        raise CheckpointError(
+            f"the checkpoint {path} holds no network state (fit found no nn.Module behind the "
+            "model and guide); its parameters are in state['params'], by param-store name"
+        )
+    own = module.state_dict()
+    fix = "build the module with the architecture that was trained"
+    for name, value in own.items():
+        if name not in saved:
+            raise CheckpointError(f"the checkpoint {path} has no entry {name!r}; {fix}")
+        if saved[name].shape != value.shape:
+            raise CheckpointError(
+                f"{name!r} has shape {tuple(saved[name].shape)} in the checkpoint {path} but "
+                f"{tuple(value.shape)} in {type(module).__name__}; {fix}"
+            )
+    extra = [name for name in saved if name not in own]
+    if extra:
+        raise CheckpointError(
+            f"the checkpoint {path} has an entry {extra[0]!r} that {type(module).__name__} "
+            f"lacks; {fix}"
+        )
+    module.load_state_dict(saved)
+    return History(**state["history"])

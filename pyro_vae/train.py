@@ -31,7 +31,7 @@ from .checkpoint import (
     HISTORY,
     CheckpointError,
     History,
-    load_checkpoint,
+    resume_run,
     save_checkpoint,
 )
 from .checks import check_data, check_finite_params, check_int
@@ -294,7 +294,7 @@ def fit(
         if resume and exists:
             batch, error = next(iter(data)), None
             try:
-                saved, names = load_checkpoint(
+                saved, names = resume_run(
                     ckpt_path,
                     *pairs[True],
                     batch,
