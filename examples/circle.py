@@ -136,6 +136,7 @@ def main(args: argparse.Namespace) -> dict:
         progress=not args.no_progress,
         callback=callback,
         e_steps=args.e_steps if per_point else 0,
+        log_dir=args.log_dir,
         **validation,
     )
     seconds = time.perf_counter() - t0

@@ -16,7 +16,8 @@ def parser(
     doc: str, *, epochs: int, batch_size: int, out: str, full: str
 ) -> argparse.ArgumentParser:
     """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed
-    --no-progress --resume --overwrite``; ``full`` says how many epochs the full run takes."""
+    --no-progress --resume --overwrite --log-dir``; ``full`` says how many epochs the full run
+    takes."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
     p.add_argument("--batch-size", type=int, default=batch_size)
@@ -25,6 +26,9 @@ def parser(
     p.add_argument("--out", default=out)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--log-dir", default=None, help="write TensorBoard events there (pyro_vae[tensorboard])"
+    )
     runs = p.add_mutually_exclusive_group()
     runs.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     runs.add_argument(

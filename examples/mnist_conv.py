@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         beta=args.beta,
+        log_dir=args.log_dir,
     )
     vae.eval()  # BatchNorm: running statistics from here on
     k = args.num_particles or (1000 if device.type == "cuda" else 5)

@@ -86,6 +86,7 @@ def main(args: argparse.Namespace) -> dict:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        log_dir=args.log_dir,
     )
     vae.eval()
     k = args.num_particles or (5000 if device.type == "cuda" else 100)

@@ -67,6 +67,7 @@ def main(args: argparse.Namespace) -> dict:
         resume=args.resume,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        log_dir=args.log_dir,
     )
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
 

@@ -71,6 +71,7 @@ def main(args: argparse.Namespace) -> dict:
         beta=beta,
         validation=test,  # the validation loss, as trained: one sample, after every epoch
         validation_particles=1,
+        log_dir=args.log_dir,
     )
     val_loss = [-elbo for elbo in history.val_elbo]
     vae.eval()

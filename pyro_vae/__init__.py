@@ -20,7 +20,7 @@ _validate_args = _torch.distributions.Distribution._validate_args
 
 from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
 from .checkpoint import CheckpointError, History, load_checkpoint
-from .data import Batches, default_data_dir, load_mnist, make_circle
+from .data import Batches, Indexed, Loader, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import Evaluation, evaluate, log_weights
@@ -59,9 +59,11 @@ __all__ = [
     "Guide",
     "History",
     "IAFEncoder",
+    "Indexed",
     "LatentScale",
     "LazyAdam",
     "Likelihood",
+    "Loader",
     "MAFPrior",
     "PerDatapointGaussian",
     "PlanarEncoder",

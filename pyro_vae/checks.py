@@ -30,15 +30,15 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be {kind}; got {value!r}")
 
 
-def check_data(modules: nn.Module, *datasets: Tensor) -> None:
-    """Runs the ``check_data(data)`` method of every module in ``modules`` that has one (e.g.
-    :meth:`pyro_vae.VAE.check_data`: shape, finite values, the likelihood's support, a
-    per-datapoint guide's N) on each whole data set."""
+def check_data(modules: nn.Module, data: Tensor, *, num_data: int | None = None) -> None:
+    """Runs the ``check_data(data, num_data=N)`` method of every module in ``modules`` that has
+    one (e.g. :meth:`pyro_vae.VAE.check_data`: shape, finite values, the likelihood's support,
+    a per-datapoint guide's N) on a whole data set, or on the first batch of a streamed one
+    (then ``num_data`` is the data set's size)."""
     for module in modules.modules():
         check = getattr(module, "check_data", None)
         if callable(check):
-            for data in datasets:
-                check(data)
+            check(data, num_data=num_data)
 
 
 def check_finite_params(

@@ -24,9 +24,10 @@ import pyro
 import torch
 from pyro import poutine
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .checks import check_data, check_int
-from .data import Batches
+from .data import Batches, Loader
 from .devices import DeviceCheck, check_module, owner_modules
 from .distributed import all_sum, get_world
 
@@ -100,7 +101,7 @@ class Evaluation:
 def evaluate(
     model: Callable[..., object],
     guide: Callable[..., object],
-    data: Batches | Tensor,
+    data: Batches | Loader | DataLoader | Tensor,
     *,
     num_particles: int = 1000,
     max_rows: int = 2**17,
@@ -140,12 +141,19 @@ def evaluate(
     check_int("max_rows", max_rows)
     if isinstance(data, Tensor):
         data = Batches(data, batch_size=max(1, max_rows // num_particles), shuffle=False)
+    if isinstance(data, DataLoader):
+        data = Loader(data)
+    if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
+        devices = {p.device for m in owner_modules(model, guide) for p in m.parameters()}
+        data = data.to(devices.pop()) if len(devices) == 1 else data
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     for module in owner_modules(model, guide):
         check_module(module, data.device, data.data.dtype, fix=fix)
-        check_data(module, data.data)  # shape, finite values, support, N: once for the data
+        check_data(module, data.data, num_data=data.num_data)  # once (a loader: 1st batch)
     device, dtype = data.device, data.data.dtype
     world, offset = get_world(distributed), 0
+    if world is not None and isinstance(data, Loader):
+        raise ValueError("evaluate splits pv.Batches or a tensor across processes, not a loader")
     if world is not None:  # this rank scores its block of points (a per-point guide's shard)
         block = torch.arange(data.num_data).tensor_split(world.size)[world.rank]
         offset = int(block[0]) if len(block) else 0

@@ -9,6 +9,7 @@ the two by swapping one object.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 import pyro.distributions as dist
@@ -165,7 +166,13 @@ class PerDatapointGaussian(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_guide(
-        cls, guide: nn.Module, data: Tensor, *, batch_size: int = 4096, sparse: bool = True
+        cls,
+        guide: nn.Module,
+        data: Tensor | Iterable[tuple[Tensor, Tensor]],
+        *,
+        num_data: int | None = None,
+        batch_size: int = 4096,
+        sparse: bool = True,
     ) -> PerDatapointGaussian:
         r"""Local parameters initialized at an amortized Gaussian guide's outputs,
         :math:`\lambda_n = \mathrm{enc}(x_n)` (the start of semi-amortized inference).
@@ -173,7 +180,10 @@ class PerDatapointGaussian(nn.Module):
         Args:
             guide: A guide returning a diagonal Gaussian ``q(z|x)`` (e.g. GaussianEncoder, or
                 a per-datapoint guide over the same points, called with their indices).
-            data: All ``N`` data points ``(N, *event_shape)``.
+            data: All ``N`` data points ``(N, *event_shape)``, or minibatches ``(x, idx)``
+                that visit them (e.g. a :class:`~pyro_vae.Loader`; rows never visited keep
+                :math:`\mu_n = 0, \sigma_n = 1`).
+            num_data: :math:`N` for minibatches (default ``data.num_data``).
 
         Example:
             >>> encoder = GaussianEncoder(MLP(784, 2 * 16, (256,)), 16)
@@ -181,16 +191,21 @@ class PerDatapointGaussian(nn.Module):
             >>> local.loc.shape
             torch.Size([100, 16])
         """
-        locs, scales = [], []
-        idx = torch.arange(data.shape[0], device=data.device)
-        for x, i in zip(data.split(batch_size), idx.split(batch_size), strict=True):
+        if isinstance(data, Tensor):
+            num_data = data.shape[0]
+            idx = torch.arange(num_data, device=data.device)
+            data = zip(data.split(batch_size), idx.split(batch_size), strict=True)
+        elif num_data is None:
+            num_data = data.num_data
+        new = None
+        for x, i in data:
             q = guide(x, i)
-            locs.append(q.mean)
-            scales.append(q.stddev)
-        loc, scale = torch.cat(locs), torch.cat(scales)
-        new = cls(loc.shape[0], loc.shape[-1], sparse=sparse).to(loc)
-        new.loc.copy_(loc)
-        new.log_scale.copy_(scale.log())
+            if new is None:
+                new = cls(num_data, q.mean.shape[-1], sparse=sparse).to(q.mean)
+            new.loc[i] = q.mean
+            new.log_scale[i] = q.stddev.log()
+        if new is None:
+            raise ValueError("from_guide got no data points")
         return new
 
 

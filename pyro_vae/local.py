@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import DataLoader
 
-from .data import Batches
+from .data import Batches, Loader
 from .devices import check_module
 from .evaluate import evaluate
 from .guides import PerDatapointGaussian
@@ -25,7 +26,7 @@ __all__ = ["AmortizationGap", "amortization_gap", "infer_local"]
 
 def infer_local(
     vae: VAE,
-    data: Batches,
+    data: Batches | Loader | DataLoader,
     *,
     epochs: int,
     lr: float = 1e-2,
@@ -66,13 +67,18 @@ def infer_local(
         >>> evaluate(local.model, local.guide, held_out, num_particles=10).num_data
         32
     """
+    if isinstance(data, DataLoader):
+        data = Loader(data)
+    if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
+        data = data.to(next(vae.parameters()).device)
     check_module(
         vae, data.device, data.data.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )
     if init is None:
         guide = PerDatapointGaussian(data.num_data, vae.prior.latent_dim)
     else:
-        guide = PerDatapointGaussian.from_guide(init, data.data)
+        points = data if isinstance(data, Loader) else data.data
+        guide = PerDatapointGaussian.from_guide(init, points, num_data=data.num_data)
     local = vae.with_guide(guide.to(data.data), name=name)
     optim = LazyAdam({"lr": lr})
 
@@ -117,7 +123,7 @@ class AmortizationGap:
 
 def amortization_gap(
     vae: VAE,
-    data: Batches,
+    data: Batches | Loader | DataLoader,
     *,
     epochs: int = 100,
     lr: float = 1e-2,

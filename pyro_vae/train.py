@@ -24,8 +24,10 @@ import pyro.optim
 import torch
 from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .board import Board
 from .checkpoint import (
     CHECKPOINT,
     HISTORY,
@@ -35,7 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .checks import check_data, check_finite_params, check_int
-from .data import Batches
+from .data import Batches, Loader
 from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
 from .distributed import (
     ShardedBatches,
@@ -58,7 +60,7 @@ __all__ = ["fit"]
 def fit(
     model: Callable[..., object],
     guide: Callable[..., object],
-    data: Batches,
+    data: Batches | Loader | DataLoader,
     *,
     epochs: int,
     optim: pyro.optim.PyroOptim | None = None,
@@ -78,6 +80,8 @@ def fit(
     validate_every: int = 1,
     validation_particles: int = 1,
     distributed: bool | None = None,
+    log_dir: str | os.PathLike | None = None,
+    log_images_every: int = 0,
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -91,7 +95,11 @@ def fit(
     Args:
         model: A Pyro model ``model(x, idx, num_data=N)``.
         guide: A Pyro guide with the same signature.
-        data: The training minibatches.
+        data: The training minibatches: :class:`~pyro_vae.Batches` (a tensor on the
+            device: the fast path), or a :class:`torch.utils.data.DataLoader` (e.g. over
+            :class:`~pyro_vae.Indexed` with workers and ``pin_memory=True``) or any
+            :class:`~pyro_vae.Loader` of ``(x, idx)``: batches are moved to the device as they
+            come, and the data checks see the first batch only.
         epochs: Train until this many epochs are done (counting those of a resumed run).
         optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
             with sparse updates for per-datapoint parameters).
@@ -143,6 +151,14 @@ def fit(
             rank writes its own checkpoint (``checkpoint.pt`` on rank 0,
             ``checkpoint.rank<r>.pt`` on the others) and resumes from it, with the same number
             of processes. ``callback`` runs on every rank.
+        log_dir: If given, TensorBoard event files are written there (rank 0 only; needs
+            ``pip install 'pyro_vae[tensorboard]'``): ``train/loss_running`` at every loss
+            read (global step), and per epoch ``train/loss``, ``train/beta`` and
+            ``validation/elbo`` (see :class:`~pyro_vae.board.Board`).
+        log_images_every: Epochs between image grids in ``log_dir`` (``0``: never): 16
+            samples and reconstructions of the first 8 training points, for a
+            :class:`~pyro_vae.VAE` of images (``event_shape`` 784 or ``(C, H, W)``); drawn
+            with their own random numbers (the training run is unchanged).
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -159,16 +175,20 @@ def fit(
     check_int("log_every", log_every)
     check_int("e_steps", e_steps, minimum=0)
     check_int("validate_every", validate_every)
+    check_int("log_images_every", log_images_every, minimum=0)
     if e_steps and freeze_model:
         raise ValueError(
             "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
             "only (the model is never updated); for variational EM (k E-steps, then an M-step "
             "per batch) pass e_steps=k and leave freeze_model=False"
         )
-    if not isinstance(data, Batches):
+    if isinstance(data, DataLoader):
+        data = Loader(data)
+    if not isinstance(data, (Batches, Loader)):
         raise TypeError(
-            f"fit needs the data as pv.Batches (minibatches with their indices); got "
-            f"{type(data).__name__}. Wrap a tensor: pv.Batches(x, batch_size=256)"
+            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
+            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
+            "pv.Indexed(dataset)"
         )
     world = get_world(distributed)
     device = torch.device(device) if device is not None else default_device()
@@ -184,7 +204,9 @@ def fit(
     if modules is not None:
         modules.to(device)
         check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
-        check_data(modules, data.data, *([] if validation is None else [validation_tensor]))
+        check_data(modules, data.data, num_data=data.num_data)  # a loader: its first batch
+        if validation is not None:
+            check_data(modules, validation_tensor)
         sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
         if sparse and not isinstance(optim, LazyAdam):
             raise ValueError(
@@ -196,6 +218,11 @@ def fit(
         if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
             modules.train()
     move_param_store(device)  # pyro.params of hand-written pairs registered before the call
+    if world is not None and isinstance(data, Loader):
+        raise ValueError(
+            "data-parallel training reads pv.Batches (a tensor data set on each process); a "
+            "DataLoader is not split across processes yet"
+        )
     if world is not None:  # this rank's parts of the global minibatches (and its shard)
         data = ShardedBatches(data, world, block=shard_local_guides(modules, data.num_data, world))
     kl_scale = LatentScale()
@@ -338,63 +365,77 @@ def fit(
         desc="train",
         unit="step",
     )
-    first = True
-    for epoch in range(start + 1, epochs + 1):
-        kl_scale.beta = beta(epoch) if callable(beta) else beta
-        t0 = time.perf_counter()
-        total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
-        for step, (x, idx) in enumerate(data):
-            value = train_step(x, idx, first)
-            first = False
-            total = total + value * (x.shape[0] / num_data)
-            count += x.shape[0]
-            if step % log_every == 0:  # the only host sync: every log_every steps
-                running = (
-                    global_mean(total, count, world, device) if world else float(total) / count
-                )
-                if not math.isfinite(running):
-                    raise FloatingPointError(
-                        f"the loss became {running} in epoch {epoch} by step {step + 1}; "
-                        + stop_hint()
+    board = Board(log_dir) if log_dir is not None and writes else None
+    try:
+        first = True
+        for epoch in range(start + 1, epochs + 1):
+            kl_scale.beta = beta(epoch) if callable(beta) else beta
+            t0 = time.perf_counter()
+            total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
+            for step, (x, idx) in enumerate(data):
+                value = train_step(x, idx, first)
+                first = False
+                total = total + value * (x.shape[0] / num_data)
+                count += x.shape[0]
+                if step % log_every == 0:  # the only host sync: every log_every steps
+                    running = (
+                        global_mean(total, count, world, device) if world else float(total) / count
                     )
-                bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
-            bar.update()
-        epoch_loss = global_mean(total, count, world, device) if world else float(total) / count
-        elapsed += time.perf_counter() - t0
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(
-                f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
-            )
-        anywhere = None
-        if world is not None:
-            if modules is not None and modules.training:
-                average_buffers(modules)  # one model (BatchNorm statistics) on every rank
-            anywhere = partial(agree, device=device)
-        check_finite_params(check.names, epoch, stop_hint(), anywhere=anywhere)  # one sync
-        history.epoch.append(epoch)
-        history.loss.append(epoch_loss)
-        history.seconds.append(elapsed)
-        if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-            val_elbo = validate()
-            if not math.isfinite(val_elbo):
+                    if not math.isfinite(running):
+                        raise FloatingPointError(
+                            f"the loss became {running} in epoch {epoch} by step {step + 1}; "
+                            + stop_hint()
+                        )
+                    bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
+                    if board is not None:
+                        board.running((epoch - 1) * len(data) + step, running)
+                bar.update()
+            epoch_loss = global_mean(total, count, world, device) if world else float(total) / count
+            elapsed += time.perf_counter() - t0
+            if not math.isfinite(epoch_loss):
                 raise FloatingPointError(
-                    f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint()}"
+                    f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
                 )
-            history.val_epoch.append(epoch)
-            history.val_elbo.append(val_elbo)
-        bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
-        if callback is not None:  # before saving: a schedule it sets is in the checkpoint
-            callback(epoch, history)
-        if save_dir is not None:  # the checkpoint first: history.json is never ahead of it
-            save_checkpoint(
-                ckpt_path,
-                asdict(history),
-                optim,
-                modules,
-                list(check.names),
-                world_size=world.size if world is not None else 1,
-            )
-            if writes:
-                history.save(Path(save_dir) / HISTORY)
-    bar.close()
+            anywhere = None
+            if world is not None:
+                if modules is not None and modules.training:
+                    average_buffers(modules)  # one model (BatchNorm statistics) on every rank
+                anywhere = partial(agree, device=device)
+            check_finite_params(check.names, epoch, stop_hint(), anywhere=anywhere)  # one sync
+            history.epoch.append(epoch)
+            history.loss.append(epoch_loss)
+            history.seconds.append(elapsed)
+            if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
+                val_elbo = validate()
+                if not math.isfinite(val_elbo):
+                    raise FloatingPointError(
+                        f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint()}"
+                    )
+                history.val_epoch.append(epoch)
+                history.val_elbo.append(val_elbo)
+            bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
+            if board is not None:
+                validated = bool(history.val_epoch) and history.val_epoch[-1] == epoch
+                board.epoch(
+                    epoch, epoch_loss, kl_scale.beta, history.val_elbo[-1] if validated else None
+                )
+                if log_images_every and epoch % log_images_every == 0:
+                    board.images(epoch, modules, data.data)
+            if callback is not None:  # before saving: a schedule it sets is in the checkpoint
+                callback(epoch, history)
+            if save_dir is not None:  # the checkpoint first: history.json is never ahead of it
+                save_checkpoint(
+                    ckpt_path,
+                    asdict(history),
+                    optim,
+                    modules,
+                    list(check.names),
+                    world_size=world.size if world is not None else 1,
+                )
+                if writes:
+                    history.save(Path(save_dir) / HISTORY)
+    finally:
+        bar.close()
+        if board is not None:
+            board.close()
     return history

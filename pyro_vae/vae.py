@@ -98,13 +98,14 @@ class VAE(nn.Module):
         """The shape of one data point."""
         return self.likelihood.event_shape
 
-    def check_data(self, data: Tensor) -> None:
+    def check_data(self, data: Tensor, *, num_data: int | None = None) -> None:
         """Checks a whole data set once (not per step): the shape of its points, finite values,
         the likelihood's support (e.g. ``[0, 1]`` for a Bernoulli) and, for a per-datapoint
         guide, that it has local parameters for exactly these ``N`` points.
 
         Args:
-            data: The data set, ``(N, *event_shape)``.
+            data: The data set, ``(N, *event_shape)`` (or the first batch of a streamed one).
+            num_data: The data set's size :math:`N`; default ``data.shape[0]``.
 
         Raises:
             ValueError: Naming the problem, the value seen, and what to do.
@@ -123,11 +124,12 @@ class VAE(nn.Module):
         check_support = getattr(self.likelihood, "check_support", None)
         if check_support is not None:
             check_support(data)
+        num_data = data.shape[0] if num_data is None else num_data
         num_local = getattr(self.variational, "num_data", None)
-        if num_local is not None and num_local != data.shape[0]:
+        if num_local is not None and num_local != num_data:
             raise ValueError(
                 f"this VAE's per-datapoint guide has local parameters for N = {num_local} "
-                f"points but the data set has {data.shape[0]}: a per-datapoint guide cannot "
+                f"points but the data set has {num_data}: a per-datapoint guide cannot "
                 "score new points; fit local parameters for them with pv.infer_local(vae, "
                 "batches) and evaluate the VAE it returns"
             )

@@ -1,0 +1,97 @@
+"""fit(log_dir=...): TensorBoard scalars and images, read back from the event file."""
+
+from __future__ import annotations
+
+import sys
+
+import pyro
+import pytest
+import torch
+
+import pyro_vae as pv
+
+EventAccumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator"
+).EventAccumulator
+
+
+def small_vae() -> pv.VAE:
+    return pv.VAE(
+        pv.StandardNormalPrior(2),
+        pv.BernoulliLikelihood(pv.MLP(2, 784, (8,)), 784),
+        pv.GaussianEncoder(pv.MLP(784, 4, (8,)), 2),
+    )
+
+
+def test_fit_writes_scalars_and_images(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(64, 784).round()
+    vae = small_vae()
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        pv.Batches(x, batch_size=16),
+        epochs=3,
+        device="cpu",
+        progress=False,
+        log_every=2,
+        beta=lambda epoch: epoch / 4,
+        validation=pv.Batches(x[:32], batch_size=16),
+        log_dir=tmp_path,
+        log_images_every=1,
+    )
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+
+    def scalars(tag):
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    loss = scalars("train/loss")
+    assert [s for s, _ in loss] == history.epoch == [1, 2, 3]
+    assert [v for _, v in loss] == pytest.approx(history.loss, rel=1e-6)
+    val = scalars("validation/elbo")
+    assert [s for s, _ in val] == history.val_epoch
+    assert [v for _, v in val] == pytest.approx(history.val_elbo, rel=1e-6)
+    assert scalars("train/beta") == [(1, 0.25), (2, 0.5), (3, 0.75)]
+    # 4 steps per epoch, read at steps 0 and 2 of each: global steps 0, 2, 4, 6, 8, 10
+    assert [s for s, _ in scalars("train/loss_running")] == [0, 2, 4, 6, 8, 10]
+    tags = events.Tags()["images"]
+    assert set(tags) == {"images/samples", "images/reconstructions"}
+    assert [e.step for e in events.Images("images/samples")] == [1, 2, 3]
+
+
+def test_logging_leaves_training_unchanged(tmp_path):
+    """Image logging draws its own random numbers: the losses are bit-identical."""
+    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(1)).round()
+    losses = []
+    for log_dir in (None, tmp_path):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        vae = small_vae()
+        history = pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(x, batch_size=16),
+            epochs=2,
+            device="cpu",
+            progress=False,
+            log_dir=log_dir,
+            log_images_every=1,
+        )
+        losses.append(history.loss)
+    assert losses[0] == losses[1]
+
+
+def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    vae = small_vae()
+    with pytest.raises(ImportError, match=r"pyro_vae\[tensorboard\]"):
+        pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(torch.rand(16, 784).round(), batch_size=8),
+            epochs=1,
+            device="cpu",
+            progress=False,
+            log_dir=tmp_path,
+        )
