@@ -20,7 +20,7 @@ _validate_args = _torch.distributions.Distribution._validate_args
 
 from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
 from .checkpoint import CheckpointError, History, load_checkpoint
-from .data import Batches, Indexed, Loader, default_data_dir, load_mnist, make_circle
+from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import Evaluation, evaluate, log_weights
@@ -33,6 +33,7 @@ from .guides import (
     diagonal_normal,
 )
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
+from .loaders import Indexed, Loader
 from .local import AmortizationGap, amortization_gap, infer_local
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .optim import LazyAdam

@@ -27,9 +27,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .checks import check_data, check_int
-from .data import Batches, Loader
+from .data import Batches
 from .devices import DeviceCheck, check_module, owner_modules
 from .distributed import all_sum, get_world
+from .loaders import Loader
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 

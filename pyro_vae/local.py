@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from .data import Batches, Loader
+from .data import Batches
 from .devices import check_module
 from .evaluate import evaluate
 from .guides import PerDatapointGaussian
+from .loaders import Loader
 from .optim import LazyAdam
 from .train import fit
 from .vae import VAE

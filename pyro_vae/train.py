@@ -37,7 +37,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .checks import check_data, check_finite_params, check_int
-from .data import Batches, Loader
+from .data import Batches
 from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
 from .distributed import (
     ShardedBatches,
@@ -52,6 +52,7 @@ from .distributed import (
 )
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
+from .loaders import Loader
 from .optim import LazyAdam, gradient_step
 
 __all__ = ["fit"]

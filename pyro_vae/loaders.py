@@ -1,0 +1,129 @@
+"""Any data pipeline: a map-style dataset made to yield ``(x, index)`` (:class:`Indexed`) and
+minibatches from any re-iterable, such as a :class:`torch.utils.data.DataLoader`, moved to the
+training device as they come (:class:`Loader`). :class:`~pyro_vae.Batches` stays the fast path
+for data sets that fit on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from .data import Binarize
+
+__all__ = ["Indexed", "Loader"]
+
+
+class Indexed(torch.utils.data.Dataset):
+    """A map-style dataset whose items are ``(x, index)``: what :func:`~pyro_vae.fit` reads
+    through a :class:`torch.utils.data.DataLoader` (per-datapoint guides need the indices).
+
+    Args:
+        dataset: Any map-style dataset; an item is ``x`` or a tuple whose first element is
+            ``x`` (e.g. torchvision's ``(image, label)`` after ``transform=ToTensor()``).
+        binarize: ``None``, ``"threshold"`` (``x.round()``) or ``"dynamic"``
+            (:math:`x \\sim \\mathrm{Bernoulli}(x)` afresh each time an item is read, in the
+            loader's worker), as in :class:`Batches`.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> data = Indexed(TensorDataset(torch.rand(10, 3)), binarize="dynamic")
+        >>> x, idx = next(iter(DataLoader(data, batch_size=4)))
+        >>> x.shape, idx.tolist()
+        (torch.Size([4, 3]), [0, 1, 2, 3])
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, *, binarize: Binarize = None) -> None:
+        if binarize not in (None, "threshold", "dynamic"):
+            raise ValueError(f"binarize must be None, 'threshold' or 'dynamic'; got {binarize!r}")
+        self.dataset, self.binarize = dataset, binarize
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        item = self.dataset[index]
+        x = item[0] if isinstance(item, (tuple, list)) else item
+        x = torch.as_tensor(x)
+        if self.binarize == "threshold":
+            x = x.round()
+        elif self.binarize == "dynamic":
+            x = torch.bernoulli(x)
+        return x, index
+
+
+class Loader:
+    """Minibatches ``(x, idx)`` from any re-iterable (e.g. a DataLoader over
+    :class:`Indexed`), moved to the training device as they come (``non_blocking``: pair it
+    with ``pin_memory=True``). :func:`~pyro_vae.fit` and :func:`~pyro_vae.evaluate` wrap a
+    DataLoader in it themselves.
+
+    Args:
+        batches: The minibatches; one pass is one epoch.
+        num_data: The data set's size :math:`N`; default ``len(batches.dataset)``.
+        device: Where the batches go; default: where they come from.
+
+    Example:
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> loader = Loader(DataLoader(Indexed(TensorDataset(torch.rand(10, 3))), batch_size=4))
+        >>> loader.num_data, len(loader), loader.data.shape  # data: the first batch's points
+        (10, 3, torch.Size([4, 3]))
+    """
+
+    binarize = None  # applied by the dataset (Indexed), not here
+
+    def __init__(
+        self,
+        batches: Iterable[tuple[Tensor, Tensor]],
+        *,
+        num_data: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if num_data is None:
+            dataset = getattr(batches, "dataset", None)
+            if dataset is None:
+                raise ValueError("Loader needs num_data (the data set's size N)")
+            num_data = len(dataset)
+        if num_data < 1:
+            raise ValueError("the data set is empty")
+        self.batches, self.num_data = batches, num_data
+        self._device = torch.device(device) if device is not None else None
+        self._first: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int | None:
+        return getattr(self.batches, "batch_size", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self._device if self._device is not None else self.data.device
+
+    def to(self, device: torch.device | str) -> Loader:
+        """The same batches, moved to ``device`` as they come."""
+        return Loader(self.batches, num_data=self.num_data, device=device)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @property
+    def data(self) -> Tensor:
+        """The first batch's points (read once, with their own randomness): what the checks
+        that need a look at the data (dtype, shape, support) see of a streamed data set."""
+        if self._first is None:
+            with torch.random.fork_rng():
+                self._first = next(iter(self))[0]
+        return self._first
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for item in self.batches:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(
+                    "a loader must yield (x, idx) pairs: wrap the dataset in pv.Indexed(dataset)"
+                )
+            x, idx = item
+            if self._device is not None:
+                x = x.to(self._device, non_blocking=True)
+                idx = idx.to(self._device, non_blocking=True)
+            yield x, idx
