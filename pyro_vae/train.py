@@ -77,7 +77,7 @@ def fit(
     freeze_model: bool = False,
     beta: float | Callable[[int], float] = 1.0,
     log_every: int = 50,
-    validation: Batches | None = None,
+    validation: Batches | Loader | DataLoader | Tensor | None = None,
     validate_every: int = 1,
     validation_particles: int = 1,
     distributed: bool | None = None,
@@ -196,9 +196,12 @@ def fit(
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
     data = data.to(device)
+    if isinstance(validation, DataLoader):
+        validation = Loader(validation)
     if validation is not None:
         validation = validation.to(device)
-        validation_tensor = validation.data if isinstance(validation, Batches) else validation
+        val_points = validation if isinstance(validation, Tensor) else validation.data
+        val_size = len(validation) if isinstance(validation, Tensor) else validation.num_data
     if modules is None:  # the networks behind bound methods, e.g. vae.model / vae.guide
         found = owner_modules(model, guide)
         modules = found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
@@ -207,7 +210,7 @@ def fit(
         check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
         check_data(modules, data.data, num_data=data.num_data)  # a loader: its first batch
         if validation is not None:
-            check_data(modules, validation_tensor)
+            check_data(modules, val_points, num_data=val_size)
         sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
         if sparse and not isinstance(optim, LazyAdam):
             raise ValueError(

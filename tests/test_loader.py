@@ -32,10 +32,13 @@ def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_
     dataset = pv.Indexed(image_folder(tmp_path / "images"), binarize="dynamic")
     train = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2)
     vae = pv.zoo.conv_vae(latent_dim=4)
-    history = pv.fit(vae.model, vae.guide, train, epochs=2, device="cpu", progress=False)
+    test = DataLoader(dataset, batch_size=16)
+    history = pv.fit(
+        vae.model, vae.guide, train, epochs=2, device="cpu", progress=False, validation=test
+    )
+    assert history.val_epoch == [1, 2] and all(map(math.isfinite, history.val_elbo))
     assert history.epoch == [1, 2] and all(math.isfinite(loss) for loss in history.loss)
     vae.eval()
-    test = DataLoader(dataset, batch_size=16)
     result = pv.evaluate(vae.model, vae.guide, test, num_particles=4)
     assert result.num_data == 48 and math.isfinite(result.elbo)  # every image, once
 
