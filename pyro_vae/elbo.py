@@ -69,11 +69,14 @@ class TensorTrace_ELBO(Trace_ELBO):
             )
             loss = loss + particle_loss / self.num_particles
             surrogate = surrogate + particle_surrogate / self.num_particles
+        if not getattr(surrogate, "requires_grad", False):  # nothing trainable reaches it
+            return torch.as_tensor(loss)  # (0 without any sample site, as Trace_ELBO)
         return loss + (surrogate - surrogate.detach())
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> torch.Tensor:
         value = self.differentiable_loss(model, guide, *args, **kwargs)
-        value.backward()
+        if value.requires_grad:  # as Trace_ELBO: no backward through a constant
+            value.backward()
         return value.detach()
 
 

@@ -189,7 +189,7 @@ def gradient_step(
     with poutine.trace(param_only=True) as capture:
         value = loss.differentiable_loss(model, guide, *args, **kwargs)
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-    if params:
+    if params and getattr(value, "requires_grad", False):  # else no parameter reaches the loss
         torch.autograd.backward(value, inputs=params)
         if before_step is not None:
             before_step(params)
