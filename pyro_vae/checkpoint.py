@@ -59,6 +59,9 @@ class History:
         seconds: Cumulative training wall-clock at the end of each epoch.
         val_epoch: The epochs after which the validation set was evaluated.
         val_elbo: Mean ELBO per validation point at those epochs (nats; ``β = 1``).
+        svi_step: ``True`` when the loss has no ``differentiable_loss`` (e.g.
+            ``TraceGraph_ELBO``, ``RenyiELBO``) and each step ran ``pyro.infer.SVI.step``,
+            which reads the loss (a host sync per step), instead of the sync-free step.
 
     Example:
         >>> History(epoch=[1], loss=[2.5], seconds=[0.1]).loss
@@ -70,6 +73,7 @@ class History:
     seconds: list[float] = field(default_factory=list)
     val_epoch: list[int] = field(default_factory=list)
     val_elbo: list[float] = field(default_factory=list)
+    svi_step: bool = False
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the history as JSON."""

@@ -344,6 +344,7 @@ def fit(
             check.names.update(dict.fromkeys(names))
             history = History(**saved)
             start = history.epoch[-1] if history.epoch else 0
+    history.svi_step = svis is not None  # which step this run takes
     if world is not None and resume:  # all processes continue from the same epoch
         low, high = min_max(start, device)
         if low != high:

@@ -151,3 +151,57 @@ def test_invalid_programs_fail_or_warn_alike(model, guide, message):
     assert outcome(Trace_ELBO()) == outcome(pv.TensorTrace_ELBO())
     if message is not None:
         assert message in outcome(pv.TensorTrace_ELBO())
+
+
+def mixture_model(x, idx=None, num_data=None):
+    locs = pyro.param("locs", torch.tensor([-0.5, 0.5]))
+    with pyro.plate("data", num_data, subsample=idx):
+        c = pyro.sample("c", dist.Categorical(torch.ones(2) / 2))
+        pyro.sample("x", dist.Normal(locs[c], 0.5), obs=x)
+
+
+@pyro.infer.config_enumerate
+def mixture_guide(x, idx=None, num_data=None):
+    probs = pyro.param("probs", torch.ones(num_data, 2) / 2, constraint=dist.constraints.simplex)
+    with pyro.plate("data", num_data, subsample=idx) as i:
+        pyro.sample("c", dist.Categorical(probs[i]))
+
+
+LOSSES = {
+    "TraceMeanField_ELBO": (pyro.infer.TraceMeanField_ELBO, False),
+    "TraceGraph_ELBO": (pyro.infer.TraceGraph_ELBO, True),
+    "RenyiELBO": (pyro.infer.RenyiELBO, True),
+    "JitTrace_ELBO": (pyro.infer.JitTrace_ELBO, False),
+}
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_pyro_loss_trains_through_fit_and_says_which_step(name):
+    make, svi_step = LOSSES[name]
+    vae = pv.zoo.circle_vae("amortized")
+    data = pv.Batches(pv.make_circle(200)[0], batch_size=50)
+    optim = pv.LazyAdam({"lr": 1e-2})
+    history = pv.fit(
+        vae.model, vae.guide, data, epochs=15, loss=make(), optim=optim, progress=False
+    )
+    assert history.loss[-1] < history.loss[0] - 20, history.loss  # ~60 → below 10 nats
+    assert history.svi_step is svi_step  # SVI.step: a host sync per step
+
+
+def test_an_enumerated_discrete_site_trains_through_fit():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, generator=g) - 2, torch.randn(100, generator=g) + 2])
+    history = pv.fit(
+        mixture_model,
+        mixture_guide,
+        pv.Batches(x, batch_size=50),
+        epochs=30,
+        loss=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
+        optim=pv.LazyAdam({"lr": 0.05}),
+        progress=False,
+        device="cpu",
+    )
+    assert not history.svi_step and history.loss[-1] < history.loss[0]
+    locs = pyro.param("locs").detach().sort().values
+    torch.testing.assert_close(locs, torch.tensor([-2.0, 2.0]), atol=0.3, rtol=0)
