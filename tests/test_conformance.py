@@ -205,3 +205,123 @@ def test_an_enumerated_discrete_site_trains_through_fit():
     assert not history.svi_step and history.loss[-1] < history.loss[0]
     locs = pyro.param("locs").detach().sort().values
     torch.testing.assert_close(locs, torch.tensor([-2.0, 2.0]), atol=0.3, rtol=0)
+
+
+class HandWritten(torch.nn.Module):
+    """A model/guide pair written in plain Pyro, with a constrained global parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(2, 2)
+
+    def model(self, x, idx=None, num_data=None):
+        w = pyro.param("w", torch.tensor([[0.5], [0.1]]))
+        scale = pyro.param("scale", torch.tensor(1.0), constraint=dist.constraints.positive)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T, scale).to_event(1), obs=x)
+
+    def guide(self, x, idx=None, num_data=None):
+        pyro.module("encoder", self.encoder)
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+SETUPS = {
+    "amortized VAE": (
+        lambda: pv.zoo.circle_vae("amortized"),
+        lambda: pyro.optim.Adam({"lr": 1e-2}),
+    ),
+    "per-point guide": (
+        lambda: pv.zoo.circle_vae("per-point", num_data=64),
+        lambda: pv.LazyAdam({"lr": 1e-2}, local_lr=0.05),
+    ),
+    "hand-written pair": (HandWritten, lambda: pyro.optim.Adam({"lr": 1e-2})),
+}
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_fit_takes_the_steps_of_a_plain_svi_loop(setup):
+    build, make_optim = SETUPS[setup]
+    data = pv.Batches(pv.make_circle(64)[0], batch_size=16)
+
+    def start():
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        pair = build()
+        pyro.set_rng_seed(1)
+        return pair
+
+    pair = start()
+    history = pv.fit(
+        pair.model, pair.guide, data, epochs=3, optim=make_optim(), device="cpu", progress=False
+    )
+    fitted = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    pair = start()
+    svi = SVI(pair.model, pair.guide, make_optim(), Trace_ELBO())
+    losses = []
+    for _ in range(3):
+        total = sum(svi.step(x, idx, num_data=64) * len(idx) / 64 for x, idx in data)
+        losses.append(total / 64)
+    plain = {k: v.detach() for k, v in pyro.get_param_store().items()}
+    assert fitted.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(fitted[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert history.loss == pytest.approx(losses, rel=1e-5)
+
+
+def growing_model(step: int):
+    """A float64 program whose constrained parameter ``b`` appears at step 5."""
+    a = pyro.param("a", torch.tensor([0.3, -0.2], dtype=torch.float64))
+    total = -((a - 1.0) ** 2).sum()
+    if step >= 5:
+        b = pyro.param(
+            "b", torch.tensor(2.0, dtype=torch.float64), constraint=dist.constraints.positive
+        )
+        total = total - (b - 0.5) ** 2
+    pyro.factor("f", total)
+
+
+def run_optimizer(optims, steps: int) -> list[dict]:
+    """Steps ``growing_model`` with ``optims[k]`` from step k on; snapshots after each step."""
+    pyro.clear_param_store()
+    snapshots, optim = [], None
+    for step in range(steps):
+        optim = optims.get(step, optim)
+        pv.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+    return snapshots
+
+
+def handover(source, target_cls, args):
+    """A new optimizer of ``target_cls`` that continues from ``source``'s state."""
+    target = target_cls(args)
+    target.set_state(source.get_state())
+    return target
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(pyro.optim.Adam, pv.LazyAdam), (pv.LazyAdam, pyro.optim.Adam)]
+)
+def test_lazy_adam_and_pyro_adam_take_the_same_steps_and_hand_over_their_state(first, second):
+    args = {"lr": 0.1, "betas": (0.8, 0.95)}
+    reference = run_optimizer({0: pyro.optim.Adam(args)}, 12)
+    lazy = run_optimizer({0: pv.LazyAdam(args)}, 12)  # a constrained parameter appears mid-run
+    for ref, got in zip(reference, lazy, strict=True):
+        assert ref.keys() == got.keys()
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-12, msg=name)
+    # 4 steps with one optimizer, then its state moves to the other: the run goes on the same.
+    snapshots = []
+    pyro.clear_param_store()
+    optim = first(args)
+    for step in range(12):
+        if step == 4:
+            optim = handover(optim, second, args)
+        pv.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+    for ref, got in zip(reference, snapshots, strict=True):
+        for name in ref:
+            torch.testing.assert_close(got[name], ref[name], rtol=0, atol=1e-12, msg=name)
