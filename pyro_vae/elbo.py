@@ -25,7 +25,10 @@ class TensorTrace_ELBO(Trace_ELBO):
     :math:`\log p(x, z) - \log q(z)`, for the others the score-function term with Pyro's
     dependency-aware :math:`\log r`. ``differentiable_loss`` returns a 0-dim tensor whose value
     is the loss and whose gradient is the surrogate's; ``loss_and_grads`` returns the detached
-    loss tensor. Everything else (``num_particles``, ``vectorize_particles``,
+    loss tensor (the one intended difference from ``Trace_ELBO``, which returns a float: reading
+    it would be a host sync). Where nothing trainable reaches the loss, no backward pass runs
+    and the loss is returned as a constant tensor (``0`` without any sample site), as
+    ``Trace_ELBO`` does. Everything else (``num_particles``, ``vectorize_particles``,
     ``max_plate_nesting``) is as in :class:`pyro.infer.Trace_ELBO`; works with
     :class:`pyro.infer.SVI` too.
 

@@ -64,7 +64,78 @@ def fixed_factor_model():
     pyro.factor("f", torch.tensor(-2.0))
 
 
+def nested_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    with pyro.plate("a", 3, dim=-2), pyro.plate("b", 2, dim=-1):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        pyro.sample("x", dist.Normal(z, 0.5), obs=torch.ones(3, 2))
+
+
+def nested_guide():
+    q = pyro.param("q", torch.zeros(3, 2))
+    with pyro.plate("a", 3, dim=-2), pyro.plate("b", 2, dim=-1):
+        pyro.sample("z", dist.Normal(q, 1.0))
+
+
+def sequential_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    for i in pyro.plate("seq", 3):
+        z = pyro.sample(f"z{i}", dist.Normal(loc, 1.0))
+        pyro.sample(f"x{i}", dist.Normal(z, 0.5), obs=X[i])
+
+
+def sequential_guide():
+    q = pyro.param("q", torch.zeros(3))
+    for i in pyro.plate("seq", 3):
+        pyro.sample(f"z{i}", dist.Normal(q[i], 1.0))
+
+
+def subsampled_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    with pyro.plate("data", 10, subsample_size=4) as idx:
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.linspace(-1, 1, 10)[idx])
+
+
+def masked_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    with pyro.plate("data", 3), poutine.scale(scale=0.5):
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+        with poutine.mask(mask=torch.tensor([True, False, True])):
+            pyro.sample("x", dist.Normal(z, 0.5), obs=X)
+        pyro.sample("y", dist.Normal(z, 1.0).mask(torch.tensor([False, True, True])), obs=X)
+
+
+def plated_guide():
+    q = pyro.param("q", torch.zeros(3))
+    with pyro.plate("data", 3), poutine.scale(scale=0.5):
+        pyro.sample("z", dist.Normal(q, 1.0))
+
+
+def discrete_model():
+    p = pyro.param("p", torch.tensor(0.3), constraint=dist.constraints.unit_interval)
+    with pyro.plate("data", 3):
+        c = pyro.sample("c", dist.Bernoulli(p))
+        pyro.sample("x", dist.Normal(2.0 * c - 1.0, 1.0), obs=X)
+
+
+def discrete_guide():
+    q = pyro.param("q", torch.full((3,), 0.5), constraint=dist.constraints.unit_interval)
+    with pyro.plate("data", 3):
+        pyro.sample("c", dist.Bernoulli(q))  # a score-function site
+
+
 CASES = {
+    "nested plates": (nested_model, nested_guide, {}),
+    "sequential plate": (sequential_model, sequential_guide, {}),
+    "subsampled plate, no latent": (subsampled_model, empty, {}),
+    "scale, mask and masked distribution": (masked_model, plated_guide, {}),
+    "score-function site": (discrete_model, discrete_guide, {}),
+    "3 particles": (nested_model, nested_guide, {"num_particles": 3}),
+    "3 vectorized particles": (
+        discrete_model,
+        discrete_guide,
+        {"num_particles": 3, "vectorize_particles": True, "max_plate_nesting": 1},
+    ),
     "factor in the model": (factor_model, normal_guide, {}),
     "factor in the guide": (factor_model, factor_guide, {}),
     "empty guide": (observed_model, empty, {}),
@@ -125,6 +196,11 @@ def test_a_step_equals_svi_step(case):
         torch.testing.assert_close(actual[name], expected[name], msg=name)
 
 
+def plate_mismatch_model():
+    with pyro.plate("data", 3):
+        pyro.sample("x", dist.Normal(torch.zeros(4), 1.0), obs=torch.zeros(4))
+
+
 def unspecified_factor_guide():
     normal_guide()
     pyro.factor("g", pyro.param("q") * 0.5)  # invalid in a guide: has_rsample is required
@@ -135,6 +211,8 @@ def unspecified_factor_guide():
     [
         (factor_model, unspecified_factor_guide, "missing specification of has_rsample"),
         (factor_model, empty, None),  # a latent site the guide lacks: Pyro warns, both run
+        (empty, normal_guide, None),  # a guide site the model lacks: Pyro warns, both run
+        (plate_mismatch_model, empty, "Shape mismatch inside plate"),
     ],
 )
 def test_invalid_programs_fail_or_warn_alike(model, guide, message):
