@@ -124,7 +124,47 @@ def discrete_guide():
         pyro.sample("c", dist.Bernoulli(q))  # a score-function site
 
 
+def reused_plates_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    a, b = pyro.plate("a", 3, dim=-1), pyro.plate("b", 2, dim=-2)
+    with a:
+        z = pyro.sample("z", dist.Normal(loc, 1.0))
+    with b:  # a plate of its own, not nested in a
+        pyro.sample("w", dist.Normal(loc, 1.0), obs=torch.zeros(2, 1))
+    with a:  # the same plate again
+        pyro.sample("x", dist.Normal(z, 0.5), obs=X)
+
+
+def reused_plates_guide():
+    q = pyro.param("q", torch.zeros(3))
+    with pyro.plate("a", 3, dim=-1):
+        pyro.sample("z", dist.Normal(q, 1.0))
+
+
+def obs_mask_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    with pyro.plate("data", 3):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=X, obs_mask=torch.tensor([True, False, True]))
+
+
+def obs_mask_guide():
+    q = pyro.param("q", torch.zeros(3))
+    with pyro.plate("data", 3):
+        pyro.sample("x_unobserved", dist.Normal(q, 1.0))
+
+
+def stable_model():
+    loc = pyro.param("loc", torch.tensor(0.2))
+    reparam = poutine.reparam(config={"z": pyro.infer.reparam.LatentStableReparam()})
+    with reparam, pyro.plate("data", 3):
+        z = pyro.sample("z", dist.Stable(1.5, 0.0, 1.0, loc))
+        pyro.sample("x", dist.Normal(z, 1.0), obs=X)
+
+
 CASES = {
+    "non-nested and reused plates": (reused_plates_model, reused_plates_guide, {}),
+    "obs_mask": (obs_mask_model, obs_mask_guide, {}),
+    "LatentStableReparam, empty guide": (stable_model, empty, {}),
     "nested plates": (nested_model, nested_guide, {}),
     "sequential plate": (sequential_model, sequential_guide, {}),
     "subsampled plate, no latent": (subsampled_model, empty, {}),
