@@ -10,6 +10,8 @@ import os
 import torch
 from torch import Tensor, nn
 
+from .plots import _as_images
+
 __all__ = ["Board"]
 
 MISSING = "fit(log_dir=...) needs TensorBoard: pip install 'pyro_vae[tensorboard]'"
@@ -80,8 +82,7 @@ class Board:
             ("images/samples", samples, 4),
             ("images/reconstructions", torch.cat([x.to(recon.dtype), recon]), 8),
         ):
-            images = images.detach().float().cpu().reshape(-1, *shape).clamp(0, 1)
-            self.writer.add_image(tag, make_grid(images, nrow=rows), epoch)
+            self.writer.add_image(tag, make_grid(_as_images(images, shape), nrow=rows), epoch)
 
     def close(self) -> None:
         """Flushes and closes the event file."""

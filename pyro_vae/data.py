@@ -189,7 +189,9 @@ class Batches:
             order = torch.arange(n, device=self.data.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            x = self.data[idx]
-            if self.binarize == "dynamic":
-                x = torch.bernoulli(x)
-            yield x, idx
+            yield self.take(idx), idx
+
+    def take(self, idx: Tensor) -> Tensor:
+        """The points ``idx`` as a minibatch (dynamic binarization drawn afresh)."""
+        x = self.data[idx]
+        return torch.bernoulli(x) if self.binarize == "dynamic" else x

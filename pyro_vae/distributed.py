@@ -293,7 +293,4 @@ class ShardedBatches:
 
     def _take(self, idx: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
         self.global_size = global_size
-        x = self.batches.data[idx]
-        if self.batches.binarize == "dynamic":
-            x = torch.bernoulli(x)
-        return x, idx
+        return self.batches.take(idx), idx

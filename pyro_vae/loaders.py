@@ -102,7 +102,10 @@ class Loader:
 
     def to(self, device: torch.device | str) -> Loader:
         """The same batches, moved to ``device`` as they come."""
-        return Loader(self.batches, num_data=self.num_data, device=device)
+        new = Loader(self.batches, num_data=self.num_data, device=device)
+        if self._first is not None:  # the probe is not read again
+            new._first = self._first.to(device)
+        return new
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -1,55 +1,26 @@
 """Reproducers from a review of the data-parallel path (2 gloo processes on 127.0.0.1).
 
-Each failing behaviour is marked ``xfail(strict=True)`` with the reason; the spawn helper is
-the one of ``tests/test_distributed.py`` with a short process-group timeout, so a rank left
-waiting in a collective fails within seconds instead of hanging the suite.
+The 2-process harness is the one of ``tests/test_distributed.py`` (its process-group timeout
+makes a rank left waiting in a collective fail instead of hanging the suite).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
-import socket
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from test_distributed import run_ranks  # the same 2-process gloo harness
 from torch import nn
 
 import pyro_vae as pv
 from pyro_vae.checkpoint import CheckpointError
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, scenario, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    tdist.init_process_group(
-        "gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=15)
-    )
-    try:
-        pyro.enable_validation(True)
-        result = scenario(rank, out)
-        torch.save(result, os.path.join(out, f"result{rank}.pt"))
-    finally:
-        tdist.barrier()  # nobody leaves (rank 0 hosts the store) before all are done
-        tdist.destroy_process_group()
-
-
-def run_ranks(scenario, tmp_path) -> list:
-    mp.spawn(_worker, args=(free_port(), scenario, str(tmp_path)), nprocs=WORLD)
-    return [torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
 # ---- models ------------------------------------------------------------------------------------
