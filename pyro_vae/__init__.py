@@ -22,7 +22,7 @@ from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
 from .checkpoint import CheckpointError, History, load_checkpoint
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
-from .elbo import LatentScale, TensorTrace_ELBO
+from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 from .evaluate import Evaluation, evaluate, log_weights
 from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
 from .guides import (
@@ -60,6 +60,7 @@ __all__ = [
     "Guide",
     "History",
     "IAFEncoder",
+    "ImportanceWeightedELBO",
     "Indexed",
     "LatentScale",
     "LazyAdam",
