@@ -1,16 +1,20 @@
 """Quality: the standard VAE configurations on dynamically binarized MNIST, against the papers.
 
-Trains each configuration with examples/mnist_flow_posterior.py (MLP 200-200, z = 50, Adam
-1e-3, batch 100, dynamic binarization; test set binarized once with a fixed seed) and writes
-a markdown table of test NLL (importance-sampled with K samples), test ELBO, epochs,
-wall-clock and hardware, with the published figures beside it (each with its paper).
+Each configuration is a run of one example: examples/mnist_flow_posterior.py (MLP 200-200 with
+ReLU, z = 50, flow posteriors and priors) or examples/mnist_iwae.py (the tanh architectures of
+Burda et al. 2016 with one or two stochastic layers, trained with the ELBO or the importance-
+weighted bound, optionally a VampPrior). Adam 1e-3, batch 100, dynamic binarization; test set
+binarized once with a fixed seed. The markdown table has test NLL (importance-sampled with K
+samples), test ELBO, for the Gaussian guides of mnist_iwae.py the approximation and
+amortization gaps (Cremer, Li & Duvenaud 2018) on the first ``--gap-points`` test images,
+epochs, wall-clock and hardware, and the published figure of the same model beside it.
 
-The README's table was made on a 2-core CPU with two configurations running at a time, one
-thread each, so its wall-clock figures are those of that setting; benchmarks/README.md has the
-commands that run it that way.
+The README's tables were made on a 2-core CPU with two configurations running at a time, one
+thread each, so their wall-clock figures are those of that setting; benchmarks/README.md has
+the commands that run it that way.
 
 Runs are resumable: each configuration checkpoints every epoch under ``--out/NAME`` and a
-finished one (its metrics.json has the requested epochs) is skipped, so the script can be
+finished one (its metrics.json has the requested epochs and K) is skipped, so the script can be
 re-run in commands of limited length until everything is done.
 
     python benchmarks/quality.py --epochs 100 --num-particles 5000 --readme README.md
@@ -22,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyro_vae as pv
@@ -30,25 +35,65 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import replace_block  # noqa: E402
 
-# name: (guide flow, number of maps, prior)
+BURDA = "Burda et al. 2016, Table 1"
+
+
+@dataclass(frozen=True)
+class Config:
+    """One row: the example that trains it, its flags and what the table says about it."""
+
+    example: str
+    flags: tuple[str, ...]
+    prior: str = "N(0, I)"
+    posterior: str = "Gaussian"
+    layers: int = 1
+    objective: str = "ELBO"
+    published: str = ""
+
+
+def _flow(flow: str, flows: int, prior: str, posterior: str, published: str = "") -> Config:
+    flags = ("--flow", flow, "--flows", str(max(flows, 1)), "--prior", prior)
+    label = "MAF" if prior == "maf" else "N(0, I)"
+    return Config("mnist_flow_posterior", flags, label, posterior, published=published)
+
+
+def _iwae(layers: int, iw: int, *, prior: str = "normal", published: str = "") -> Config:
+    flags = ("--layers", str(layers), "--iw", str(iw), "--prior", prior)
+    return Config(
+        "mnist_iwae",
+        flags,
+        "VampPrior (500)" if prior == "vamp" else "N(0, I)",
+        "Gaussian",
+        layers,
+        f"IWAE k = {iw}" if iw > 1 else "ELBO",
+        published,
+    )
+
+
 CONFIGS = {
-    "vae": ("none", 0, "normal"),
-    "vae_maf": ("none", 0, "maf"),
-    "planar4": ("planar", 4, "normal"),
-    "planar4_maf": ("planar", 4, "maf"),
-    "planar16": ("planar", 16, "normal"),
-    "planar16_maf": ("planar", 16, "maf"),
-    "iaf": ("iaf", 2, "normal"),
-    "iaf_maf": ("iaf", 2, "maf"),
-}
-# label (with its source), test NLL as the source reports it (K = importance samples)
-PUBLISHED = [
-    (
-        "VAE, MLP 200-200, z = 50 (Burda, Grosse & Salakhutdinov 2016, "
-        '"Importance Weighted Autoencoders", Table 1)',
-        "86.76 (5000)",
+    "vae": _flow("none", 0, "normal", "Gaussian", f"86.76 (ELBO; tanh; {BURDA})"),
+    "vae_maf": _flow("none", 0, "maf", "Gaussian"),
+    "planar4": _flow("planar", 4, "normal", "planar K=4"),
+    "planar4_maf": _flow("planar", 4, "maf", "planar K=4"),
+    "planar16": _flow("planar", 16, "normal", "planar K=16"),
+    "planar16_maf": _flow("planar", 16, "maf", "planar K=16"),
+    "iaf": _flow("iaf", 2, "normal", "IAF K=2"),
+    "iaf_maf": _flow("iaf", 2, "maf", "IAF K=2"),
+    "tanh_vae": _iwae(1, 1, published=f"86.76 ({BURDA})"),
+    "iwae5": _iwae(1, 5, published=f"85.54 ({BURDA})"),
+    "iwae50": _iwae(1, 50, published=f"84.78 ({BURDA})"),
+    "vae2": _iwae(2, 1, published=f"85.33 ({BURDA})"),
+    "iwae2_5": _iwae(2, 5, published=f"83.89 ({BURDA})"),
+    "iwae2_50": _iwae(2, 50, published=f"82.90 ({BURDA})"),
+    "vamp": _iwae(
+        1,
+        1,
+        prior="vamp",
+        published="85.57 (Tomczak & Welling 2018, gated MLP 300-300, z = 40)",
     ),
-    ("IWAE, 2 stochastic layers, k = 50 (Burda et al. 2016, Table 1)", "82.90 (5000)"),
+}
+# Published figures of other models (test NLL, K = importance samples where the source says)
+PUBLISHED = [
     (
         'planar flows K = 80 (Rezende & Mohamed 2015, "Variational Inference with Normalizing '
         'Flows")',
@@ -60,12 +105,11 @@ PUBLISHED = [
         "79.10",
     ),
 ]
-POSTERIOR = {"none": "Gaussian", "planar": "planar K={k}", "iaf": "IAF K={k}", "nsf": "NSF K={k}"}
 
 
-def load_example():
-    path = ROOT / "examples" / "mnist_flow_posterior.py"
-    spec = importlib.util.spec_from_file_location("mnist_flow_posterior", path)
+def load_example(name: str):
+    path = ROOT / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -74,19 +118,19 @@ def load_example():
 def run(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out) / name
     metrics_path = out / "metrics.json"
-    if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-        if metrics["epochs"] >= args.epochs and metrics["num_particles"] == args.num_particles:
-            return metrics
-    flow, flows, prior = CONFIGS[name]
-    example = load_example()
+    config = CONFIGS[name]
+    iwae = config.example == "mnist_iwae"
+    if metrics_path.exists():  # finished with these settings: skip (else resume and rescore)
+        m = json.loads(metrics_path.read_text())
+        same = m["num_particles"] == args.num_particles and (
+            not iwae
+            or (m["gap_points"], m["test_points"]) == (args.gap_points, args.test_points or 10000)
+        )
+        if m["epochs"] >= args.epochs and same:
+            return m
+    example = load_example(config.example)
     argv = [
-        "--flow",
-        flow,
-        "--flows",
-        str(max(flows, 1)),
-        "--prior",
-        prior,
+        *config.flags,
         "--epochs",
         str(args.epochs),
         "--num-particles",
@@ -99,6 +143,10 @@ def run(name: str, args: argparse.Namespace) -> dict:
         str(args.seed),
         "--resume",
     ]
+    if iwae:
+        argv += ["--gap-points", str(args.gap_points), "--gap-epochs", str(args.gap_epochs)]
+        if args.test_points:
+            argv += ["--test-points", str(args.test_points)]
     if args.device:
         argv += ["--device", args.device]
     if args.limit:
@@ -111,25 +159,39 @@ def run(name: str, args: argparse.Namespace) -> dict:
 def table(results: dict[str, dict]) -> str:
     header = (
         "configuration",
+        "layers",
         "prior",
         "posterior",
+        "objective",
         "test NLL (K)",
         "test ELBO",
+        "approx. gap",
+        "amort. gap",
         "epochs",
         "wall-clock",
         "hardware",
+        "published NLL",
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in results.items():
-        flow, flows, prior = CONFIGS[name]
-        lines.append(
-            f"| `{name}` | {'MAF' if prior == 'maf' else 'N(0, I)'} "
-            f"| {POSTERIOR[flow].format(k=flows)} "
-            f"| {-m['test_log_likelihood']:.2f} ({m['num_particles']}) | {m['test_elbo']:.2f} "
-            f"| {m['epochs']} | {m['seconds'] / 60:.1f} min | {m['device']} |"
+        c = CONFIGS[name]
+        gap = m.get("gap")
+        gaps = (
+            (f"{gap['approximation_gap']:.2f}", f"{gap['amortization_gap']:.2f}")
+            if gap
+            else ("—", "—")
         )
-    for label, nll in PUBLISHED:
-        lines.append(f"| published: {label} | | | {nll} | | | | |")
+        points = m.get("test_points", 10000)
+        nll = f"{-m['test_log_likelihood']:.2f} ({m['num_particles']})"
+        if points != 10000:
+            nll += f", first {points} test images"
+        lines.append(
+            f"| `{name}` | {c.layers} | {c.prior} | {c.posterior} | {c.objective} | {nll} "
+            f"| {m['test_elbo']:.2f} | {gaps[0]} | {gaps[1]} | {m['epochs']} "
+            f"| {m['seconds'] / 60:.1f} min | {m['device']} | {c.published} |"
+        )
+    for label, value in PUBLISHED:
+        lines.append(f"| published: {label} |" + " |" * 11 + f" {value} |")
     return "\n".join(lines)
 
 
@@ -143,6 +205,9 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--out", default="runs/quality")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke)")
+    p.add_argument("--test-points", type=int, default=None, help="score the first N test images")
+    p.add_argument("--gap-points", type=int, default=0, help="test images for the gap columns")
+    p.add_argument("--gap-epochs", type=int, default=100)
     p.add_argument("--progress", action="store_true")
     p.add_argument("--readme", type=Path, default=None, help="write the table into this README")
     p.add_argument("--block", default="quality")

@@ -6,10 +6,10 @@ A VAE is three distribution-returning modules — a :class:`Prior` :math:`p(z)`,
 trains.
 
 Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, ``guides`` and
-``flows`` (the three roles), ``vae`` (their composition), ``data``, ``devices``, ``elbo``
-(objectives), ``optim``, ``evaluate`` (scoring), ``checkpoint``, ``train`` (the loop),
-``local`` (inference that trains: held-out E-steps, the amortization gap), ``zoo`` (standard
-architectures) and ``plots``.
+``flows`` (the three roles), ``vae`` and ``hierarchical`` (their composition), ``data``,
+``devices``, ``elbo`` (objectives), ``optim``, ``evaluate`` (scoring), ``checkpoint``,
+``train`` (the loop), ``local`` (inference that trains: held-out E-steps, the amortization
+gap), ``zoo`` (standard architectures) and ``plots``.
 """
 
 import torch as _torch
@@ -32,13 +32,14 @@ from .guides import (
     SemiAmortizedGaussian,
     diagonal_normal,
 )
+from .hierarchical import GuideChain, HierarchicalVAE
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
 from .loaders import Indexed, Loader
 from .local import AmortizationGap, amortization_gap, infer_local
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
-from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior
+from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior, VampPrior
 from .train import fit
 from .vae import VAE
 
@@ -58,6 +59,8 @@ __all__ = [
     "GaussianEncoder",
     "GaussianLikelihood",
     "Guide",
+    "GuideChain",
+    "HierarchicalVAE",
     "History",
     "IAFEncoder",
     "ImportanceWeightedELBO",
@@ -75,6 +78,7 @@ __all__ = [
     "TensorTrace_ELBO",
     "TransformedGaussianEncoder",
     "UnitIntervalBernoulli",
+    "VampPrior",
     "ZukoFlowEncoder",
     "amortization_gap",
     "default_data_dir",

@@ -256,7 +256,7 @@ class SemiAmortizedGaussian(nn.Module):
         check_int("steps", steps)
         self.guide = guide
         self.latent_dim = guide.latent_dim
-        self._model = (prior, likelihood)  # a tuple: not registered as submodules
+        self.reads = (prior, likelihood)  # a tuple: read, not registered as submodules
         self.steps = steps
         self.lr = lr
 
@@ -266,7 +266,7 @@ class SemiAmortizedGaussian(nn.Module):
         base = q.base_dist if isinstance(q, dist.Independent) else q
         if not isinstance(base, dist.Normal):
             raise TypeError(f"refinement needs a diagonal Gaussian guide; got {type(q).__name__}")
-        prior, likelihood = self._model
+        prior, likelihood = self.reads
         differentiate = torch.is_grad_enabled()
         loc, log_scale = base.loc, base.scale.log()
         with torch.enable_grad():

@@ -8,9 +8,10 @@ above the training loop and the scoring below it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import Batches
@@ -31,12 +32,13 @@ def infer_local(
     *,
     epochs: int,
     lr: float = 1e-2,
-    init: torch.nn.Module | None = None,
+    init: nn.Module | Sequence[nn.Module] | None = None,
     name: str = "local",
     progress: bool = False,
     final_lr_ratio: float = 1.0,
 ) -> VAE:
-    r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen.
+    r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen
+    (one per latent layer of a :class:`~pyro_vae.HierarchicalVAE`).
 
     This is the E-step that evaluating a per-datapoint model on new data needs, and, started
     from an amortized guide's outputs (``init``), semi-amortized inference at evaluation time
@@ -47,15 +49,16 @@ def infer_local(
         data: The data points, ``N'`` of them; their indices address the new local parameters.
         epochs: Passes of :class:`~pyro_vae.LazyAdam` steps over ``data``.
         lr: Step size for the local parameters.
-        init: An amortized Gaussian guide to start from; default: :math:`\mu_n = 0`,
-            :math:`\sigma_n = 1`.
+        init: An amortized Gaussian guide to start from (a list, one per layer, bottom-up,
+            for a hierarchical VAE: each layer starts from the one below's means); default:
+            :math:`\mu_n = 0`, :math:`\sigma_n = 1`.
         name: Param-store prefix of the returned VAE (distinct from the training VAE's).
         progress: Show a progress bar.
         final_lr_ratio: Anneal the step size geometrically to ``lr * final_lr_ratio`` over the
             epochs (e.g. 0.01), so that the local parameters settle instead of jittering.
 
     Returns:
-        A :class:`VAE` over the same model with a :class:`PerDatapointGaussian` guide for
+        A :class:`VAE` over the same model with :class:`PerDatapointGaussian` guides for
         ``data``: pass its ``model``/``guide`` to :func:`evaluate`.
 
     Example:
@@ -75,12 +78,19 @@ def infer_local(
     check_module(
         vae, data.device, data.data.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )
+    layers = vae.guide_layers()
     if init is None:
-        guide = PerDatapointGaussian(data.num_data, vae.prior.latent_dim)
+        guides = [PerDatapointGaussian(data.num_data, g.latent_dim) for g in layers]
     else:
+        inits = list(init) if isinstance(init, Sequence | nn.ModuleList) else [init]
+        if len(inits) != len(layers):
+            raise ValueError(f"init needs one guide per latent layer ({len(layers)})")
         points = data if isinstance(data, Loader) else data.data
-        guide = PerDatapointGaussian.from_guide(init, points, num_data=data.num_data)
-    local = vae.with_guide(guide.to(data.data), name=name)
+        guides = []
+        for guide in inits:  # bottom-up: each layer starts from the one below's means
+            guides.append(PerDatapointGaussian.from_guide(guide, points, num_data=data.num_data))
+            points = guides[-1].loc.detach()
+    local = vae.with_guide([guide.to(data.data) for guide in guides], name=name)
     optim = LazyAdam({"lr": lr})
 
     def anneal(epoch: int, history: object) -> None:  # lr → lr · final_lr_ratio, geometrically
@@ -147,7 +157,7 @@ def amortization_gap(
     """
     amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
     local = infer_local(
-        vae, data, epochs=epochs, lr=lr, init=vae.variational, name="gap", final_lr_ratio=0.01
+        vae, data, epochs=epochs, lr=lr, init=vae.guide_layers(), name="gap", final_lr_ratio=0.01
     )
     optimal = evaluate(
         local.model, local.guide, data, num_particles=num_particles, max_rows=max_rows

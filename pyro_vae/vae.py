@@ -12,7 +12,7 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import pyro
@@ -45,10 +45,14 @@ class VAE(nn.Module):
             :class:`~pyro_vae.SemiAmortizedGaussian`) or per data point
             (:class:`~pyro_vae.PerDatapointGaussian`).
         name: Prefix of the names under which the modules enter Pyro's param store.
+        check_reads: Check that a module a piece reads (a :class:`~pyro_vae.VampPrior`'s
+            encoder) belongs to this VAE; :meth:`with_guide` turns it off (the model is
+            another VAE's, trained there).
 
     Raises:
         TypeError: When a piece is not an ``nn.Module`` with the attributes its role needs
             (``latent_dim`` for the prior and the guide, ``event_shape`` for the likelihood).
+        ValueError: When a piece reads a module that is not this VAE's (``check_reads``).
 
     Example:
         >>> vae = VAE(
@@ -71,27 +75,50 @@ class VAE(nn.Module):
         guide: Guide,
         *,
         name: str = "vae",
+        check_reads: bool = True,
     ) -> None:
         super().__init__()
-        for role, piece, protocol, needs in (
-            ("prior", prior, Prior, "latent_dim and forward() -> p(z)"),
-            ("likelihood", likelihood, Likelihood, "event_shape and forward(z) -> p(x|z)"),
-            ("guide", guide, Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
-        ):
-            if not isinstance(piece, nn.Module) or not isinstance(piece, protocol):
-                raise TypeError(
-                    f"the {role} must be an nn.Module with {needs} (see pyro_vae."
-                    f"{protocol.__name__}); got {type(piece).__name__}"
-                )
+        check_role("prior", prior)
+        check_role("likelihood", likelihood)
+        check_role("guide", guide)
         self.prior = prior
         self.likelihood = likelihood
         self.variational = guide
         self.name = name
+        if check_reads:
+            self._check_reads()
 
-    def with_guide(self, guide: Guide, *, name: str) -> VAE:
+    def _check_reads(self) -> None:
+        """A piece that reads another module (a VampPrior its encoder, a semi-amortized guide
+        the model) must read one of this VAE's: otherwise that module is never trained, moved
+        or saved with the VAE."""
+        owned = {id(p) for p in self.parameters()}
+        for role, piece in self._pieces():
+            for module in getattr(piece, "reads", ()):
+                if any(id(p) not in owned for p in module.parameters()):
+                    raise ValueError(
+                        f"the {role} ({type(piece).__name__}) reads a {type(module).__name__} "
+                        "that is not part of this VAE, so it would never be trained, moved or "
+                        "saved with it; pass this VAE's own modules (e.g. VampPrior(guide, ...) "
+                        "with the same guide)"
+                    )
+
+    def _pieces(self) -> list[tuple[str, nn.Module]]:
+        return [("prior", self.prior), ("likelihood", self.likelihood), ("guide", self.variational)]
+
+    def guide_layers(self) -> list[Guide]:
+        """The guide of each latent layer, bottom-up: ``[guide]`` for this one-layer VAE."""
+        return [self.variational]
+
+    def with_guide(self, guide: Guide | Sequence[Guide], *, name: str) -> VAE:
         """The same prior and likelihood (shared modules) with another guide, registered under
-        another ``name`` (e.g. a per-datapoint guide for held-out data)."""
-        return VAE(self.prior, self.likelihood, guide, name=name)
+        another ``name`` (e.g. a per-datapoint guide for held-out data). A list holds one guide
+        per latent layer (:meth:`guide_layers`)."""
+        if isinstance(guide, Sequence):
+            if len(guide) != 1:
+                raise ValueError(f"this VAE has one latent layer; got {len(guide)} guides")
+            guide = guide[0]
+        return VAE(self.prior, self.likelihood, guide, name=name, check_reads=False)
 
     @property
     def event_shape(self) -> torch.Size:
@@ -125,14 +152,15 @@ class VAE(nn.Module):
         if check_support is not None:
             check_support(data)
         num_data = data.shape[0] if num_data is None else num_data
-        num_local = getattr(self.variational, "num_data", None)
-        if num_local is not None and num_local != num_data:
-            raise ValueError(
-                f"this VAE's per-datapoint guide has local parameters for N = {num_local} "
-                f"points but the data set has {num_data}: a per-datapoint guide cannot "
-                "score new points; fit local parameters for them with pv.infer_local(vae, "
-                "batches) and evaluate the VAE it returns"
-            )
+        for layer in self.guide_layers():
+            num_local = getattr(layer, "num_data", None)
+            if num_local is not None and num_local != num_data:
+                raise ValueError(
+                    f"this VAE's per-datapoint guide has local parameters for N = {num_local} "
+                    f"points but the data set has {num_data}: a per-datapoint guide cannot "
+                    "score new points; fit local parameters for them with pv.infer_local(vae, "
+                    "batches) and evaluate the VAE it returns"
+                )
 
     def _register(self, role: str, module: nn.Module) -> None:
         """``pyro.module`` with this VAE's own tensors: an entry of the param store under the
@@ -206,6 +234,24 @@ class VAE(nn.Module):
             except NotImplementedError:  # flows have no closed-form mean: use one sample
                 z = q()
             return self.likelihood(z).mean
+
+
+_ROLES = {
+    "prior": (Prior, "latent_dim and forward() -> p(z)"),
+    "likelihood": (Likelihood, "event_shape and forward(z) -> p(x|z)"),
+    "guide": (Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
+}
+
+
+def check_role(role: str, piece: object) -> None:
+    """Raises ``TypeError`` unless ``piece`` is an ``nn.Module`` that satisfies the protocol of
+    its ``role`` (``"prior"``, ``"likelihood"`` or ``"guide"``)."""
+    protocol, needs = _ROLES[role]
+    if not isinstance(piece, nn.Module) or not isinstance(piece, protocol):
+        raise TypeError(
+            f"the {role} must be an nn.Module with {needs} (see pyro_vae."
+            f"{protocol.__name__}); got {type(piece).__name__}"
+        )
 
 
 @contextmanager

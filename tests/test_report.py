@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -43,11 +44,17 @@ def test_report_fills_the_readme_block(tmp_path):
         report.main([str(run), "--readme", str(readme), "--block", "y"])
 
 
-@pytest.mark.mnist
-def test_quality_runs_resumes_and_tabulates(mnist_dir, tmp_path):
+def load_quality():
     spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
     quality = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = quality  # its dataclass resolves its annotations there
     spec.loader.exec_module(quality)
+    return quality
+
+
+@pytest.mark.mnist
+def test_quality_runs_resumes_and_tabulates(mnist_dir, tmp_path):
+    quality = load_quality()
     common = [
         "--configs",
         "vae",
@@ -60,10 +67,28 @@ def test_quality_runs_resumes_and_tabulates(mnist_dir, tmp_path):
         "--out",
         str(tmp_path),
     ]
-    quality.CONFIGS = {"vae": ("none", 0, "normal")}
     text = quality.main([*common, "--epochs", "1"])
-    assert "| `vae` | N(0, I) | Gaussian |" in text and "86.76 (5000)" in text
+    assert "| `vae` | 1 | N(0, I) | Gaussian | ELBO |" in text and "86.76 (ELBO; tanh" in text
     metrics = json.loads((tmp_path / "vae" / "metrics.json").read_text())
     assert metrics["epochs"] == 1
     quality.main([*common, "--epochs", "1"])  # finished: skipped, same numbers
     assert json.loads((tmp_path / "vae" / "metrics.json").read_text()) == metrics
+
+
+@pytest.mark.mnist
+def test_quality_iwae_rows_have_the_gap_columns(mnist_dir, tmp_path):
+    quality = load_quality()
+    argv = [
+        *("--configs", "vae2", "--epochs", "1", "--limit", "200", "--num-particles", "4"),
+        *("--test-points", "50", "--gap-points", "10", "--gap-epochs", "2", "--device", "cpu"),
+        *("--data-dir", str(mnist_dir), "--out", str(tmp_path)),
+    ]
+    text = quality.main(argv)
+    metrics = json.loads((tmp_path / "vae2" / "metrics.json").read_text())
+    gap = metrics["gap"]
+    row = next(line for line in text.splitlines() if line.startswith("| `vae2`"))
+    assert f"| {gap['approximation_gap']:.2f} | {gap['amortization_gap']:.2f} |" in row
+    assert "| 2 | N(0, I) | Gaussian | ELBO |" in row and "first 50 test images" in row
+    assert "85.33 (Burda et al. 2016, Table 1)" in row
+    quality.main(argv)  # finished with the same settings: skipped
+    assert json.loads((tmp_path / "vae2" / "metrics.json").read_text()) == metrics

@@ -1,0 +1,140 @@
+"""The models of "Importance Weighted Autoencoders" (Burda, Grosse & Salakhutdinov 2016):
+one or two stochastic layers, trained with the ELBO or the importance-weighted bound.
+
+Dynamically binarized MNIST (test set binarized once with a fixed seed), Bernoulli decoder,
+tanh MLPs (the model is ``pyro_vae.zoo.iwae_vae``):
+
+* ``--layers 1``: x → 200 → 200 → z (50);
+* ``--layers 2``: x → 100 → 100 → z1 (100) → 50 → 50 → z2 (50), a ``pv.HierarchicalVAE``
+  whose model and guide have the sites ``z1``, ``z2`` and ``x``: ``fit``, ``evaluate``,
+  checkpoints and ``amortization_gap`` take it as they take the one-layer VAE.
+
+``--iw K`` trains with ``pv.ImportanceWeightedELBO(K)`` (K = 1: the ELBO, through
+``pv.TensorTrace_ELBO``); ``--prior vamp`` puts a VampPrior (Tomczak & Welling 2018) with
+``--num-pseudo`` pseudo-inputs on the top layer. Test NLL is the importance-sampled estimate
+with ``--num-particles`` samples (the paper: 5000) on the first ``--test-points`` test images;
+``--gap-points`` > 0 splits the inference gap on that many test images into the approximation
+and amortization gaps (Cremer, Li & Duvenaud 2018).
+
+    python examples/mnist_iwae.py --layers 2 --iw 5 --epochs 100
+
+Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import pyro_vae as pv
+from pyro_vae import zoo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = common.parser(__doc__, epochs=2, batch_size=100, out="runs/mnist_iwae", full="3280")
+    p.add_argument("--layers", type=int, choices=(1, 2), default=1)
+    p.add_argument("--iw", type=int, default=1, help="K of the training bound (1: the ELBO)")
+    p.add_argument("--prior", choices=zoo.IWAE_PRIORS, default="normal")
+    p.add_argument("--num-pseudo", type=int, default=500, help="pseudo-inputs of the VampPrior")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
+    )
+    p.add_argument("--test-points", type=int, default=None, help="score the first N test images")
+    p.add_argument("--gap-points", type=int, default=0, help="test images for the gap split")
+    p.add_argument("--gap-epochs", type=int, default=100, help="E-step epochs of the gap split")
+    p.add_argument("--limit", type=int, default=None, help="use only this many training images")
+    p.add_argument("--download", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict:
+    device, out = common.setup(args)
+
+    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
+    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
+    x_train = x_train[: args.limit]
+    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
+    x_test = torch.bernoulli(x_test, generator=g)[: args.test_points]
+    train = pv.Batches(x_train, batch_size=args.batch_size, binarize="dynamic")
+    test = pv.Batches(x_test, batch_size=1000, shuffle=False)
+
+    vae = zoo.iwae_vae(layers=args.layers, prior=args.prior, num_pseudo=args.num_pseudo)
+    loss = (
+        pv.ImportanceWeightedELBO(args.iw, max_plate_nesting=1)
+        if args.iw > 1
+        else pv.TensorTrace_ELBO(max_plate_nesting=1)
+    )
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=args.epochs,
+        loss=loss,
+        optim=pv.LazyAdam({"lr": args.lr}),
+        device=device,
+        save_dir=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        log_dir=args.log_dir,
+    )
+    vae.eval()
+    k = args.num_particles or (5000 if device.type == "cuda" else 100)
+    max_rows = 2**20 if device.type == "cuda" else 2**16
+    result = pv.evaluate(vae.model, vae.guide, test, num_particles=k, max_rows=max_rows)
+    gap = None
+    if args.gap_points:
+        points = pv.Batches(x_test[: args.gap_points], batch_size=100, shuffle=False)
+        gap = pv.amortization_gap(
+            vae, points, epochs=args.gap_epochs, num_particles=k, max_rows=max_rows
+        ).__dict__
+    x = test.data[:64]
+    pics = common.pictures(out)
+    images = [
+        pv.save_grid(vae.sample(64), pics / "samples.png"),
+        pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
+        pv.plot_curves(
+            {"train": (history.epoch, history.loss)},
+            pics / "loss.png",
+            ylabel=f"negative bound per image, k = {args.iw} (nats)",
+            title=f"{args.layers} stochastic layer(s), {args.prior} prior",
+        ),
+    ]
+    metrics = {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1] if history.loss else None,
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "test_nll": -result.log_likelihood,
+        "num_particles": k,
+        "test_points": result.num_data,
+        "gap": gap,
+        "gap_points": args.gap_points,
+        "gap_epochs": args.gap_epochs,
+        "device": pv.device_name(device),
+        "threads": torch.get_num_threads(),
+        "seconds": history.seconds[-1] if history.seconds else 0.0,
+        "images": images,
+        "layers": args.layers,
+        "iw": args.iw,
+        "prior": args.prior,
+        "num_pseudo": args.num_pseudo if args.prior == "vamp" else 0,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "binarize": "dynamic",
+    }
+    return common.save_metrics(out, metrics)
+
+
+if __name__ == "__main__":
+    main(parse_args())
