@@ -13,6 +13,7 @@ from pyro import poutine
 from torch import nn
 
 import pyro_vae as pv
+from pyro_vae.priors import DiagonalNormalMixture
 
 F, D1, D2, B = 5, 2, 2, 16
 SIGMA, S1 = 0.3, 0.5
@@ -195,6 +196,23 @@ def test_vamp_density_is_the_mixture_of_the_encoder_at_the_pseudo_inputs():
     torch.testing.assert_close(prior().log_prob(z), by_hand, rtol=0, atol=1e-12)
     assert prior().batch_shape == () and prior().event_shape == (3,)
     assert list(dict(prior.named_parameters())) == ["pseudo_inputs"]  # the encoder is read
+
+
+def test_vamp_mixture_density_in_float32_is_the_float64_one():
+    """The O(R K) log-density (matrix products, evaluated in float64) against a float64
+    MixtureSameFamily, with tight components (σ ≥ 0.01) where float32 products would lose
+    ~0.1 nats to cancellation."""
+    torch.manual_seed(0)
+    loc, scale = 2 * torch.randn(500, 50), 0.2 * torch.rand(500, 50) + 0.01
+    z = loc[torch.randint(500, (300,))] + scale[torch.randint(500, (300,))] * torch.randn(300, 50)
+    weights = pyro.distributions.Categorical(logits=torch.zeros(500))
+    fast = DiagonalNormalMixture(weights, pyro.distributions.Normal(loc, scale).to_event(1))
+    exact = pyro.distributions.MixtureSameFamily(
+        pyro.distributions.Categorical(logits=torch.zeros(500, dtype=torch.float64)),
+        pyro.distributions.Normal(loc.double(), scale.double()).to_event(1),
+    ).log_prob(z.double())
+    assert fast.log_prob(z).dtype == torch.float32
+    torch.testing.assert_close(fast.log_prob(z).double(), exact, rtol=0, atol=1e-4)
 
 
 def test_vamp_shares_weights_once_and_trains_everything():
