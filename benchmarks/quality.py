@@ -57,13 +57,16 @@ def _flow(flow: str, flows: int, prior: str, posterior: str, published: str = ""
     return Config("mnist_flow_posterior", flags, label, posterior, published=published)
 
 
-def _iwae(layers: int, iw: int, *, prior: str = "normal", published: str = "") -> Config:
+def _iwae(
+    layers: int, iw: int, *, prior: str = "normal", activation: str = "tanh", published: str = ""
+) -> Config:
     flags = ("--layers", str(layers), "--iw", str(iw), "--prior", prior)
+    flags += ("--activation", activation)
     return Config(
         "mnist_iwae",
         flags,
         "VampPrior (500)" if prior == "vamp" else "N(0, I)",
-        "Gaussian",
+        "Gaussian" + (", ReLU" if activation == "relu" else ""),
         layers,
         f"IWAE k = {iw}" if iw > 1 else "ELBO",
         published,
@@ -85,10 +88,12 @@ CONFIGS = {
     "vae2": _iwae(2, 1, published=f"85.33 ({BURDA})"),
     "iwae2_5": _iwae(2, 5, published=f"83.89 ({BURDA})"),
     "iwae2_50": _iwae(2, 50, published=f"82.90 ({BURDA})"),
+    "relu_vae": _iwae(1, 1, activation="relu"),
     "vamp": _iwae(
         1,
         1,
         prior="vamp",
+        activation="relu",
         published="85.57 (Tomczak & Welling 2018, gated MLP 300-300, z = 40)",
     ),
 }

@@ -145,16 +145,20 @@ def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize(("layers", "iw", "prior"), [(1, 3, "vamp"), (2, 1, "normal")])
-def test_mnist_iwae(layers, iw, prior, mnist_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("layers", "iw", "prior", "activation"), [(1, 3, "vamp", "relu"), (2, 1, "normal", "tanh")]
+)
+def test_mnist_iwae(layers, iw, prior, activation, mnist_dir, tmp_path):
     flags = (
-        f"--layers {layers} --iw {iw} --prior {prior} --num-pseudo 10 --epochs 1 "
+        f"--layers {layers} --iw {iw} --prior {prior} --activation {activation} --num-pseudo 10 "
+        "--epochs 1 --warmup 2 "
         "--batch-size 64 --limit 256 --test-points 100 --num-particles 8 --gap-points 20 "
         "--gap-epochs 2 --seed 0"
     )
     _, _, metrics = run("mnist_iwae", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=1, bernoulli=True)
     assert (metrics["layers"], metrics["iw"], metrics["prior"]) == (layers, iw, prior)
+    assert (metrics["activation"], metrics["warmup"]) == (activation, 2)
     assert metrics["test_points"] == 100
     gap = metrics["gap"]
     total = gap["log_likelihood"] - gap["elbo_amortized"]
