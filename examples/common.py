@@ -47,6 +47,37 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
     return device, out
 
 
+def binarized_mnist(
+    args: argparse.Namespace, device: torch.device, *, test_points: int | None = None
+) -> tuple[pv.Batches, pv.Batches]:
+    """Dynamically binarized training batches (``args.limit`` images, ``args.batch_size``) and
+    the test set binarized once with a fixed seed (its first ``test_points`` images)."""
+    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
+    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
+    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
+    x_test = torch.bernoulli(x_test, generator=g)
+    train = pv.Batches(x_train[: args.limit], batch_size=args.batch_size, binarize="dynamic")
+    return train, pv.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
+
+
+def scores(
+    history: pv.History, result: pv.Evaluation, device: torch.device, images: list[str]
+) -> dict:
+    """The metrics every MNIST benchmark run reports: epochs, final training loss, test ELBO
+    and log-likelihood (NLL), K, device, seconds and the pictures written."""
+    return {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1] if history.loss else None,
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "test_nll": -result.log_likelihood,
+        "num_particles": result.num_particles,
+        "device": pv.device_name(device),
+        "seconds": history.seconds[-1] if history.seconds else 0.0,
+        "images": images,
+    }
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 in a single process)."""
     dist = torch.distributed

@@ -26,8 +26,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 import pyro_vae as pv
 from pyro_vae import zoo
 
@@ -59,14 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     device, out = common.setup(args)
 
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
-    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
-    if args.limit:
-        x_train, x_test = x_train[: args.limit], x_test[: args.limit]
-    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
-    x_test = torch.bernoulli(x_test, generator=g)
-    train = pv.Batches(x_train, batch_size=args.batch_size, binarize="dynamic")
-    test = pv.Batches(x_test, batch_size=1000, shuffle=False)
+    train, test = common.binarized_mnist(args, device, test_points=args.limit)
 
     vae = zoo.flow_posterior_vae(
         args.flow,
@@ -110,15 +101,7 @@ def main(args: argparse.Namespace) -> dict:
         ),
     ]
     metrics = {
-        "epochs": len(history.epoch),
-        "train_loss": history.loss[-1] if history.loss else None,
-        "test_elbo": result.elbo,
-        "test_log_likelihood": result.log_likelihood,
-        "test_nll": -result.log_likelihood,
-        "num_particles": k,
-        "device": pv.device_name(device),
-        "seconds": history.seconds[-1] if history.seconds else 0.0,
-        "images": images,
+        **common.scores(history, result, device, images),
         "flow": args.flow,
         "flows": args.flows if args.flow != "none" else 0,
         "prior": args.prior,

@@ -67,14 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     device, out = common.setup(args)
 
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
-    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
-    x_train = x_train[: args.limit]
-    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
-    x_test = torch.bernoulli(x_test, generator=g)[: args.test_points]
-    train = pv.Batches(x_train, batch_size=args.batch_size, binarize="dynamic")
-    test = pv.Batches(x_test, batch_size=1000, shuffle=False)
-
+    train, test = common.binarized_mnist(args, device, test_points=args.test_points)
+    x_test = test.data
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[args.activation]
     vae = zoo.iwae_vae(
         layers=args.layers, prior=args.prior, num_pseudo=args.num_pseudo, activation=activation
@@ -122,20 +116,12 @@ def main(args: argparse.Namespace) -> dict:
         ),
     ]
     metrics = {
-        "epochs": len(history.epoch),
-        "train_loss": history.loss[-1] if history.loss else None,
-        "test_elbo": result.elbo,
-        "test_log_likelihood": result.log_likelihood,
-        "test_nll": -result.log_likelihood,
-        "num_particles": k,
+        **common.scores(history, result, device, images),
         "test_points": result.num_data,
         "gap": gap,
         "gap_points": args.gap_points,
         "gap_epochs": args.gap_epochs,
-        "device": pv.device_name(device),
         "threads": torch.get_num_threads(),
-        "seconds": history.seconds[-1] if history.seconds else 0.0,
-        "images": images,
         "layers": args.layers,
         "iw": args.iw,
         "prior": args.prior,
