@@ -213,16 +213,16 @@ def iwae_vae(
     _check("prior", prior, IWAE_PRIORS)
     if layers not in (1, 2):
         raise ValueError(f"layers must be 1 or 2; got {layers!r}")
-    tanh = activation
+    act = activation
     if layers == 1:
-        guide = GaussianEncoder(MLP(_PIXELS, 2 * 50, (200, 200), activation=tanh), 50)
-        likelihood = BernoulliLikelihood(MLP(50, _PIXELS, (200, 200), activation=tanh), _PIXELS)
+        guide = GaussianEncoder(MLP(_PIXELS, 2 * 50, (200, 200), activation=act), 50)
+        likelihood = BernoulliLikelihood(MLP(50, _PIXELS, (200, 200), activation=act), _PIXELS)
         top = VampPrior(guide, num_pseudo, (_PIXELS,)) if prior == "vamp" else None
         return VAE(top or StandardNormalPrior(50), likelihood, guide)
-    q1 = GaussianEncoder(MLP(_PIXELS, 2 * 100, (100, 100), activation=tanh), 100)
-    q2 = GaussianEncoder(MLP(100, 2 * 50, (50, 50), activation=tanh), 50)
-    p1 = GaussianEncoder(MLP(50, 2 * 100, (50, 50), activation=tanh), 100)  # p(z1 | z2)
-    likelihood = BernoulliLikelihood(MLP(100, _PIXELS, (100, 100), activation=tanh), _PIXELS)
+    q1 = GaussianEncoder(MLP(_PIXELS, 2 * 100, (100, 100), activation=act), 100)
+    q2 = GaussianEncoder(MLP(100, 2 * 50, (50, 50), activation=act), 50)
+    p1 = GaussianEncoder(MLP(50, 2 * 100, (50, 50), activation=act), 100)  # p(z1 | z2)
+    likelihood = BernoulliLikelihood(MLP(100, _PIXELS, (100, 100), activation=act), _PIXELS)
     chain = GuideChain([q1, q2])
     top = VampPrior(chain, num_pseudo, (_PIXELS,)) if prior == "vamp" else None
     return HierarchicalVAE(top or StandardNormalPrior(50), [p1], likelihood, [q1, q2])
