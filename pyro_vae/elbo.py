@@ -111,7 +111,8 @@ class ImportanceWeightedELBO(Trace_ELBO):
     Other scales (e.g. :math:`\beta` of :class:`LatentScale`) weight their sites inside the
     weights. With a full batch this is ``pyro.infer.RenyiELBO(alpha=0, num_particles=K,
     vectorize_particles=True)``, which with a subsampled plate puts :math:`N / B` inside the
-    log-mean-exp instead (a different, tighter-than-it-should-be objective).
+    log-mean-exp instead: another objective, not an estimate of the :math:`N`-point bound
+    (larger; as :math:`N / B` grows it tends to the best particle's weight alone).
 
     Args:
         num_particles: :math:`K`.
