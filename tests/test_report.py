@@ -92,3 +92,16 @@ def test_quality_iwae_rows_have_the_gap_columns(mnist_dir, tmp_path):
     assert "85.33 (Burda et al. 2016, Table 1)" in row
     quality.main(argv)  # finished with the same settings: skipped
     assert json.loads((tmp_path / "vae2" / "metrics.json").read_text()) == metrics
+
+    # The convergence check of the gap columns reloads that run's two-layer model.
+    spec = importlib.util.spec_from_file_location(
+        "gap_convergence", REPO / "benchmarks" / "gap_convergence.py"
+    )
+    gaps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gaps)
+    flags = ["--epochs", "1", "3", "--points", "10", "--num-particles", "4"]
+    rows = gaps.main([str(tmp_path / "vae2"), *flags, "--data-dir", str(mnist_dir)])
+    assert [r["epochs"] for r in rows] == [1, 3]
+    for r in rows:
+        total = r["log_likelihood"] - r["elbo_amortized"]
+        assert total == pytest.approx(r["approximation_gap"] + r["amortization_gap"])
