@@ -148,8 +148,8 @@ def amortization_gap(
     encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
     Check that ``epochs`` suffice: too few leave :math:`q^*` short of the optimum and move
     part of the amortization gap into the approximation gap. On MNIST (200 points in batches
-    of 100, the README's tanh VAE) the amortization gap was 2.39 nats after 100 epochs, 3.40
-    after 300, 3.77 after 1000 and 3.82 after 3000.
+    of 100, the README's tanh VAE) the amortization gap was 2.40 nats after 100 epochs, 3.40
+    after 300, 3.78 after 1000 and 3.83 after 3000 (benchmarks/gap_convergence.py).
 
     Example:
         >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
