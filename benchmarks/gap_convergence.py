@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data-dir", default=pv.default_data_dir())
     args = p.parse_args(argv)
     run = json.loads((args.run / "metrics.json").read_text())
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[run.get("activation", "tanh")]
+    activation = common.ACTIVATIONS[run.get("activation", "tanh")]
     data = argparse.Namespace(data_dir=args.data_dir, download=False, limit=None, batch_size=100)
     _, test = common.binarized_mnist(data, torch.device("cpu"), test_points=args.points)
     rows = []

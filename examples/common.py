@@ -11,6 +11,9 @@ import torch
 
 import pyro_vae as pv
 
+ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
+"""The hidden units an example's ``--activation`` names."""
+
 
 def parser(
     doc: str, *, epochs: int, batch_size: int, out: str, full: str

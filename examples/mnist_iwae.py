@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iw", type=int, default=1, help="K of the training bound (1: the ELBO)")
     p.add_argument("--prior", choices=zoo.IWAE_PRIORS, default="normal")
     p.add_argument("--num-pseudo", type=int, default=500, help="pseudo-inputs of the VampPrior")
-    p.add_argument("--activation", choices=("tanh", "relu"), default="tanh", help="hidden units")
+    p.add_argument(
+        "--activation", choices=list(common.ACTIVATIONS), default="tanh", help="hidden units"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--warmup", type=int, default=0, help="epochs of linear KL warm-up (β from 0 to 1)"
@@ -69,7 +71,7 @@ def main(args: argparse.Namespace) -> dict:
 
     train, test = common.binarized_mnist(args, device, test_points=args.test_points)
     x_test = test.data
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[args.activation]
+    activation = common.ACTIVATIONS[args.activation]
     vae = zoo.iwae_vae(
         layers=args.layers, prior=args.prior, num_pseudo=args.num_pseudo, activation=activation
     )
