@@ -136,13 +136,22 @@ def combine_gradients(params: list[Tensor], weight: float) -> None:
     if not shared:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in shared]
-    present = torch.tensor([float(p.grad is not None) for p in shared], device=grads[0].device)
-    flat = torch.cat([torch.cat([g.reshape(-1) for g in grads]) * weight, present])
+    present = host_sum([float(p.grad is not None) for p in shared], grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads]) * weight
     tdist.all_reduce(flat)
-    sizes = [g.numel() for g in grads]
-    parts = flat[: sum(sizes)].split(sizes)
-    for p, part, any_grad in zip(shared, parts, flat[sum(sizes) :].tolist(), strict=True):
+    parts = flat.split([g.numel() for g in grads])
+    for p, part, any_grad in zip(shared, parts, present, strict=True):
         p.grad = part.view_as(p) if any_grad else None
+
+
+def host_sum(values: list[float], device: torch.device) -> list[float]:
+    """The sums over the ranks of a few host numbers. Through the group's CPU backend (gloo,
+    also in the ``"cpu:gloo,cuda:nccl"`` group of :func:`get_world`) when it has one: the
+    device is neither read nor written (no synchronization); else on ``device``."""
+    host = device.type == "cpu" or "gloo" in str(tdist.get_backend())
+    flat = torch.tensor(values, dtype=torch.float64, device="cpu" if host else device)
+    tdist.all_reduce(flat)
+    return flat.tolist()
 
 
 def average_buffers(modules: nn.Module | None) -> None:

@@ -8,6 +8,7 @@ costs O(N). :class:`LazyAdam` gives such parameters row-sparse gradients' own op
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pyro
@@ -16,7 +17,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.optim import PyroOptim
 
-__all__ = ["LazyAdam", "gradient_step"]
+__all__ = ["LazyAdam", "RowSparseAdam", "gradient_step"]
 
 _SPARSE_ARGS = ("lr", "betas", "eps", "maximize")
 
@@ -25,8 +26,8 @@ class LazyAdam(PyroOptim):
     r"""Adam that updates only the rows present in a sparse gradient ("lazy Adam").
 
     Parameters whose gradient is sparse (per-datapoint guides index their parameters with
-    ``torch.nn.functional.embedding(..., sparse=True)``) get :class:`torch.optim.SparseAdam`:
-    its moments and values change only at the minibatch's rows, so untouched rows stay
+    ``torch.nn.functional.embedding(..., sparse=True)``) get :class:`RowSparseAdam`
+    (:class:`torch.optim.SparseAdam`'s update, without its host synchronization): its moments and values change only at the minibatch's rows, so untouched rows stay
     bit-identical and a step costs O(B), not O(N). Every other parameter is updated by Adam
     exactly as ``pyro.optim.Adam`` would, but all of them by *one* :class:`torch.optim.Adam`
     (parameters with equal settings share a parameter group), in one call per step instead of
@@ -66,7 +67,7 @@ class LazyAdam(PyroOptim):
             sparse_args = {k: v for k, v in args.items() if k in _SPARSE_ARGS}
             if self.local_lr is not None:
                 sparse_args["lr"] = self.local_lr
-            return torch.optim.SparseAdam([param], **sparse_args)
+            return RowSparseAdam([param], **sparse_args)
         if self._dense is None:
             self._dense = torch.optim.Adam([{"params": [param], **args}])
             return self._dense
@@ -137,6 +138,97 @@ class LazyAdam(PyroOptim):
             else:
                 state[store.param_name(p)] = optimizer.state_dict()
         return state
+
+
+class RowSparseAdam(torch.optim.Optimizer):
+    r"""Adam for row-sparse gradients: :class:`torch.optim.SparseAdam`'s update, bit for bit
+    on the rows of a gradient without repeated indices, with no host synchronization.
+
+    ``SparseAdam`` coalesces each gradient first, whose output size (the number of distinct
+    rows) the host must read: on CUDA a synchronization per parameter per step. Here the rows
+    are sorted and repeated rows summed into segments of a buffer of the gradient's own size,
+    so every size is known in advance; each entry then updates its row
+    (:math:`m \leftarrow m + (1 - \beta_1)(g - m)`, :math:`v \leftarrow v + (1 - \beta_2)
+    (g^2 - v)`, :math:`\theta \leftarrow \theta - \eta_t\, m / (\sqrt v + \epsilon)`
+    with :math:`\eta_t = \eta \sqrt{1 - \beta_2^t} / (1 - \beta_1^t)`), entries of one row
+    writing the same values. Rows outside the gradient are untouched. State and settings
+    have ``SparseAdam``'s layout (``step`` a host integer, ``exp_avg``, ``exp_avg_sq``), so
+    either loads the other's ``state_dict``.
+
+    Args:
+        params: Parameters whose gradients are sparse COO tensors with one sparse dimension
+            (rows), e.g. from ``torch.nn.functional.embedding(..., sparse=True)``.
+        lr: :math:`\eta`.
+        betas: :math:`(\beta_1, \beta_2)`.
+        eps: :math:`\epsilon`.
+        maximize: Ascend instead of descend.
+
+    Example:
+        >>> table = torch.nn.Parameter(torch.zeros(5, 2))
+        >>> optim = RowSparseAdam([table], lr=0.1)
+        >>> torch.nn.functional.embedding(torch.tensor([1, 3]), table, sparse=True).sum().backward()
+        >>> optim.step()
+        >>> [round(v, 4) for v in table[:, 0].tolist()]  # rows 1 and 3 moved by about lr
+        [0.0, -0.1, 0.0, -0.1, 0.0]
+    """
+
+    def __init__(
+        self,
+        params: object,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        maximize: bool = False,
+    ) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "maximize": maximize}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], object] | None = None) -> None:
+        """One update of the rows present in each parameter's sparse gradient."""
+        if closure is not None:
+            raise ValueError("RowSparseAdam takes no closure")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not grad.is_sparse or grad.sparse_dim() != 1:
+                    raise RuntimeError(
+                        "RowSparseAdam needs row-sparse gradients (one sparse dimension); "
+                        "use torch.optim.Adam for dense ones"
+                    )
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                rows, values = _rows(-grad if group["maximize"] else grad)
+                if rows.numel() == 0:  # a shape, known on the host
+                    continue
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                old_m, old_v = exp_avg[rows], exp_avg_sq[rows]
+                m = old_m + values.sub(old_m).mul_(1 - beta1)
+                v = old_v + values.pow(2).sub_(old_v).mul_(1 - beta2)
+                exp_avg[rows], exp_avg_sq[rows] = m, v
+                step = state["step"]
+                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+                p[rows] = p[rows] + -step_size * m.div_(v.sqrt_().add_(group["eps"]))
+
+
+def _rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of a row-sparse gradient, sorted, each entry with its row's summed gradient
+    (what ``coalesce`` gives, without reading the number of distinct rows)."""
+    rows, values = grad._indices()[0], grad._values()
+    rows, order = rows.sort()
+    values = values[order]
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    segment = first.cumsum(0) - 1  # the entry's row among the distinct ones
+    totals = torch.zeros_like(values).index_add_(0, segment, values)
+    return rows, totals[segment]
 
 
 def gradient_step(

@@ -109,7 +109,7 @@ def test_resume_with_sparse_adam_state_is_exact(tmp_path):
     # New objects with other initial values: the checkpoint must restore everything.
     vae_b, hist_b, _, state_b = per_point_run(tmp_path / "b", epochs=3, resume=True, init_seed=7)
     kinds = {type(o).__name__ for o in optim_a.optim_objs.values()}
-    assert kinds == {"SparseAdam", "Adam"}
+    assert kinds == {"RowSparseAdam", "Adam"}
     assert hist_b.epoch == [1, 2, 3]
     assert hist_a.loss == hist_b.loss
     a, b = vae_a.state_dict(), vae_b.state_dict()

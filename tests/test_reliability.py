@@ -224,7 +224,7 @@ def test_lazy_adam_new_local_lr_on_resume(tmp_path):
     with pytest.warns(UserWarning, match=r"local_lr=0\.3"):
         per_point(tmp_path, 2, optim, resume=True)
     lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in optim.optim_objs.values()}
-    assert lrs == {"SparseAdam": 0.3, "Adam": 1e-2}
+    assert lrs == {"RowSparseAdam": 0.3, "Adam": 1e-2}
 
 
 @pytest.mark.parametrize("make", [pv.LazyAdam, pyro.optim.Adam])

@@ -1,0 +1,212 @@
+"""CUDA without a GPU: every model, loss, optimizer and loop on fake CUDA or ``meta`` tensors.
+
+No machine this project runs on has a GPU, so these tests prove on the CPU what CUDA would
+refuse or wait for (see :mod:`pyro_vae.dispatch`):
+
+- forward passes (losses, importance weights, samples, reconstructions, :func:`~pyro_vae.
+  evaluate`) run on *fake* CUDA tensors, which go through PyTorch's own device checks and
+  refuse to read a value;
+- backward passes, optimizer steps and the loops (:func:`~pyro_vae.fit`,
+  :func:`~pyro_vae.infer_local`) run on ``meta`` tensors, because the autograd engine needs a
+  real CUDA context (pytorch/pytorch#92627); there :class:`~pyro_vae.dispatch.DispatchWatch`
+  checks that every op's tensors share a device (``meta`` kernels do not always check);
+- both under a strict :class:`~pyro_vae.dispatch.DispatchWatch`: a host read outside the
+  sites allowed by name, or a device mix, fails the test with the op, the line and the module.
+
+The semi-amortized guide differentiates inside its forward pass (``autograd.grad``), so it
+runs on ``meta`` only. Values are never checked here (there are none): the other tests do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pyro
+import pytest
+import torch
+from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
+
+import pyro_vae as pv
+from pyro_vae import zoo
+from pyro_vae.dispatch import DeviceMixError, DispatchWatch, HostReadError, fake_cuda
+from pyro_vae.optim import gradient_step
+
+# A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
+# guide of the contract matrix appears (each guide once, priors and likelihoods in turn, the
+# flow priors with flow guides too), in 13 of its 96 combinations.
+_FLAT = [p for p in PRIORS if p != "vamp"]
+COVER = [
+    (_FLAT[i % len(_FLAT)], list(LIKELIHOODS)[(i // len(_FLAT)) % len(LIKELIHOODS)], g)
+    for i, g in enumerate(GUIDES)
+] + [("vamp", "bernoulli", "gaussian-encoder"), ("vamp", "gaussian-learned", "semi-amortized")]
+assert set(COVER) <= set(COMBINATIONS)
+assert {c[0] for c in COVER} == set(PRIORS) and {c[2] for c in COVER} == set(GUIDES)
+assert {c[1] for c in COVER} == set(LIKELIHOODS)
+FAKE = [c for c in COVER if c[2] != "semi-amortized"]
+ZOO = {
+    "flow_prior": lambda: zoo.flow_prior_vae(),
+    **{f"flow_posterior-{f}": (lambda f=f: zoo.flow_posterior_vae(f)) for f in zoo.FLOWS},
+    "flow_posterior-maf-prior": lambda: zoo.flow_posterior_vae("iaf", prior="maf"),
+    "iwae-1": lambda: zoo.iwae_vae(layers=1),
+    "iwae-2": lambda: zoo.iwae_vae(layers=2),
+    "iwae-vamp": lambda: zoo.iwae_vae(layers=1, prior="vamp", num_pseudo=20),
+    "iwae-2-vamp": lambda: zoo.iwae_vae(layers=2, prior="vamp", num_pseudo=20),
+    **{f"conv-{lik}": (lambda lik=lik: zoo.conv_vae(likelihood=lik)) for lik in zoo.LIKELIHOODS},
+    "latent2d": lambda: zoo.latent2d_vae(),
+    **{f"circle-{i}": (lambda i=i: zoo.circle_vae(i, num_data=N)) for i in zoo.INFERENCE},
+}
+ZOO_FAKE = [name for name in ZOO if name != "circle-semi-amortized"]
+
+
+def batch(vae: pv.VAE, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(B, *vae.event_shape, device=device)
+    return x, torch.randperm(N, device=device)[:B]
+
+
+def forward(vae: pv.VAE, x: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
+    """What a user computes without a backward pass: both losses, the importance weights and
+    their log-mean-exp, samples and reconstructions."""
+    elbo = pv.TensorTrace_ELBO().differentiable_loss(vae.model, vae.guide, x, idx, num_data=N)
+    iwae = pv.ImportanceWeightedELBO(3, max_plate_nesting=1).differentiable_loss(
+        vae.model, vae.guide, x, idx, num_data=N
+    )
+    lw = pv.log_weights(vae.model, vae.guide, x, idx, num_particles=4)
+    log_px = lw.logsumexp(0) - math.log(4)
+    return [elbo, iwae, lw, log_px, vae.sample(3), vae.reconstruct(x, idx)]
+
+
+def check_forward_on_fake_cuda(vae: pv.VAE) -> None:
+    with fake_cuda(vae), DispatchWatch(strict=True, root=vae) as watch:
+        x, idx = batch(vae, "cuda")
+        outputs = forward(vae, x, idx)
+    assert all(out.device.type == "cuda" for out in outputs)
+    assert not watch.reads and not watch.mixes
+
+
+def steps_on_meta(vae: pv.VAE, sides: tuple[dict, ...] = ({},)) -> DispatchWatch:
+    """Gradient steps (``sides``: joint, E- or M-steps) with both losses on ``meta``
+    (validation off, as in ``fit``'s steady state), under a strict watch."""
+    vae.to("meta")
+    x, idx = batch(vae, "meta")
+    optim = pv.LazyAdam({"lr": 1e-3})
+    with pyro.validation_enabled(False), DispatchWatch(strict=True, root=vae) as watch:
+        for loss in (pv.TensorTrace_ELBO(), pv.ImportanceWeightedELBO(3, max_plate_nesting=1)):
+            for side in sides:
+                value = gradient_step(vae.model, vae.guide, loss, optim, x, idx, num_data=N, **side)
+                assert value.device.type == "meta"
+        forward(vae, x, idx)
+    assert all(p.device.type == "meta" for p in vae.parameters())
+    return watch
+
+
+@pytest.mark.parametrize("prior_name,likelihood_name,guide_name", FAKE)
+def test_contract_forward_on_fake_cuda(prior_name, likelihood_name, guide_name):
+    check_forward_on_fake_cuda(build(prior_name, likelihood_name, guide_name))
+
+
+@pytest.mark.parametrize("name", ZOO_FAKE)
+def test_zoo_forward_on_fake_cuda(name):
+    check_forward_on_fake_cuda(ZOO[name]())
+
+
+@pytest.mark.parametrize("prior_name,likelihood_name,guide_name", COVER)
+def test_contract_training_steps_on_meta(prior_name, likelihood_name, guide_name):
+    sides = ({}, {"update_model": False}, {"update_guide": False})
+    watch = steps_on_meta(build(prior_name, likelihood_name, guide_name), sides)
+    assert watch.launches > 0
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_training_steps_on_meta(name):
+    steps_on_meta(ZOO[name]())
+
+
+# --- Optimizers on fake CUDA -------------------------------------------------------------
+
+
+def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
+    """LazyAdam's two paths (torch's Adam for networks, RowSparseAdam for per-point rows) with fake CUDA gradients: no read, no mix, state on the device."""
+    local, net = pv.PerDatapointGaussian(N, 3), pv.MLP(3, 4, (8,))
+    # foreach=True: the path Adam takes on real CUDA tensors (fake ones default to a loop)
+    optim = pv.LazyAdam({"lr": 1e-3, "foreach": True}, local_lr=1e-2)
+    with fake_cuda(local, net), DispatchWatch(strict=True) as watch:
+        idx = torch.randperm(N, device="cuda")[:B]
+        for _ in range(2):
+            for p in (local.loc, local.log_scale):
+                rows = torch.randn(B, 3, device="cuda")
+                p.grad = torch.sparse_coo_tensor(idx[None], rows, p.shape, check_invariants=False)
+            for p in net.parameters():
+                p.grad = torch.randn_like(p)
+            optim([local.loc, local.log_scale, *net.parameters()])
+    assert not watch.reads and not watch.mixes
+    assert watch.ops["aten.index_add_.default"] == 4  # the row-sparse update ran, twice each
+    assert any(op.startswith("aten._foreach_") for op in watch.ops)  # Adam's CUDA path
+    states = [s for o in optim.optim_objs.values() for s in o.state.values()]
+    tensors = [v for s in states for v in s.values() if isinstance(v, torch.Tensor)]
+    assert {t.device.type for t in tensors if t.dim() > 0} == {"cuda"}
+
+
+# --- The loops --------------------------------------------------------------------------
+
+# The reads fit may make, by name: the progress bar's loss every log_every steps and the
+# epoch's loss (train.py), the finite-parameter check after each epoch, and the checks of a
+# whole data set before the first step.
+FIT_READS = {"train.py:fit", "checks.py:check_finite_params"}
+DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
+EVALUATE_READS = {"evaluate.py:evaluate"}
+
+
+def small_vae(guide: str = "encoder", num_data: int = 32) -> pv.VAE:
+    local = guide == "per-point"
+    return pv.VAE(
+        pv.StandardNormalPrior(2),
+        pv.BernoulliLikelihood(pv.MLP(2, F, (8,)), F),
+        pv.PerDatapointGaussian(num_data, 2)
+        if local
+        else pv.GaussianEncoder(pv.MLP(F, 4, (8,)), 2),
+    )
+
+
+def reads_of_fit(epochs: int, guide: str = "encoder", **options) -> DispatchWatch:
+    """``fit`` on ``meta`` (32 points, batches of 8, log_every=3), from a fresh model, with
+    the first step validated (Pyro's checks read values: allowed in the first epoch)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = small_vae(guide)
+    data = pv.Batches(torch.rand(32, F).round(), batch_size=8)
+    with DispatchWatch(root=vae) as watch:
+        pv.fit(vae.model, vae.guide, data, epochs=epochs, device="meta", progress=False,
+               log_every=3, **options)  # fmt: skip
+    assert not watch.mixes, watch.mixes
+    return watch
+
+
+# Pyro's first-step validation sees stand-in values on meta (true for "any NaN?"): it warns.
+QUIET = pytest.mark.filterwarnings("ignore:Encountered")
+
+
+@QUIET
+@pytest.mark.parametrize(
+    "guide,options",
+    [
+        ("encoder", dict),
+        ("per-point", dict),
+        ("encoder", lambda: {"loss": pv.ImportanceWeightedELBO(3)}),
+        ("per-point", lambda: {"e_steps": 2}),
+        ("per-point", lambda: {"freeze_model": True}),
+        ("encoder", lambda: {"beta": lambda epoch: epoch / 3}),
+    ],
+    ids=["elbo", "per-point", "iwae", "e-steps", "frozen-model", "beta"],
+)
+def test_a_steady_state_fit_epoch_reads_only_its_loss_and_its_finite_check(guide, options):
+    """A second epoch (4 steps) adds ceil(4 / 3) = 2 loss reads, the epoch's loss and the
+    finite-parameter check: the steps themselves read nothing."""
+    extra = reads(reads_of_fit(2, guide, **options())) - reads(reads_of_fit(1, guide, **options()))
+    assert sum(extra.values()) == 2 + 1 + 1, extra
+    assert set(extra) <= FIT_READS, extra
+
+
+def reads(watch: DispatchWatch) -> Counter:
+    """The reads of device values, by ``file.py:function``."""
+    return Counter(event.key for event in watch.reads)
