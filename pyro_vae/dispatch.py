@@ -205,7 +205,7 @@ class DispatchWatch(TorchDispatchMode):
         self.allowed: list[Event] = []
         self.mixes: list[Event] = []
         self._modules: list[nn.Module] = []
-        self._origins: weakref.WeakKeyDictionary[Tensor, Event] = weakref.WeakKeyDictionary()
+        self._origins: dict[int, tuple[weakref.ref, Event]] = {}  # by id: tensors' == is per item
         self._stack = ExitStack()
 
     def __enter__(self) -> DispatchWatch:
@@ -260,7 +260,7 @@ class DispatchWatch(TorchDispatchMode):
                 self._read(func, f"blocking copy between {' and '.join(sorted(ends))}")
         elif len({d for d, _ in devices}) > 1:
             shown = ", ".join(f"{d} {list(s)}" for d, s in devices)
-            made = {self._origins.get(t) for t in _tensors(args, kwargs)} - {None}
+            made = {self._origin(t) for t in _tensors(args, kwargs)} - {None}
             if made:  # where the stray CPU tensor came from
                 shown += "; the CPU tensor was made by " + "; ".join(sorted(map(str, made)))
             event, _ = self._event(func, f"tensors on {shown}")
@@ -286,12 +286,22 @@ class DispatchWatch(TorchDispatchMode):
         if func in (aten.lift_fresh.default, aten.lift_fresh_copy.default) or not inputs:
             origin = self._event(func)[0]  # a factory: torch.zeros(...), torch.tensor(...)
         else:
-            origin = next((self._origins[t] for t in inputs if t in self._origins), None)
+            origin = next((o for o in map(self._origin, inputs) if o is not None), None)
         if origin is None:
             return
         for t in _tensors(out, {}):
             if t.device.type == "cpu" and t.dim() > 0:
-                self._origins[t] = origin
+                key = id(t)
+
+                def forget(ref: weakref.ref, key: int = key) -> None:
+                    if self._origins.get(key, (None,))[0] is ref:
+                        del self._origins[key]
+
+                self._origins[key] = (weakref.ref(t, forget), origin)
+
+    def _origin(self, t: Tensor) -> Event | None:
+        ref, origin = self._origins.get(id(t), (None, None))
+        return origin if ref is not None and ref() is t else None
 
 
 def _bool_index(args: tuple) -> bool:

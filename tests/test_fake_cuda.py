@@ -20,9 +20,11 @@ runs on ``meta`` only. Values are never checked here (there are none): the other
 from __future__ import annotations
 
 import math
+import sys
 from collections import Counter
 
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
@@ -154,6 +156,8 @@ def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
 # whole data set before the first step.
 FIT_READS = {"train.py:fit", "checks.py:check_finite_params"}
 DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
+# Copies to the device once per call: the data set, a new per-point guide.
+MOVES = {"data.py:to", "guides.py:from_guide", "local.py:infer_local"}
 EVALUATE_READS = {"evaluate.py:evaluate"}
 
 
@@ -210,3 +214,137 @@ def test_a_steady_state_fit_epoch_reads_only_its_loss_and_its_finite_check(guide
 def reads(watch: DispatchWatch) -> Counter:
     """The reads of device values, by ``file.py:function``."""
     return Counter(event.key for event in watch.reads)
+
+
+def strict_fit(vae: pv.VAE, data: pv.Batches, **options) -> DispatchWatch:
+    """``fit`` on ``meta`` with validation off, under a strict watch that allows the reads of
+    ``FIT_READS``, ``DATA_CHECKS`` and ``MOVES`` by name: any other read or mix raises."""
+    with (
+        pyro.validation_enabled(False),
+        DispatchWatch(strict=True, allow=FIT_READS | DATA_CHECKS | MOVES, root=vae) as watch,
+    ):
+        pv.fit(vae.model, vae.guide, data, device="meta", progress=False, **options)
+    return watch
+
+
+def test_fit_runs_on_meta_reading_only_what_it_names():
+    vae = small_vae("per-point")
+    data = pv.Batches(torch.rand(32, F).round(), batch_size=8)
+    validation = torch.rand(16, F).round()
+    watch = strict_fit(vae, data, epochs=2, e_steps=1, log_every=2)
+    assert all(p.device.type == "meta" for p in vae.parameters())
+    # per epoch: 2 loss reads (steps 0 and 2 of 4), the epoch's loss, the finite check
+    scalars = [e for e in watch.allowed if e.op == "aten._local_scalar_dense.default"]
+    assert Counter(e.key for e in scalars if e.key in FIT_READS) == {
+        "train.py:fit": 2 * 3,
+        "checks.py:check_finite_params": 2,
+    }
+    amortized = small_vae()
+    with pytest.raises(HostReadError, match="evaluate.py"):  # evaluate's reads: not fit's
+        strict_fit(amortized, data, epochs=1, validation=validation)
+
+
+def test_evaluate_runs_on_fake_cuda_with_two_reads_per_chunk():
+    vae = small_vae()
+    allow = EVALUATE_READS | DATA_CHECKS
+    with fake_cuda(vae), DispatchWatch(strict=True, allow=allow, root=vae) as watch:
+        x = torch.rand(B, F, device="cuda")
+        result = pv.evaluate(vae.model, vae.guide, x, num_particles=4, max_rows=16)
+    assert result.num_data == B
+    chunks = B // (16 // 4)
+    assert Counter(e.key for e in watch.allowed)["evaluate.py:evaluate"] == 2 * chunks
+    assert not watch.reads and not watch.mixes
+
+
+def test_infer_local_and_the_amortization_gap_run_on_meta():
+    vae = small_vae().to("meta")
+    data = pv.Batches(torch.rand(16, F, device="meta"), batch_size=8)
+    allow = FIT_READS | DATA_CHECKS | EVALUATE_READS | MOVES
+    with pyro.validation_enabled(False), DispatchWatch(strict=True, allow=allow, root=vae):
+        local = pv.infer_local(vae, data, epochs=2, init=vae.variational)
+        assert local.variational.loc.device.type == "meta"
+        gap = pv.amortization_gap(vae, data, epochs=1, num_particles=3)
+    assert gap.amortization_gap == 0.0  # stand-in values: the check is that it ran
+
+
+# --- Positive controls: the layer catches what it is for -----------------------------------
+
+
+class HostPrior(pv.StandardNormalPrior):
+    def forward(self):
+        return dist.Normal(torch.zeros(self.latent_dim), 1.0).to_event(1)  # planted: no device=
+
+
+class HostLikelihood(pv.GaussianLikelihood):
+    def forward(self, z):
+        loc = self._decode(z) + torch.zeros(self.event_shape)  # planted: no device=
+        return dist.Normal(loc, 0.5).to_event(1)
+
+
+class HostEncoder(pv.GaussianEncoder):
+    def forward(self, x, idx=None):
+        q = super().forward(x, idx)
+        return pv.diagonal_normal(q.mean, torch.zeros(self.latent_dim))  # planted: no device=
+
+
+class PeekingEncoder(pv.GaussianEncoder):
+    def forward(self, x, idx=None):
+        if float(x.mean()) > 2:  # planted: a value read in the step
+            x = x / 2
+        return super().forward(x, idx)
+
+
+def planted(piece: str) -> pv.VAE:
+    prior, likelihood, guide = (
+        pv.StandardNormalPrior(2),
+        pv.GaussianLikelihood(pv.MLP(2, F, (8,)), F, scale=0.5),
+        pv.GaussianEncoder(pv.MLP(F, 4, (8,)), 2),
+    )
+    if piece == "prior":
+        prior = HostPrior(2)
+    elif piece == "likelihood":
+        likelihood = HostLikelihood(pv.MLP(2, F, (8,)), F, scale=0.5)
+    else:
+        guide = HostEncoder(pv.MLP(F, 4, (8,)), 2)
+    return pv.VAE(prior, likelihood, guide)
+
+
+@pytest.mark.parametrize("piece", ["prior", "likelihood", "guide"])
+def test_a_tensor_made_on_the_host_is_caught_on_fake_cuda_and_on_meta(piece):
+    """A piece that makes a tensor without ``device=`` passes every CPU test; here the mix is
+    refused, naming the op, the line where the CPU tensor was made and the module."""
+    made_by = f"made by aten.zeros.default in Host{piece.title()} "
+    if piece == "guide":
+        made_by = "made by aten.zeros.default in HostEncoder "
+    with pytest.raises(DeviceMixError, match=r"device mix: aten\.\w+") as info:
+        check_forward_on_fake_cuda(planted(piece))
+    assert made_by in str(info.value) and "test_fake_cuda.py:" in str(info.value)
+    with pytest.raises(DeviceMixError, match="meta"):
+        strict_fit(planted(piece), pv.Batches(torch.rand(16, F), batch_size=8), epochs=1)
+
+
+def test_a_value_read_in_the_step_is_caught():
+    vae = pv.VAE(
+        pv.StandardNormalPrior(2),
+        pv.BernoulliLikelihood(pv.MLP(2, F, (8,)), F),
+        PeekingEncoder(pv.MLP(F, 4, (8,)), 2),
+    )
+    data = pv.Batches(torch.rand(16, F).round(), batch_size=8)
+    with pytest.raises(HostReadError, match=r"PeekingEncoder \(variational\) at .*in forward"):
+        strict_fit(vae, data, epochs=1)
+
+
+def test_a_value_read_by_the_loop_is_caught(monkeypatch):
+    train = sys.modules["pyro_vae.train"]
+    step = train.gradient_step
+
+    def reading_step(*args, **kwargs):
+        value = step(*args, **kwargs)
+        if float(value) > 1e9:  # planted: the kind of check that syncs every step
+            raise FloatingPointError
+        return value
+
+    monkeypatch.setattr(train, "gradient_step", reading_step)
+    data = pv.Batches(torch.rand(16, F).round(), batch_size=8)
+    with pytest.raises(HostReadError, match=r"test_fake_cuda\.py:\d+ in reading_step"):
+        strict_fit(small_vae(), data, epochs=1)
