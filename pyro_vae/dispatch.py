@@ -148,6 +148,14 @@ def _devices(args: tuple, kwargs: dict) -> list[tuple[torch.device, tuple[int, .
     ]
 
 
+def _copy_ends(func, args: tuple, kwargs: dict) -> tuple[torch.device, torch.device]:
+    """``(source, target)`` devices of a copy op."""
+    if func is aten._to_copy.default:
+        return args[0].device, torch.device(kwargs.get("device") or args[0].device)
+    if func is aten._copy_from.default:  # (src, dst)
+        return args[0].device, args[1].device
+    return args[1].device, args[0].device  # copy_(dst, src)
+
 def _launches(func: torch._ops.OpOverload) -> bool:
     """Whether ``func`` would launch a kernel on a GPU (views and allocations don't)."""
     return not (func.is_view or func in _NO_KERNEL)
@@ -253,11 +261,11 @@ class DispatchWatch(TorchDispatchMode):
         self.launches += _launches(func)
         devices = _devices(args, kwargs)
         if func in _COPIES:
-            source = [d for d, _ in devices]
-            target = kwargs.get("device") if func is aten._to_copy.default else None
-            ends = {*(d.type for d in source), *([torch.device(target).type] if target else [])}
-            if len(ends) > 1 and not kwargs.get("non_blocking", False):
-                self._read(func, f"blocking copy between {' and '.join(sorted(ends))}")
+            source, target = _copy_ends(func, args, kwargs)
+            if source.type != target.type and not kwargs.get("non_blocking", False):
+                self._read(func, f"blocking copy {source.type} -> {target.type}")
+                if target.type == "cpu" and _no_data(args[0]):  # e.g. tolist() on meta
+                    return torch.ones(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
         elif len({d for d, _ in devices}) > 1:
             shown = ", ".join(f"{d} {list(s)}" for d, s in devices)
             made = {self._origin(t) for t in _tensors(args, kwargs)} - {None}

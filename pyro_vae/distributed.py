@@ -72,16 +72,24 @@ def get_world(distributed: bool | None = None) -> World | None:
     return World(tdist.get_rank(), tdist.get_world_size())
 
 
+def host_tensor(values: list[float], device: torch.device) -> Tensor:
+    """``values`` (host numbers) as a tensor for a collective: on the CPU when the group has a
+    CPU backend (gloo; also in the ``"cpu:gloo,cuda:nccl"`` group of :func:`get_world`), so
+    that the device is neither written nor read (no synchronization); else on ``device``."""
+    host = device.type == "cpu" or "gloo" in str(tdist.get_backend())
+    return torch.tensor(values, dtype=torch.float64, device="cpu" if host else device)
+
+
 def agree(flag: bool, device: torch.device) -> bool:
     """``True`` on every rank when ``flag`` is ``True`` on any rank (so all raise together)."""
-    value = torch.tensor([float(flag)], device=device)
+    value = host_tensor([float(flag)], device)
     tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
     return bool(value.item())
 
 
 def min_max(value: int, device: torch.device) -> tuple[int, int]:
     """The smallest and the largest of ``value`` over the ranks."""
-    ends = torch.tensor([value, -value], device=device)
+    ends = host_tensor([value, -value], device)
     tdist.all_reduce(ends, op=tdist.ReduceOp.MAX)
     return -int(ends[1]), int(ends[0])
 
@@ -124,7 +132,7 @@ def combine_gradients(params: list[Tensor], weight: float) -> None:
     for p in params:
         if is_local(p):
             if p.grad is not None:
-                p.grad = p.grad * weight
+                p.grad = _scaled(p.grad, weight)
         elif p.grad is not None and p.grad.is_sparse:
             raise ValueError(
                 "a parameter shared by the data-parallel processes has a sparse gradient "
@@ -144,12 +152,19 @@ def combine_gradients(params: list[Tensor], weight: float) -> None:
         p.grad = part.view_as(p) if any_grad else None
 
 
+def _scaled(grad: Tensor, weight: float) -> Tensor:
+    """``weight * grad``; a sparse gradient by its values (``meta`` has no sparse product)."""
+    if not grad.is_sparse:
+        return grad * weight
+    values = grad._values() * weight
+    return torch.sparse_coo_tensor(
+        grad._indices(), values, grad.shape, is_coalesced=grad.is_coalesced()
+    )
+
+
 def host_sum(values: list[float], device: torch.device) -> list[float]:
-    """The sums over the ranks of a few host numbers. Through the group's CPU backend (gloo,
-    also in the ``"cpu:gloo,cuda:nccl"`` group of :func:`get_world`) when it has one: the
-    device is neither read nor written (no synchronization); else on ``device``."""
-    host = device.type == "cpu" or "gloo" in str(tdist.get_backend())
-    flat = torch.tensor(values, dtype=torch.float64, device="cpu" if host else device)
+    """The sums over the ranks of a few host numbers (see :func:`host_tensor`)."""
+    flat = host_tensor(values, device)
     tdist.all_reduce(flat)
     return flat.tolist()
 

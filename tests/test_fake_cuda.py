@@ -211,6 +211,11 @@ def test_a_steady_state_fit_epoch_reads_only_its_loss_and_its_finite_check(guide
     assert set(extra) <= FIT_READS, extra
 
 
+def is_read(event) -> bool:
+    """A value the host waits for (not a copy to the device)."""
+    return not event.detail.startswith("blocking copy cpu ->")
+
+
 def reads(watch: DispatchWatch) -> Counter:
     """The reads of device values, by ``file.py:function``."""
     return Counter(event.key for event in watch.reads)
@@ -234,7 +239,7 @@ def test_fit_runs_on_meta_reading_only_what_it_names():
     watch = strict_fit(vae, data, epochs=2, e_steps=1, log_every=2)
     assert all(p.device.type == "meta" for p in vae.parameters())
     # per epoch: 2 loss reads (steps 0 and 2 of 4), the epoch's loss, the finite check
-    scalars = [e for e in watch.allowed if e.op == "aten._local_scalar_dense.default"]
+    scalars = [e for e in watch.allowed if is_read(e)]
     assert Counter(e.key for e in scalars if e.key in FIT_READS) == {
         "train.py:fit": 2 * 3,
         "checks.py:check_finite_params": 2,
@@ -348,3 +353,51 @@ def test_a_value_read_by_the_loop_is_caught(monkeypatch):
     data = pv.Batches(torch.rand(16, F).round(), batch_size=8)
     with pytest.raises(HostReadError, match=r"test_fake_cuda\.py:\d+ in reading_step"):
         strict_fit(small_vae(), data, epochs=1)
+
+
+# --- Data-parallel ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """A real 1-process gloo group whose collectives on device (``meta``) tensors are recorded
+    and left as they are (the sum over one process): gloo cannot reduce ``meta`` tensors, so
+    this checks everything around the collectives, not NCCL. Host tensors go through gloo."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    calls = Counter()
+    for name in ("all_reduce", "broadcast"):
+        real = getattr(tdist, name)
+
+        def collective(tensor, *args, _real=real, _name=name, **kwargs):
+            if tensor.device.type == "cpu":
+                return _real(tensor, *args, **kwargs)
+            calls[_name] += 1
+
+        monkeypatch.setattr(tdist, name, collective)
+    yield calls
+    tdist.destroy_process_group()
+
+
+DISTRIBUTED_READS = {"distributed.py:global_mean"}
+
+
+@pytest.mark.parametrize("guide", ["encoder", "per-point"])
+def test_the_data_parallel_step_adds_no_read(one_process_group, guide):
+    vae = small_vae(guide)
+    data = pv.Batches(torch.rand(32, F).round(), batch_size=8)
+    with (
+        pyro.validation_enabled(False),
+        DispatchWatch(
+            strict=True, allow=FIT_READS | DATA_CHECKS | MOVES | DISTRIBUTED_READS, root=vae
+        ) as watch,
+    ):
+        pv.fit(vae.model, vae.guide, data, epochs=2, device="meta", progress=False,
+               log_every=3, distributed=True)  # fmt: skip
+    scalars = Counter(e.key for e in watch.allowed if is_read(e) and e.key not in DATA_CHECKS)
+    # per epoch: 2 global loss reads (steps 0 and 3 of 4), the epoch's, the finite check
+    # (whose agreement across processes is a host collective: gloo, no device read)
+    assert scalars == {"distributed.py:global_mean": 2 * 3, "checks.py:check_finite_params": 2}
+    # one all-reduce of the gradients per step (4 steps, 2 epochs), one per global mean
+    assert one_process_group["all_reduce"] >= 8

@@ -1,0 +1,205 @@
+"""Overhead: what a GPU would pay per training step, measured on the CPU.
+
+A small VAE on a GPU is bound by per-step overhead, not arithmetic: every aten op that runs a
+kernel costs a launch, every host read a synchronization, and the Python that dispatches them
+runs on the host whatever the device. For each model and each of three loops, in one run:
+
+* ``fit``: the step ``pyro_vae.fit`` takes (``gradient_step`` with ``TensorTrace_ELBO`` and
+  ``LazyAdam``, validation off);
+* ``SVI.step``: ``pyro.infer.SVI`` with ``Trace_ELBO`` and ``pyro.optim.Adam``;
+* ``plain``: a plain-PyTorch loop of the same modules (``-(log p(x|z) + log p(z) -
+  log q(z|x)).mean()``, ``torch.optim.Adam``, ``zero_grad(set_to_none=True)``),
+
+the script counts, on ``meta`` tensors (the op stream without data) under
+:class:`pyro_vae.dispatch.DispatchWatch`, the aten ops per step, the ops that would launch a
+kernel (not views or allocations), and the reads of device values per step (the optimizers
+use ``foreach`` Adam, as on CUDA); and it times, on the CPU with tiny layers (where the
+arithmetic is negligible, as on a GPU), the host milliseconds per step (best of interleaved
+repeats). The GPU step floor is an *estimate*: max(host time, kernels x launch cost), with a
+launch cost of ``--launch-us`` microseconds (default 5).
+
+Models: ``seed`` (``zoo.flow_prior_vae()``: MAF prior, MLPs 1024, batch 256), ``iaf``
+(``zoo.flow_posterior_vae("iaf", flows=2)``: z = 50, MLPs 200, batch 100) and ``tiny`` (one
+hidden layer of 8, 2 latents, 8 features, batch 16). Host times use the same models with
+hidden width 8 (64 for ``iaf``, whose autoregressive networks need at least z = 50).
+
+    python benchmarks/overhead.py [--json out.json] [--readme README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+import pyro_vae as pv
+from pyro_vae import zoo
+from pyro_vae.dispatch import DispatchWatch
+from pyro_vae.optim import gradient_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import replace_block
+
+LOOPS = ("fit", "SVI.step", "plain")
+
+
+def tiny_vae(hidden: int = 8) -> pv.VAE:
+    return pv.VAE(
+        pv.StandardNormalPrior(2),
+        pv.BernoulliLikelihood(pv.MLP(2, 8, (hidden,)), 8),
+        pv.GaussianEncoder(pv.MLP(8, 4, (hidden,)), 2),
+    )
+
+
+MODELS: dict[str, tuple[Callable[[int], pv.VAE], int, int, int]] = {
+    # name: (build(hidden), hidden as published, hidden for host times, batch size)
+    "seed": (lambda h: zoo.flow_prior_vae(hidden=h), 1024, 8, 256),
+    "iaf": (lambda h: zoo.flow_posterior_vae("iaf", flows=2, hidden=h), 200, 64, 100),
+    "tiny": (tiny_vae, 8, 8, 16),
+}
+
+
+def plain_loss(vae: pv.VAE, x: torch.Tensor) -> torch.Tensor:
+    q = vae.variational(x, None)
+    z = q()
+    return -(vae.likelihood(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)).mean()
+
+
+def stepper(loop: str, vae: pv.VAE, num_data: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training step of ``loop`` on ``vae``, as a function of the batch."""
+    if loop == "fit":
+        optim, loss = pv.LazyAdam({"lr": 1e-3, "foreach": True}), pv.TensorTrace_ELBO()
+        return lambda x, idx: gradient_step(
+            vae.model, vae.guide, loss, optim, x, idx, num_data=num_data
+        )
+    if loop == "SVI.step":
+        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3, "foreach": True}), Trace_ELBO())
+        return lambda x, idx: svi.step(x, idx, num_data=num_data)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, foreach=True)
+
+    def plain(x: torch.Tensor, idx: torch.Tensor) -> None:
+        loss = plain_loss(vae, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return plain
+
+
+def batch(vae: pv.VAE, size: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(size, *vae.event_shape, device=device).round()
+    return x, torch.arange(size, device=device)
+
+
+def count(name: str, loop: str) -> dict:
+    """Ops, kernel launches and device reads of one steady-state step, on ``meta``."""
+    build, hidden, _, size = MODELS[name]
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    vae = build(hidden).to("meta")
+    step = stepper(loop, vae, num_data=60000)
+    x, idx = batch(vae, size, "meta")
+    with DispatchWatch():  # registration and optimizer state, not the steady state (the watch
+        for _ in range(2):  # gives the reads of meta tensors stand-in values)
+            step(x, idx)
+    with DispatchWatch(root=vae) as watch:
+        step(x, idx)
+    return {"ops": sum(watch.ops.values()), "kernels": watch.launches, "reads": len(watch.reads)}
+
+
+def host_ms(name: str, loops: tuple[str, ...], *, steps: int, repeats: int) -> dict[str, float]:
+    """Best-of-repeats host milliseconds per step with tiny layers, loops interleaved."""
+    build, _, hidden, size = MODELS[name]
+    runs = {}
+    for loop in loops:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = build(hidden)
+        vae.name = f"vae_{loop}"  # its own param-store names
+        runs[loop] = (stepper(loop, vae, num_data=60000), batch(vae, size, "cpu"))
+    best = dict.fromkeys(loops, float("inf"))
+    for _ in range(repeats):
+        for loop, (step, (x, idx)) in runs.items():
+            for _ in range(3):
+                step(x, idx)  # warm up
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(x, idx)
+            best[loop] = min(best[loop], 1e3 * (time.perf_counter() - t0) / steps)
+    return best
+
+
+def main(args: argparse.Namespace) -> dict:
+    pyro.enable_validation(False)
+    torch.set_num_threads(args.threads)
+    result = {
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "threads": args.threads,
+        "launch_us": args.launch_us,
+        "models": {},
+    }
+    for name in args.models:
+        times = host_ms(name, LOOPS, steps=args.steps, repeats=args.repeats)
+        rows = {}
+        for loop in LOOPS:
+            row = count(name, loop) | {"host_ms": times[loop]}
+            row["gpu_floor_ms"] = max(row["host_ms"], row["kernels"] * args.launch_us / 1e3)
+            rows[loop] = row
+            print(f"{name:5s} {loop:9s} " + "  ".join(f"{k} {v:.3g}" for k, v in row.items()))
+        result["models"][name] = rows
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.readme:
+        replace_block(Path(args.readme), args.block, markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    labels = {
+        "seed": "MAF prior, MLP 1024, batch 256",
+        "iaf": "IAF posterior, MLP 200, batch 100",
+        "tiny": "tiny (hidden 8, z = 2, batch 16)",
+    }
+    lines = [
+        f"Counted on `meta` tensors and timed on the CPU ({result['threads']} thread(s), hidden "
+        f"width 8 for the host times, 64 for the IAF model), torch {result['torch']}, pyro {result['pyro']}. GPU "
+        f"floor: an estimate, max(host time, kernels × {result['launch_us']} µs).",
+        "",
+        "| model | loop | aten ops | kernels | vs plain | device reads | host ms | vs plain |"
+        " GPU floor (estimate) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rows in result["models"].items():
+        plain = rows["plain"]
+        for loop, r in rows.items():
+            lines.append(
+                f"| {labels.get(name, name)} | {loop} | {r['ops']} | {r['kernels']} | "
+                f"{r['kernels'] / plain['kernels']:.2f} | {r['reads']} | {r['host_ms']:.2f} | "
+                f"{r['host_ms'] / plain['host_ms']:.2f} | {r['gpu_floor_ms']:.2f} ms |"
+            )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--launch-us", type=float, default=5.0, help="assumed cost of one launch")
+    p.add_argument("--json", default=None)
+    p.add_argument("--readme", default=None)
+    p.add_argument("--block", default="overhead")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(parse_args())
