@@ -158,7 +158,7 @@ def _copy_ends(func, args: tuple, kwargs: dict) -> tuple[torch.device, torch.dev
 
 def _launches(func: torch._ops.OpOverload) -> bool:
     """Whether ``func`` would launch a kernel on a GPU (views and allocations don't)."""
-    return not (func.is_view or func in _NO_KERNEL)
+    return func.namespace == "aten" and not (func.is_view or func in _NO_KERNEL)
 
 
 def _stand_in(func: torch._ops.OpOverload, args: tuple) -> object:

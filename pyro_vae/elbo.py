@@ -46,35 +46,37 @@ class TensorTrace_ELBO(Trace_ELBO):
     """
 
     def _differentiable_loss_particle(self, model_trace, guide_trace):
-        elbo = 0.0
-        surrogate = 0.0
+        # Sums start at their first term (not at 0.0): the same values, one kernel fewer each.
+        elbo = surrogate = None
         log_r = None
         for site in model_trace.nodes.values():
             if site["type"] == "sample":
-                elbo = elbo + site["log_prob_sum"].detach()
-                surrogate = surrogate + site["log_prob_sum"]
+                elbo = _plus(elbo, site["log_prob_sum"].detach())
+                surrogate = _plus(surrogate, site["log_prob_sum"])
         for site in guide_trace.nodes.values():
             if site["type"] == "sample":
                 _, score_function_term, entropy_term = site["score_parts"]
-                elbo = elbo - site["log_prob_sum"].detach()
+                elbo = _minus(elbo, site["log_prob_sum"].detach())
                 if not is_identically_zero(entropy_term):
-                    surrogate = surrogate - entropy_term.sum()
+                    surrogate = _minus(surrogate, entropy_term.sum())
                 if not is_identically_zero(score_function_term):
                     if log_r is None:
                         log_r = _compute_log_r(model_trace, guide_trace)
                     weight = log_r.sum_to(site["cond_indep_stack"])
-                    surrogate = surrogate + (weight * score_function_term).sum()
-        return -elbo, -surrogate
+                    surrogate = _plus(surrogate, (weight * score_function_term).sum())
+        return -_zero(elbo), -_zero(surrogate)
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
-        loss = 0.0
-        surrogate = 0.0
+        loss = surrogate = None
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             particle_loss, particle_surrogate = self._differentiable_loss_particle(
                 model_trace, guide_trace
             )
-            loss = loss + particle_loss / self.num_particles
-            surrogate = surrogate + particle_surrogate / self.num_particles
+            if self.num_particles != 1:  # (x / 1 is x: no kernel for it)
+                particle_loss = particle_loss / self.num_particles
+                particle_surrogate = particle_surrogate / self.num_particles
+            loss = _plus(loss, particle_loss)
+            surrogate = _plus(surrogate, particle_surrogate)
         if not getattr(surrogate, "requires_grad", False):  # nothing trainable reaches it
             return torch.as_tensor(loss)  # (0 without any sample site, as Trace_ELBO)
         return loss + (surrogate - surrogate.detach())
@@ -84,6 +86,18 @@ class TensorTrace_ELBO(Trace_ELBO):
         if value.requires_grad:  # as Trace_ELBO: no backward through a constant
             value.backward()
         return value.detach()
+
+
+def _plus(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return term if total is None else total + term
+
+
+def _minus(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    return -term if total is None else total - term
+
+
+def _zero(total: torch.Tensor | float | None) -> torch.Tensor | float:
+    return 0.0 if total is None else total
 
 
 class ImportanceWeightedELBO(Trace_ELBO):
