@@ -15,15 +15,17 @@ the script counts, on ``meta`` tensors (the op stream without data) under
 kernel (not views or allocations), and the reads of device values per step (the optimizers
 use ``foreach`` Adam, as on CUDA); and it times, on the CPU with tiny layers (where the
 arithmetic is negligible, as on a GPU), the host milliseconds per step (best of interleaved
-repeats). The GPU step floor is an *estimate*: max(host time, kernels x launch cost), with a
-launch cost of ``--launch-us`` microseconds (default 5).
+repeats; ``--device cuda`` times them on a GPU instead). The GPU step floor is an
+*estimate*: max(host time, kernels x launch cost), with a launch cost of ``--launch-us``
+microseconds (default 5: the driver and runtime take 4-6 us per launch, as measured on an
+RTX 5070 Ti in "pegainfer (3): From Launch Overhead to CUDA Graph", susun-blog.com).
 
 Models: ``seed`` (``zoo.flow_prior_vae()``: MAF prior, MLPs 1024, batch 256), ``iaf``
 (``zoo.flow_posterior_vae("iaf", flows=2)``: z = 50, MLPs 200, batch 100) and ``tiny`` (one
 hidden layer of 8, 2 latents, 8 features, batch 16). Host times use the same models with
 hidden width 8 (64 for ``iaf``, whose autoregressive networks need at least z = 50).
 
-    python benchmarks/overhead.py [--json out.json] [--readme README.md]
+    python benchmarks/overhead.py [--device cpu] [--json out.json] [--readme README.md]
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def stepper(loop: str, vae: pv.VAE, num_data: int) -> Callable[[torch.Tensor, to
             vae.model, vae.guide, loss, optim, x, idx, num_data=num_data
         )
     if loop == "SVI.step":
-        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3, "foreach": True}), Trace_ELBO())
+        svi = SVI(
+            vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3, "foreach": True}), Trace_ELBO()
+        )
         return lambda x, idx: svi.step(x, idx, num_data=num_data)
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, foreach=True)
 
@@ -114,32 +118,44 @@ def count(name: str, loop: str) -> dict:
     return {"ops": sum(watch.ops.values()), "kernels": watch.launches, "reads": len(watch.reads)}
 
 
-def host_ms(name: str, loops: tuple[str, ...], *, steps: int, repeats: int) -> dict[str, float]:
-    """Best-of-repeats host milliseconds per step with tiny layers, loops interleaved."""
+def host_ms(
+    name: str, loops: tuple[str, ...], *, steps: int, repeats: int, device: torch.device
+) -> dict[str, float]:
+    """Best-of-repeats milliseconds per step with tiny layers on ``device`` (the CPU: host
+    time; a GPU: wall time, synchronized after the timed steps), loops interleaved."""
     build, _, hidden, size = MODELS[name]
     runs = {}
     for loop in loops:
         pyro.clear_param_store()
         torch.manual_seed(0)
-        vae = build(hidden)
+        vae = build(hidden).to(device)
         vae.name = f"vae_{loop}"  # its own param-store names
-        runs[loop] = (stepper(loop, vae, num_data=60000), batch(vae, size, "cpu"))
+        runs[loop] = (stepper(loop, vae, num_data=60000), batch(vae, size, device))
     best = dict.fromkeys(loops, float("inf"))
     for _ in range(repeats):
         for loop, (step, (x, idx)) in runs.items():
             for _ in range(3):
                 step(x, idx)  # warm up
+            sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(x, idx)
+            sync(device)
             best[loop] = min(best[loop], 1e3 * (time.perf_counter() - t0) / steps)
     return best
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main(args: argparse.Namespace) -> dict:
     pyro.enable_validation(False)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     result = {
+        "device": pv.device_name(device),
         "torch": torch.__version__,
         "pyro": pyro.__version__,
         "threads": args.threads,
@@ -147,7 +163,7 @@ def main(args: argparse.Namespace) -> dict:
         "models": {},
     }
     for name in args.models:
-        times = host_ms(name, LOOPS, steps=args.steps, repeats=args.repeats)
+        times = host_ms(name, LOOPS, steps=args.steps, repeats=args.repeats, device=device)
         rows = {}
         for loop in LOOPS:
             row = count(name, loop) | {"host_ms": times[loop]}
@@ -169,9 +185,10 @@ def markdown(result: dict) -> str:
         "tiny": "tiny (hidden 8, z = 2, batch 16)",
     }
     lines = [
-        f"Counted on `meta` tensors and timed on the CPU ({result['threads']} thread(s), hidden "
-        f"width 8 for the host times, 64 for the IAF model), torch {result['torch']}, pyro {result['pyro']}. GPU "
-        f"floor: an estimate, max(host time, kernels × {result['launch_us']} µs).",
+        f"Counted on `meta` tensors and timed on {result['device']} ({result['threads']} "
+        f"thread(s), hidden width 8 for the times, 64 for the IAF model), torch "
+        f"{result['torch']}, pyro {result['pyro']}. GPU floor: an estimate, max(host time, "
+        f"kernels × {result['launch_us']} µs).",
         "",
         "| model | loop | aten ops | kernels | vs plain | device reads | host ms | vs plain |"
         " GPU floor (estimate) |",
@@ -194,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the steps are timed")
     p.add_argument("--launch-us", type=float, default=5.0, help="assumed cost of one launch")
     p.add_argument("--json", default=None)
     p.add_argument("--readme", default=None)

@@ -9,7 +9,8 @@ Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, `
 ``flows`` (the three roles), ``vae`` and ``hierarchical`` (their composition), ``data``,
 ``devices``, ``elbo`` (objectives), ``optim``, ``evaluate`` (scoring), ``checkpoint``,
 ``train`` (the loop), ``local`` (inference that trains: held-out E-steps, the amortization
-gap), ``zoo`` (standard architectures) and ``plots``.
+gap), ``zoo`` (standard architectures) and ``plots``; ``dispatch`` (host reads, device mixes and
+kernels of a step, fake CUDA) stands aside, for the tests and benchmarks.
 """
 
 import torch as _torch
@@ -18,7 +19,7 @@ import torch as _torch
 # (Distribution.set_default_validate_args(False)); the package leaves the flag as it found it.
 _validate_args = _torch.distributions.Distribution._validate_args
 
-from . import zoo  # standard architectures: pyro_vae.zoo.flow_prior_vae(), ...
+from . import dispatch, zoo  # pyro_vae.zoo.flow_prior_vae(), pyro_vae.dispatch.DispatchWatch
 from .checkpoint import CheckpointError, History, load_checkpoint
 from .data import Batches, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
@@ -85,6 +86,7 @@ __all__ = [
     "default_device",
     "device_name",
     "diagonal_normal",
+    "dispatch",
     "evaluate",
     "fit",
     "infer_local",

@@ -156,6 +156,7 @@ def _copy_ends(func, args: tuple, kwargs: dict) -> tuple[torch.device, torch.dev
         return args[0].device, args[1].device
     return args[1].device, args[0].device  # copy_(dst, src)
 
+
 def _launches(func: torch._ops.OpOverload) -> bool:
     """Whether ``func`` would launch a kernel on a GPU (views and allocations don't)."""
     return func.namespace == "aten" and not (func.is_view or func in _NO_KERNEL)

@@ -27,12 +27,12 @@ class LazyAdam(PyroOptim):
 
     Parameters whose gradient is sparse (per-datapoint guides index their parameters with
     ``torch.nn.functional.embedding(..., sparse=True)``) get :class:`RowSparseAdam`
-    (:class:`torch.optim.SparseAdam`'s update, without its host synchronization): its moments and values change only at the minibatch's rows, so untouched rows stay
-    bit-identical and a step costs O(B), not O(N). Every other parameter is updated by Adam
-    exactly as ``pyro.optim.Adam`` would, but all of them by *one* :class:`torch.optim.Adam`
-    (parameters with equal settings share a parameter group), in one call per step instead of
-    one optimizer call per parameter, which is most of Pyro's per-step overhead on small
-    models. Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
+    (:class:`torch.optim.SparseAdam`'s update, without its host synchronization): its moments
+    and values change only at the minibatch's rows, so untouched rows stay bit-identical and a
+    step costs O(B), not O(N). Every other parameter is updated by Adam exactly as
+    ``pyro.optim.Adam`` would, but all of them by *one* :class:`torch.optim.Adam` (parameters
+    with equal settings share a parameter group), in one call per step instead of one
+    optimizer call per parameter, which is most of Pyro's per-step overhead on small models. Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
 
     Args:
         optim_args: Adam's keyword arguments (``lr``, ``betas``, ``eps``, ...), or a callable

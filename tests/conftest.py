@@ -43,6 +43,15 @@ def mnist_dir() -> Path:
     return mnist_root()
 
 
+def pytest_configure(config):
+    """``PYRO_VAE_TEST_DEVICE=cuda`` (``bash .ci/gpu``): torch's default device for the run."""
+    device = os.environ.get("PYRO_VAE_TEST_DEVICE")
+    if device:
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise pytest.UsageError(f"PYRO_VAE_TEST_DEVICE={device} but torch sees no CUDA device")
+        torch.set_default_device(device)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

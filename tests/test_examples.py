@@ -6,10 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 
 import pyro
 import pytest
+import torch
 
 from conftest import REPO
 from pyro_vae import zoo
@@ -63,9 +65,11 @@ def check_outputs(out, metrics: dict, epochs: int, *, bernoulli: bool = False) -
 
 
 def run(name: str, flags: str, out, data_dir=None):
-    """Runs an example with ``flags`` plus the shared ones (CPU, ``out``, no progress bar)."""
+    """Runs an example with ``flags`` plus the shared ones (the CPU, or $PYRO_VAE_TEST_DEVICE
+    as set by ``bash .ci/gpu``; ``out``; no progress bar)."""
     example = load_example(name)
-    argv = [*flags.split(), "--device", "cpu", "--out", str(out), "--no-progress"]
+    device = os.environ.get("PYRO_VAE_TEST_DEVICE", "cpu")
+    argv = [*flags.split(), "--device", device, "--out", str(out), "--no-progress"]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     args = example.parse_args(argv)
@@ -112,6 +116,28 @@ def test_speed_benchmark_runs(tmp_path):
     assert json.loads((tmp_path / "speed.json").read_text()) == result
     table = speed.markdown(result)
     assert "| MAF prior, MLP 1024, batch 256 |" in table and "sparse rows + LazyAdam" in table
+
+
+def test_overhead_benchmark_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("overhead", REPO / "benchmarks" / "overhead.py")
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    args = overhead.parse_args(
+        ["--models", "tiny", "--steps", "2", "--repeats", "1", "--json", str(tmp_path / "o.json")]
+    )
+    threads = torch.get_num_threads()
+    try:
+        result = overhead.main(args)
+    finally:  # the benchmark turns validation off and sets the threads
+        pyro.enable_validation(True)
+        torch.set_num_threads(threads)
+    rows = result["models"]["tiny"]
+    assert set(rows) == {"fit", "SVI.step", "plain"}
+    assert rows["fit"]["reads"] == 0 and rows["plain"]["reads"] == 0  # no sync in the step
+    assert rows["SVI.step"]["reads"] > 0  # SVI.step reads its loss (a float)
+    assert all(0 < r["kernels"] < r["ops"] and r["host_ms"] > 0 for r in rows.values())
+    assert json.loads((tmp_path / "o.json").read_text()) == result
+    assert "| tiny (hidden 8, z = 2, batch 16) | fit |" in overhead.markdown(result)
 
 
 @pytest.mark.parametrize("inference", ["amortized", "per-point", "semi-amortized"])

@@ -128,7 +128,8 @@ def test_zoo_training_steps_on_meta(name):
 
 
 def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
-    """LazyAdam's two paths (torch's Adam for networks, RowSparseAdam for per-point rows) with fake CUDA gradients: no read, no mix, state on the device."""
+    """LazyAdam's two paths (torch's Adam for networks, RowSparseAdam for per-point rows)
+    with fake CUDA gradients: no read, no mix, state on the device."""
     local, net = pv.PerDatapointGaussian(N, 3), pv.MLP(3, 4, (8,))
     # foreach=True: the path Adam takes on real CUDA tensors (fake ones default to a loop)
     optim = pv.LazyAdam({"lr": 1e-3, "foreach": True}, local_lr=1e-2)
@@ -245,7 +246,7 @@ def test_fit_runs_on_meta_reading_only_what_it_names():
         "checks.py:check_finite_params": 2,
     }
     amortized = small_vae()
-    with pytest.raises(HostReadError, match="evaluate.py"):  # evaluate's reads: not fit's
+    with pytest.raises(HostReadError, match=r"evaluate\.py"):  # evaluate's reads: not fit's
         strict_fit(amortized, data, epochs=1, validation=validation)
 
 
