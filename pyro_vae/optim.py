@@ -32,7 +32,8 @@ class LazyAdam(PyroOptim):
     step costs O(B), not O(N). Every other parameter is updated by Adam exactly as
     ``pyro.optim.Adam`` would, but all of them by *one* :class:`torch.optim.Adam` (parameters
     with equal settings share a parameter group), in one call per step instead of one
-    optimizer call per parameter, which is most of Pyro's per-step overhead on small models. Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
+    optimizer call per parameter, which is most of Pyro's per-step overhead on small models.
+    Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
 
     Args:
         optim_args: Adam's keyword arguments (``lr``, ``betas``, ``eps``, ...), or a callable
