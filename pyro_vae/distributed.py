@@ -158,7 +158,11 @@ def _scaled(grad: Tensor, weight: float) -> Tensor:
         return grad * weight
     values = grad._values() * weight
     return torch.sparse_coo_tensor(
-        grad._indices(), values, grad.shape, is_coalesced=grad.is_coalesced()
+        grad._indices(),
+        values,
+        grad.shape,
+        is_coalesced=grad.is_coalesced(),
+        check_invariants=False,  # the gradient's own indices
     )
 
 
