@@ -328,7 +328,8 @@ def fake_cuda(*modules: nn.Module) -> Iterator[torch._subclasses.fake_tensor.Fak
     the block under a :class:`~torch._subclasses.fake_tensor.FakeTensorMode`, with Pyro's and
     torch's distribution validation off (it reads values). Inside, ``torch.randn(...,
     device="cuda")`` makes fake CUDA tensors; an op mixing CPU and CUDA tensors, or reading a
-    value, raises. Pyro's param store is cleared before and after (it would hold fake tensors).
+    value, raises. Pyro's param store is emptied for the block (it fills with fake tensors) and
+    restored after it; torch's and Pyro's validation flags are restored too.
 
     Example:
         >>> net = torch.nn.Linear(3, 2)
@@ -340,7 +341,9 @@ def fake_cuda(*modules: nn.Module) -> Iterator[torch._subclasses.fake_tensor.Fak
 
     mode = FakeTensorMode()
     validate = torch.distributions.Distribution._validate_args
-    pyro.clear_param_store()
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
     try:
         with mode, pyro.validation_enabled(False):
             torch.distributions.Distribution.set_default_validate_args(False)
@@ -349,4 +352,5 @@ def fake_cuda(*modules: nn.Module) -> Iterator[torch._subclasses.fake_tensor.Fak
             yield mode
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
-        pyro.clear_param_store()
+        store.clear()
+        store.set_state(saved)

@@ -185,10 +185,13 @@ class RowSparseAdam(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], object] | None = None) -> None:
-        """One update of the rows present in each parameter's sparse gradient."""
+    def step(self, closure: Callable[[], object] | None = None) -> object:
+        """One update of the rows present in each parameter's sparse gradient; returns
+        ``closure()`` (evaluated first, with gradients on) when given, as ``SparseAdam``."""
+        loss = None
         if closure is not None:
-            raise ValueError("RowSparseAdam takes no closure")
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -217,6 +220,7 @@ class RowSparseAdam(torch.optim.Optimizer):
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
                 p[rows] = p[rows] + -step_size * m.div_(v.sqrt_().add_(group["eps"]))
+        return loss
 
 
 def _rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

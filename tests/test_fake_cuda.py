@@ -402,3 +402,16 @@ def test_the_data_parallel_step_adds_no_read(one_process_group, guide):
     assert scalars == {"distributed.py:global_mean": 2 * 3, "checks.py:check_finite_params": 2}
     # one all-reduce of the gradients per step (4 steps, 2 epochs), one per global mean
     assert one_process_group["all_reduce"] >= 8
+
+
+def test_the_checks_leave_global_state_as_they_found_it():
+    pyro.param("kept", torch.ones(2))
+    validate = torch.distributions.Distribution._validate_args
+    hooks = dict(torch.nn.modules.module._global_forward_pre_hooks)
+    with fake_cuda(torch.nn.Linear(2, 2)), DispatchWatch():
+        assert "kept" not in pyro.get_param_store() and not pyro.is_validation_enabled()
+        assert len(torch.nn.modules.module._global_forward_pre_hooks) == len(hooks) + 1
+    assert torch.equal(pyro.param("kept"), torch.ones(2)) and pyro.is_validation_enabled()
+    assert torch.distributions.Distribution._validate_args == validate
+    assert dict(torch.nn.modules.module._global_forward_pre_hooks) == hooks
+    assert not torch.nn.modules.module._global_forward_hooks
