@@ -27,6 +27,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer.util import is_validation_enabled
 from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
 
 import pyro_vae as pv
@@ -409,9 +410,9 @@ def test_the_checks_leave_global_state_as_they_found_it():
     validate = torch.distributions.Distribution._validate_args
     hooks = dict(torch.nn.modules.module._global_forward_pre_hooks)
     with fake_cuda(torch.nn.Linear(2, 2)), DispatchWatch():
-        assert "kept" not in pyro.get_param_store() and not pyro.is_validation_enabled()
+        assert "kept" not in pyro.get_param_store() and not is_validation_enabled()
         assert len(torch.nn.modules.module._global_forward_pre_hooks) == len(hooks) + 1
-    assert torch.equal(pyro.param("kept"), torch.ones(2)) and pyro.is_validation_enabled()
+    assert torch.equal(pyro.param("kept"), torch.ones(2)) and is_validation_enabled()
     assert torch.distributions.Distribution._validate_args == validate
     assert dict(torch.nn.modules.module._global_forward_pre_hooks) == hooks
     assert not torch.nn.modules.module._global_forward_hooks
