@@ -10,7 +10,8 @@ and buffer *before* it is used, with an error that names it and both devices.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import pyro
 import torch
@@ -22,6 +23,7 @@ __all__ = [
     "check_module",
     "default_device",
     "device_name",
+    "fake_cuda",
     "move_param_store",
     "owner_modules",
 ]
@@ -171,3 +173,37 @@ def move_param_store(device: torch.device | str) -> None:
         for _, unconstrained in pyro.get_param_store().named_parameters():
             if not same_device(unconstrained.device, device):
                 unconstrained.data = unconstrained.data.to(device)
+
+
+@contextmanager
+def fake_cuda(*modules: nn.Module) -> Iterator[torch._subclasses.fake_tensor.FakeTensorMode]:
+    """Moves ``modules`` (in place: build them for the check) to fake CUDA tensors and runs
+    the block under a :class:`~torch._subclasses.fake_tensor.FakeTensorMode`, with Pyro's and
+    torch's distribution validation off (it reads values). Inside, ``torch.randn(...,
+    device="cuda")`` makes fake CUDA tensors; an op mixing CPU and CUDA tensors, or reading a
+    value, raises. Pyro's param store is emptied for the block (it fills with fake tensors) and
+    restored after it; torch's and Pyro's validation flags are restored too.
+
+    Example:
+        >>> net = torch.nn.Linear(3, 2)
+        >>> with fake_cuda(net):
+        ...     net(torch.zeros(4, 3, device="cuda")).device
+        device(type='cuda', index=0)
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    validate = torch.distributions.Distribution._validate_args
+    store = pyro.get_param_store()
+    saved = store.get_state()
+    store.clear()
+    try:
+        with mode, pyro.validation_enabled(False):
+            torch.distributions.Distribution.set_default_validate_args(False)
+            for module in modules:
+                module._apply(lambda t: mode.from_tensor(t).to("cuda"))
+            yield mode
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+        store.clear()
+        store.set_state(saved)

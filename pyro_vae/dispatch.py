@@ -16,7 +16,7 @@ a :class:`torch.utils._python_dispatch.TorchDispatchMode`:
 
 :class:`DispatchWatch` records (or refuses) each of these with the op, the line of code and
 the ``nn.Module`` that dispatched it, and counts every op and the ops that would launch a
-kernel. :func:`fake_cuda` runs code on *fake* CUDA tensors
+kernel. :func:`~pyro_vae.devices.fake_cuda` runs code on *fake* CUDA tensors
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`): tensors that say ``device="cuda"``,
 carry shapes but no data, and go through PyTorch's own device checks with no GPU. The
 autograd engine needs a real CUDA context, so backward passes are checked on the ``meta``
@@ -24,7 +24,7 @@ device instead, where :class:`DispatchWatch` supplies the device check that ``me
 lack.
 
 Example:
-    >>> with DispatchWatch(allow=["<doctest>"]) as watch:
+    >>> with DispatchWatch() as watch:
     ...     x = torch.ones(3, device="meta")
     ...     y = (x * 2).sum()
     ...     try:
@@ -41,17 +41,16 @@ import os
 import traceback
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
-import pyro
 import torch
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["DeviceMixError", "DispatchWatch", "Event", "HostReadError", "fake_cuda"]
+__all__ = ["DeviceMixError", "DispatchWatch", "Event", "HostReadError"]
 
 aten = torch.ops.aten
 
@@ -291,6 +290,9 @@ class DispatchWatch(TorchDispatchMode):
     def _trace_host_tensors(self, func, args: tuple, kwargs: dict, out: object) -> None:
         """Remembers where each CPU tensor (not 0-dim) was made, and passes it on to the CPU
         tensors computed from it, so that a device mix can name its origin."""
+        host = [t for t in _tensors(out, {}) if t.device.type == "cpu" and t.dim() > 0]
+        if not host:
+            return
         inputs = _tensors(args, kwargs)
         if func in (aten.lift_fresh.default, aten.lift_fresh_copy.default) or not inputs:
             origin = self._event(func)[0]  # a factory: torch.zeros(...), torch.tensor(...)
@@ -298,15 +300,14 @@ class DispatchWatch(TorchDispatchMode):
             origin = next((o for o in map(self._origin, inputs) if o is not None), None)
         if origin is None:
             return
-        for t in _tensors(out, {}):
-            if t.device.type == "cpu" and t.dim() > 0:
-                key = id(t)
+        for t in host:
+            key = id(t)
 
-                def forget(ref: weakref.ref, key: int = key) -> None:
-                    if self._origins.get(key, (None,))[0] is ref:
-                        del self._origins[key]
+            def forget(ref: weakref.ref, key: int = key) -> None:
+                if self._origins.get(key, (None,))[0] is ref:
+                    del self._origins[key]
 
-                self._origins[key] = (weakref.ref(t, forget), origin)
+            self._origins[key] = (weakref.ref(t, forget), origin)
 
     def _origin(self, t: Tensor) -> Event | None:
         ref, origin = self._origins.get(id(t), (None, None))
@@ -320,37 +321,3 @@ def _bool_index(args: tuple) -> bool:
 
 def _no_data(t: Tensor) -> bool:
     return t.device.type == "meta" or isinstance(t, torch._subclasses.fake_tensor.FakeTensor)
-
-
-@contextmanager
-def fake_cuda(*modules: nn.Module) -> Iterator[torch._subclasses.fake_tensor.FakeTensorMode]:
-    """Moves ``modules`` (in place: build them for the check) to fake CUDA tensors and runs
-    the block under a :class:`~torch._subclasses.fake_tensor.FakeTensorMode`, with Pyro's and
-    torch's distribution validation off (it reads values). Inside, ``torch.randn(...,
-    device="cuda")`` makes fake CUDA tensors; an op mixing CPU and CUDA tensors, or reading a
-    value, raises. Pyro's param store is emptied for the block (it fills with fake tensors) and
-    restored after it; torch's and Pyro's validation flags are restored too.
-
-    Example:
-        >>> net = torch.nn.Linear(3, 2)
-        >>> with fake_cuda(net):
-        ...     net(torch.zeros(4, 3, device="cuda")).device
-        device(type='cuda', index=0)
-    """
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    mode = FakeTensorMode()
-    validate = torch.distributions.Distribution._validate_args
-    store = pyro.get_param_store()
-    saved = store.get_state()
-    store.clear()
-    try:
-        with mode, pyro.validation_enabled(False):
-            torch.distributions.Distribution.set_default_validate_args(False)
-            for module in modules:
-                module._apply(lambda t: mode.from_tensor(t).to("cuda"))
-            yield mode
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(validate)
-        store.clear()
-        store.set_state(saved)

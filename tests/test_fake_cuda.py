@@ -32,7 +32,8 @@ from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, bu
 
 import pyro_vae as pv
 from pyro_vae import zoo
-from pyro_vae.dispatch import DeviceMixError, DispatchWatch, HostReadError, fake_cuda
+from pyro_vae.devices import fake_cuda
+from pyro_vae.dispatch import DeviceMixError, DispatchWatch, HostReadError
 from pyro_vae.optim import gradient_step
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
