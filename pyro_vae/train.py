@@ -15,32 +15,24 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import partial
-from pathlib import Path
 
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, SVI
+from pyro.infer import ELBO
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .board import Board
-from .checkpoint import (
-    CHECKPOINT,
-    HISTORY,
-    CheckpointError,
-    History,
-    resume_run,
-    save_checkpoint,
-)
-from .checks import check_data, check_finite_params, check_int
+from .checkpoint import CheckpointError, History
+from .checks import check_finite_params, check_int
 from .data import Batches
-from .devices import DeviceCheck, check_module, default_device, move_param_store, owner_modules
+from .devices import default_device, move_param_store
 from .distributed import (
     ShardedBatches,
+    World,
     agree,
     average_buffers,
     combine_gradients,
@@ -53,7 +45,10 @@ from .distributed import (
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
 from .loaders import Loader
-from .optim import LazyAdam, gradient_step
+from .optim import LazyAdam
+from .prepare import prepare
+from .runs import RunFolder
+from .steps import Step
 
 __all__ = ["fit"]
 
@@ -172,6 +167,118 @@ def fit(
         >>> history.epoch, len(history.loss)
         ([1, 2], 2)
     """
+    _check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
+    if not isinstance(data, (Batches, Loader, DataLoader)):
+        raise TypeError(
+            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
+            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
+            "pv.Indexed(dataset)"
+        )
+    world = get_world(distributed)
+    optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
+    loss = loss if loss is not None else TensorTrace_ELBO()
+    ready = prepare(
+        model,
+        guide,
+        data,
+        device=device if device is not None else default_device(),
+        modules=modules,
+        fix="convert it, e.g. vae.to(x.dtype)",
+    )
+    data, device, modules = ready.data, ready.device, ready.modules
+    if validation is not None:  # (a tensor: in evaluate's default chunks)
+        size = max(1, 2**17 // validation_particles)
+        validation = prepare(model, guide, validation, device=device, modules=modules,
+                             batch_size=size).data  # fmt: skip
+    _check_networks(modules, optim, train=not freeze_model)
+    move_param_store(device)  # pyro.params of hand-written pairs registered before the call
+    if world is not None:  # this rank's parts of the global minibatches (and its shard)
+        if isinstance(data, Loader):
+            raise ValueError(
+                "data-parallel training reads pv.Batches (a tensor data set on each process); "
+                "a DataLoader is not split across processes yet"
+            )
+        data = ShardedBatches(data, world, block=shard_local_guides(modules, data.num_data, world))
+    kl_scale = LatentScale()
+    step = Step(
+        *((kl_scale(model), kl_scale(guide)) if beta != 1.0 else (model, guide)),
+        loss,
+        optim,
+        num_data=data.num_data,
+        device=device,
+        dtype=data.data.dtype,
+        e_steps=e_steps,
+        freeze_model=freeze_model,
+        combine=_combine(data) if world is not None else None,
+    )
+    folder = None
+    if save_dir is not None:
+        rank, size = (world.rank, world.size) if world is not None else (0, 1)
+        folder = RunFolder(save_dir, rank=rank, world_size=size)
+    history, start = _begin(folder, step, data, optim, modules, device, world, resume, overwrite)
+    history.svi_step = not step.sync_free  # which step this run takes
+
+    def hint() -> str:
+        return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
+
+    writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
+    total = (epochs - start) * len(data)
+    bar = tqdm(total=total, disable=not (progress and writes), desc="train", unit="step")
+    board = Board(log_dir) if log_dir is not None and writes else None
+    elapsed = history.seconds[-1] if history.seconds else 0.0
+    try:
+        for epoch in range(start + 1, epochs + 1):
+            kl_scale.beta = beta(epoch) if callable(beta) else beta
+            t0 = time.perf_counter()
+            epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
+            elapsed += time.perf_counter() - t0
+            if not math.isfinite(epoch_loss):
+                raise FloatingPointError(f"the loss became {epoch_loss} in epoch {epoch}; {hint()}")
+            anywhere = None
+            if world is not None:
+                if modules is not None and modules.training:
+                    average_buffers(modules)  # one model (BatchNorm statistics) on every rank
+                anywhere = partial(agree, device=device)
+            check_finite_params(step.names, epoch, hint(), anywhere=anywhere)  # one sync
+            history.epoch.append(epoch)
+            history.loss.append(epoch_loss)
+            history.seconds.append(elapsed)
+            val_elbo = None
+            if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
+                val_elbo = _validate(model, guide, validation, modules, validation_particles, world)
+                if not math.isfinite(val_elbo):
+                    raise FloatingPointError(
+                        f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
+                    )
+                history.val_epoch.append(epoch)
+                history.val_elbo.append(val_elbo)
+            bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
+            if board is not None:
+                board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
+                if log_images_every and epoch % log_images_every == 0:
+                    board.images(epoch, modules, data.data)
+            if callback is not None:  # before saving: a schedule it sets is in the checkpoint
+                callback(epoch, history)
+            if folder is not None:  # the checkpoint first: history.json is never ahead of it
+                folder.save(history, optim, modules, list(step.names))
+    finally:
+        bar.close()
+        if board is not None:
+            board.close()
+    return history
+
+
+_RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+
+
+def _check_options(
+    epochs: int,
+    log_every: int,
+    e_steps: int,
+    validate_every: int,
+    log_images_every: int,
+    freeze_model: bool,
+) -> None:
     check_int("epochs", epochs)
     check_int("log_every", log_every)
     check_int("e_steps", e_steps, minimum=0)
@@ -183,264 +290,125 @@ def fit(
             "only (the model is never updated); for variational EM (k E-steps, then an M-step "
             "per batch) pass e_steps=k and leave freeze_model=False"
         )
-    if isinstance(data, DataLoader):
-        data = Loader(data)
-    if not isinstance(data, (Batches, Loader)):
-        raise TypeError(
-            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
-            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
-            "pv.Indexed(dataset)"
-        )
-    world = get_world(distributed)
-    device = torch.device(device) if device is not None else default_device()
-    optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
-    loss = loss if loss is not None else TensorTrace_ELBO()
-    data = data.to(device)
-    if isinstance(validation, DataLoader):
-        validation = Loader(validation)
-    if validation is not None:
-        validation = validation.to(device)
-        val_points = validation if isinstance(validation, Tensor) else validation.data
-        val_size = len(validation) if isinstance(validation, Tensor) else validation.num_data
-    if modules is None:  # the networks behind bound methods, e.g. vae.model / vae.guide
-        found = owner_modules(model, guide)
-        modules = found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
-    if modules is not None:
-        modules.to(device)
-        check_module(modules, device, data.data.dtype, fix="convert it, e.g. vae.to(x.dtype)")
-        check_data(modules, data.data, num_data=data.num_data)  # a loader: its first batch
-        if validation is not None:
-            check_data(modules, val_points, num_data=val_size)
-        sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
-        if sparse and not isinstance(optim, LazyAdam):
-            raise ValueError(
-                f"{type(sparse[0]).__name__} has row-sparse gradients, which "
-                f"{type(optim).__name__} cannot step (and a dense Adam would move every "
-                "point's parameters at every step): use optim=pv.LazyAdam({'lr': ...}, "
-                "local_lr=...)"
-            )
-        if not freeze_model:  # a frozen model keeps its mode (and BatchNorm statistics)
-            modules.train()
-    move_param_store(device)  # pyro.params of hand-written pairs registered before the call
-    if world is not None and isinstance(data, Loader):
+
+
+def _check_networks(modules: nn.Module | None, optim: object, *, train: bool) -> None:
+    """Refuses row-sparse gradients without LazyAdam; puts the networks in train mode (not
+    for a frozen model, which keeps its mode and BatchNorm statistics)."""
+    if modules is None:
+        return
+    sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
+    if sparse and not isinstance(optim, LazyAdam):
         raise ValueError(
-            "data-parallel training reads pv.Batches (a tensor data set on each process); a "
-            "DataLoader is not split across processes yet"
+            f"{type(sparse[0]).__name__} has row-sparse gradients, which "
+            f"{type(optim).__name__} cannot step (and a dense Adam would move every "
+            "point's parameters at every step): use optim=pv.LazyAdam({'lr': ...}, "
+            "local_lr=...)"
         )
-    if world is not None:  # this rank's parts of the global minibatches (and its shard)
-        data = ShardedBatches(data, world, block=shard_local_guides(modules, data.num_data, world))
-    kl_scale = LatentScale()
-    train_model, train_guide = model, guide
-    if beta != 1.0:
-        train_model, train_guide = kl_scale(model), kl_scale(guide)
-    num_data = data.num_data
-    # The first step (and a resume's forward pass) runs model and guide under a DeviceCheck,
-    # innermost, so it sees every parameter site, blocked ones included; later steps don't pay.
-    check = DeviceCheck(device, data.data.dtype)
-    pairs = {
-        True: (check(train_model), check(train_guide)),
-        False: (train_model, train_guide),
-    }
-    svis = None
-    if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
-        if e_steps:
-            raise ValueError(
-                f"e_steps needs a loss with differentiable_loss; {type(loss).__name__} has "
-                "none. Use e_steps=0 or a Trace_ELBO-like loss"
-            )
-        if freeze_model:
-            raise ValueError(
-                f"freeze_model=True needs a loss with differentiable_loss; "
-                f"{type(loss).__name__} has none. Use a Trace_ELBO-like loss for E-steps"
-            )
-        if world is not None:
-            raise ValueError(
-                f"data-parallel training needs a loss with differentiable_loss; "
-                f"{type(loss).__name__} has none"
-            )
-        svis = {first: SVI(*pair, optim, loss) for first, pair in pairs.items()}
+    if train:
+        modules.train()
 
-    def train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
-        if not first:  # the first step validates as the user chose; the data are checked
-            with pyro.validation_enabled(False):
-                return _train_step(x, idx, first)
-        return _train_step(x, idx, first)
 
-    def _train_step(x: Tensor, idx: Tensor, first: bool) -> Tensor | float:
-        if svis is not None:
-            return svis[first].step(x, idx, num_data=num_data)
-        hook = None
-        if world is not None:  # rank r's gradient enters with weight b_r / b
-            hook = partial(combine_gradients, weight=x.shape[0] / data.global_size)
-        step = partial(
-            gradient_step, *pairs[first], loss, optim, x, idx, num_data=num_data, before_step=hook
-        )
-        if freeze_model:
-            return step(update_model=False)
-        if e_steps:
-            for _ in range(e_steps):
-                step(update_model=False)
-            return step(update_guide=False)
-        return step()
+def _combine(data: ShardedBatches) -> Callable[[list[Tensor], Tensor], None]:
+    """Rank r's gradient enters with weight b_r / b (b: the global batch)."""
 
-    def validate() -> float:
-        was_training = modules.training if modules is not None else None
-        if modules is not None:
-            modules.eval()
-        # Its own random draws: validating (or not) never changes the training run's RNG stream.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            try:
-                return evaluate(
-                    model,
-                    guide,
-                    validation,
-                    num_particles=validation_particles,
-                    distributed=world is not None,
-                ).elbo
-            finally:
-                if modules is not None:
-                    modules.train(was_training)
+    def combine(params: list[Tensor], x: Tensor) -> None:
+        combine_gradients(params, weight=x.shape[0] / data.global_size)
 
+    return combine
+
+
+def _begin(
+    folder: RunFolder | None,
+    step: Step,
+    data: Batches | Loader | ShardedBatches,
+    optim: pyro.optim.PyroOptim,
+    modules: nn.Module | None,
+    device: torch.device,
+    world: World | None,
+    resume: bool,
+    overwrite: bool,
+) -> tuple[History, int]:
+    """The run's history so far and its last epoch: a saved run resumed (its parameters,
+    optimizer and RNG states loaded), or a new one (data-parallel: the same start on every
+    rank)."""
     history, start = History(), 0
-    name = CHECKPOINT if world is None or world.rank == 0 else f"checkpoint.rank{world.rank}.pt"
-    ckpt_path = Path(save_dir) / name if save_dir is not None else None
-    writes = world is None or world.rank == 0  # the bar and history.json
-    if ckpt_path is not None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt_path.with_suffix(".tmp").unlink(missing_ok=True)  # left by a killed process
-        exists = ckpt_path.exists()
-        if world is not None:  # every process decides alike
-            exists = agree(exists, device)
-        if exists and not resume:
-            if not overwrite:
-                raise FileExistsError(
-                    f"{ckpt_path} exists: a run was saved there. Pass resume=True to continue "
-                    "it, overwrite=True to start over (its checkpoints are deleted), or "
-                    "another save_dir"
-                )
-            for path in (ckpt_path, ckpt_path.with_suffix(".prev.pt")):
-                path.unlink(missing_ok=True)
-            if writes:
-                (ckpt_path.parent / HISTORY).unlink(missing_ok=True)
-        if resume and exists:
-            batch, error = next(iter(data)), None
-            try:
-                saved, names = resume_run(
-                    ckpt_path,
-                    *pairs[True],
-                    batch,
-                    num_data,
-                    optim,
-                    modules,
-                    device,
-                    world_size=world.size if world is not None else 1,
-                )
-            except CheckpointError as e:
-                error = e
-            if world is not None and agree(error is not None, device) and error is None:
-                error = CheckpointError("another process could not resume: see its error")
-            if error is not None:
-                raise error
-            check.names.update(dict.fromkeys(names))
-            history = History(**saved)
-            start = history.epoch[-1] if history.epoch else 0
-    history.svi_step = svis is not None  # which step this run takes
+    anywhere = partial(agree, device=device) if world is not None else None
+    if folder is not None and folder.start(resume=resume, overwrite=overwrite, anywhere=anywhere):
+        batch = next(iter(data))
+        history, names = folder.resume(
+            *step.checked, batch, data.num_data, optim, modules, device, anywhere=anywhere
+        )
+        step.names.update(dict.fromkeys(names))
+        start = history.epoch[-1] if history.epoch else 0
     if world is not None and resume:  # all processes continue from the same epoch
         low, high = min_max(start, device)
         if low != high:
             raise CheckpointError(
-                f"the processes' checkpoints in {save_dir} end at different epochs (from "
-                f"{low} to {high}; a process was stopped between two "
-                "saves): put back the .prev.pt checkpoints of the processes that are ahead, "
-                "or start over with overwrite=True"
+                f"the processes' checkpoints in {folder.path} end at different epochs (from "
+                f"{low} to {high}; a process was stopped between two saves): put back the "
+                ".prev.pt checkpoints of the processes that are ahead, or start over with "
+                "overwrite=True"
             )
     if world is not None and start == 0:  # a new run: the same initial values everywhere
-        start_ranks(*pairs[True], data, world)
+        start_ranks(*step.checked, data, world)
+    return history, start
 
-    def stop_hint() -> str:
-        retry = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
-        if ckpt_path is not None and ckpt_path.exists():
-            return f"{ckpt_path} is untouched: continue from it with resume=True and {retry}"
-        return f"train again with {retry}"
 
-    elapsed = history.seconds[-1] if history.seconds else 0.0
-    bar = tqdm(
-        total=(epochs - start) * len(data),
-        disable=not (progress and writes),
-        desc="train",
-        unit="step",
-    )
-    board = Board(log_dir) if log_dir is not None and writes else None
-    try:
-        first = True
-        for epoch in range(start + 1, epochs + 1):
-            kl_scale.beta = beta(epoch) if callable(beta) else beta
-            t0 = time.perf_counter()
-            total, count = 0.0, 0  # the epoch's loss stays on the device: no sync per step
-            for step, (x, idx) in enumerate(data):
-                value = train_step(x, idx, first)
-                first = False
-                total = total + value * (x.shape[0] / num_data)
-                count += x.shape[0]
-                if step % log_every == 0:  # the only host sync: every log_every steps
-                    running = (
-                        global_mean(total, count, world, device) if world else float(total) / count
-                    )
-                    if not math.isfinite(running):
-                        raise FloatingPointError(
-                            f"the loss became {running} in epoch {epoch} by step {step + 1}; "
-                            + stop_hint()
-                        )
-                    bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
-                    if board is not None:
-                        board.running((epoch - 1) * len(data) + step, running)
-                bar.update()
-            epoch_loss = global_mean(total, count, world, device) if world else float(total) / count
-            elapsed += time.perf_counter() - t0
-            if not math.isfinite(epoch_loss):
+def _train_epoch(
+    step: Step,
+    data: Batches | Loader | ShardedBatches,
+    epoch: int,
+    log_every: int,
+    bar: tqdm,
+    board: Board | None,
+    world: World | None,
+    hint: Callable[[], str],
+) -> float:
+    """One pass over ``data``; returns the epoch's mean loss per point. The loss stays on the
+    device: it is read every ``log_every`` steps (the progress bar, TensorBoard, the check
+    that it is finite) and at the end."""
+    total, count = 0.0, 0
+    for i, (x, idx) in enumerate(data):
+        total = total + step(x, idx) * (x.shape[0] / data.num_data)
+        count += x.shape[0]
+        if i % log_every == 0:
+            running = _mean(total, count, world, step.check.device)
+            if not math.isfinite(running):
                 raise FloatingPointError(
-                    f"the loss became {epoch_loss} in epoch {epoch}; {stop_hint()}"
+                    f"the loss became {running} in epoch {epoch} by step {i + 1}; {hint()}"
                 )
-            anywhere = None
-            if world is not None:
-                if modules is not None and modules.training:
-                    average_buffers(modules)  # one model (BatchNorm statistics) on every rank
-                anywhere = partial(agree, device=device)
-            check_finite_params(check.names, epoch, stop_hint(), anywhere=anywhere)  # one sync
-            history.epoch.append(epoch)
-            history.loss.append(epoch_loss)
-            history.seconds.append(elapsed)
-            if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                val_elbo = validate()
-                if not math.isfinite(val_elbo):
-                    raise FloatingPointError(
-                        f"the validation ELBO became {val_elbo} after epoch {epoch}; {stop_hint()}"
-                    )
-                history.val_epoch.append(epoch)
-                history.val_elbo.append(val_elbo)
-            bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
+            bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
             if board is not None:
-                validated = bool(history.val_epoch) and history.val_epoch[-1] == epoch
-                board.epoch(
-                    epoch, epoch_loss, kl_scale.beta, history.val_elbo[-1] if validated else None
-                )
-                if log_images_every and epoch % log_images_every == 0:
-                    board.images(epoch, modules, data.data)
-            if callback is not None:  # before saving: a schedule it sets is in the checkpoint
-                callback(epoch, history)
-            if save_dir is not None:  # the checkpoint first: history.json is never ahead of it
-                save_checkpoint(
-                    ckpt_path,
-                    asdict(history),
-                    optim,
-                    modules,
-                    list(check.names),
-                    world_size=world.size if world is not None else 1,
-                )
-                if writes:
-                    history.save(Path(save_dir) / HISTORY)
-    finally:
-        bar.close()
-        if board is not None:
-            board.close()
-    return history
+                board.running((epoch - 1) * len(data) + i, running)
+        bar.update()
+    return _mean(total, count, world, step.check.device)
+
+
+def _mean(total: Tensor | float, count: int, world: World | None, device: torch.device) -> float:
+    """``total / count`` on the host (over all ranks): the read of the loss."""
+    return global_mean(total, count, world, device) if world else float(total) / count
+
+
+def _validate(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    validation: Batches | Loader,
+    modules: nn.Module | None,
+    particles: int,
+    world: World | None,
+) -> float:
+    """The validation ELBO with the networks in eval mode and their own random draws
+    (validating, or not, never changes the training run's RNG stream)."""
+    was_training = modules.training if modules is not None else None
+    if modules is not None:
+        modules.eval()
+    device = validation.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            return evaluate(
+                model, guide, validation, num_particles=particles, distributed=world is not None
+            ).elbo
+        finally:
+            if modules is not None:
+                modules.train(was_training)

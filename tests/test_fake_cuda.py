@@ -157,10 +157,10 @@ def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
 # The reads fit may make, by name: the progress bar's loss every log_every steps and the
 # epoch's loss (train.py), the finite-parameter check after each epoch, and the checks of a
 # whole data set before the first step.
-FIT_READS = {"train.py:fit", "checks.py:check_finite_params"}
+FIT_READS = {"train.py:_mean", "checks.py:check_finite_params"}
 DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
 # Copies to the device once per call: the data set, a new per-point guide.
-MOVES = {"data.py:to", "guides.py:from_guide", "local.py:infer_local"}
+MOVES = {"data.py:to", "prepare.py:prepare", "guides.py:from_guide", "local.py:infer_local"}
 EVALUATE_READS = {"evaluate.py:evaluate"}
 
 
@@ -244,7 +244,7 @@ def test_fit_runs_on_meta_reading_only_what_it_names():
     # per epoch: 2 loss reads (steps 0 and 2 of 4), the epoch's loss, the finite check
     scalars = [e for e in watch.allowed if is_read(e)]
     assert Counter(e.key for e in scalars if e.key in FIT_READS) == {
-        "train.py:fit": 2 * 3,
+        "train.py:_mean": 2 * 3,
         "checks.py:check_finite_params": 2,
     }
     amortized = small_vae()
@@ -343,8 +343,8 @@ def test_a_value_read_in_the_step_is_caught():
 
 
 def test_a_value_read_by_the_loop_is_caught(monkeypatch):
-    train = sys.modules["pyro_vae.train"]
-    step = train.gradient_step
+    steps = sys.modules["pyro_vae.steps"]
+    step = steps.gradient_step
 
     def reading_step(*args, **kwargs):
         value = step(*args, **kwargs)
@@ -352,7 +352,7 @@ def test_a_value_read_by_the_loop_is_caught(monkeypatch):
             raise FloatingPointError
         return value
 
-    monkeypatch.setattr(train, "gradient_step", reading_step)
+    monkeypatch.setattr(steps, "gradient_step", reading_step)
     data = pv.Batches(torch.rand(16, F).round(), batch_size=8)
     with pytest.raises(HostReadError, match=r"test_fake_cuda\.py:\d+ in reading_step"):
         strict_fit(small_vae(), data, epochs=1)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae import train as train_module
+from pyro_vae import checkpoint as checkpoint_module
 from pyro_vae.checkpoint import CheckpointError
 
 
@@ -118,7 +118,7 @@ def test_history_is_never_ahead_of_the_checkpoint_and_stale_tmp_is_removed(tmp_p
         calls.append(1)
         raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
 
-    monkeypatch.setattr(train_module, "save_checkpoint", failing_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", failing_save)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, 2, resume=True)
     assert calls and not (tmp_path / "checkpoint.tmp").exists()

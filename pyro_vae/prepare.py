@@ -1,0 +1,107 @@
+"""The set-up every entry point shares: the data source, the networks, the once-only checks.
+
+:func:`~pyro_vae.fit`, :func:`~pyro_vae.evaluate`, :func:`~pyro_vae.infer_local` and
+:func:`~pyro_vae.amortization_gap` take data in several forms and a model/guide pair whose
+networks they find themselves. :func:`prepare` does that once: it turns the data into a
+source of ``(x, idx)`` minibatches (:func:`as_source`), finds the ``nn.Module`` behind the
+pair, puts the data and the networks on one device, and runs the checks that read values
+once per data set (:func:`~pyro_vae.checks.check_data`) and the device and dtype check of
+every parameter and buffer. What is checked per parameter *site* happens in the first step
+(:class:`~pyro_vae.devices.DeviceCheck`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .checks import check_data
+from .data import Batches
+from .devices import check_module, owner_modules
+from .loaders import Loader
+
+__all__ = ["Prepared", "as_source", "find_modules", "prepare"]
+
+Source = Batches | Loader
+
+
+def as_source(data: object, *, batch_size: int | None = None) -> Source:
+    """``data`` as minibatches with indices: :class:`~pyro_vae.Batches` and
+    :class:`~pyro_vae.Loader` as they are, a ``DataLoader`` wrapped in a ``Loader``, a tensor
+    ``(N, *event_shape)`` as unshuffled ``Batches`` of ``batch_size`` (where given).
+
+    Example:
+        >>> as_source(torch.zeros(10, 3), batch_size=4).num_data
+        10
+    """
+    if isinstance(data, DataLoader):
+        return Loader(data)
+    if isinstance(data, Tensor) and batch_size is not None:
+        return Batches(data, batch_size=batch_size, shuffle=False)
+    if isinstance(data, (Batches, Loader)) or hasattr(data, "block"):  # (ShardedBatches)
+        return data
+    raise TypeError(
+        f"expected minibatches with their indices; got {type(data).__name__}. Wrap a tensor: "
+        "pv.Batches(x, batch_size=256), or pass a DataLoader over pv.Indexed(dataset)"
+    )
+
+
+def find_modules(
+    model: Callable[..., object], guide: Callable[..., object], modules: nn.Module | None = None
+) -> nn.Module | None:
+    """``modules``, else the ``nn.Module`` whose bound methods ``model`` and ``guide`` are
+    (e.g. the :class:`~pyro_vae.VAE` of ``vae.model``), a ``ModuleList`` of them when there are
+    several, or ``None`` (a hand-written pair of functions)."""
+    if modules is not None:
+        return modules
+    found = owner_modules(model, guide)
+    return found[0] if len(found) == 1 else nn.ModuleList(found) if found else None
+
+
+@dataclass
+class Prepared:
+    """What :func:`prepare` returns: the source on its device, the device, the networks."""
+
+    data: Source
+    device: torch.device
+    modules: nn.Module | None
+
+
+def prepare(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: object,
+    *,
+    device: torch.device | str | None = None,
+    modules: nn.Module | None = None,
+    batch_size: int | None = None,
+    fix: str = "move the model and the data to one device and dtype (e.g. vae.to(data.device))",
+) -> Prepared:
+    """Normalizes ``data`` (:func:`as_source`), finds the networks (:func:`find_modules`),
+    puts both on one device and checks them against the data, once.
+
+    With ``device`` (training) the data and the networks are moved there. Without it
+    (scoring, local inference) nothing of the model moves: a streamed source goes to the
+    networks' device as it comes, a tensor stays where it is. Then every parameter and buffer
+    must be on the data's device and of its floating dtype (else a :class:`ValueError` with
+    ``fix``), and each network's ``check_data`` sees the whole data set (a streamed one: its
+    first batch).
+    """
+    source = as_source(data, batch_size=batch_size)
+    found = find_modules(model, guide, modules)
+    if device is not None:
+        device = torch.device(device)
+        if found is not None:
+            found.to(device)
+    elif isinstance(source, Loader):  # streamed: to the networks' device, batch by batch
+        devices = {p.device for p in found.parameters()} if found is not None else set()
+        device = devices.pop() if len(devices) == 1 else None
+    source = source.to(device) if device is not None else source
+    if found is not None:
+        check_module(found, source.device, source.data.dtype, fix=fix)
+        check_data(found, source.data, num_data=source.num_data)  # a loader: its first batch
+    return Prepared(source, source.device, found)

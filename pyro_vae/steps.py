@@ -1,0 +1,146 @@
+r"""The training step: what :func:`~pyro_vae.fit` does with one minibatch, chosen once per run.
+
+A :class:`Step` holds the model, the guide, the loss and the optimizer, and the schedule:
+
+* joint (the default): one gradient step of the model's parameters :math:`\theta` and the
+  guide's :math:`\lambda` together;
+* variational EM (``e_steps=k``): ``k`` steps of :math:`\lambda` with :math:`\theta` fixed,
+  then one step of :math:`\theta` with :math:`\lambda` fixed;
+* frozen model (``freeze_model=True``): steps of :math:`\lambda` only;
+* ``SVI.step``, when the loss has no ``differentiable_loss`` (e.g. ``RenyiELBO``): Pyro's
+  own step (joint updates only; it reads the loss, a host sync per step).
+
+The first call runs the pair under a :class:`~pyro_vae.devices.DeviceCheck` (every parameter
+checked as it is registered) with validation as the user set it; later calls skip both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import ELBO, SVI
+from torch import Tensor
+
+from .devices import DeviceCheck
+from .optim import gradient_step
+
+__all__ = ["Step"]
+
+
+class Step:
+    """One training step of ``model`` and ``guide`` on a minibatch, as ``fit`` takes it.
+
+    Args:
+        model: A Pyro model ``model(x, idx, num_data=N)``.
+        guide: The matching guide.
+        loss: A Pyro ELBO.
+        optim: A Pyro optimizer.
+        num_data: :math:`N`.
+        device: Where the parameters must be (checked at the first step).
+        dtype: The data's floating dtype (checked at the first step).
+        e_steps: Guide-only steps before each model step (variational EM); 0: joint steps.
+        freeze_model: Guide-only steps.
+        combine: Called as ``combine(params, x)`` after each backward pass, before the
+            optimizer (the data-parallel gradient all-reduce).
+
+    Raises:
+        ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
+            ``combine`` with a loss without ``differentiable_loss``).
+
+    Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
+        ...           GaussianEncoder(MLP(6, 4), 2))
+        >>> step = Step(vae.model, vae.guide, TensorTrace_ELBO(), LazyAdam({"lr": 1e-3}),
+        ...             num_data=8, device="cpu", dtype=torch.float32)
+        >>> loss = step(torch.rand(8, 6).round(), torch.arange(8))
+        >>> step.sync_free, loss.shape, len(step.names) > 0
+        (True, torch.Size([]), True)
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., object],
+        guide: Callable[..., object],
+        loss: ELBO,
+        optim: pyro.optim.PyroOptim,
+        *,
+        num_data: int,
+        device: torch.device | str,
+        dtype: torch.dtype | None,
+        e_steps: int = 0,
+        freeze_model: bool = False,
+        combine: Callable[[list[Tensor], Tensor], None] | None = None,
+    ) -> None:
+        self.check = DeviceCheck(device, dtype)
+        self.plain = (model, guide)
+        self.checked = (self.check(model), self.check(guide))  # innermost: sees every site
+        self.loss, self.optim, self.num_data = loss, optim, num_data
+        self.e_steps, self.freeze_model, self.combine = e_steps, freeze_model, combine
+        self.first = True
+        self.svi: dict[bool, SVI] | None = None
+        if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
+            _refuse_svi_step(loss, e_steps=e_steps, freeze_model=freeze_model, combine=combine)
+            checked, plain = SVI(*self.checked, optim, loss), SVI(model, guide, optim, loss)
+            self.svi = {True: checked, False: plain}
+
+    @property
+    def sync_free(self) -> bool:
+        """Whether the step leaves the loss on the device (not ``SVI.step``)."""
+        return self.svi is None
+
+    @property
+    def names(self) -> dict[str, None]:
+        """The param-store names the checked passes have seen, in order (add a resumed run's)."""
+        return self.check.names
+
+    def __call__(self, x: Tensor, idx: Tensor) -> Tensor | float:
+        """One step on ``(x, idx)``; returns the loss (a device tensor, or ``SVI.step``'s
+        float)."""
+        first, self.first = self.first, False
+        if first:  # validates as the user chose; the data were checked before
+            return self._step(x, idx, *self.checked, first=True)
+        with pyro.validation_enabled(False):
+            return self._step(x, idx, *self.plain, first=False)
+
+    def _step(self, x: Tensor, idx: Tensor, model, guide, *, first: bool) -> Tensor | float:
+        if self.svi is not None:
+            return self.svi[first].step(x, idx, num_data=self.num_data)
+        hook = partial(self.combine, x=x) if self.combine is not None else None
+        step = partial(
+            gradient_step,
+            model,
+            guide,
+            self.loss,
+            self.optim,
+            x,
+            idx,
+            num_data=self.num_data,
+            before_step=hook,
+        )
+        if self.freeze_model:
+            return step(update_model=False)
+        for _ in range(self.e_steps):
+            step(update_model=False)
+        return step(update_guide=False) if self.e_steps else step()
+
+
+def _refuse_svi_step(loss: ELBO, *, e_steps: int, freeze_model: bool, combine: object) -> None:
+    name = type(loss).__name__
+    if e_steps:
+        raise ValueError(
+            f"e_steps needs a loss with differentiable_loss; {name} has none. Use e_steps=0 or "
+            "a Trace_ELBO-like loss"
+        )
+    if freeze_model:
+        raise ValueError(
+            f"freeze_model=True needs a loss with differentiable_loss; {name} has none. Use a "
+            "Trace_ELBO-like loss for E-steps"
+        )
+    if combine is not None:
+        raise ValueError(
+            f"data-parallel training needs a loss with differentiable_loss; {name} has none"
+        )
