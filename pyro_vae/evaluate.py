@@ -26,11 +26,12 @@ from pyro import poutine
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .checks import check_data, check_int
+from .checks import check_int
 from .data import Batches
-from .devices import DeviceCheck, check_module, owner_modules
+from .devices import DeviceCheck
 from .distributed import all_sum, get_world
 from .loaders import Loader
+from .prepare import prepare
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 
@@ -140,17 +141,9 @@ def evaluate(
     """
     check_int("num_particles", num_particles)
     check_int("max_rows", max_rows)
-    if isinstance(data, Tensor):
-        data = Batches(data, batch_size=max(1, max_rows // num_particles), shuffle=False)
-    if isinstance(data, DataLoader):
-        data = Loader(data)
-    if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
-        devices = {p.device for m in owner_modules(model, guide) for p in m.parameters()}
-        data = data.to(devices.pop()) if len(devices) == 1 else data
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
-    for module in owner_modules(model, guide):
-        check_module(module, data.device, data.data.dtype, fix=fix)
-        check_data(module, data.data, num_data=data.num_data)  # once (a loader: 1st batch)
+    # once: the source (a tensor in chunks; a loader to the networks' device), the checks
+    data = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix).data
     device, dtype = data.device, data.data.dtype
     world, offset = get_world(distributed), 0
     if world is not None and isinstance(data, Loader):

@@ -20,6 +20,7 @@ from .evaluate import evaluate
 from .guides import PerDatapointGaussian
 from .loaders import Loader
 from .optim import LazyAdam
+from .prepare import as_source
 from .train import fit
 from .vae import VAE
 
@@ -71,10 +72,10 @@ def infer_local(
         >>> evaluate(local.model, local.guide, held_out, num_particles=10).num_data
         32
     """
-    if isinstance(data, DataLoader):
-        data = Loader(data)
+    data = as_source(data)
     if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
         data = data.to(next(vae.parameters()).device)
+    # The VAE's own data check does not apply: its per-point guide (if any) is replaced.
     check_module(
         vae, data.device, data.data.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )

@@ -168,40 +168,22 @@ def fit(
         ([1, 2], 2)
     """
     _check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
-    if not isinstance(data, (Batches, Loader, DataLoader)):
-        raise TypeError(
-            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
-            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
-            "pv.Indexed(dataset)"
-        )
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
-    ready = prepare(
-        model,
-        guide,
-        data,
-        device=device if device is not None else default_device(),
-        modules=modules,
-        fix="convert it, e.g. vae.to(x.dtype)",
-    )
-    data, device, modules = ready.data, ready.device, ready.modules
+    data, device, modules = _place(model, guide, data, device, modules, world)
     if validation is not None:  # (a tensor: in evaluate's default chunks)
         size = max(1, 2**17 // validation_particles)
         validation = prepare(model, guide, validation, device=device, modules=modules,
                              batch_size=size).data  # fmt: skip
     _check_networks(modules, optim, train=not freeze_model)
-    move_param_store(device)  # pyro.params of hand-written pairs registered before the call
-    if world is not None:  # this rank's parts of the global minibatches (and its shard)
-        if isinstance(data, Loader):
-            raise ValueError(
-                "data-parallel training reads pv.Batches (a tensor data set on each process); "
-                "a DataLoader is not split across processes yet"
-            )
-        data = ShardedBatches(data, world, block=shard_local_guides(modules, data.num_data, world))
-    kl_scale = LatentScale()
+    kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
+    train_model, train_guide = model, guide
+    if beta != 1.0:
+        train_model, train_guide = kl_scale(model), kl_scale(guide)
     step = Step(
-        *((kl_scale(model), kl_scale(guide)) if beta != 1.0 else (model, guide)),
+        train_model,
+        train_guide,
         loss,
         optim,
         num_data=data.num_data,
@@ -290,6 +272,38 @@ def _check_options(
             "only (the model is never updated); for variational EM (k E-steps, then an M-step "
             "per batch) pass e_steps=k and leave freeze_model=False"
         )
+
+
+def _place(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: object,
+    device: torch.device | str | None,
+    modules: nn.Module | None,
+    world: World | None,
+) -> tuple[Batches | Loader | ShardedBatches, torch.device, nn.Module | None]:
+    """The training data and networks on the training device, checked (see
+    :func:`~pyro_vae.prepare.prepare`), Pyro's parameters moved there too; under
+    data-parallel training, this rank's part of the data."""
+    if not isinstance(data, (Batches, Loader, DataLoader)):
+        raise TypeError(
+            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
+            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
+            "pv.Indexed(dataset)"
+        )
+    device = device if device is not None else default_device()
+    fix = "convert it, e.g. vae.to(x.dtype)"
+    ready = prepare(model, guide, data, device=device, modules=modules, fix=fix)
+    move_param_store(ready.device)  # pyro.params of hand-written pairs, registered before
+    if world is None:
+        return ready.data, ready.device, ready.modules
+    if isinstance(ready.data, Loader):
+        raise ValueError(
+            "data-parallel training reads pv.Batches (a tensor data set on each process); a "
+            "DataLoader is not split across processes yet"
+        )
+    block = shard_local_guides(ready.modules, ready.data.num_data, world)
+    return ShardedBatches(ready.data, world, block=block), ready.device, ready.modules
 
 
 def _check_networks(modules: nn.Module | None, optim: object, *, train: bool) -> None:
