@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
@@ -26,9 +25,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import pyro_vae as pv
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import replace_block
+from pyro_vae.scripts import replace_block
 
 
 def load(args: argparse.Namespace) -> tuple[torch.Tensor, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +19,7 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import common
+from pyro_vae import scripts, zoo
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -35,9 +31,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data-dir", default=pv.default_data_dir())
     args = p.parse_args(argv)
     run = json.loads((args.run / "metrics.json").read_text())
-    activation = common.ACTIVATIONS[run.get("activation", "tanh")]
-    data = argparse.Namespace(data_dir=args.data_dir, download=False, limit=None, batch_size=100)
-    _, test = common.binarized_mnist(data, torch.device("cpu"), test_points=args.points)
+    activation = scripts.ACTIVATIONS[run.get("activation", "tanh")]
+    _, test = scripts.binarized_mnist(args.data_dir, torch.device("cpu"), test_points=args.points)
     rows = []
     for epochs in args.epochs:
         pyro.clear_param_store()

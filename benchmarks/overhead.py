@@ -31,11 +31,8 @@ hidden width 8 (64 for ``iaf``, whose autoregressive networks need at least z = 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pyro
 import torch
@@ -45,9 +42,7 @@ import pyro_vae as pv
 from pyro_vae import zoo
 from pyro_vae.dispatch import DispatchWatch
 from pyro_vae.optim import gradient_step
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import replace_block
+from pyro_vae.scripts import write_results
 
 LOOPS = ("fit", "SVI.step", "plain")
 
@@ -171,11 +166,7 @@ def main(args: argparse.Namespace) -> dict:
             rows[loop] = row
             print(f"{name:5s} {loop:9s} " + "  ".join(f"{k} {v:.3g}" for k, v in row.items()))
         result["models"][name] = rows
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.readme:
-        replace_block(Path(args.readme), args.block, markdown(result))
-    return result
+    return write_results(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

@@ -17,23 +17,21 @@ Runs are resumable: each configuration checkpoints every epoch under ``--out/NAM
 finished one (its metrics.json has the requested epochs and K) is skipped, so the script can be
 re-run in commands of limited length until everything is done.
 
-    python benchmarks/quality.py --epochs 100 --num-particles 5000 --readme README.md
+    python -m benchmarks.quality --epochs 100 --num-particles 5000 --readme README.md
+
+(from the repository root: it imports the examples as the package ``examples``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyro_vae as pv
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import replace_block  # noqa: E402
+from pyro_vae.scripts import replace_block
 
 BURDA = "Burda et al. 2016, Table 1"
 
@@ -113,11 +111,8 @@ PUBLISHED = [
 
 
 def load_example(name: str):
-    path = ROOT / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``examples/<name>.py`` as a module (run this script with ``python -m`` from the root)."""
+    return importlib.import_module(f"examples.{name}")
 
 
 def run(name: str, args: argparse.Namespace) -> dict:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
+
+from pyro_vae.scripts import replace_block
 
 COLUMNS = (
     "run",
@@ -93,16 +94,6 @@ def main(argv: list[str] | None = None) -> str:
         replace_block(args.readme, args.block, text)
     print(text)
     return text
-
-
-def replace_block(readme: Path, block: str, text: str) -> None:
-    """Puts ``text`` between the README's ``<!-- results:BLOCK:start/end -->`` markers."""
-    start, end = f"<!-- results:{block}:start -->", f"<!-- results:{block}:end -->"
-    content = readme.read_text()
-    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"{readme} has no {start} ... {end} block")
-    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
 
 
 if __name__ == "__main__":

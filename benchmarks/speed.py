@@ -25,10 +25,7 @@ step. Validation is off in both, as in a tuned run.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import pyro
 import torch
@@ -36,9 +33,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
 from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import replace_block
+from pyro_vae.scripts import write_results
 
 
 def sync(device: torch.device) -> None:
@@ -277,11 +272,7 @@ def main(args: argparse.Namespace) -> dict:
         }
         cells = ", ".join(f"N={n:.0e}: {1e3 * t:.2f} ms" for n, t in zip(sizes, times, strict=True))
         print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    if args.readme:
-        replace_block(Path(args.readme), args.block, markdown(result))
-    return result
+    return write_results(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

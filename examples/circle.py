@@ -22,21 +22,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(__doc__, epochs=50, batch_size=1000, out="runs/circle", full="500")
+    p = scripts.parser(__doc__, epochs=50, batch_size=1000, out="runs/circle", full="500")
     p.add_argument("--inference", choices=zoo.INFERENCE, default="amortized")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam step size of the networks")
     p.add_argument(
@@ -64,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
 
     x, z_true = pv.make_circle(args.num_data, seed=0)
     n_train = int(0.75 * args.num_data)
@@ -156,7 +151,7 @@ def main(args: argparse.Namespace) -> dict:
             final_lr_ratio=0.01,
         )
     test_result = test_eval(0)
-    pics = common.pictures(out)  # rank 0 writes to --out
+    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.plot_curves(
             {
@@ -207,7 +202,7 @@ def main(args: argparse.Namespace) -> dict:
         "test_curve": {"epoch": curve_epochs, "elbo": curve_test},
         "test_amortization_gap": None if gap is None else dataclasses.asdict(gap),
     }
-    return common.save_metrics(out, metrics, hide=("test_curve",))
+    return scripts.save_metrics(out, metrics, hide=("test_curve",))
 
 
 if __name__ == "__main__":

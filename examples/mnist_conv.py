@@ -16,18 +16,13 @@ samples.png and loss.png to --out.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(__doc__, epochs=2, batch_size=1024, out="runs/mnist_conv", full="10")
+    p = scripts.parser(__doc__, epochs=2, batch_size=1024, out="runs/mnist_conv", full="10")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
@@ -44,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
     kw = {"device": device, "download": args.download, "flatten": False}
     x_train, _ = pv.load_mnist(args.data_dir, train=True, **kw)
     x_test, _ = pv.load_mnist(args.data_dir, train=False, **kw)
@@ -68,16 +63,17 @@ def main(args: argparse.Namespace) -> dict:
         log_dir=args.log_dir,
     )
     vae.eval()  # BatchNorm: running statistics from here on
-    k = args.num_particles or (1000 if device.type == "cuda" else 5)
-    result = pv.evaluate(
+    result = scripts.score_test_set(
         vae.model,
         vae.guide,
         test,
-        num_particles=k,
-        max_rows=2**16 if device.type == "cuda" else 2**13,
+        device,
+        args.num_particles,
+        particles=(1000, 5),
+        max_rows=(2**16, 2**13),
     )
     x = test.data[:64]
-    pics = common.pictures(out)  # rank 0 writes to --out
+    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
         pv.save_grid(vae.sample(64), pics / "samples.png"),
@@ -92,7 +88,7 @@ def main(args: argparse.Namespace) -> dict:
         "train_loss": history.loss[-1],
         "test_elbo": result.elbo,
         "test_log_likelihood": result.log_likelihood,
-        "num_particles": k,
+        "num_particles": result.num_particles,
         "device": pv.device_name(device),
         "seconds": history.seconds[-1],
         "images": images,
@@ -101,7 +97,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
     }
-    return common.save_metrics(out, metrics)
+    return scripts.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

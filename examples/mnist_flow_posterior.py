@@ -23,18 +23,13 @@ Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(
+    p = scripts.parser(
         __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
     )
     p.add_argument("--flow", choices=zoo.FLOWS, default="planar")
@@ -55,9 +50,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
 
-    train, test = common.binarized_mnist(args, device, test_points=args.limit)
+    train, test = scripts.binarized_mnist(
+        args.data_dir,
+        device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        test_points=args.limit,
+        download=args.download,
+    )
 
     vae = zoo.flow_posterior_vae(
         args.flow,
@@ -80,16 +82,9 @@ def main(args: argparse.Namespace) -> dict:
         log_dir=args.log_dir,
     )
     vae.eval()
-    k = args.num_particles or (5000 if device.type == "cuda" else 100)
-    result = pv.evaluate(
-        vae.model,
-        vae.guide,
-        test,
-        num_particles=k,
-        max_rows=2**20 if device.type == "cuda" else 2**16,
-    )
+    result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)
     x = test.data[:64]
-    pics = common.pictures(out)  # rank 0 writes to --out
+    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.save_grid(vae.sample(64), pics / "samples.png"),
         pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
@@ -101,7 +96,7 @@ def main(args: argparse.Namespace) -> dict:
         ),
     ]
     metrics = {
-        **common.scores(history, result, device, images),
+        **scripts.scores(history, result, device, images),
         "flow": args.flow,
         "flows": args.flows if args.flow != "none" else 0,
         "prior": args.prior,
@@ -111,7 +106,7 @@ def main(args: argparse.Namespace) -> dict:
         "lr": args.lr,
         "binarize": "dynamic",
     }
-    return common.save_metrics(out, metrics)
+    return scripts.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

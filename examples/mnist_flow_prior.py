@@ -14,22 +14,17 @@ Writes ``metrics.json``, ``history.json``, ``samples.png`` and ``reconstructions
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(__doc__, epochs=2, batch_size=256, out="runs/mnist_flow_prior", full="64")
+    p = scripts.parser(__doc__, epochs=2, batch_size=256, out="runs/mnist_flow_prior", full="64")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=1024, help="width of the MLPs' hidden layers")
@@ -45,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
 
     x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
     x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
@@ -72,29 +67,16 @@ def main(args: argparse.Namespace) -> dict:
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
 
     vae.eval()
-    k = args.num_particles or (5000 if device.type == "cuda" else 100)
-    result = pv.evaluate(
-        vae.model,
-        vae.guide,
-        test,
-        num_particles=k,
-        max_rows=2**20 if device.type == "cuda" else 2**16,
-    )
+    result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)
     x = test.data[:64]
-    pics = common.pictures(out)  # rank 0 writes to --out
+    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.save_grid(vae.sample(64), pics / "samples.png"),
         pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
     ]
     metrics = {
-        "epochs": len(history.epoch),
-        "train_loss": history.loss[-1] if history.loss else None,
-        "test_elbo": result.elbo,
-        "test_log_likelihood": result.log_likelihood,
-        "num_particles": k,
-        "device": pv.device_name(device),
+        **scripts.scores(history, result, device, images),
         "seconds": seconds,
-        "images": images,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "num_train": train.num_data,
@@ -102,7 +84,7 @@ def main(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "pyro": pyro.__version__,
     }
-    return common.save_metrics(out, metrics)
+    return scripts.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

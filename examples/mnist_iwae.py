@@ -27,26 +27,21 @@ Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(__doc__, epochs=2, batch_size=100, out="runs/mnist_iwae", full="3280")
+    p = scripts.parser(__doc__, epochs=2, batch_size=100, out="runs/mnist_iwae", full="3280")
     p.add_argument("--layers", type=int, choices=(1, 2), default=1)
     p.add_argument("--iw", type=int, default=1, help="K of the training bound (1: the ELBO)")
     p.add_argument("--prior", choices=zoo.IWAE_PRIORS, default="normal")
     p.add_argument("--num-pseudo", type=int, default=500, help="pseudo-inputs of the VampPrior")
     p.add_argument(
-        "--activation", choices=list(common.ACTIVATIONS), default="tanh", help="hidden units"
+        "--activation", choices=list(scripts.ACTIVATIONS), default="tanh", help="hidden units"
     )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
@@ -67,11 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
 
-    train, test = common.binarized_mnist(args, device, test_points=args.test_points)
+    train, test = scripts.binarized_mnist(
+        args.data_dir,
+        device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        test_points=args.test_points,
+        download=args.download,
+    )
     x_test = test.data
-    activation = common.ACTIVATIONS[args.activation]
+    activation = scripts.ACTIVATIONS[args.activation]
     vae = zoo.iwae_vae(
         layers=args.layers, prior=args.prior, num_pseudo=args.num_pseudo, activation=activation
     )
@@ -96,9 +98,8 @@ def main(args: argparse.Namespace) -> dict:
         log_dir=args.log_dir,
     )
     vae.eval()
-    k = args.num_particles or (5000 if device.type == "cuda" else 100)
-    max_rows = 2**20 if device.type == "cuda" else 2**16
-    result = pv.evaluate(vae.model, vae.guide, test, num_particles=k, max_rows=max_rows)
+    result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)
+    k, max_rows = result.num_particles, 2**20 if device.type == "cuda" else 2**16
     gap = None
     if args.gap_points:
         points = pv.Batches(x_test[: args.gap_points], batch_size=100, shuffle=False)
@@ -106,7 +107,7 @@ def main(args: argparse.Namespace) -> dict:
             vae, points, epochs=args.gap_epochs, num_particles=k, max_rows=max_rows
         ).__dict__
     x = test.data[:64]
-    pics = common.pictures(out)
+    pics = scripts.pictures(out)
     images = [
         pv.save_grid(vae.sample(64), pics / "samples.png"),
         pv.save_reconstructions(x, vae.reconstruct(x), pics / "reconstructions.png"),
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace) -> dict:
         ),
     ]
     metrics = {
-        **common.scores(history, result, device, images),
+        **scripts.scores(history, result, device, images),
         "test_points": result.num_data,
         "gap": gap,
         "gap_points": args.gap_points,
@@ -134,7 +135,7 @@ def main(args: argparse.Namespace) -> dict:
         "warmup": args.warmup,
         "binarize": "dynamic",
     }
-    return common.save_metrics(out, metrics)
+    return scripts.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,15 @@ samples.png (10×10), reconstructions.png and loss.png (train and validation) to
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
 import pyro_vae as pv
-from pyro_vae import zoo
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
+from pyro_vae import scripts, zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = common.parser(__doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50")
+    p = scripts.parser(__doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
@@ -43,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    device, out = common.setup(args)
+    device, out = scripts.setup(args)
     x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
     x_test, y_test = pv.load_mnist(
         args.data_dir, train=False, device=device, download=args.download
@@ -75,12 +70,12 @@ def main(args: argparse.Namespace) -> dict:
     )
     val_loss = [-elbo for elbo in history.val_elbo]
     vae.eval()
-    result = pv.evaluate(
+    result = scripts.score_test_set(
         vae.model,
         vae.guide,
         test,
-        num_particles=args.num_particles,
-        max_rows=2**20 if device.type == "cuda" else 2**16,
+        device,
+        args.num_particles,
     )
 
     with torch.no_grad():
@@ -91,7 +86,7 @@ def main(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         manifold = vae.likelihood(grid.reshape(-1, 2)).mean
     x = test.data[:80]
-    pics = common.pictures(out)  # rank 0 writes to --out
+    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.plot_scatter(
             mu,
@@ -134,7 +129,7 @@ def main(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "lr": args.lr,
     }
-    return common.save_metrics(out, metrics)
+    return scripts.save_metrics(out, metrics)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ trains.
 
 Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, ``guides`` and
 ``flows`` (the three roles), ``vae`` and ``hierarchical`` (their composition), ``data``,
-``devices``, ``elbo`` (objectives), ``optim``, ``evaluate`` (scoring), ``checkpoint``,
-``train`` (the loop), ``local`` (inference that trains: held-out E-steps, the amortization
-gap), ``zoo`` (standard architectures) and ``plots``; ``dispatch`` (host reads, device mixes and
-kernels of a step, fake CUDA) stands aside, for the tests and benchmarks.
+``devices``, ``prepare`` (data source, networks, once-only checks), ``elbo`` (objectives),
+``optim``, ``steps`` (the training step), ``evaluate`` (scoring), ``checkpoint``, ``runs``
+(the run folder), ``train`` (the loop), ``local`` (inference that trains: held-out E-steps,
+the amortization gap), ``zoo`` (standard architectures) and ``plots``; ``dispatch`` (host
+reads, device mixes and kernels of a step) and ``scripts`` (the examples' and benchmarks'
+command-line scaffolding) stand aside.
 """
 
 import torch as _torch

@@ -3,17 +3,15 @@ the architectures they share come from ``pyro_vae.zoo``."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
-import sys
 
 import pyro
 import pytest
 import torch
 
-from conftest import REPO
 from pyro_vae import zoo
 
 KEYS = {
@@ -29,12 +27,9 @@ KEYS = {
 
 
 def load_example(name: str):
-    path = REPO / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``examples/<name>.py``, imported as ``examples.<name>`` (the repository root is on the
+    path: pytest puts the root conftest's folder there)."""
+    return importlib.import_module(f"examples.{name}")
 
 
 def check_outputs(out, metrics: dict, epochs: int, *, bernoulli: bool = False) -> None:
@@ -89,9 +84,7 @@ def test_mnist_flow_prior(mnist_dir, tmp_path):
 
 
 def test_speed_benchmark_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
-    speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(speed)
+    speed = importlib.import_module("benchmarks.speed")
     flags = "--device cpu --hidden 16 --steps 2 --warmup 1 --repeats 1 --limit 600"
     args = speed.parse_args(
         [
@@ -119,9 +112,7 @@ def test_speed_benchmark_runs(tmp_path):
 
 
 def test_overhead_benchmark_runs(tmp_path):
-    spec = importlib.util.spec_from_file_location("overhead", REPO / "benchmarks" / "overhead.py")
-    overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(overhead)
+    overhead = importlib.import_module("benchmarks.overhead")
     args = overhead.parse_args(
         ["--models", "tiny", "--steps", "2", "--repeats", "1", "--json", str(tmp_path / "o.json")]
     )
@@ -262,11 +253,7 @@ def test_examples_never_overwrite_a_run_silently(tmp_path):
 
 
 def test_distributed_benchmark_runs(tmp_path):
-    path = REPO / "benchmarks" / "distributed.py"
-    spec = importlib.util.spec_from_file_location("distributed", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["distributed"] = bench  # the spawned processes import it by this name
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("benchmarks.distributed")
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:distributed:start -->\n<!-- results:distributed:end -->\n")
     args = bench.parse_args(

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 
 import pytest
 
-from conftest import REPO
-
 
 def load_report():
-    spec = importlib.util.spec_from_file_location("report", REPO / "benchmarks" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.report")
 
 
 def test_report_fills_the_readme_block(tmp_path):
@@ -45,11 +39,7 @@ def test_report_fills_the_readme_block(tmp_path):
 
 
 def load_quality():
-    spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
-    quality = importlib.util.module_from_spec(spec)
-    sys.modules["quality"] = quality  # its dataclass resolves its annotations there
-    spec.loader.exec_module(quality)
-    return quality
+    return importlib.import_module("benchmarks.quality")
 
 
 @pytest.mark.mnist
@@ -94,11 +84,7 @@ def test_quality_iwae_rows_have_the_gap_columns(mnist_dir, tmp_path):
     assert json.loads((tmp_path / "vae2" / "metrics.json").read_text()) == metrics
 
     # The convergence check of the gap columns reloads that run's two-layer model.
-    spec = importlib.util.spec_from_file_location(
-        "gap_convergence", REPO / "benchmarks" / "gap_convergence.py"
-    )
-    gaps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gaps)
+    gaps = importlib.import_module("benchmarks.gap_convergence")
     flags = ["--epochs", "1", "3", "--points", "10", "--num-particles", "4"]
     rows = gaps.main([str(tmp_path / "vae2"), *flags, "--data-dir", str(mnist_dir)])
     assert [r["epochs"] for r in rows] == [1, 3]

@@ -1,15 +1,40 @@
-"""What every example shares: its standard flags, its setup and its metrics.json."""
+"""The command-line scaffolding of the examples and benchmarks: standard flags, set-up,
+MNIST binarized for the benchmarks, the test-set scores, ``metrics.json`` and the README's
+result blocks.
+
+It lives in the package so that ``python examples/x.py`` and ``python -m benchmarks.x`` import
+it like any other module (no path tricks); it is not part of the modelling API.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pyro
 import torch
 
-import pyro_vae as pv
+from . import data as _data
+from .checkpoint import History
+from .devices import default_device, device_name
+from .evaluate import Evaluation, evaluate
+
+__all__ = [
+    "ACTIVATIONS",
+    "binarized_mnist",
+    "parser",
+    "pictures",
+    "rank",
+    "replace_block",
+    "save_metrics",
+    "score_test_set",
+    "scores",
+    "setup",
+    "write_results",
+]
 
 ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 """The hidden units an example's ``--activation`` names."""
@@ -25,7 +50,7 @@ def parser(
     p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=pv.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--data-dir", default=_data.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--out", default=out)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -44,28 +69,50 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
     """Seeds Pyro, clears its param store, picks the device and creates ``--out``."""
     pyro.set_rng_seed(args.seed)
     pyro.clear_param_store()
-    device = torch.device(args.device) if args.device else pv.default_device()
+    device = torch.device(args.device) if args.device else default_device()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     return device, out
 
 
 def binarized_mnist(
-    args: argparse.Namespace, device: torch.device, *, test_points: int | None = None
-) -> tuple[pv.Batches, pv.Batches]:
-    """Dynamically binarized training batches (``args.limit`` images, ``args.batch_size``) and
+    data_dir: str,
+    device: torch.device,
+    *,
+    batch_size: int = 100,
+    limit: int | None = None,
+    test_points: int | None = None,
+    download: bool = False,
+) -> tuple[_data.Batches, _data.Batches]:
+    """Dynamically binarized training batches (the first ``limit`` images, ``batch_size``) and
     the test set binarized once with a fixed seed (its first ``test_points`` images)."""
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
-    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
+    x_train, _ = _data.load_mnist(data_dir, train=True, device=device, download=download)
+    x_test, _ = _data.load_mnist(data_dir, train=False, device=device, download=download)
     g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
     x_test = torch.bernoulli(x_test, generator=g)
-    train = pv.Batches(x_train[: args.limit], batch_size=args.batch_size, binarize="dynamic")
-    return train, pv.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
+    train = _data.Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
+    return train, _data.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
 
 
-def scores(
-    history: pv.History, result: pv.Evaluation, device: torch.device, images: list[str]
-) -> dict:
+def score_test_set(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    test: _data.Batches,
+    device: torch.device,
+    num_particles: int | None,
+    *,
+    particles: tuple[int, int] = (5000, 100),
+    max_rows: tuple[int, int] = (2**20, 2**16),
+) -> Evaluation:
+    """:func:`~pyro_vae.evaluate` on the test set with an example's budget: ``num_particles``
+    (``--num-particles``), else ``particles[0]`` on CUDA and ``particles[1]`` on the CPU;
+    ``max_rows`` likewise."""
+    cuda = device.type == "cuda"
+    k = num_particles or particles[0 if cuda else 1]
+    return evaluate(model, guide, test, num_particles=k, max_rows=max_rows[0 if cuda else 1])
+
+
+def scores(history: History, result: Evaluation, device: torch.device, images: list[str]) -> dict:
     """The metrics every MNIST benchmark run reports: epochs, final training loss, test ELBO
     and log-likelihood (NLL), K, device, seconds and the pictures written."""
     return {
@@ -75,7 +122,7 @@ def scores(
         "test_log_likelihood": result.log_likelihood,
         "test_nll": -result.log_likelihood,
         "num_particles": result.num_particles,
-        "device": pv.device_name(device),
+        "device": device_name(device),
         "seconds": history.seconds[-1] if history.seconds else 0.0,
         "images": images,
     }
@@ -103,3 +150,23 @@ def save_metrics(out: Path, metrics: dict, *, hide: tuple[str, ...] = ()) -> dic
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         print(json.dumps({k: v for k, v in metrics.items() if k not in hide}, indent=1))
     return metrics
+
+
+def replace_block(readme: Path, block: str, text: str) -> None:
+    """Puts ``text`` between the README's ``<!-- results:BLOCK:start/end -->`` markers."""
+    start, end = f"<!-- results:{block}:start -->", f"<!-- results:{block}:end -->"
+    content = readme.read_text()
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{readme} has no {start} ... {end} block")
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
+
+
+def write_results(result: dict, args: argparse.Namespace, markdown: Callable[[dict], str]) -> dict:
+    """A benchmark's figures to ``args.json`` (JSON) and, as ``markdown(result)``, into the
+    README ``args.readme`` between the markers of ``args.block``, where given."""
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    if args.readme:
+        replace_block(Path(args.readme), args.block, markdown(result))
+    return result

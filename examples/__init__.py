@@ -1,0 +1,1 @@
+"""The example scripts, runnable as files (python examples/circle.py) or modules."""
