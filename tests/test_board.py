@@ -7,6 +7,7 @@ import sys
 import pyro
 import pytest
 import torch
+from helpers import bernoulli_vae
 
 import pyro_vae as pv
 
@@ -16,11 +17,7 @@ EventAccumulator = pytest.importorskip(
 
 
 def small_vae() -> pv.VAE:
-    return pv.VAE(
-        pv.StandardNormalPrior(2),
-        pv.BernoulliLikelihood(pv.MLP(2, 784, (8,)), 784),
-        pv.GaussianEncoder(pv.MLP(784, 4, (8,)), 2),
-    )
+    return bernoulli_vae(784)
 
 
 def test_fit_writes_scalars_and_images(tmp_path):

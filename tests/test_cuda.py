@@ -11,8 +11,8 @@ import math
 import pyro
 import pytest
 import torch
+from helpers import ppca
 from pyro.infer import SVI, Trace_ELBO
-from test_exact import ppca
 
 import pyro_vae as pv
 

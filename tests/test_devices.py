@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import bernoulli_vae
 from torch import nn
 
 import pyro_vae as pv
@@ -15,13 +16,8 @@ ON_META = r"'encoder\$\$\$weight' is on meta but the data are on cpu"
 FLOAT64 = r"of VAE is torch\.float64 but the data are torch\.float32"
 
 
-def tiny_vae(features: int = 6, latent: int = 2, encoder: nn.Module | None = None) -> pv.VAE:
-    encoder = encoder if encoder is not None else pv.MLP(features, 2 * latent, (8,))
-    return pv.VAE(
-        pv.StandardNormalPrior(latent),
-        pv.BernoulliLikelihood(pv.MLP(latent, features, (8,)), features),
-        pv.GaussianEncoder(encoder, latent),
-    )
+def tiny_vae(encoder: nn.Module | None = None) -> pv.VAE:
+    return bernoulli_vae(encoder=encoder)
 
 
 class MetaEncoderPair:

@@ -1,14 +1,16 @@
-"""Data-parallel training: 2 processes (gloo, loopback) against 1 process on the same data.
+"""Data-parallel training: 2 processes (gloo, loopback) against 1 process on the same data,
+and the reproducers of a review of the data-parallel path (uneven kills, tiny global batches,
+local rows, validation, shared sparse parameters, BatchNorm buffers).
 
-Each scenario runs in 2 spawned processes that join a gloo process group on 127.0.0.1, and
-writes what it saw to a file the test reads back.
+Each scenario runs in 2 spawned processes that join a gloo process group on 127.0.0.1
+(``helpers.run_ranks``; its process-group timeout makes a rank left waiting in a collective
+fail instead of hanging the suite), and writes what it saw to a file the test reads back.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
+import shutil
 from functools import partial
 
 import pyro
@@ -16,67 +18,13 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as tdist
-import torch.multiprocessing as mp
+from helpers import DeltaPair, circle_vae, run_ranks
 from torch import nn
 
 import pyro_vae as pv
 from pyro_vae.checkpoint import CheckpointError
 from pyro_vae.distributed import combine_gradients
 from pyro_vae.optim import gradient_step
-
-WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, scenario, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    timeout = datetime.timedelta(seconds=60)  # a stuck rank fails the test, never hangs CI
-    tdist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=timeout)
-    try:
-        pyro.enable_validation(True)
-        result = scenario(rank, out)
-        torch.save(result, os.path.join(out, f"result{rank}.pt"))
-    finally:
-        tdist.barrier()  # nobody leaves (rank 0 hosts the store) before all are done
-        tdist.destroy_process_group()
-
-
-def run_ranks(scenario, tmp_path) -> list[dict]:
-    mp.spawn(_worker, args=(free_port(), scenario, str(tmp_path)), nprocs=WORLD)
-    return [torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in range(WORLD)]
-
-
-# ---- models ------------------------------------------------------------------------------------
-
-
-class DeltaPair(nn.Module):
-    """A noise-free pair (a point-mass guide): two processes can reproduce one exactly."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.encoder, self.decoder = nn.Linear(2, 1), nn.Linear(1, 2)
-
-    def model(self, x, idx=None, num_data=None):
-        pyro.module("decoder", self.decoder)
-        with pyro.plate("data", num_data, subsample=idx):
-            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(self.decoder(z), 0.5).to_event(1), obs=x)
-
-    def guide(self, x, idx=None, num_data=None):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("data", num_data, subsample=idx):
-            pyro.sample("z", dist.Delta(self.encoder(x)).to_event(1))
-
-
-def circle_vae(guide: nn.Module) -> pv.VAE:
-    likelihood = pv.GaussianLikelihood(pv.MLP(1, 2, (8,)), 2, scale=0.1)
-    return pv.VAE(pv.StandardNormalPrior(1), likelihood, guide)
 
 
 def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaPair, pv.History]:
@@ -249,3 +197,198 @@ def test_without_a_process_group_fit_runs_in_one_process():
     assert pv.distributed.get_world() is None
     with pytest.raises(ValueError, match="launch with torchrun"):
         pv.distributed.get_world(True)
+
+
+# ---- review reproducers ---------------------------------------------------------------
+
+
+class DeltaLocal(nn.Module):
+    """A noise-free per-datapoint guide (one point mass per point, dense gradients) that
+    :func:`pyro_vae.distributed.shard_local_guides` shards like PerDatapointGaussian."""
+
+    def __init__(self, num_data: int) -> None:
+        super().__init__()
+        self.num_data, self.offset, self.sparse = num_data, 0, False
+        self.loc = nn.Parameter(torch.linspace(-1, 1, num_data).unsqueeze(-1))
+
+    def shard(self, start: int, stop: int) -> None:
+        self.offset = start
+        self.loc = nn.Parameter(self.loc[start:stop].detach().clone())
+        self.loc.local_rows = True
+
+
+class LocalPair(nn.Module):
+    def __init__(self, num_data: int) -> None:
+        super().__init__()
+        self.decoder, self.local = nn.Linear(1, 2), DeltaLocal(num_data)
+
+    def model(self, x, idx=None, num_data=None):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.decoder(z), 0.5).to_event(1), obs=x)
+
+    def guide(self, x, idx=None, num_data=None):
+        pyro.module("local", self.local)
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Delta(self.local.loc[idx - self.local.offset]).to_event(1))
+
+
+def delta_fit(distributed, *, n=40, batch=8, epochs=2, norm=False, **options):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    pair = DeltaPair(norm)
+    pyro.set_rng_seed(0)
+    history = pv.fit(
+        pair.model,
+        pair.guide,
+        pv.Batches(pv.make_circle(n)[0], batch_size=batch),
+        epochs=epochs,
+        device="cpu",
+        progress=False,
+        distributed=distributed,
+        optim=pv.LazyAdam({"lr": 0.05}),
+        **options,
+    )
+    return pair, history
+
+
+def local_fit(distributed: bool) -> torch.Tensor:
+    """One SGD step on all N = 4 points (shuffle=False, batch = N): the 2-process global
+    minibatch is then the single-process one."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    pair = LocalPair(4)
+    pv.fit(
+        pair.model,
+        pair.guide,
+        pv.Batches(pv.make_circle(4)[0], batch_size=4, shuffle=False),
+        epochs=1,
+        device="cpu",
+        progress=False,
+        distributed=distributed,
+        optim=pyro.optim.SGD({"lr": 0.01}),
+    )
+    return pair.local.loc.detach().clone()
+
+
+# ---- scenarios (run on each rank) --------------------------------------------------------------
+
+
+def resume_after_uneven_kill(rank: int, out: str):
+    save_dir = os.path.join(out, "run")
+    delta_fit(True, epochs=2, save_dir=save_dir)
+    tdist.barrier()
+    if rank == 1:  # killed after rank 0 saved epoch 2, before rank 1 saved its own epoch 2
+        shutil.copy(
+            os.path.join(save_dir, "checkpoint.rank1.prev.pt"),
+            os.path.join(save_dir, "checkpoint.rank1.pt"),
+        )
+    tdist.barrier()
+    try:
+        _, history = delta_fit(True, epochs=3, save_dir=save_dir, resume=True)
+    except CheckpointError:
+        return "CheckpointError"
+    return history.epoch
+
+
+def batch_smaller_than_world(rank: int, out: str):
+    try:
+        delta_fit(True, n=10, batch=1, epochs=1)
+    except ValueError as e:
+        return str(e)
+    return "trained"
+
+
+def local_gradient(rank: int, out: str):
+    return local_fit(True)
+
+
+def validation_without_distributed(rank: int, out: str):
+    # Each rank trains its own model on its own data (distributed=False) inside a group.
+    pyro.clear_param_store()
+    torch.manual_seed(rank)
+    pair = DeltaPair()
+    held_out = pv.Batches(pv.make_circle(30, seed=10 + rank)[0], batch_size=30)
+    history = pv.fit(
+        pair.model,
+        pair.guide,
+        pv.Batches(pv.make_circle(40, seed=rank)[0], batch_size=8),
+        epochs=1,
+        device="cpu",
+        progress=False,
+        distributed=False,
+        validation=held_out,
+    )
+    own = pv.evaluate(pair.model, pair.guide, held_out, num_particles=1, distributed=False)
+    return history.val_elbo[-1], own.elbo
+
+
+def shared_sparse_parameter(rank: int, out: str):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    pair = DeltaPair()
+
+    def guide(x, idx=None, num_data=None):  # a hand-written per-point table, not sharded
+        table = pyro.param("table", torch.zeros(num_data, 1))
+        with pyro.plate("data", num_data, subsample=idx):
+            z = nn.functional.embedding(idx, table, sparse=True)
+            pyro.sample("z", dist.Delta(z).to_event(1))
+
+    try:
+        pv.fit(
+            pair.model,
+            guide,
+            pv.Batches(pv.make_circle(16)[0], batch_size=8),
+            epochs=1,
+            device="cpu",
+            progress=False,
+            optim=pv.LazyAdam({"lr": 0.05}),
+            modules=pair,
+        )
+    except ValueError:
+        return "ValueError"
+    return pyro.param("table").detach().clone()
+
+
+def batchnorm_buffers(rank: int, out: str):
+    pair, _ = delta_fit(True, norm=True, epochs=1)
+    return {k: v.clone() for k, v in pair.state_dict().items() if "running" in k}
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+
+def test_resume_with_checkpoints_of_different_epochs_fails_alike(tmp_path):
+    ranks = run_ranks(resume_after_uneven_kill, tmp_path)
+    assert ranks[0] == ranks[1]
+
+
+def test_global_batch_smaller_than_world_is_refused_on_every_rank(tmp_path):
+    ranks = run_ranks(batch_smaller_than_world, tmp_path)
+    assert all("batch" in r and r != "trained" for r in ranks)
+
+
+def test_local_rows_get_the_single_process_gradient(tmp_path):
+    ranks = run_ranks(local_gradient, tmp_path)
+    single = local_fit(False)
+    torch.testing.assert_close(torch.cat(ranks), single, rtol=1e-5, atol=1e-6)
+
+
+def test_validation_follows_fits_distributed_flag(tmp_path):
+    for val, own in run_ranks(validation_without_distributed, tmp_path):
+        assert val == pytest.approx(own, rel=1e-6)
+
+
+def test_shared_sparse_parameters_stay_equal_or_are_refused(tmp_path):
+    ranks = run_ranks(shared_sparse_parameter, tmp_path)
+    if isinstance(ranks[0], str) or isinstance(ranks[1], str):
+        assert ranks == ["ValueError", "ValueError"]
+    else:
+        assert torch.equal(ranks[0], ranks[1])
+
+
+def test_batchnorm_buffers_agree_across_ranks(tmp_path):
+    ranks = run_ranks(batchnorm_buffers, tmp_path)
+    for name, value in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=0, msg=name)

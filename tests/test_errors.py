@@ -5,17 +5,14 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from helpers import bernoulli_vae
 from pyro.infer import Trace_ELBO
 
 import pyro_vae as pv
 
 
 def tiny_vae(likelihood=None):
-    return pv.VAE(
-        pv.StandardNormalPrior(2),
-        likelihood or pv.BernoulliLikelihood(pv.MLP(2, 6, (8,)), 6),
-        pv.GaussianEncoder(pv.MLP(6, 4, (8,)), 2),
-    )
+    return bernoulli_vae(likelihood=likelihood)
 
 
 def loss(vae, x, idx=None, num_data=None):

@@ -12,42 +12,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from helpers import PPCA_B as B
+from helpers import PPCA_D as D
+from helpers import ppca
 
 import pyro_vae as pv
-
-D, F, B = 2, 5, 16
-SIGMA = 0.3
-
-
-def ppca(dtype=torch.float64):
-    g = torch.Generator().manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(F, F, generator=g, dtype=dtype))
-    w = q[:, :D] * torch.tensor([2.0, 0.5], dtype=dtype)
-    b = torch.randn(F, generator=g, dtype=dtype)
-    decoder = nn.Linear(D, F).to(dtype)
-    encoder = nn.Linear(F, 2 * D).to(dtype)
-    cov = torch.linalg.inv(torch.eye(D, dtype=dtype) + w.T @ w / SIGMA**2)
-    a = cov @ w.T / SIGMA**2
-    with torch.no_grad():
-        decoder.weight.copy_(w)
-        decoder.bias.copy_(b)
-        encoder.weight.zero_()
-        encoder.weight[:D].copy_(a)
-        encoder.bias[:D].copy_(-a @ b)
-        encoder.bias[D:].copy_(0.5 * torch.diagonal(cov).log())
-    vae = pv.VAE(
-        pv.StandardNormalPrior(D),
-        pv.GaussianLikelihood(decoder, F, scale=SIGMA),
-        pv.GaussianEncoder(encoder, D),
-    ).to(dtype)
-    vae.likelihood.log_scale.fill_(math.log(SIGMA))  # not rounded through float32
-    marginal = torch.distributions.MultivariateNormal(
-        b, w @ w.T + SIGMA**2 * torch.eye(F, dtype=dtype)
-    )
-    x = marginal.sample((B,))
-    assert torch.allclose(cov, torch.diag(torch.diagonal(cov)), atol=1e-12)
-    return vae, x, marginal.log_prob(x), (a, b, cov)
 
 
 def test_exact_posterior_gives_exact_log_likelihood():

@@ -11,6 +11,7 @@ import os
 import pyro
 import pytest
 import torch
+from helpers import load_example
 
 from pyro_vae import zoo
 
@@ -24,12 +25,6 @@ KEYS = {
     "seconds",
     "images",
 }
-
-
-def load_example(name: str):
-    """``examples/<name>.py``, imported as ``examples.<name>`` (the repository root is on the
-    path: pytest puts the root conftest's folder there)."""
-    return importlib.import_module(f"examples.{name}")
 
 
 def check_outputs(out, metrics: dict, epochs: int, *, bernoulli: bool = False) -> None:

@@ -27,6 +27,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import bernoulli_vae
 from pyro.infer.util import is_validation_enabled
 from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
 
@@ -165,14 +166,8 @@ EVALUATE_READS = {"evaluate.py:evaluate"}
 
 
 def small_vae(guide: str = "encoder", num_data: int = 32) -> pv.VAE:
-    local = guide == "per-point"
-    return pv.VAE(
-        pv.StandardNormalPrior(2),
-        pv.BernoulliLikelihood(pv.MLP(2, F, (8,)), F),
-        pv.PerDatapointGaussian(num_data, 2)
-        if local
-        else pv.GaussianEncoder(pv.MLP(F, 4, (8,)), 2),
-    )
+    local = pv.PerDatapointGaussian(num_data, 2) if guide == "per-point" else None
+    return bernoulli_vae(F, guide=local)
 
 
 def reads_of_fit(epochs: int, guide: str = "encoder", **options) -> DispatchWatch:

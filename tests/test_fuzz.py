@@ -37,6 +37,7 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
+from helpers import circle_vae
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -464,11 +465,7 @@ def test_a_nan_validation_elbo_is_an_error():
 
 
 def small_vae() -> pv.VAE:
-    return pv.VAE(
-        pv.StandardNormalPrior(1),
-        pv.GaussianLikelihood(pv.MLP(1, 2, (8,)), 2, scale=0.1),
-        pv.GaussianEncoder(pv.MLP(2, 2, (8,)), 1),
-    )
+    return circle_vae()
 
 
 def test_a_run_stopped_by_epochs_resumes_exactly_with_validation():

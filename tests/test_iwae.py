@@ -9,19 +9,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import PPCA_B as B
+from helpers import PPCA_D as D
+from helpers import bernoulli_vae, ppca
 from pyro.infer import RenyiELBO
-from test_exact import B, D, ppca
 
 import pyro_vae as pv
 
 
 def small_vae(dtype=torch.float64):
     torch.manual_seed(0)
-    return pv.VAE(
-        pv.StandardNormalPrior(2),
-        pv.BernoulliLikelihood(pv.MLP(2, 6, (8,)), 6),
-        pv.GaussianEncoder(pv.MLP(6, 4, (8,)), 2),
-    ).to(dtype)
+    return bernoulli_vae().to(dtype)
 
 
 def loss_and_grads(elbo, vae, *args, **kwargs):

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import pyro
 import pytest
 import torch
+from helpers import PPCA_D as D
+from helpers import ppca
 from pyro.infer import Trace_ELBO
-from test_exact import D, ppca
 
 import pyro_vae as pv
 
 
 def circle_vae(guide) -> pv.VAE:
-    likelihood = pv.GaussianLikelihood(pv.MLP(1, 2, (20, 20)), 2, scale=0.1)
-    return pv.VAE(pv.StandardNormalPrior(1), likelihood, guide)
+    return helpers.circle_vae(guide, hidden=(20, 20))
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import helpers
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -16,11 +17,7 @@ from pyro_vae.checkpoint import CheckpointError
 
 
 def circle_vae(hidden: int = 8) -> pv.VAE:
-    return pv.VAE(
-        pv.StandardNormalPrior(1),
-        pv.GaussianLikelihood(pv.MLP(1, 2, (hidden,)), 2, scale=0.1),
-        pv.GaussianEncoder(pv.MLP(2, 2, (hidden,)), 1),
-    )
+    return helpers.circle_vae(hidden=(hidden,))
 
 
 def data(n: int = 64) -> pv.Batches:

@@ -6,17 +6,15 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import bernoulli_vae
 from torch import nn
 
 import pyro_vae as pv
 
 
 def small_vae(features: int = 784, latent: int = 4, hidden: int = 64) -> pv.VAE:
-    return pv.VAE(
-        pv.MAFPrior(latent, transforms=2, hidden_features=(32, 32)),
-        pv.BernoulliLikelihood(pv.MLP(latent, features, (hidden,)), features),
-        pv.GaussianEncoder(pv.MLP(features, 2 * latent, (hidden,)), latent),
-    )
+    prior = pv.MAFPrior(latent, transforms=2, hidden_features=(32, 32))
+    return bernoulli_vae(features, latent, hidden, prior=prior)
 
 
 @pytest.mark.mnist

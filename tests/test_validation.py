@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from test_exact import ppca
+from helpers import ppca
 
 import pyro_vae as pv
 
