@@ -125,13 +125,9 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=optim,
         device=device,
-        save_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **scripts.run_options(args, out),
         callback=callback,
         e_steps=args.e_steps if per_point else 0,
-        log_dir=args.log_dir,
         **validation,
     )
     seconds = time.perf_counter() - t0

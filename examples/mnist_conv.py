@@ -55,12 +55,8 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
-        save_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **scripts.run_options(args, out),
         beta=args.beta,
-        log_dir=args.log_dir,
     )
     vae.eval()  # BatchNorm: running statistics from here on
     result = scripts.score_test_set(

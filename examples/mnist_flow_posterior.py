@@ -52,14 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
 
-    train, test = scripts.binarized_mnist(
-        args.data_dir,
-        device,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        test_points=args.limit,
-        download=args.download,
-    )
+    train, test = scripts.mnist_from_args(args, device, test_points=args.limit)
 
     vae = zoo.flow_posterior_vae(
         args.flow,
@@ -75,11 +68,7 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
-        save_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        log_dir=args.log_dir,
+        **scripts.run_options(args, out),
     )
     vae.eval()
     result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)

@@ -58,11 +58,7 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pyro.optim.Adam({"lr": args.lr}),
         device=device,
-        save_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-        log_dir=args.log_dir,
+        **scripts.run_options(args, out),
     )
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
 

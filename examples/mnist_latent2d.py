@@ -59,14 +59,10 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
         device=device,
-        save_dir=out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
+        **scripts.run_options(args, out),
         beta=beta,
         validation=test,  # the validation loss, as trained: one sample, after every epoch
         validation_particles=1,
-        log_dir=args.log_dir,
     )
     val_loss = [-elbo for elbo in history.val_elbo]
     vae.eval()

@@ -25,10 +25,12 @@ from .evaluate import Evaluation, evaluate
 __all__ = [
     "ACTIVATIONS",
     "binarized_mnist",
+    "mnist_from_args",
     "parser",
     "pictures",
     "rank",
     "replace_block",
+    "run_options",
     "save_metrics",
     "score_test_set",
     "scores",
@@ -63,6 +65,33 @@ def parser(
         "--overwrite", action="store_true", help="start over in --out (deletes its checkpoints)"
     )
     return p
+
+
+def run_options(args: argparse.Namespace, out: Path) -> dict:
+    """The keyword arguments of :func:`~pyro_vae.fit` that every example's flags set: the run
+    folder (``--out``, ``--resume``, ``--overwrite``), the progress bar, ``--log-dir``."""
+    return {
+        "save_dir": out,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "progress": not args.no_progress,
+        "log_dir": args.log_dir,
+    }
+
+
+def mnist_from_args(
+    args: argparse.Namespace, device: torch.device, *, test_points: int | None
+) -> tuple[_data.Batches, _data.Batches]:
+    """:func:`binarized_mnist` with an example's flags (``--data-dir``, ``--batch-size``,
+    ``--limit``, ``--download``)."""
+    return binarized_mnist(
+        args.data_dir,
+        device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        test_points=test_points,
+        download=args.download,
+    )
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
