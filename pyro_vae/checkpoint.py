@@ -31,6 +31,8 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from .optim import is_row_sparse_group
+
 __all__ = [
     "CHECKPOINT",
     "HISTORY",
@@ -296,7 +298,7 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
     )
     for per_param in optim_state.values():
         for group in per_param.get("param_groups", []):
-            sparse = "weight_decay" not in group  # LazyAdam's RowSparseAdam states
+            sparse = is_row_sparse_group(group)
             for k, v in changed.items():
                 if k in group and not (sparse and k == "lr" and live["local_lr"] is not None):
                     group[k] = v

@@ -1,17 +1,42 @@
-"""Checks that run once — on an option, a whole data set, or after an epoch — never per step.
+"""Checks that run once — on an option, a whole data set, or after an epoch — never per step,
+and the two protocols the set-up and the loop recognize modules by.
 
-Each raises an error that names the problem, the value seen, and what to do.
+Each check raises an error that names the problem, the value seen, and what to do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol, runtime_checkable
 
 import pyro
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_data", "check_finite_params", "check_int"]
+__all__ = ["DataChecked", "LocalParameters", "check_data", "check_finite_params", "check_int"]
+
+
+@runtime_checkable
+class DataChecked(Protocol):
+    """A module that checks a whole data set once before it is used (e.g.
+    :meth:`pyro_vae.VAE.check_data`): shape, finite values, support, size. Raises
+    :class:`ValueError` naming the problem and the fix."""
+
+    def check_data(self, data: Tensor, *, num_data: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class LocalParameters(Protocol):
+    """A guide with parameters per data point (e.g. :class:`~pyro_vae.PerDatapointGaussian`):
+    rows ``loc`` for ``num_data`` points, row-sparse gradients when ``sparse`` (they need
+    :class:`~pyro_vae.LazyAdam`), and ``shard(start, stop)`` to keep a data-parallel rank's
+    rows only. It has no encoder: it cannot score new points."""
+
+    num_data: int
+    sparse: bool
+    loc: Tensor
+
+    def shard(self, start: int, stop: int) -> None: ...
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> None:
@@ -36,9 +61,8 @@ def check_data(modules: nn.Module, data: Tensor, *, num_data: int | None = None)
     a per-datapoint guide's N) on a whole data set, or on the first batch of a streamed one
     (then ``num_data`` is the data set's size)."""
     for module in modules.modules():
-        check = getattr(module, "check_data", None)
-        if callable(check):
-            check(data, num_data=num_data)
+        if isinstance(module, DataChecked):
+            module.check_data(data, num_data=num_data)
 
 
 def check_finite_params(

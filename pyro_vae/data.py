@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from .checks import check_int
 
-__all__ = ["Batches", "default_data_dir", "load_mnist", "make_circle"]
+__all__ = ["Batches", "DataSource", "default_data_dir", "load_mnist", "make_circle"]
 
 Binarize = Literal["threshold", "dynamic"] | None
 _DATA_ENV = "PYRO_VAE_DATA"
@@ -108,6 +108,32 @@ def make_circle(
     return x, z
 
 
+@runtime_checkable
+class DataSource(Protocol):
+    """What :func:`~pyro_vae.fit`, :func:`~pyro_vae.evaluate` and
+    :func:`~pyro_vae.infer_local` read: minibatches ``(x, idx)`` of a data set of
+    ``num_data`` points, ``len()`` of them per pass, on ``device``. ``points`` is what the
+    once-per-data-set checks see: the whole set (:class:`Batches`), or a stream's first batch
+    (:class:`~pyro_vae.Loader`). ``to(device)`` gives the same source on another device.
+    :func:`~pyro_vae.prepare.as_source` turns a tensor or a ``DataLoader`` into one.
+
+    Example:
+        >>> isinstance(Batches(torch.zeros(4, 2), batch_size=2), DataSource)
+        True
+    """
+
+    num_data: int
+    batch_size: int | None
+    device: torch.device
+    points: Tensor
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def to(self, device: torch.device | str) -> DataSource: ...
+
+
 class Batches:
     """Shuffled minibatches of a tensor data set, with their dataset indices.
 
@@ -170,6 +196,11 @@ class Batches:
     @property
     def device(self) -> torch.device:
         return self.data.device
+
+    @property
+    def points(self) -> Tensor:
+        """The whole data set (what the once-per-data-set checks see): ``data``."""
+        return self.data
 
     def to(self, device: torch.device | str) -> Batches:
         """The same batches with the data on ``device`` (no copy when already there)."""

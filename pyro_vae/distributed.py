@@ -27,6 +27,7 @@ import torch.distributed as tdist
 from pyro import poutine
 from torch import Tensor, nn
 
+from .checks import LocalParameters
 from .data import Batches
 
 __all__ = ["ShardedBatches", "World", "get_world"]
@@ -197,7 +198,7 @@ def shard_local_guides(
     guides = [
         m
         for m in (modules.modules() if modules is not None else ())
-        if callable(getattr(m, "shard", None)) and getattr(m, "num_data", None) == num_data
+        if isinstance(m, LocalParameters) and m.num_data == num_data
     ]
     if not guides:
         return None
@@ -281,7 +282,20 @@ class ShardedBatches:
 
     @property
     def data(self) -> Tensor:
+        """The whole data set (every rank holds it)."""
         return self.batches.data
+
+    @property
+    def points(self) -> Tensor:
+        return self.batches.data
+
+    @property
+    def batch_size(self) -> int:
+        """The global batch size."""
+        return self.batches.batch_size
+
+    def to(self, device: torch.device | str) -> ShardedBatches:
+        return ShardedBatches(self.batches.to(device), self.world, block=self.block)
 
     @property
     def device(self) -> torch.device:

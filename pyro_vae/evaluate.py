@@ -144,7 +144,7 @@ def evaluate(
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks
     data = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix).data
-    device, dtype = data.device, data.data.dtype
+    device, dtype = data.device, data.points.dtype
     world, offset = get_world(distributed), 0
     if world is not None and isinstance(data, Loader):
         raise ValueError("evaluate splits pv.Batches or a tensor across processes, not a loader")

@@ -68,7 +68,7 @@ class Loader:
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
         >>> loader = Loader(DataLoader(Indexed(TensorDataset(torch.rand(10, 3))), batch_size=4))
-        >>> loader.num_data, len(loader), loader.data.shape  # data: the first batch's points
+        >>> loader.num_data, len(loader), loader.points.shape  # the first batch's points
         (10, 3, torch.Size([4, 3]))
     """
 
@@ -98,7 +98,7 @@ class Loader:
 
     @property
     def device(self) -> torch.device:
-        return self._device if self._device is not None else self.data.device
+        return self._device if self._device is not None else self.points.device
 
     def to(self, device: torch.device | str) -> Loader:
         """The same batches, moved to ``device`` as they come."""
@@ -111,7 +111,7 @@ class Loader:
         return len(self.batches)
 
     @property
-    def data(self) -> Tensor:
+    def points(self) -> Tensor:
         """The first batch's points (read once, with their own randomness): what the checks
         that need a look at the data (dtype, shape, support) see of a streamed data set."""
         if self._first is None:

@@ -77,7 +77,7 @@ def infer_local(
         data = data.to(next(vae.parameters()).device)
     # The VAE's own data check does not apply: its per-point guide (if any) is replaced.
     check_module(
-        vae, data.device, data.data.dtype, fix="move the VAE to the data's device (vae.to(...))"
+        vae, data.device, data.points.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )
     layers = vae.guide_layers()
     if init is None:
@@ -91,7 +91,7 @@ def infer_local(
         for guide in inits:  # bottom-up: each layer starts from the one below's means
             guides.append(PerDatapointGaussian.from_guide(guide, points, num_data=data.num_data))
             points = guides[-1].loc.detach()
-    local = vae.with_guide([guide.to(data.data) for guide in guides], name=name)
+    local = vae.with_guide([guide.to(data.points) for guide in guides], name=name)
     optim = LazyAdam({"lr": lr})
 
     def anneal(epoch: int, history: object) -> None:  # lr → lr · final_lr_ratio, geometrically

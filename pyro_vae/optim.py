@@ -17,9 +17,21 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.optim import PyroOptim
 
-__all__ = ["LazyAdam", "RowSparseAdam", "gradient_step"]
+__all__ = ["LazyAdam", "RowSparseAdam", "gradient_step", "is_row_sparse_group"]
 
 _SPARSE_ARGS = ("lr", "betas", "eps", "maximize")
+
+
+def is_row_sparse_group(group: dict) -> bool:
+    """Whether a saved parameter group (of :meth:`LazyAdam.get_state`) is a
+    :class:`RowSparseAdam`'s (settings ``lr``, ``betas``, ``eps``, ``maximize`` only, as
+    ``SparseAdam``'s) rather than Adam's (which adds ``weight_decay``, ``amsgrad``, ...).
+
+    Example:
+        >>> is_row_sparse_group({"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0]})
+        True
+    """
+    return set(group) - {"params"} <= set(_SPARSE_ARGS)
 
 
 class LazyAdam(PyroOptim):

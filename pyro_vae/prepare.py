@@ -20,16 +20,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .checks import check_data
-from .data import Batches
+from .data import Batches, DataSource
 from .devices import check_module, owner_modules
 from .loaders import Loader
 
 __all__ = ["Prepared", "as_source", "find_modules", "prepare"]
 
-Source = Batches | Loader
 
-
-def as_source(data: object, *, batch_size: int | None = None) -> Source:
+def as_source(data: object, *, batch_size: int | None = None) -> DataSource:
     """``data`` as minibatches with indices: :class:`~pyro_vae.Batches` and
     :class:`~pyro_vae.Loader` as they are, a ``DataLoader`` wrapped in a ``Loader``, a tensor
     ``(N, *event_shape)`` as unshuffled ``Batches`` of ``batch_size`` (where given).
@@ -42,7 +40,7 @@ def as_source(data: object, *, batch_size: int | None = None) -> Source:
         return Loader(data)
     if isinstance(data, Tensor) and batch_size is not None:
         return Batches(data, batch_size=batch_size, shuffle=False)
-    if isinstance(data, (Batches, Loader)) or hasattr(data, "block"):  # (ShardedBatches)
+    if isinstance(data, DataSource):
         return data
     raise TypeError(
         f"expected minibatches with their indices; got {type(data).__name__}. Wrap a tensor: "
@@ -66,7 +64,7 @@ def find_modules(
 class Prepared:
     """What :func:`prepare` returns: the source on its device, the device, the networks."""
 
-    data: Source
+    data: DataSource
     device: torch.device
     modules: nn.Module | None
 
@@ -102,6 +100,6 @@ def prepare(
         device = devices.pop() if len(devices) == 1 else None
     source = source.to(device) if device is not None else source
     if found is not None:
-        check_module(found, source.device, source.data.dtype, fix=fix)
-        check_data(found, source.data, num_data=source.num_data)  # a loader: its first batch
+        check_module(found, source.device, source.points.dtype, fix=fix)
+        check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch
     return Prepared(source, source.device, found)

@@ -17,6 +17,8 @@ from pyro.contrib.zuko import ZukoToPyro
 from torch import Tensor, nn
 from torch.nn.functional import hardtanh
 
+from .checks import LocalParameters
+
 __all__ = [
     "DiagonalNormalMixture",
     "FlowPrior",
@@ -183,7 +185,7 @@ class VampPrior(nn.Module):
                 "the VampPrior's encoder must be an amortized guide module with latent_dim "
                 f"(e.g. the VAE's GaussianEncoder); got {type(encoder).__name__}"
             )
-        if getattr(encoder, "num_data", None) is not None:
+        if isinstance(encoder, LocalParameters):
             raise TypeError(
                 "a VampPrior needs an amortized encoder that reads inputs; a per-datapoint "
                 "guide has no encoder to apply to pseudo-inputs"

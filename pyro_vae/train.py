@@ -188,7 +188,7 @@ def fit(
         optim,
         num_data=data.num_data,
         device=device,
-        dtype=data.data.dtype,
+        dtype=data.points.dtype,
         e_steps=e_steps,
         freeze_model=freeze_model,
         combine=_combine(data) if world is not None else None,
@@ -238,7 +238,7 @@ def fit(
             if board is not None:
                 board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
                 if log_images_every and epoch % log_images_every == 0:
-                    board.images(epoch, modules, data.data)
+                    board.images(epoch, modules, data.points)
             if callback is not None:  # before saving: a schedule it sets is in the checkpoint
                 callback(epoch, history)
             if folder is not None:  # the checkpoint first: history.json is never ahead of it
@@ -311,7 +311,8 @@ def _check_networks(modules: nn.Module | None, optim: object, *, train: bool) ->
     for a frozen model, which keeps its mode and BatchNorm statistics)."""
     if modules is None:
         return
-    sparse = [m for m in modules.modules() if getattr(m, "sparse", False)]
+    # row-sparse gradients: the ``sparse`` flag of LocalParameters and of nn.Embedding
+    sparse = [m for m in modules.modules() if getattr(m, "sparse", False) is True]
     if sparse and not isinstance(optim, LazyAdam):
         raise ValueError(
             f"{type(sparse[0]).__name__} has row-sparse gradients, which "

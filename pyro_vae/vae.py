@@ -19,6 +19,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from .checks import LocalParameters
 from .guides import Guide
 from .likelihoods import Likelihood
 from .priors import Prior
@@ -153,7 +154,7 @@ class VAE(nn.Module):
             check_support(data)
         num_data = data.shape[0] if num_data is None else num_data
         for layer in self.guide_layers():
-            num_local = getattr(layer, "num_data", None)
+            num_local = layer.num_data if isinstance(layer, LocalParameters) else None
             if num_local is not None and num_local != num_data:
                 raise ValueError(
                     f"this VAE's per-datapoint guide has local parameters for N = {num_local} "
