@@ -21,7 +21,7 @@ function                       model (source)
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import zuko
 from torch import nn
@@ -41,6 +41,11 @@ __all__ = [
     "LIKELIHOODS",
     "MNIST_SHAPE",
     "PRIORS",
+    "Flow",
+    "FlowPrior",
+    "IWAEPrior",
+    "ImageLikelihood",
+    "Inference",
     "circle_vae",
     "conv_vae",
     "flow_posterior_vae",
@@ -51,15 +56,22 @@ __all__ = [
 
 MNIST_SHAPE = (1, 28, 28)
 """The shape of one MNIST image for the convolutional model (the MLPs read 784 pixels)."""
-FLOWS = ("none", "planar", "iaf", "nsf")
+# Each choice is written once, as a Literal type; the tuples (for the examples' flags and the
+# checks) are read from it.
+Flow = Literal["none", "planar", "iaf", "nsf"]
+FlowPrior = Literal["normal", "maf"]
+ImageLikelihood = Literal["bernoulli", "gaussian"]
+Inference = Literal["amortized", "per-point", "semi-amortized"]
+IWAEPrior = Literal["normal", "vamp"]
+FLOWS: tuple[str, ...] = get_args(Flow)
 """The posteriors of :func:`flow_posterior_vae`."""
-PRIORS = ("normal", "maf")
+PRIORS: tuple[str, ...] = get_args(FlowPrior)
 """The priors of :func:`flow_posterior_vae`."""
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS: tuple[str, ...] = get_args(ImageLikelihood)
 """The likelihoods of :func:`conv_vae` and :func:`latent2d_vae`."""
-INFERENCE = ("amortized", "per-point", "semi-amortized")
+INFERENCE: tuple[str, ...] = get_args(Inference)
 """The guides of :func:`circle_vae`."""
-IWAE_PRIORS = ("normal", "vamp")
+IWAE_PRIORS: tuple[str, ...] = get_args(IWAEPrior)
 """The priors of :func:`iwae_vae`."""
 
 _PIXELS = 784
@@ -110,10 +122,10 @@ def flow_prior_vae(*, latent_dim: int = 16, hidden: int = 1024) -> VAE:
 
 
 def flow_posterior_vae(
-    flow: Literal["none", "planar", "iaf", "nsf"],
+    flow: Flow,
     *,
     flows: int = 4,
-    prior: Literal["normal", "maf"] = "normal",
+    prior: FlowPrior = "normal",
     latent_dim: int = 50,
     hidden: int = 200,
 ) -> VAE:
@@ -172,7 +184,7 @@ def flow_posterior_vae(
 def iwae_vae(
     *,
     layers: Literal[1, 2] = 1,
-    prior: Literal["normal", "vamp"] = "normal",
+    prior: IWAEPrior = "normal",
     num_pseudo: int = 500,
     activation: Callable[[], nn.Module] = nn.Tanh,
 ) -> VAE | HierarchicalVAE:
@@ -228,9 +240,7 @@ def iwae_vae(
     return HierarchicalVAE(top or StandardNormalPrior(50), [p1], likelihood, [q1, q2])
 
 
-def conv_vae(
-    *, likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", latent_dim: int = 32
-) -> VAE:
+def conv_vae(*, likelihood: ImageLikelihood = "bernoulli", latent_dim: int = 32) -> VAE:
     """A DCGAN-style convolutional VAE for 28×28 images.
 
     Encoder (:class:`~pyro_vae.ConvEncoder`): stride-2 convolutions 1→16→32→64 (kernel 4,
@@ -261,7 +271,7 @@ def conv_vae(
 
 def latent2d_vae(
     *,
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+    likelihood: ImageLikelihood = "bernoulli",
     hidden: int = 400,
     latent_dim: int = 2,
 ) -> VAE:
@@ -294,7 +304,7 @@ def latent2d_vae(
 
 
 def circle_vae(
-    inference: Literal["amortized", "per-point", "semi-amortized"],
+    inference: Inference,
     *,
     num_data: int | None = None,
     init_scale: float = 0.1,
