@@ -78,8 +78,12 @@ class History:
     svi_step: bool = False
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the history as JSON."""
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        """Writes the history as JSON, atomically (a temporary file renamed over ``path``: a
+        killed process leaves the old history or the new one, never an empty file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> History:

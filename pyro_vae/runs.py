@@ -1,19 +1,29 @@
 """The folder a training run saves into, and its rules.
 
 A :class:`RunFolder` knows its files (``checkpoint.pt`` and ``history.json`` on rank 0,
-``checkpoint.rank<r>.pt`` on the other data-parallel ranks), decides at the start whether
-there is a run to continue (``resume``), to replace (``overwrite``) or to protect (neither: a
-:class:`FileExistsError`), resumes it, and writes a checkpoint and then the history after
-each epoch (the checkpoint first, so ``history.json`` is never ahead of it; both files are
-described in :mod:`pyro_vae.checkpoint`).
+``checkpoint.rank<r>.pt`` on the other data-parallel ranks), holds the folder for one run at a
+time (a lock file that the operating system releases when the process ends, however it ends),
+decides at the start whether there is a run to continue (``resume``), to replace
+(``overwrite``) or to protect (neither: a :class:`FileExistsError`) — a run whose latest
+checkpoint is gone but whose previous one survives counts as a run — resumes it, and writes a
+checkpoint and then the history after each epoch (the checkpoint first, so ``history.json`` is
+never ahead of it; both are written atomically; see :mod:`pyro_vae.checkpoint`).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+
+try:  # POSIX advisory locks; elsewhere a folder is not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 import pyro.optim
 import torch
@@ -46,7 +56,42 @@ class RunFolder:
         self.rank, self.world_size = rank, world_size
         self.checkpoint = self.path / (CHECKPOINT if rank == 0 else f"checkpoint.rank{rank}.pt")
         self.history = self.path / HISTORY
+        self.previous = self.checkpoint.with_suffix(".prev.pt")
         self.writes_history = rank == 0
+        self.lock = self.path / (".lock" if rank == 0 else f".lock.rank{rank}")
+        self._held: int | None = None  # the lock file's descriptor while held
+
+    def hold(self) -> None:
+        """Creates the folder, checks that it is writable and holds it for this run: a second
+        run (another process, or another ``fit`` in this one) gets a :class:`RuntimeError`
+        naming the holder. The lock goes when :meth:`release` is called or the process ends."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise PermissionError(
+                f"cannot write to the run folder {self.path} ({e.strerror}): choose a writable "
+                "save_dir"
+            ) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RuntimeError(
+                    f"the run folder {self.path} is in use by another run ({holder}); wait for "
+                    "it to end or use another save_dir (overwrite=True does not take it over)"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._held = fd
+
+    def release(self) -> None:
+        """Lets the folder go (the lock file stays, empty of meaning, for the next run)."""
+        if self._held is not None:
+            os.close(self._held)  # closing the descriptor releases the lock
+            self._held = None
 
     def start(
         self,
@@ -57,26 +102,48 @@ class RunFolder:
     ) -> bool:
         """Prepares the folder for a run and returns whether there is one to resume.
 
-        A saved run is resumed with ``resume``, deleted with ``overwrite``, and otherwise
-        protected (:class:`FileExistsError`). ``anywhere(flag)`` (data-parallel runs) makes
-        every rank decide alike: true when any rank's flag is.
+        A saved run — a checkpoint, or only the previous one, or only a history — is resumed
+        with ``resume``, deleted with ``overwrite``, and otherwise protected
+        (:class:`FileExistsError`); it is never started over silently. When the latest
+        checkpoint is gone and the previous one survives, ``resume`` continues from the
+        previous one, with a warning. ``anywhere(flag)`` (data-parallel runs) makes every rank
+        decide alike: true when any rank's flag is.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.checkpoint.with_suffix(".tmp").unlink(missing_ok=True)  # left by a killed process
-        exists = self.checkpoint.exists()
+        if self._held is None:
+            self.hold()
+        for tmp in (self.checkpoint.with_suffix(".tmp"), self.checkpoint.with_suffix(".link")):
+            tmp.unlink(missing_ok=True)  # left by a killed process
+        saved = [p for p in (self.checkpoint, self.previous) if p.exists()]
+        if self.writes_history and self.history.exists():
+            saved.append(self.history)
+        exists = bool(saved)
         if anywhere is not None:
             exists = anywhere(exists)
         if exists and not resume:
             if not overwrite:
+                what = ", ".join(p.name for p in saved) or "another process's checkpoint"
                 raise FileExistsError(
-                    f"{self.checkpoint} exists: a run was saved there. Pass resume=True to "
-                    "continue it, overwrite=True to start over (its checkpoints are deleted), "
+                    f"{self.path} holds a run ({what}). Pass resume=True to continue it, "
+                    "overwrite=True to start over (its checkpoints and history are deleted), "
                     "or another save_dir"
                 )
-            for path in (self.checkpoint, self.checkpoint.with_suffix(".prev.pt")):
+            for path in (self.checkpoint, self.previous):
                 path.unlink(missing_ok=True)
             if self.writes_history:
                 self.history.unlink(missing_ok=True)
+            return False
+        if resume and self.writes_history and self.history.exists() and len(saved) == 1:
+            raise CheckpointError(
+                f"{self.path} holds {HISTORY} but no checkpoint: that run cannot be continued. "
+                "Start over with overwrite=True, or use another save_dir"
+            )
+        if exists and not self.checkpoint.exists() and self.previous.exists():
+            warnings.warn(
+                f"{self.checkpoint.name} is missing in {self.path}: resuming from "
+                f"{self.previous.name}, the checkpoint before it",
+                stacklevel=4,
+            )
+            shutil.copyfile(self.previous, self.checkpoint)
         return resume and exists
 
     def resume(

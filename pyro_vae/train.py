@@ -193,22 +193,27 @@ def fit(
         freeze_model=freeze_model,
         combine=_combine(data) if world is not None else None,
     )
+    writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
     folder = None
     if save_dir is not None:
         rank, size = (world.rank, world.size) if world is not None else (0, 1)
         folder = RunFolder(save_dir, rank=rank, world_size=size)
-    history, start = _begin(folder, step, data, optim, modules, device, world, resume, overwrite)
-    history.svi_step = not step.sync_free  # which step this run takes
 
     def hint() -> str:
         return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
 
-    writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
-    total = (epochs - start) * len(data)
-    bar = tqdm(total=total, disable=not (progress and writes), desc="train", unit="step")
-    board = Board(log_dir) if log_dir is not None and writes else None
-    elapsed = history.seconds[-1] if history.seconds else 0.0
-    try:
+    bar = board = None
+    try:  # log_dir and the run folder are checked before a saved run is touched
+        board = Board(log_dir) if log_dir is not None and writes else None
+        if folder is not None:
+            folder.hold()  # one run at a time; writable
+        history, start = _begin(
+            folder, step, data, optim, modules, device, world, resume, overwrite
+        )
+        history.svi_step = not step.sync_free  # which step this run takes
+        total = (epochs - start) * len(data)
+        bar = tqdm(total=total, disable=not (progress and writes), desc="train", unit="step")
+        elapsed = history.seconds[-1] if history.seconds else 0.0
         for epoch in range(start + 1, epochs + 1):
             kl_scale.beta = beta(epoch) if callable(beta) else beta
             t0 = time.perf_counter()
@@ -244,9 +249,12 @@ def fit(
             if folder is not None:  # the checkpoint first: history.json is never ahead of it
                 folder.save(history, optim, modules, list(step.names))
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if board is not None:
             board.close()
+        if folder is not None:
+            folder.release()
     return history
 
 

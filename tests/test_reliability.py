@@ -4,6 +4,9 @@ a checkpoint is (model, optimizer state and settings, schedule, RNG) and refuses
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import helpers
 import pyro
@@ -14,6 +17,7 @@ import torch
 import pyro_vae as pv
 from pyro_vae import checkpoint as checkpoint_module
 from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.runs import RunFolder
 
 
 def circle_vae(hidden: int = 8) -> pv.VAE:
@@ -55,6 +59,96 @@ def test_an_existing_run_is_never_overwritten_silently(tmp_path):
     _, history = run(tmp_path, 1, overwrite=True)
     assert history.epoch == [1]
     assert pv.History.load(tmp_path / "history.json").epoch == [1]
+
+
+def test_a_run_whose_latest_checkpoint_is_gone_is_resumed_from_the_previous_one(tmp_path):
+    """#22.1: with checkpoint.pt deleted, fit used to start over and replace the survivor."""
+    _, full = run(tmp_path / "full", 5)
+    run(tmp_path / "cut", 5)
+    (tmp_path / "cut" / "checkpoint.pt").unlink()  # checkpoint.prev.pt (4 epochs) survives
+    survivor = (tmp_path / "cut" / "checkpoint.prev.pt").read_bytes()
+    with pytest.raises(FileExistsError, match=r"checkpoint\.prev\.pt, history\.json"):
+        run(tmp_path / "cut", 5)  # no flags: refused, nothing replaced
+    assert (tmp_path / "cut" / "checkpoint.prev.pt").read_bytes() == survivor
+    with pytest.warns(UserWarning, match=r"checkpoint\.pt is missing .*checkpoint\.prev\.pt"):
+        _, resumed = run(tmp_path / "cut", 5, resume=True)
+    assert resumed.epoch == [1, 2, 3, 4, 5]
+    assert resumed.loss == full.loss  # epoch 5 trained again from epoch 4's state, exactly
+
+
+def test_a_history_without_checkpoints_is_not_started_over(tmp_path):
+    run(tmp_path, 2)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / name).unlink()
+    with pytest.raises(FileExistsError, match=r"holds a run \(history\.json\)"):
+        run(tmp_path, 2)
+    with pytest.raises(CheckpointError, match=r"holds history\.json but no checkpoint"):
+        run(tmp_path, 2, resume=True)
+    assert pv.History.load(tmp_path / "history.json").epoch == [1, 2]
+
+
+def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
+    """#22.2: two runs in one folder used to replace each other's checkpoints. The lock is
+    the operating system's: it goes with the process that held it."""
+    folder = RunFolder(tmp_path)
+    folder.hold()
+    try:
+        for options in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(
+                RuntimeError, match=rf"in use by another run \(process {os.getpid()}"
+            ):
+                run(tmp_path, 1, **options)
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        folder.release()
+    run(tmp_path, 1)  # free again
+    script = f"""
+import os
+from pyro_vae.runs import RunFolder
+RunFolder({str(tmp_path)!r}).hold()
+os.kill(os.getpid(), 9)
+"""
+    subprocess.run([sys.executable, "-c", script], check=False)  # killed while holding it
+    run(tmp_path, 2, resume=True)  # not stuck
+
+
+def test_history_is_written_atomically(tmp_path, monkeypatch):
+    """#22.3: a process killed while history.json was rewritten left it empty."""
+    run(tmp_path, 1)
+    before = (tmp_path / "history.json").read_text()
+
+    def killed(self, text, *args, **kwargs):
+        open(self, "w").close()  # the file was opened (truncated) ...
+        raise KeyboardInterrupt  # ... and the process killed before the text was in it
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pv.History(epoch=[1, 2], loss=[1.0, 0.5], seconds=[1.0, 2.0]).save(
+            tmp_path / "history.json"
+        )
+    monkeypatch.undo()
+    assert (tmp_path / "history.json").read_text() == before
+
+
+def test_a_bad_log_dir_is_found_before_a_run_is_deleted(tmp_path):
+    """#22.4: overwrite=True with a bad log_dir deleted the old run, then failed."""
+    run(tmp_path / "run", 2)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    (tmp_path / "not_a_folder").write_text("a file")
+    with pytest.raises(Exception, match="not_a_folder"):
+        run(tmp_path / "run", 1, overwrite=True, log_dir=tmp_path / "not_a_folder" / "board")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_save_dir_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """#22.5: a read-only save_dir trained a whole epoch, then failed with no path. (A file in
+    the way stands in for a read-only folder, which root, as in CI, could write anyway.)"""
+    (tmp_path / "file").write_text("in the way")
+    steps = []
+    monkeypatch.setattr(pv.steps.Step, "__call__", lambda *a: steps.append(1))
+    with pytest.raises(PermissionError, match=r"cannot write to the run folder .*file/run"):
+        run(tmp_path / "file" / "run", 1)
+    assert not steps  # refused before the first step
 
 
 def test_the_previous_checkpoint_is_kept(tmp_path):
