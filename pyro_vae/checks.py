@@ -13,7 +13,14 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DataChecked", "LocalParameters", "check_data", "check_finite_params", "check_int"]
+__all__ = [
+    "DataChecked",
+    "LocalParameters",
+    "check_data",
+    "check_finite_params",
+    "check_int",
+    "check_pair",
+]
 
 
 @runtime_checkable
@@ -94,3 +101,39 @@ def check_finite_params(
         raise FloatingPointError(
             f"the parameter {name!r} became non-finite in epoch {epoch}; {hint}"
         )
+
+
+def check_pair(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    x: Tensor,
+    idx: Tensor,
+    num_data: int | None = None,
+) -> None:
+    """Runs ``guide`` and ``model`` once on ``(x, idx)`` (no gradients, nothing recorded, the
+    random streams restored) and raises a :class:`ValueError` naming the first latent site
+    where the guide's sample does not have the model's event shape — e.g. a prior of
+    dimension 1 with a guide of dimension 3, which broadcasting would otherwise score as a
+    plausible, wrong ELBO."""
+    from pyro import poutine  # (pyro's handlers: only this check needs them here)
+
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, idx, **kwargs
+        )
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or name not in guide_trace.nodes:
+            continue
+        event = getattr(site["fn"], "event_shape", None)  # (a plate's subsample site: none)
+        value = site["value"]
+        if event is None or not isinstance(value, Tensor):
+            continue
+        if tuple(value.shape[value.dim() - len(event) :]) != tuple(event):
+            raise ValueError(
+                f"the guide samples {name!r} with shape {tuple(value.shape)} but the model's "
+                f"distribution there has event shape {tuple(event)}: the guide and the model "
+                "disagree on the latent dimension; build them with the same one"
+            )

@@ -15,6 +15,7 @@ Particles are vectorized by an outer ``pyro.plate("particles", K, dim=-2)`` and 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -26,12 +27,12 @@ from pyro import poutine
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .checks import check_int
+from .checks import check_int, check_pair
 from .data import Batches
 from .devices import DeviceCheck
 from .distributed import all_sum, get_world
 from .loaders import Loader
-from .prepare import prepare
+from .prepare import modes, prepare
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 
@@ -45,6 +46,7 @@ def log_weights(
     *,
     num_particles: int = 1,
     max_plate_nesting: int = 1,
+    num_data: int | None = None,
 ) -> Tensor:
     r"""Log importance weights :math:`\log p(x_n, z_{kn}) - \log q(z_{kn} \mid x_n)`.
 
@@ -56,6 +58,9 @@ def log_weights(
         idx: Its dataset indices ``(B,)`` (for per-datapoint guides).
         num_particles: :math:`K`, drawn in one vectorized pass.
         max_plate_nesting: Plates nested in ``model`` and ``guide``.
+        num_data: :math:`N`, passed on as ``num_data=N`` when given (for pairs whose data
+            plate needs it; the weights are per point either way: the plate's scale does not
+            enter them).
 
     Returns:
         Tensor of shape ``(K, B)``.
@@ -73,8 +78,11 @@ def log_weights(
         poutine.block(),
         pyro.plate("particles", num_particles, dim=-1 - max_plate_nesting),
     ):
-        guide_trace = poutine.trace(guide).get_trace(x, idx)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x, idx)
+        kwargs = {} if num_data is None else {"num_data": num_data}
+        guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, idx, **kwargs
+        )
     out: Tensor | float = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for site in trace.nodes.values():
@@ -143,8 +151,8 @@ def evaluate(
     check_int("max_rows", max_rows)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks
-    data = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix).data
-    device, dtype = data.device, data.points.dtype
+    ready = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix)
+    data = ready.data
     world, offset = get_world(distributed), 0
     if world is not None and isinstance(data, Loader):
         raise ValueError("evaluate splits pv.Batches or a tensor across processes, not a loader")
@@ -156,31 +164,13 @@ def evaluate(
         data = (
             Batches(rows, batch_size=size, shuffle=False, binarize=binarize) if len(block) else []
         )
-    elbo_sum = ll_sum = 0.0
-    count = 0
-    check = DeviceCheck(device, dtype, fix=fix)  # the first pass, innermost
-    for x_batch, local_idx in data:
-        idx_batch = local_idx + offset
-        step = max(1, max_rows // num_particles)
-        for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
-            chunk = max(1, min(num_particles, max_rows // x.shape[0]))
-            pair = (check(model), check(guide)) if count == 0 else (model, guide)
-            # The first pass validates as the user chose; later ones skip the per-call checks.
-            with nullcontext() if count == 0 else pyro.validation_enabled(False):
-                parts = [
-                    log_weights(
-                        *pair,
-                        x,
-                        idx,
-                        num_particles=min(chunk, num_particles - start),
-                        max_plate_nesting=max_plate_nesting,
-                    )
-                    for start in range(0, num_particles, chunk)
-                ]
-            lw = torch.cat(parts)
-            elbo_sum += lw.mean(0).sum().item()
-            ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
-            count += x.shape[0]
+    num_data = ready.data.num_data if _takes_num_data(model) and _takes_num_data(guide) else None
+    with modes(ready.modules, train=False):  # BatchNorm: running statistics, left as they are
+        elbo_sum, ll_sum, count = _score(
+            model, guide, data, offset, num_particles, max_rows, max_plate_nesting, num_data,
+            DeviceCheck(ready.device, ready.data.points.dtype, fix=fix),
+        )  # fmt: skip
+    device = ready.device
     if world is not None:  # the global sums
         elbo_sum, ll_sum, count = all_sum(
             torch.tensor([elbo_sum, ll_sum, count], dtype=torch.float64, device=device)
@@ -189,3 +179,55 @@ def evaluate(
     if count == 0:
         raise ValueError("evaluate got no data points: the data set is empty")
     return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count)
+
+
+def _score(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Batches | Loader | list,
+    offset: int,
+    num_particles: int,
+    max_rows: int,
+    max_plate_nesting: int,
+    num_data: int | None,
+    check: DeviceCheck,
+) -> tuple[float, float, int]:
+    """Sums of the ELBO and the log-likelihood estimates over ``data``'s points, and their
+    number: two host reads per chunk of at most ``max_rows`` (point, particle) pairs. The first
+    chunk checks the pair's shapes and runs under ``check``, validated as the user chose."""
+    elbo_sum = ll_sum = 0.0
+    count = 0
+    for x_batch, local_idx in data:
+        idx_batch = local_idx + offset
+        step = max(1, max_rows // num_particles)
+        for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
+            chunk = max(1, min(num_particles, max_rows // x.shape[0]))
+            pair = (check(model), check(guide)) if count == 0 else (model, guide)
+            if count == 0:  # once: the parameters' devices, then the sites' shapes
+                check_pair(*pair, x, idx, num_data)
+            with nullcontext() if count == 0 else pyro.validation_enabled(False):
+                parts = [
+                    log_weights(
+                        *pair,
+                        x,
+                        idx,
+                        num_particles=min(chunk, num_particles - start),
+                        max_plate_nesting=max_plate_nesting,
+                        num_data=num_data,
+                    )
+                    for start in range(0, num_particles, chunk)
+                ]
+            lw = torch.cat(parts)
+            elbo_sum += lw.mean(0).sum().item()
+            ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
+            count += x.shape[0]
+    return elbo_sum, ll_sum, count
+
+
+def _takes_num_data(fn: Callable[..., object]) -> bool:
+    """Whether ``fn`` follows ``fit``'s convention ``fn(x, idx, num_data=N)``."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read
+        return False
+    return any(p.name == "num_data" or p.kind is p.VAR_KEYWORD for p in parameters)

@@ -25,6 +25,7 @@ import torch
 from pyro.infer import ELBO, SVI
 from torch import Tensor
 
+from .checks import check_pair
 from .devices import DeviceCheck
 from .optim import gradient_step
 
@@ -102,6 +103,7 @@ class Step:
         float)."""
         first, self.first = self.first, False
         if first:  # validates as the user chose; the data were checked before
+            check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
             return self._step(x, idx, *self.checked, first=True)
         with pyro.validation_enabled(False):
             return self._step(x, idx, *self.plain, first=False)

@@ -12,9 +12,11 @@ package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 
 import pyro
@@ -46,7 +48,7 @@ from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
 from .loaders import Loader
 from .optim import LazyAdam
-from .prepare import prepare
+from .prepare import modes, prepare
 from .runs import RunFolder
 from .steps import Step
 
@@ -107,9 +109,10 @@ def fit(
             parameter the first step registers on another device (or in another floating
             dtype than the data) stops training with a :class:`ValueError` that names it.
         modules: The networks behind ``model`` and ``guide``: moved to ``device``, put in
-            train mode (not with ``freeze_model``), and saved in checkpoints with their
-            buffers. Default: the ``nn.Module`` whose bound methods ``model`` and ``guide``
-            are (e.g. the :class:`~pyro_vae.VAE` of ``vae.model``), if any.
+            train mode while training (not with ``freeze_model``) and back in the mode each
+            was in at the end, and saved in checkpoints with their buffers. Default: the
+            ``nn.Module`` whose bound methods ``model`` and ``guide`` are (e.g. the
+            :class:`~pyro_vae.VAE` of ``vae.model``), if any.
         save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
             state, module state, epoch, RNG states) are written there after every epoch.
         resume: Continue from ``save_dir/checkpoint.pt`` when it exists. The checkpoint must
@@ -168,6 +171,8 @@ def fit(
         ([1, 2], 2)
     """
     _check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
+    if not callable(beta):
+        _beta(beta, None)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
     loss = loss if loss is not None else TensorTrace_ELBO()
@@ -176,7 +181,7 @@ def fit(
         size = max(1, 2**17 // validation_particles)
         validation = prepare(model, guide, validation, device=device, modules=modules,
                              batch_size=size).data  # fmt: skip
-    _check_networks(modules, optim, train=not freeze_model)
+    _check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
     train_model, train_guide = model, guide
     if beta != 1.0:
@@ -203,6 +208,8 @@ def fit(
         return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
 
     bar = board = None
+    restore = ExitStack()  # the networks train in train mode (a frozen model: as they are),
+    restore.enter_context(modes(modules, train=None if freeze_model else True))  # then as found
     try:  # log_dir and the run folder are checked before a saved run is touched
         board = Board(log_dir) if log_dir is not None and writes else None
         if folder is not None:
@@ -215,7 +222,7 @@ def fit(
         bar = tqdm(total=total, disable=not (progress and writes), desc="train", unit="step")
         elapsed = history.seconds[-1] if history.seconds else 0.0
         for epoch in range(start + 1, epochs + 1):
-            kl_scale.beta = beta(epoch) if callable(beta) else beta
+            kl_scale.beta = _beta(beta, epoch)
             t0 = time.perf_counter()
             epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
             elapsed += time.perf_counter() - t0
@@ -255,6 +262,7 @@ def fit(
             board.close()
         if folder is not None:
             folder.release()
+        restore.close()
     return history
 
 
@@ -314,9 +322,21 @@ def _place(
     return ShardedBatches(ready.data, world, block=block), ready.device, ready.modules
 
 
-def _check_networks(modules: nn.Module | None, optim: object, *, train: bool) -> None:
-    """Refuses row-sparse gradients without LazyAdam; puts the networks in train mode (not
-    for a frozen model, which keeps its mode and BatchNorm statistics)."""
+def _beta(beta: float | Callable[[int], float], epoch: int | None) -> float:
+    """β for ``epoch`` (a number, or ``beta(epoch)``), checked: a finite number ≥ 0."""
+    value = beta(epoch) if callable(beta) and epoch is not None else beta
+    where = f"beta({epoch}) returned" if callable(beta) else "beta must be"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{where} a finite number >= 0 (the weight of the KL term); got {value!r}. Pass "
+            "e.g. beta=0.5, or a warm-up such as beta=lambda epoch: min(1.0, epoch / 10)"
+        )
+    return float(value)
+
+
+def _check_sparse(modules: nn.Module | None, optim: object) -> None:
+    """Refuses row-sparse gradients without LazyAdam."""
     if modules is None:
         return
     # row-sparse gradients: the ``sparse`` flag of LocalParameters and of nn.Embedding
@@ -328,8 +348,6 @@ def _check_networks(modules: nn.Module | None, optim: object, *, train: bool) ->
             "point's parameters at every step): use optim=pv.LazyAdam({'lr': ...}, "
             "local_lr=...)"
         )
-    if train:
-        modules.train()
 
 
 def _combine(data: ShardedBatches) -> Callable[[list[Tensor], Tensor], None]:
@@ -421,17 +439,10 @@ def _validate(
     particles: int,
     world: World | None,
 ) -> float:
-    """The validation ELBO with the networks in eval mode and their own random draws
-    (validating, or not, never changes the training run's RNG stream)."""
-    was_training = modules.training if modules is not None else None
-    if modules is not None:
-        modules.eval()
+    """The validation ELBO (``evaluate`` puts the networks in eval mode) with its own random
+    draws (validating, or not, never changes the training run's RNG stream)."""
     device = validation.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            return evaluate(
-                model, guide, validation, num_particles=particles, distributed=world is not None
-            ).elbo
-        finally:
-            if modules is not None:
-                modules.train(was_training)
+        return evaluate(
+            model, guide, validation, num_particles=particles, distributed=world is not None
+        ).elbo

@@ -82,6 +82,11 @@ class VAE(nn.Module):
         check_role("prior", prior)
         check_role("likelihood", likelihood)
         check_role("guide", guide)
+        if prior.latent_dim != guide.latent_dim:
+            raise ValueError(
+                f"the prior has latent_dim {prior.latent_dim} but the guide "
+                f"{guide.latent_dim}: both describe the same z; build them with one latent_dim"
+            )
         self.prior = prior
         self.likelihood = likelihood
         self.variational = guide

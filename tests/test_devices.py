@@ -70,10 +70,10 @@ def test_evaluate_and_infer_local_check_the_model_against_the_data():
 
 
 def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_path):
-    """No modules= argument: the VAE is found, put in train mode, and its BatchNorm
-    statistics are saved and restored."""
+    """No modules= argument: the VAE is found, trained in train mode (and left in the mode it
+    was in), and its BatchNorm statistics are saved and restored."""
 
-    def run(epochs, resume, seed):
+    def run(epochs, resume, seed, overwrite=False):
         pyro.clear_param_store()
         torch.manual_seed(seed)  # other initial weights on resume: the checkpoint restores all
         vae = tiny_vae(encoder=nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 4)))
@@ -87,18 +87,19 @@ def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_pa
             device="cpu",
             save_dir=tmp_path,
             resume=resume,
+            overwrite=overwrite,
             progress=False,
         )
         return vae, history
 
     torch.manual_seed(0)
     full_vae, full = run(3, False, 0)
-    assert full_vae.training
+    assert not any(m.training for m in full_vae.modules())  # eval before fit, eval after
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["modules"]
     assert "variational.encoder.1.running_mean" in saved
+    assert saved["variational.encoder.1.num_batches_tracked"] == 3 * 4  # trained in train mode
     torch.save(torch.load(tmp_path / "checkpoint.pt", weights_only=False), tmp_path / "full.pt")
-    (tmp_path / "checkpoint.pt").unlink()
-    run(1, False, 0)
+    run(1, False, 0, overwrite=True)
     resumed_vae, resumed = run(3, True, 5)
     assert resumed.loss == full.loss
     for (name, a), b in zip(
