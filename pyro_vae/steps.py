@@ -23,11 +23,12 @@ import pyro
 import pyro.optim
 import torch
 from pyro.infer import ELBO, SVI
-from torch import Tensor
+from torch import Tensor, nn
 
 from .checks import check_pair
 from .devices import DeviceCheck
 from .optim import gradient_step
+from .prepare import modes
 
 __all__ = ["Step"]
 
@@ -47,6 +48,8 @@ class Step:
         freeze_model: Guide-only steps.
         combine: Called as ``combine(params, x)`` after each backward pass, before the
             optimizer (the data-parallel gradient all-reduce).
+        modules: The networks behind the pair, in eval mode while the first call checks that
+            the guide's samples have the model's shapes (one forward pass that trains nothing).
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -75,13 +78,14 @@ class Step:
         e_steps: int = 0,
         freeze_model: bool = False,
         combine: Callable[[list[Tensor], Tensor], None] | None = None,
+        modules: nn.Module | None = None,
     ) -> None:
         self.check = DeviceCheck(device, dtype)
         self.plain = (model, guide)
         self.checked = (self.check(model), self.check(guide))  # innermost: sees every site
         self.loss, self.optim, self.num_data = loss, optim, num_data
         self.e_steps, self.freeze_model, self.combine = e_steps, freeze_model, combine
-        self.first = True
+        self.first, self.modules = True, modules
         self.svi: dict[bool, SVI] | None = None
         if not hasattr(loss, "differentiable_loss"):  # e.g. RenyiELBO: Pyro's own SVI step
             _refuse_svi_step(loss, e_steps=e_steps, freeze_model=freeze_model, combine=combine)
@@ -103,7 +107,8 @@ class Step:
         float)."""
         first, self.first = self.first, False
         if first:  # validates as the user chose; the data were checked before
-            check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
+            with modes(self.modules, train=False):  # (a BatchNorm's statistics stay as they are)
+                check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
             return self._step(x, idx, *self.checked, first=True)
         with pyro.validation_enabled(False):
             return self._step(x, idx, *self.plain, first=False)

@@ -197,6 +197,7 @@ def fit(
         e_steps=e_steps,
         freeze_model=freeze_model,
         combine=_combine(data) if world is not None else None,
+        modules=modules,
     )
     writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
     folder = None
