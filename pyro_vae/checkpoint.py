@@ -109,12 +109,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _settings(optim: pyro.optim.PyroOptim) -> dict:
+def _settings(optim: pyro.optim.PyroOptim, names: list[str] = ()) -> dict:
+    """The optimizer's type and settings: its arguments (a dict; a callable's values for each
+    parameter name in ``names``, ``args_by_param``) and ``local_lr``."""
     cls = type(optim)
     args = getattr(optim, "pt_optim_args", None)
     return {
         "type": f"{cls.__module__}.{cls.__qualname__}",
         "args": dict(args) if isinstance(args, dict) else None,
+        "args_by_param": {n: dict(args(n)) for n in names} if callable(args) else None,
         "local_lr": getattr(optim, "local_lr", None),
     }
 
@@ -144,7 +147,7 @@ def save_checkpoint(
         "history": history,
         "params": {name: store.get_param(name).unconstrained().detach() for name in param_names},
         "optim": optim.get_state(),
-        "optim_settings": _settings(optim),
+        "optim_settings": _settings(optim, param_names),
         "modules": modules.state_dict() if modules is not None else None,
         "rng": _rng_state(),
         "world_size": world_size,
@@ -257,6 +260,7 @@ def resume_run(
             raise CheckpointError(
                 f"the checkpoint {path} was written by other networks: {e}"
             ) from None
+    settings = _settings(optim, names)  # (a callable's arguments, per parameter)
     optim.set_state(_with_settings(state["optim"], saved_settings, settings, path))
     _set_rng_state(state["rng"])
     return state["history"], names
@@ -285,25 +289,34 @@ def _check_params(path: Path, saved: dict[str, Tensor], names: list[str]) -> Non
 
 
 def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> dict:
-    """The saved per-parameter optimizer states, with the live settings where they differ."""
-    changed = {}
+    """The saved per-parameter optimizer states, with the live settings where they differ from
+    the saved settings (dict arguments, a callable's per-parameter values, ``local_lr``)."""
+    changed: dict[str, dict] = {}  # parameter name -> the hyperparameters that changed
     if live["args"] is not None and saved["args"] is not None:
-        changed = {k: v for k, v in live["args"].items() if saved["args"].get(k, object()) != v}
+        new = {k: v for k, v in live["args"].items() if saved["args"].get(k, object()) != v}
+        changed = {name: new for name in optim_state} if new else {}
+    by_param, saved_by_param = live.get("args_by_param"), saved.get("args_by_param")
+    if by_param is not None and saved_by_param is not None:
+        for name, args in by_param.items():
+            old = saved_by_param.get(name, {})
+            new = {k: v for k, v in args.items() if old.get(k, object()) != v}
+            if new and name in optim_state:
+                changed[name] = new
     local_lr_changed = live["local_lr"] != saved["local_lr"]
     if not changed and not local_lr_changed:
         return optim_state
-    new = [f"{k}={v!r}" for k, v in changed.items()]
+    shown = sorted({f"{k}={v!r}" for new in changed.values() for k, v in new.items()})
     if local_lr_changed:
-        new.append(f"local_lr={live['local_lr']!r}")
+        shown.append(f"local_lr={live['local_lr']!r}")
     warnings.warn(
-        f"resuming {path} with new optimizer settings ({', '.join(new)}): they replace the "
+        f"resuming {path} with new optimizer settings ({', '.join(shown)}): they replace the "
         "checkpoint's",
         stacklevel=3,
     )
-    for per_param in optim_state.values():
+    for name, per_param in optim_state.items():
         for group in per_param.get("param_groups", []):
             sparse = is_row_sparse_group(group)
-            for k, v in changed.items():
+            for k, v in changed.get(name, {}).items():
                 if k in group and not (sparse and k == "lr" and live["local_lr"] is not None):
                     group[k] = v
             if sparse and live["local_lr"] is not None:

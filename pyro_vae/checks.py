@@ -118,7 +118,7 @@ def check_pair(
     from pyro import poutine  # (pyro's handlers: only this check needs them here)
 
     kwargs = {} if num_data is None else {"num_data": num_data}
-    devices = [x.device] if x.device.type == "cuda" else []
+    devices = [x.device] if x.device.type == "cuda" and torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(

@@ -71,7 +71,9 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 
 def owner_modules(*fns: Callable[..., object]) -> list[nn.Module]:
     """The distinct ``nn.Module`` objects whose bound methods ``fns`` are (e.g. the
-    :class:`~pyro_vae.VAE` behind ``vae.model`` and ``vae.guide``).
+    :class:`~pyro_vae.VAE` behind ``vae.model`` and ``vae.guide``), also through wrappers
+    that say what they wrap (``poutine.scale(vae.model, 0.5)``, ``functools.wraps``,
+    ``functools.partial``).
 
     Example:
         >>> net = torch.nn.Linear(2, 2)
@@ -80,6 +82,11 @@ def owner_modules(*fns: Callable[..., object]) -> list[nn.Module]:
     """
     found: list[nn.Module] = []
     for fn in fns:
+        for _ in range(100):  # unwrap: __wrapped__ chains and partials
+            inner = getattr(fn, "__wrapped__", None) or getattr(fn, "func", None)
+            if inner is None or inner is fn:
+                break
+            fn = inner
         owner = getattr(fn, "__self__", None)
         if isinstance(owner, nn.Module) and not any(owner is m for m in found):
             found.append(owner)

@@ -104,6 +104,10 @@ class HierarchicalVAE(VAE):
         8
     """
 
+    @staticmethod
+    def _check_latent_dims(prior: Prior, guide: Guide) -> None:
+        """(The layers' dimensions are checked against each other in ``__init__``.)"""
+
     def __init__(
         self,
         prior: Prior,

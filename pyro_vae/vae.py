@@ -82,17 +82,21 @@ class VAE(nn.Module):
         check_role("prior", prior)
         check_role("likelihood", likelihood)
         check_role("guide", guide)
-        if prior.latent_dim != guide.latent_dim:
-            raise ValueError(
-                f"the prior has latent_dim {prior.latent_dim} but the guide "
-                f"{guide.latent_dim}: both describe the same z; build them with one latent_dim"
-            )
+        self._check_latent_dims(prior, guide)
         self.prior = prior
         self.likelihood = likelihood
         self.variational = guide
         self.name = name
         if check_reads:
             self._check_reads()
+
+    @staticmethod
+    def _check_latent_dims(prior: Prior, guide: Guide) -> None:
+        if prior.latent_dim != guide.latent_dim:
+            raise ValueError(
+                f"the prior has latent_dim {prior.latent_dim} but the guide "
+                f"{guide.latent_dim}: both describe the same z; build them with one latent_dim"
+            )
 
     def _check_reads(self) -> None:
         """A piece that reads another module (a VampPrior its encoder, a semi-amortized guide
@@ -148,7 +152,12 @@ class VAE(nn.Module):
             raise ValueError(
                 f"expected data of shape (N, {', '.join(map(str, shape))}); got {tuple(data.shape)}"
             )
-        if data.is_floating_point() and not bool(torch.isfinite(data).all()):
+        if not data.is_floating_point():
+            raise ValueError(
+                f"the data are {data.dtype}; the networks read floating-point values: convert "
+                "them, e.g. x.float() for 0/1 values or x.float() / 255 for 0..255 images"
+            )
+        if not bool(torch.isfinite(data).all()):
             bad = (~torch.isfinite(data)).nonzero()[0].tolist()
             raise ValueError(
                 f"the data hold non-finite values (e.g. {data[tuple(bad)].item()} at index "

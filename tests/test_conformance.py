@@ -289,8 +289,56 @@ LOSSES = {
     "TraceMeanField_ELBO": (pyro.infer.TraceMeanField_ELBO, False),
     "TraceGraph_ELBO": (pyro.infer.TraceGraph_ELBO, True),
     "RenyiELBO": (pyro.infer.RenyiELBO, True),
-    "JitTrace_ELBO": (pyro.infer.JitTrace_ELBO, False),
+    "JitTrace_ELBO": (pyro.infer.JitTrace_ELBO, True),  # (its differentiable_loss: 2 × grad)
 }
+
+
+# Every Pyro loss fit accepts, with what it needs; fit steps the first group through
+# differentiable_loss and the second through SVI.step.
+EVERY_LOSS = {
+    "TensorTrace_ELBO": lambda: pv.TensorTrace_ELBO(),
+    "Trace_ELBO": lambda: pyro.infer.Trace_ELBO(),
+    "TraceMeanField_ELBO": lambda: pyro.infer.TraceMeanField_ELBO(),
+    "TraceEnum_ELBO": lambda: pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
+    "TraceTMC_ELBO": lambda: pyro.infer.TraceTMC_ELBO(max_plate_nesting=1),
+    "JitTraceMeanField_ELBO": lambda: pyro.infer.JitTraceMeanField_ELBO(),
+    "JitTraceEnum_ELBO": lambda: pyro.infer.JitTraceEnum_ELBO(max_plate_nesting=1),
+    "JitTrace_ELBO": lambda: pyro.infer.JitTrace_ELBO(),
+    "TraceGraph_ELBO": lambda: pyro.infer.TraceGraph_ELBO(),
+    "JitTraceGraph_ELBO": lambda: pyro.infer.JitTraceGraph_ELBO(),
+    "RenyiELBO": lambda: pyro.infer.RenyiELBO(),
+}
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name", list(EVERY_LOSS))
+def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
+    """#22.10: Adam's scale invariance hid a doubled gradient (JitTrace_ELBO); plain SGD
+    does not. One batch, one step, the same noise: the same parameters."""
+    x, idx = pv.make_circle(16)[0], torch.arange(16)
+
+    def trained(step):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = pv.zoo.circle_vae("amortized")
+        pyro.set_rng_seed(1)
+        step(vae)
+        return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    def svi(vae):
+        optim = pyro.optim.SGD({"lr": 0.1})
+        SVI(vae.model, vae.guide, optim, EVERY_LOSS[name]()).step(x, idx, num_data=16)
+
+    def fit(vae):
+        data = pv.Batches(x, batch_size=16, shuffle=False)  # one step
+        optim, loss = pyro.optim.SGD({"lr": 0.1}), EVERY_LOSS[name]()
+        pv.fit(vae.model, vae.guide, data, epochs=1, optim=optim, loss=loss, device="cpu",
+               progress=False)  # fmt: skip
+
+    expected, actual = trained(svi), trained(fit)
+    assert actual.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")

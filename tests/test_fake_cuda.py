@@ -162,7 +162,7 @@ FIT_READS = {"train.py:_mean", "checks.py:check_finite_params"}
 DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
 # Copies to the device once per call: the data set, a new per-point guide.
 MOVES = {"data.py:to", "prepare.py:prepare", "guides.py:from_guide", "local.py:infer_local"}
-EVALUATE_READS = {"evaluate.py:evaluate"}
+EVALUATE_READS = {"evaluate.py:_score"}
 
 
 def small_vae(guide: str = "encoder", num_data: int = 32) -> pv.VAE:
@@ -255,7 +255,7 @@ def test_evaluate_runs_on_fake_cuda_with_two_reads_per_chunk():
         result = pv.evaluate(vae.model, vae.guide, x, num_particles=4, max_rows=16)
     assert result.num_data == B
     chunks = B // (16 // 4)
-    assert Counter(e.key for e in watch.allowed)["evaluate.py:evaluate"] == 2 * chunks
+    assert Counter(e.key for e in watch.allowed)["evaluate.py:_score"] == 2 * chunks
     assert not watch.reads and not watch.mixes
 
 

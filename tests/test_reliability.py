@@ -195,7 +195,7 @@ def test_a_non_finite_loss_stops_at_the_next_read_and_keeps_the_checkpoint(tmp_p
     message = str(info.value)
     assert "in epoch 2 by step 6" in message  # the first read after the NaN (steps 1, 6, ...)
     assert "resume=True" in message and "smaller step size" in message
-    assert pair.steps == 100 + 6  # stopped there, not at the end of the epoch
+    assert pair.steps == 1 + 100 + 6  # stopped there, not at the end of the epoch (1: the check)
     assert pv.History.load(tmp_path / "history.json").epoch == [1]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["history"]["epoch"] == [1]
 
@@ -284,10 +284,16 @@ def test_resume_refuses_another_optimizer_type(tmp_path):
         run(tmp_path, 2, resume=True, optim=pyro.optim.ClippedAdam({"lr": 1e-2}))
 
 
+@pytest.mark.parametrize("as_callable", [False, True], ids=["dict", "callable"])
 @pytest.mark.parametrize("make", [pv.LazyAdam, pyro.optim.Adam])
-def test_a_new_learning_rate_on_resume_is_used_and_announced(tmp_path, make):
-    run(tmp_path, 1, optim=make({"lr": 1e-2}))
-    optim = make({"lr": 0.5})
+def test_a_new_learning_rate_on_resume_is_used_and_announced(tmp_path, make, as_callable):
+    """#22.8: arguments given as a callable used to keep the saved lr, silently."""
+
+    def args(lr):
+        return (lambda name: {"lr": lr}) if as_callable else {"lr": lr}
+
+    run(tmp_path, 1, optim=make(args(1e-2)))
+    optim = make(args(0.5))
     with pytest.warns(UserWarning, match=r"new optimizer settings \(lr=0\.5\)"):
         run(tmp_path, 2, resume=True, optim=optim)
     lrs = {g["lr"] for o in optim.optim_objs.values() for g in o.param_groups}
@@ -318,12 +324,14 @@ def test_lazy_adam_new_local_lr_on_resume(tmp_path):
     assert lrs == {"RowSparseAdam": 0.3, "Adam": 1e-2}
 
 
+@pytest.mark.parametrize("as_callable", [False, True], ids=["dict", "callable"])
 @pytest.mark.parametrize("make", [pv.LazyAdam, pyro.optim.Adam])
-def test_resume_with_a_learning_rate_schedule_is_exact(tmp_path, make):
-    """A schedule applied by a callback is part of the optimizer's state: resume continues it."""
+def test_resume_with_a_learning_rate_schedule_is_exact(tmp_path, make, as_callable):
+    """A schedule applied by a callback is part of the optimizer's state: resume continues it
+    (unchanged arguments, a dict or a callable, do not replace the scheduled values)."""
 
     def schedule_run(save_dir, epochs, resume):
-        optim = make({"lr": 1e-2})
+        optim = make((lambda name: {"lr": 1e-2}) if as_callable else {"lr": 1e-2})
 
         def decay(epoch, history):
             for o in optim.optim_objs.values():
@@ -414,6 +422,131 @@ def test_a_per_point_vae_refuses_new_data():
         pv.evaluate(vae.model, vae.guide, new, num_particles=2)
     with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20"):
         pv.fit(vae.model, vae.guide, data(64), epochs=2, validation=new, progress=False)
+
+
+class MismatchedPair:
+    """A hand-written pair whose guide's z has 3 dimensions where the model's has 1."""
+
+    def model(self, x, idx=None, num_data=None):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            logits = torch.zeros(x.shape[-1]) + z.sum(-1, keepdim=True)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(self, x, idx=None, num_data=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+
+def test_a_guide_and_a_model_of_different_latent_sizes_are_refused():
+    """#22.7: VAE accepted them, evaluate returned a plausible ELBO (broadcasting)."""
+    with pytest.raises(ValueError, match="the prior has latent_dim 1 but the guide 3"):
+        pv.VAE(
+            pv.StandardNormalPrior(1),
+            pv.BernoulliLikelihood(pv.MLP(1, 6), 6),
+            pv.GaussianEncoder(pv.MLP(6, 6), 3),
+        )
+    pair, x = MismatchedPair(), torch.rand(16, 6).round()
+    message = r"the guide samples 'z' with shape \(\d+, 3\) but the model's .* event shape \(1,\)"
+    with pytest.raises(ValueError, match=message):
+        pv.evaluate(pair.model, pair.guide, x, num_particles=2)
+    with pytest.raises(ValueError, match=message):
+        pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+
+
+def test_evaluate_scores_in_eval_mode_and_leaves_the_statistics_and_the_mode():
+    """#22.9: evaluate on a BatchNorm VAE in train mode (as fit used to leave it) changed its
+    running statistics, and its ELBO depended on max_rows."""
+    encoder = torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 4)
+    )
+    vae = helpers.bernoulli_vae(encoder=encoder)  # train mode
+    x = torch.rand(64, 6).round()
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    for max_rows in (64, 2**12):
+        pv.evaluate(vae.model, vae.guide, x, num_particles=16, max_rows=max_rows)
+    assert vae.training and all(m.training for m in vae.modules())
+    for name, value in vae.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    # fit leaves each network's mode as it found it, a frozen BatchNorm included
+    vae.variational.encoder[1].eval()
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=1, progress=False)
+    assert vae.training and not vae.variational.encoder[1].training
+
+
+@pytest.mark.parametrize(
+    ("beta", "message"),
+    [
+        (-1.0, "beta must be a finite number >= 0 .*got -1.0"),
+        (float("nan"), "beta must be a finite number >= 0 .*got nan"),
+        (float("inf"), "beta must be a finite number >= 0 .*got inf"),
+        ("0.5", "beta must be a finite number >= 0 .*got '0.5'"),
+        (lambda epoch: "warm", r"beta\(1\) returned a finite number >= 0 .*got 'warm'"),
+        (lambda epoch: -epoch, r"beta\(1\) returned a finite number >= 0 .*got -1"),
+    ],
+)
+def test_beta_is_a_finite_non_negative_number(beta, message):
+    """#22.13: beta=-1 trained silently, nan/inf blamed the step size, a string gave a
+    TypeError from deep inside."""
+    vae = helpers.bernoulli_vae()
+    data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
+    with pytest.raises(ValueError, match=message):
+        pv.fit(vae.model, vae.guide, data, epochs=1, beta=beta, progress=False)
+
+
+class ConventionPair:
+    """A hand-written pair that follows fit's convention: its plate needs num_data."""
+
+    def __init__(self) -> None:
+        self.decoder = torch.nn.Linear(1, 6)
+
+    def model(self, x, idx, num_data=None):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, idx, num_data=None):
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+
+
+def test_a_pair_that_needs_num_data_is_evaluated_and_validated():
+    """#22.18: it trained in fit, but evaluate and fit(validation=) raised a bare
+    AssertionError (the latter after a whole epoch)."""
+    pair, x = ConventionPair(), torch.rand(32, 6).round()
+    result = pv.evaluate(pair.model, pair.guide, x, num_particles=4)
+    assert result.num_data == 32 and result.elbo < 0
+    history = pv.fit(
+        pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, validation=x[:8],
+        device="cpu", progress=False,
+    )  # fmt: skip
+    assert history.val_epoch == [1] and history.val_elbo[0] < 0
+
+
+def test_networks_are_found_through_pyro_wrappers(tmp_path):
+    """#22.12: with poutine.scale-wrapped methods, the networks were not found: no checks, no
+    network state in the checkpoint, no warning."""
+    vae = helpers.bernoulli_vae()
+    model, guide = pyro.poutine.scale(vae.model, 1.0), pyro.poutine.scale(vae.guide, 1.0)
+    with pytest.raises(ValueError, match=r"expected data of shape \(N, 6\)"):
+        pv.fit(model, guide, pv.Batches(torch.rand(8, 5), batch_size=4), epochs=1)
+    data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
+    pv.fit(model, guide, data, epochs=1, save_dir=tmp_path, device="cpu", progress=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["modules"]
+    assert saved is not None and saved.keys() == vae.state_dict().keys()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+def test_integer_data_get_an_error_with_the_fix(dtype):
+    """#22.15: integer data failed deep inside with 'mat1 and mat2 must have the same dtype'."""
+    vae = helpers.bernoulli_vae()
+    x = torch.rand(16, 6).round().to(dtype)
+    message = rf"the data are {dtype}; .*x\.float\(\)"
+    with pytest.raises(ValueError, match=message):
+        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=message):
+        pv.evaluate(vae.model, vae.guide, x, num_particles=2)
 
 
 # ---- bad input -------------------------------------------------------------------------------
