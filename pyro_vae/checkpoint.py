@@ -22,7 +22,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pyro
@@ -188,6 +188,14 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         raise CheckpointError(
             f"the checkpoint {path} is not a complete pyro_vae checkpoint (missing "
             f"{', '.join(missing)}); {advice}"
+        )
+    history = state["history"]
+    known = {f.name for f in fields(History)}
+    if not isinstance(history, dict) or set(history) - known:
+        extra = sorted(set(history) - known) if isinstance(history, dict) else type(history)
+        raise CheckpointError(
+            f"the checkpoint {path} holds a history pyro_vae does not know ({extra}): written "
+            f"by another version? Read it with that version, or {advice}"
         )
     return state
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "BatchChecked",
     "DataChecked",
     "LocalParameters",
     "check_data",
@@ -30,6 +31,14 @@ class DataChecked(Protocol):
     :class:`ValueError` naming the problem and the fix."""
 
     def check_data(self, data: Tensor, *, num_data: int | None = None) -> None: ...
+
+
+@runtime_checkable
+class BatchChecked(Protocol):
+    """A module that tests a minibatch on the device (e.g. :meth:`pyro_vae.VAE.batch_ok`):
+    finite values in the likelihood's support, as a 0-dim bool tensor (no host read)."""
+
+    def batch_ok(self, x: Tensor) -> Tensor: ...
 
 
 @runtime_checkable

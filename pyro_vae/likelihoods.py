@@ -87,6 +87,11 @@ class BernoulliLikelihood(_DecoderLikelihood):
         torch.Size([8])
     """
 
+    def in_support(self, x: Tensor) -> Tensor:
+        """Whether every value of ``x`` lies in :math:`[0, 1]`: a 0-dim bool tensor on ``x``'s
+        device (no host read; ``fit`` checks a streamed data set's batches with it)."""
+        return ((x >= 0) & (x <= 1)).all()
+
     def check_support(self, data: Tensor) -> None:
         """Raises a :class:`ValueError` unless every value of ``data`` lies in :math:`[0, 1]`
         (called once per data set by :func:`~pyro_vae.fit` and :func:`~pyro_vae.evaluate`)."""

@@ -46,12 +46,39 @@ class Indexed(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         item = self.dataset[index]
         x = item[0] if isinstance(item, (tuple, list)) else item
-        x = torch.as_tensor(x)
-        if self.binarize == "threshold":
-            x = x.round()
-        elif self.binarize == "dynamic":
-            x = torch.bernoulli(x)
+        if isinstance(x, dict):
+            raise TypeError(
+                f"item {index} of {type(self.dataset).__name__} is a dict (keys "
+                f"{sorted(x)}); Indexed needs the data point first: a tensor, or a tuple whose "
+                "first element is one (wrap the dataset to return e.g. item['image'])"
+            )
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise TypeError(
+                f"item {index} of {type(self.dataset).__name__} is a {type(x).__name__}, not "
+                f"a tensor ({e}); convert it in the dataset, e.g. transform=ToTensor() for "
+                "images"
+            ) from None
+        if self.binarize is not None:
+            x = self._binarized(x, index)
         return x, index
+
+    def _binarized(self, x: Tensor, index: int) -> Tensor:
+        """``x`` thresholded or drawn, once its values are checked to be probabilities."""
+        if not x.is_floating_point():
+            raise ValueError(
+                f"binarize={self.binarize!r} needs probabilities, floating-point values in "
+                f"[0, 1]; item {index} is {x.dtype}: convert it (e.g. ToTensor() scales images "
+                "to [0, 1], or x.float() / 255)"
+            )
+        low, high = x.min().item(), x.max().item()  # (in the loader's worker, on the CPU)
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"binarize={self.binarize!r} needs values in [0, 1]; item {index} has values "
+                f"in [{low:.3g}, {high:.3g}]: scale it first (e.g. x / 255)"
+            )
+        return x.round() if self.binarize == "threshold" else torch.bernoulli(x)
 
 
 class Loader:

@@ -23,21 +23,30 @@ from torch.utils.data import DataLoader
 from .checks import check_data
 from .data import Batches, DataSource
 from .devices import check_module, owner_modules
-from .loaders import Loader
+from .loaders import Indexed, Loader
 
 __all__ = ["Prepared", "as_source", "find_modules", "modes", "prepare"]
 
 
 def as_source(data: object, *, batch_size: int | None = None) -> DataSource:
     """``data`` as minibatches with indices: :class:`~pyro_vae.Batches` and
-    :class:`~pyro_vae.Loader` as they are, a ``DataLoader`` wrapped in a ``Loader``, a tensor
-    ``(N, *event_shape)`` as unshuffled ``Batches`` of ``batch_size`` (where given).
+    :class:`~pyro_vae.Loader` as they are, a ``DataLoader`` over :class:`~pyro_vae.Indexed`
+    wrapped in a ``Loader`` (over another dataset it is refused: its items' second element is
+    not known to be an index), a tensor ``(N, *event_shape)`` as unshuffled ``Batches`` of
+    ``batch_size`` (where given).
 
     Example:
         >>> as_source(torch.zeros(10, 3), batch_size=4).num_data
         10
     """
     if isinstance(data, DataLoader):
+        if not isinstance(data.dataset, Indexed):  # its second element may be a label
+            raise TypeError(
+                f"a DataLoader over {type(data.dataset).__name__} yields that dataset's items "
+                "(e.g. (x, label)), and their second element would be taken for the points' "
+                "indices: wrap the dataset, DataLoader(pv.Indexed(dataset), ...), or pass "
+                "pv.Loader(loader, num_data=N) if it does yield dataset indices"
+            )
         return Loader(data)
     if isinstance(data, Tensor) and batch_size is not None:
         return Batches(data, batch_size=batch_size, shuffle=False)

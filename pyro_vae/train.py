@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .board import Board
 from .checkpoint import CheckpointError, History
-from .checks import check_finite_params, check_int
+from .checks import BatchChecked, check_finite_params, check_int
 from .data import Batches
 from .devices import default_device, move_param_store
 from .distributed import (
@@ -411,11 +411,24 @@ def _train_epoch(
     device: it is read every ``log_every`` steps (the progress bar, TensorBoard, the check
     that it is finite) and at the end."""
     total, count = 0.0, 0
+    checked, since = isinstance(data, Loader) and isinstance(step.modules, BatchChecked), 0
+    bad: Tensor | None = None  # any batch since the last read not finite or not in the support
     for i, (x, idx) in enumerate(data):
+        if checked:  # streamed batches: tested on the device, read with the loss
+            fault = ~step.modules.batch_ok(x)
+            bad = fault if bad is None else bad | fault
         total = total + step(x, idx) * (x.shape[0] / data.num_data)
         count += x.shape[0]
-        if i % log_every == 0:
-            running = _mean(total, count, world, step.check.device)
+        if i % log_every == 0 or (checked and i == len(data) - 1):
+            running, faulty = _read(total, count, bad, world, step.check.device)
+            if faulty:
+                raise ValueError(
+                    f"a batch among steps {since + 1} to {i + 1} of epoch {epoch} has values "
+                    "that are not finite or not in the likelihood's support (e.g. outside "
+                    "[0, 1] for a Bernoulli): check the data pipeline (its transforms, "
+                    "scaling); only the first batch of a DataLoader is checked in full"
+                )
+            bad, since = None, i + 1
             if not math.isfinite(running):
                 raise FloatingPointError(
                     f"the loss became {running} in epoch {epoch} by step {i + 1}; {hint()}"
@@ -425,6 +438,22 @@ def _train_epoch(
                 board.running((epoch - 1) * len(data) + i, running)
         bar.update()
     return _mean(total, count, world, step.check.device)
+
+
+def _read(
+    total: Tensor | float,
+    count: int,
+    bad: Tensor | None,
+    world: World | None,
+    device: torch.device,
+) -> tuple[float, bool]:
+    """The running loss and whether a batch was bad, in one host read."""
+    if bad is None or world is not None:
+        return _mean(total, count, world, device), False
+    pair = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device).reshape(()),
+                        bad.to(device=device, dtype=torch.float64)])  # fmt: skip
+    loss_sum, faulty = pair.tolist()
+    return loss_sum / count, bool(faulty)
 
 
 def _mean(total: Tensor | float, count: int, world: World | None, device: torch.device) -> float:

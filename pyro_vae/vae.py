@@ -135,6 +135,14 @@ class VAE(nn.Module):
         """The shape of one data point."""
         return self.likelihood.event_shape
 
+    def batch_ok(self, x: Tensor) -> Tensor:
+        """Whether a minibatch's values are finite and in the likelihood's support: a 0-dim
+        bool tensor on ``x``'s device, read by ``fit`` with the loss every ``log_every``
+        steps (the batches of a streamed data set, which ``check_data`` sees the first of)."""
+        ok = torch.isfinite(x).all() if x.is_floating_point() else torch.ones((), dtype=bool)
+        in_support = getattr(self.likelihood, "in_support", None)
+        return ok & in_support(x) if in_support is not None else ok
+
     def check_data(self, data: Tensor, *, num_data: int | None = None) -> None:
         """Checks a whole data set once (not per step): the shape of its points, finite values,
         the likelihood's support (e.g. ``[0, 1]`` for a Bernoulli) and, for a per-datapoint

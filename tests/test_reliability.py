@@ -576,3 +576,73 @@ def test_an_index_out_of_range_names_n_and_the_index():
     guide = pv.PerDatapointGaussian(10, 1)
     with pytest.raises(ValueError, match=r"index 12 is out of range .* N = 10 points"):
         guide(torch.zeros(3, 2), torch.tensor([1, 12, 3]))
+
+
+@pytest.mark.parametrize(
+    ("item", "binarize", "message"),
+    [
+        ({"image": torch.rand(6)}, None, r"item 0 of .* is a dict \(keys \['image'\]\)"),
+        ("not data", None, "item 0 of .* is a str, not a tensor"),
+        (torch.randint(0, 255, (6,), dtype=torch.uint8), "dynamic", r"item 0 is torch\.uint8"),
+        (torch.rand(6) * 255, "dynamic", r"values in \[0, 1\]; item 0 has values in"),
+        (torch.rand(6) * 255, "threshold", r"values in \[0, 1\]; item 0 has values in"),
+    ],
+)
+def test_indexed_names_the_item_and_the_fix(item, binarize, message):
+    """#22.16: three raw torch errors (a dict, uint8 or values > 1 under binarize)."""
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return item, 0  # (x, label)
+
+    with pytest.raises((TypeError, ValueError), match=message):
+        pv.Indexed(Items(), binarize=binarize)[0]
+
+
+def test_a_checkpoint_with_an_unknown_history_is_refused_before_anything_loads(tmp_path):
+    """#22.17: a TypeError from History(...) with no file named, after load_checkpoint had
+    already changed the module's weights."""
+    run(tmp_path, 1)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    state["history"]["learning_rate"] = [0.1]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    other = circle_vae()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"checkpoint\.pt holds a history .*learning_rate"):
+        pv.load_checkpoint(tmp_path / "checkpoint.pt", other)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    with pytest.raises(CheckpointError, match="learning_rate"):
+        run(tmp_path, 2, resume=True)
+
+
+def test_a_dataloader_without_indices_is_refused():
+    """#22.6: over TensorDataset(x, labels), the labels were taken for indices and 3 of 64
+    points' local parameters were ever trained."""
+    x, labels = torch.rand(64, 6).round(), torch.randint(0, 3, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=8)
+    vae = helpers.bernoulli_vae(guide=pv.PerDatapointGaussian(64, 2))
+    message = r"DataLoader over TensorDataset .* taken for the points' indices: .*pv\.Indexed"
+    for call in (
+        lambda: pv.fit(vae.model, vae.guide, loader, epochs=1, progress=False),
+        lambda: pv.evaluate(vae.model, vae.guide, loader, num_particles=2),
+        lambda: pv.infer_local(vae, loader, epochs=1),
+    ):
+        with pytest.raises(TypeError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("bad", [2.0, float("nan")])
+def test_a_bad_value_in_a_later_streamed_batch_is_named(bad):
+    """#22.14: a DataLoader's later batch outside [0, 1] trained silently, and a NaN there was
+    blamed on the step size. The test is on the device, read with the loss (no extra sync)."""
+    x = torch.rand(64, 6).round()
+    x[45, 2] = bad  # batch 6 of 8; the checks see batch 1 in full
+    dataset = pv.Indexed(torch.utils.data.TensorDataset(x))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8)
+    vae = helpers.bernoulli_vae()
+    message = r"a batch among steps 2 to 8 of epoch 1 has values that are not finite or not in"
+    with pytest.raises(ValueError, match=message):
+        pv.fit(vae.model, vae.guide, loader, epochs=1, log_every=50, device="cpu", progress=False)
