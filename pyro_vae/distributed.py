@@ -18,6 +18,7 @@ worker's plate to the full data set for the same reason).
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -38,6 +39,25 @@ class World(NamedTuple):
 
     rank: int
     size: int
+
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=5)
+"""How long a process waits in a collective for the others, when ``fit`` starts the process
+group (torch's default is 30 minutes): a stopped or stuck process then ends the run with an
+error (:func:`timed_out`) instead of holding the others."""
+
+
+def timed_out(error: BaseException) -> RuntimeError | None:
+    """A clear error for a collective that waited too long, or ``None`` for another error."""
+    text = str(error).lower()
+    if not isinstance(error, RuntimeError) or ("timed out" not in text and "timeout" not in text):
+        return None
+    return RuntimeError(
+        "a data-parallel process did not answer in time (a collective waited "
+        f"{COLLECTIVE_TIMEOUT} or the process group's own timeout): one process is stopped, "
+        "stuck (e.g. in its data loading) or gone. The checkpoints of the last finished epoch "
+        f"are intact: restart all processes with resume=True. ({str(error).splitlines()[0]})"
+    )
 
 
 def get_world(distributed: bool | None = None) -> World | None:
@@ -62,7 +82,7 @@ def get_world(distributed: bool | None = None) -> World | None:
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
             if torch.cuda.is_available():
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            tdist.init_process_group(backend)
+            tdist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
         elif distributed:
             raise ValueError(
                 "distributed=True but no process group: launch with torchrun (e.g. torchrun "
@@ -165,6 +185,33 @@ def _scaled(grad: Tensor, weight: float) -> Tensor:
         is_coalesced=grad.is_coalesced(),
         check_invariants=False,  # the gradient's own indices
     )
+
+
+def check_same_data(points: Tensor, world: World) -> None:
+    """Every process must hold the same data set, in the same order: its size and a
+    fingerprint (position-weighted sums of the values and of their squares, in float64, read
+    once) are compared across the ranks, with an error that says which rank holds what."""
+    flat = points.reshape(points.shape[0], -1).to(torch.float64)
+    weight = torch.arange(1, points.shape[0] + 1, dtype=torch.float64, device=points.device)
+    mine = torch.stack([(flat.sum(1) * weight).sum(), flat.square().sum()]).tolist()
+    size = float(points.shape[0])
+    table = [host_tensor([0.0, 0.0, 0.0], points.device) for _ in range(world.size)]
+    tdist.all_gather(table, host_tensor([size, *mine], points.device))
+    rows = [t.tolist() for t in table]
+    sizes = [int(r[0]) for r in rows]
+    if len(set(sizes)) > 1:
+        held = ", ".join(f"rank {r}: N = {n}" for r, n in enumerate(sizes))
+        raise ValueError(
+            f"the processes hold data sets of different sizes ({held}); every process must "
+            "load the same data set (each trains on its part of every global batch)"
+        )
+    other = next((r for r, row in enumerate(rows) if row[1:] != rows[0][1:]), None)
+    if other is not None:
+        raise ValueError(
+            f"rank {other} holds other data than rank 0 (the same N = {sizes[0]} points, other "
+            "values or another order); every process must load the same data set, in the "
+            "same order (shuffle it with the same seed, or not at all)"
+        )
 
 
 def host_sum(values: list[float], device: torch.device) -> list[float]:

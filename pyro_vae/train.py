@@ -37,12 +37,14 @@ from .distributed import (
     World,
     agree,
     average_buffers,
+    check_same_data,
     combine_gradients,
     get_world,
     global_mean,
     min_max,
     shard_local_guides,
     start_ranks,
+    timed_out,
 )
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
@@ -256,6 +258,10 @@ def fit(
                 callback(epoch, history)
             if folder is not None:  # the checkpoint first: history.json is never ahead of it
                 folder.save(history, optim, modules, list(step.names))
+    except RuntimeError as e:  # a data-parallel process that did not answer: say so
+        if world is not None and timed_out(e) is not None:
+            raise timed_out(e) from e
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -319,6 +325,7 @@ def _place(
             "data-parallel training reads pv.Batches (a tensor data set on each process); a "
             "DataLoader is not split across processes yet"
         )
+    check_same_data(ready.data.points, world)  # once: the same N and values on every rank
     block = shard_local_guides(ready.modules, ready.data.num_data, world)
     return ShardedBatches(ready.data, world, block=block), ready.device, ready.modules
 

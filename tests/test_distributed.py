@@ -300,6 +300,21 @@ def batch_smaller_than_world(rank: int, out: str):
     return "trained"
 
 
+def other_data(rank: int, out: str):
+    """Rank 1 holds other points (size or values) than rank 0."""
+    results = {}
+    for case, n, seed in (("size", 40 + 8 * rank, 0), ("values", 40, rank)):
+        x = pv.make_circle(n, seed=seed)[0]
+        pair = DeltaPair()
+        try:
+            pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, device="cpu",
+                   progress=False, distributed=True)  # fmt: skip
+            results[case] = "trained"
+        except ValueError as e:
+            results[case] = str(e)
+    return results
+
+
 def local_gradient(rank: int, out: str):
     return local_fit(True)
 
@@ -369,6 +384,14 @@ def test_global_batch_smaller_than_world_is_refused_on_every_rank(tmp_path):
     assert all("batch" in r and r != "trained" for r in ranks)
 
 
+def test_ranks_holding_other_data_are_refused_on_every_rank(tmp_path):
+    """#22.11 and #22.19: a rank with other data of the same size trained silently; one with
+    another size died in gloo ('Received data size doesn't match')."""
+    for r in run_ranks(other_data, tmp_path):
+        assert "rank 0: N = 40, rank 1: N = 48" in r["size"], r
+        assert "rank 1 holds other data than rank 0" in r["values"], r
+
+
 def test_local_rows_get_the_single_process_gradient(tmp_path):
     ranks = run_ranks(local_gradient, tmp_path)
     single = local_fit(False)
@@ -392,3 +415,33 @@ def test_batchnorm_buffers_agree_across_ranks(tmp_path):
     ranks = run_ranks(batchnorm_buffers, tmp_path)
     for name, value in ranks[0].items():
         torch.testing.assert_close(ranks[1][name], value, rtol=0, atol=0, msg=name)
+
+
+def test_fit_starts_its_process_group_with_a_collective_timeout(monkeypatch):
+    """#22.11: fit set no timeout, so a stopped rank held the others for torch's 30 minutes."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(tdist, "get_rank", lambda: 0)
+    monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
+    assert pv.distributed.get_world() == (0, 2)
+    assert calls == [{"timeout": pv.distributed.COLLECTIVE_TIMEOUT}]
+    assert pv.distributed.COLLECTIVE_TIMEOUT.total_seconds() <= 600
+
+
+def test_a_collective_that_times_out_says_what_happened(monkeypatch, tmp_path):
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        real = tdist.all_reduce
+
+        def stuck(tensor, *args, **kwargs):
+            if tensor.dtype == torch.float32:  # the gradients: the other process is stopped
+                raise RuntimeError("[../gloo/transport/tcp/pair.cc:598] Timed out waiting 300000ms")
+            return real(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(tdist, "all_reduce", stuck)
+        with pytest.raises(RuntimeError, match="a data-parallel process did not answer in time"):
+            delta_fit(True, n=16, batch=8, epochs=1)
+    finally:
+        tdist.destroy_process_group()
