@@ -33,7 +33,9 @@ def load(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
         x, _ = pv.load_mnist(args.data_dir, train=True)
         name = "MNIST"
     except FileNotFoundError:
-        x, name = torch.rand(60000, 784), "random images (MNIST not found)"
+        # the same images in every process (fit compares the ranks' data sets)
+        g = torch.Generator().manual_seed(0)
+        x, name = torch.rand(60000, 784, generator=g), "random images (MNIST not found)"
     return x[: args.limit] if args.limit else x, name
 
 

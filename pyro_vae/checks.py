@@ -19,6 +19,7 @@ __all__ = [
     "LocalParameters",
     "check_data",
     "check_finite_params",
+    "check_floating",
     "check_int",
     "check_pair",
 ]
@@ -69,6 +70,23 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> None:
             minimum, f"an integer >= {minimum}"
         )
         raise ValueError(f"{name} must be {kind}; got {value!r}")
+
+
+def check_floating(data: Tensor) -> None:
+    """Raises a :class:`ValueError` naming the dtype and the fix unless ``data`` is floating
+    point (what networks read).
+
+    Example:
+        >>> check_floating(torch.zeros(2, dtype=torch.uint8))
+        Traceback (most recent call last):
+        ...
+        ValueError: the data are torch.uint8; the networks read floating-point values: ...
+    """
+    if not data.is_floating_point():
+        raise ValueError(
+            f"the data are {data.dtype}; the networks read floating-point values: convert "
+            "them, e.g. x.float() for 0/1 values or x.float() / 255 for 0..255 images"
+        )
 
 
 def check_data(modules: nn.Module, data: Tensor, *, num_data: int | None = None) -> None:

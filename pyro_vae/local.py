@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .checks import check_floating
 from .data import Batches
 from .devices import check_module
 from .evaluate import evaluate
@@ -76,6 +77,7 @@ def infer_local(
     if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
         data = data.to(next(vae.parameters()).device)
     # The VAE's own data check does not apply: its per-point guide (if any) is replaced.
+    check_floating(data.points)
     check_module(
         vae, data.device, data.points.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )

@@ -19,7 +19,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
-from .checks import LocalParameters
+from .checks import LocalParameters, check_floating
 from .guides import Guide
 from .likelihoods import Likelihood
 from .priors import Prior
@@ -160,11 +160,7 @@ class VAE(nn.Module):
             raise ValueError(
                 f"expected data of shape (N, {', '.join(map(str, shape))}); got {tuple(data.shape)}"
             )
-        if not data.is_floating_point():
-            raise ValueError(
-                f"the data are {data.dtype}; the networks read floating-point values: convert "
-                "them, e.g. x.float() for 0/1 values or x.float() / 255 for 0..255 images"
-            )
+        check_floating(data)
         if not bool(torch.isfinite(data).all()):
             bad = (~torch.isfinite(data)).nonzero()[0].tolist()
             raise ValueError(

@@ -547,6 +547,8 @@ def test_integer_data_get_an_error_with_the_fix(dtype):
         pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
     with pytest.raises(ValueError, match=message):
         pv.evaluate(vae.model, vae.guide, x, num_particles=2)
+    with pytest.raises(ValueError, match=message):  # (a sibling: the per-point E-steps)
+        pv.infer_local(vae, pv.Batches(x, batch_size=8), epochs=1)
 
 
 # ---- bad input -------------------------------------------------------------------------------
