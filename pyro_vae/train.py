@@ -242,7 +242,7 @@ def fit(
             history.seconds.append(elapsed)
             val_elbo = None
             if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                val_elbo = _validate(model, guide, validation, modules, validation_particles, world)
+                val_elbo = _validate(model, guide, validation, validation_particles, world)
                 if not math.isfinite(val_elbo):
                     raise FloatingPointError(
                         f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
@@ -472,7 +472,6 @@ def _validate(
     model: Callable[..., object],
     guide: Callable[..., object],
     validation: Batches | Loader,
-    modules: nn.Module | None,
     particles: int,
     world: World | None,
 ) -> float:
