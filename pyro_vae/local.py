@@ -162,6 +162,7 @@ def amortization_gap(
         >>> gap.approximation_gap >= 0
         True
     """
+    data = as_source(data)  # once: evaluate and infer_local take the source as it is
     amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
     local = infer_local(
         vae, data, epochs=epochs, lr=lr, init=vae.guide_layers(), name="gap", final_lr_ratio=0.01

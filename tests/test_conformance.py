@@ -311,6 +311,8 @@ EVERY_LOSS = {
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.trace. is deprecated")
+@pytest.mark.filterwarnings("ignore:.*found no sample sites configured for enumeration")
 @pytest.mark.parametrize("name", list(EVERY_LOSS))
 def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
     """#22.10: Adam's scale invariance hid a doubled gradient (JitTrace_ELBO); plain SGD
