@@ -334,7 +334,8 @@ class ShardedBatches:
 
     @property
     def points(self) -> Tensor:
-        return self.batches.data
+        """What the once-per-data-set checks see: the whole set, as ``data``."""
+        return self.data
 
     @property
     def batch_size(self) -> int:

@@ -32,7 +32,8 @@ from .data import Batches
 from .devices import DeviceCheck
 from .distributed import all_sum, get_world
 from .loaders import Loader
-from .prepare import modes, prepare
+from .nets import modes
+from .prepare import prepare
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from .guides import Guide
 from .likelihoods import Likelihood
+from .nets import modes
 from .priors import Prior
-from .vae import VAE, _eval_mode, check_role
+from .vae import VAE, check_role
 
 __all__ = ["GuideChain", "HierarchicalVAE"]
 
@@ -186,7 +187,7 @@ class HierarchicalVAE(VAE):
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
         """Ancestral samples of the latents; returns the mean of :math:`p(x \\mid z_1)`."""
-        with _eval_mode(self):
+        with modes(self, train=False):
             z = self.prior()(torch.Size((num_samples,)))
             for conditional in reversed(self.conditionals):
                 z = conditional(z).sample()
@@ -197,5 +198,5 @@ class HierarchicalVAE(VAE):
         """The mean of :math:`p(x \\mid z_1)` at :math:`z_1 = \\mathbb{E}[q(z_1 \\mid x)]`."""
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        with _eval_mode(self):
+        with modes(self, train=False):
             return self.likelihood(self.variational[0](x, idx).mean).mean

@@ -95,8 +95,8 @@ class BernoulliLikelihood(_DecoderLikelihood):
     def check_support(self, data: Tensor) -> None:
         """Raises a :class:`ValueError` unless every value of ``data`` lies in :math:`[0, 1]`
         (called once per data set by :func:`~pyro_vae.fit` and :func:`~pyro_vae.evaluate`)."""
-        low, high = data.min().item(), data.max().item()
-        if low < 0 or high > 1:
+        if not bool(self.in_support(data)):
+            low, high = data.min().item(), data.max().item()
             raise ValueError(
                 f"the Bernoulli likelihood expects data in [0, 1]; got values in "
                 f"[{low:.3g}, {high:.3g}]. Scale the data to [0, 1] (e.g. divide 0..255 "

@@ -81,19 +81,7 @@ def infer_local(
     check_module(
         vae, data.device, data.points.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )
-    layers = vae.guide_layers()
-    if init is None:
-        guides = [PerDatapointGaussian(data.num_data, g.latent_dim) for g in layers]
-    else:
-        inits = list(init) if isinstance(init, Sequence | nn.ModuleList) else [init]
-        if len(inits) != len(layers):
-            raise ValueError(f"init needs one guide per latent layer ({len(layers)})")
-        points = data if isinstance(data, Loader) else data.data
-        guides = []
-        for guide in inits:  # bottom-up: each layer starts from the one below's means
-            guides.append(PerDatapointGaussian.from_guide(guide, points, num_data=data.num_data))
-            points = guides[-1].loc.detach()
-    local = vae.with_guide([guide.to(data.points) for guide in guides], name=name)
+    local = vae.with_guide(_local_guides(vae, data, init), name=name)
     optim = LazyAdam({"lr": lr})
 
     def anneal(epoch: int, history: object) -> None:  # lr → lr · final_lr_ratio, geometrically
@@ -113,6 +101,27 @@ def infer_local(
         callback=anneal if final_lr_ratio != 1.0 else None,
     )
     return local
+
+
+def _local_guides(
+    vae: VAE, data: Batches | Loader, init: nn.Module | Sequence[nn.Module] | None
+) -> list[PerDatapointGaussian]:
+    """One per-datapoint Gaussian per latent layer for ``data``'s points, on their device:
+    at μ = 0, σ = 1, or at ``init``'s outputs (bottom-up: each layer from the one below's
+    means)."""
+    layers = vae.guide_layers()
+    if init is None:
+        guides = [PerDatapointGaussian(data.num_data, g.latent_dim) for g in layers]
+    else:
+        inits = list(init) if isinstance(init, Sequence | nn.ModuleList) else [init]
+        if len(inits) != len(layers):
+            raise ValueError(f"init needs one guide per latent layer ({len(layers)})")
+        points = data if isinstance(data, Loader) else data.data
+        guides = []
+        for guide in inits:
+            guides.append(PerDatapointGaussian.from_guide(guide, points, num_data=data.num_data))
+            points = guides[-1].loc.detach()
+    return [guide.to(data.points) for guide in guides]
 
 
 @dataclass

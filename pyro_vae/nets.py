@@ -8,12 +8,13 @@ distributions.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "modes"]
 
 
 class MLP(nn.Sequential):
@@ -164,3 +165,27 @@ class ConvDecoder(nn.Module):
         flat, batch = _flat_batch(z, 1)
         out = self.convs(flat[:, :, None, None])
         return out.reshape(*batch, *out.shape[1:])
+
+
+@contextmanager
+def modes(modules: nn.Module | None, *, train: bool | None) -> Iterator[None]:
+    """The block runs with ``modules`` in train (``True``) or eval (``False``) mode, or as they
+    are (``None``); after it, every submodule is back in its own mode (a BatchNorm a user froze
+    in eval mode inside a training model stays frozen).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
+        >>> with modes(net, train=True):
+        ...     net[1].training
+        True
+        >>> net[1].training
+        False
+    """
+    saved = [(m, m.training) for m in modules.modules()] if modules is not None else []
+    if modules is not None and train is not None:
+        modules.train(train)
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training

@@ -12,8 +12,7 @@ every parameter and buffer. What is checked per parameter *site* happens in the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,7 @@ from .data import Batches, DataSource
 from .devices import check_module, owner_modules
 from .loaders import Indexed, Loader
 
-__all__ = ["Prepared", "as_source", "find_modules", "modes", "prepare"]
+__all__ = ["Prepared", "as_source", "find_modules", "prepare"]
 
 
 def as_source(data: object, *, batch_size: int | None = None) -> DataSource:
@@ -113,27 +112,3 @@ def prepare(
         check_module(found, source.device, source.points.dtype, fix=fix)
         check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch
     return Prepared(source, source.device, found)
-
-
-@contextmanager
-def modes(modules: nn.Module | None, *, train: bool | None) -> Iterator[None]:
-    """The block runs with ``modules`` in train (``True``) or eval (``False``) mode, or as they
-    are (``None``); after it, every submodule is back in its own mode (a BatchNorm a user froze
-    in eval mode inside a training model stays frozen).
-
-    Example:
-        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
-        >>> with modes(net, train=True):
-        ...     net[1].training
-        True
-        >>> net[1].training
-        False
-    """
-    saved = [(m, m.training) for m in modules.modules()] if modules is not None else []
-    if modules is not None and train is not None:
-        modules.train(train)
-    try:
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from .checks import check_pair
 from .devices import DeviceCheck
+from .nets import modes
 from .optim import gradient_step
-from .prepare import modes
 
 __all__ = ["Step"]
 

@@ -49,8 +49,9 @@ from .distributed import (
 from .elbo import LatentScale, TensorTrace_ELBO
 from .evaluate import evaluate
 from .loaders import Loader
+from .nets import modes
 from .optim import LazyAdam
-from .prepare import modes, prepare
+from .prepare import prepare
 from .runs import RunFolder
 from .steps import Step
 
@@ -229,17 +230,7 @@ def fit(
             t0 = time.perf_counter()
             epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
             elapsed += time.perf_counter() - t0
-            if not math.isfinite(epoch_loss):
-                raise FloatingPointError(f"the loss became {epoch_loss} in epoch {epoch}; {hint()}")
-            anywhere = None
-            if world is not None:
-                if modules is not None and modules.training:
-                    average_buffers(modules)  # one model (BatchNorm statistics) on every rank
-                anywhere = partial(agree, device=device)
-            check_finite_params(step.names, epoch, hint(), anywhere=anywhere)  # one sync
-            history.epoch.append(epoch)
-            history.loss.append(epoch_loss)
-            history.seconds.append(elapsed)
+            _close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
             val_elbo = None
             if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
                 val_elbo = _validate(model, guide, validation, validation_particles, world)
@@ -402,6 +393,32 @@ def _begin(
     if world is not None and start == 0:  # a new run: the same initial values everywhere
         start_ranks(*step.checked, data, world)
     return history, start
+
+
+def _close_epoch(
+    history: History,
+    epoch: int,
+    loss: float,
+    elapsed: float,
+    step: Step,
+    modules: nn.Module | None,
+    world: World | None,
+    hint: Callable[[], str],
+) -> None:
+    """After an epoch's steps: its loss and every parameter must be finite (one host read, on
+    every rank alike), the ranks' buffers agree (BatchNorm statistics), and the history
+    records the epoch."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"the loss became {loss} in epoch {epoch}; {hint()}")
+    anywhere = None
+    if world is not None:
+        if modules is not None and modules.training:
+            average_buffers(modules)  # one model (BatchNorm statistics) on every rank
+        anywhere = partial(agree, device=step.check.device)
+    check_finite_params(step.names, epoch, hint(), anywhere=anywhere)  # one sync
+    history.epoch.append(epoch)
+    history.loss.append(loss)
+    history.seconds.append(elapsed)
 
 
 def _train_epoch(

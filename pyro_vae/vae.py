@@ -12,8 +12,7 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import pyro
 import torch
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 from .checks import LocalParameters, check_floating
 from .guides import Guide
 from .likelihoods import Likelihood
+from .nets import modes
 from .priors import Prior
 
 __all__ = ["VAE"]
@@ -235,7 +235,7 @@ class VAE(nn.Module):
         shape ``(num_samples, *event_shape)`` (pixel probabilities for a Bernoulli).
 
         Runs in eval mode (BatchNorm uses its running statistics) and restores the mode."""
-        with _eval_mode(self):
+        with modes(self, train=False):
             z = self.prior()(torch.Size((num_samples,)))
             return self.likelihood(z).mean
 
@@ -246,7 +246,7 @@ class VAE(nn.Module):
         """
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        with _eval_mode(self):
+        with modes(self, train=False):
             q = self.variational(x, idx)
             try:
                 z = q.mean
@@ -271,13 +271,3 @@ def check_role(role: str, piece: object) -> None:
             f"the {role} must be an nn.Module with {needs} (see pyro_vae."
             f"{protocol.__name__}); got {type(piece).__name__}"
         )
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(training)
