@@ -11,7 +11,7 @@ batches, and prints both and their ratio (package ÷ plain; below 1 is faster):
 * ``flow_posterior``: ``zoo.flow_posterior_vae("iaf", flows=2, hidden=H)``, the IAF model of
   examples/mnist_flow_posterior.py (z = 50, K = 2 maps, batch 100) with hidden width
   H = max(32, --hidden // 5): 204 by default, not the example's 200;
-* ``per_point``: SVI steps of a per-datapoint guide for N = 10^4 and 10^6 points, with sparse
+* ``per_datapoint``: SVI steps of a per-datapoint guide for N = 10^4 and 10^6 points, with sparse
   updates (LazyAdam) and with dense gradients (Pyro's Adam).
 
 The plain loop uses the same modules and distribution objects, so the difference is the cost
@@ -169,7 +169,7 @@ class _Rounded:
             yield x.round().flatten(-3), y
 
 
-def per_point_step(
+def per_datapoint_step(
     n: int,
     *,
     sparse: bool,
@@ -250,11 +250,11 @@ def main(args: argparse.Namespace) -> dict:
         args=args,
         device=device,
     )
-    sizes = args.per_point_sizes
+    sizes = args.per_datapoint_sizes
     for sparse in (True, False):
         label = "sparse + LazyAdam" if sparse else "dense + pyro.optim.Adam"
         times = [
-            per_point_step(
+            per_datapoint_step(
                 n,
                 sparse=sparse,
                 batch_size=256,
@@ -265,13 +265,15 @@ def main(args: argparse.Namespace) -> dict:
             )
             for n in sizes
         ]
-        result["per_point_sparse" if sparse else "per_point_dense"] = {
+        result["per_datapoint_sparse" if sparse else "per_datapoint_dense"] = {
             "sizes": sizes,
             "step_ms": [1e3 * t for t in times],
             "ratio_largest_to_smallest": times[-1] / times[0],
         }
         cells = ", ".join(f"N={n:.0e}: {1e3 * t:.2f} ms" for n, t in zip(sizes, times, strict=True))
-        print(f"per-point guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True)
+        print(
+            f"per-datapoint guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True
+        )
     return write_results(result, args, markdown)
 
 
@@ -312,13 +314,13 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         "| per-datapoint guide | "
-        + " | ".join(f"N = {n:.0e}" for n in result["per_point_sparse"]["sizes"])
+        + " | ".join(f"N = {n:.0e}" for n in result["per_datapoint_sparse"]["sizes"])
         + " | ratio |",
-        "|---|" + "---|" * (len(result["per_point_sparse"]["sizes"]) + 1),
+        "|---|" + "---|" * (len(result["per_datapoint_sparse"]["sizes"]) + 1),
     ]
     for key, label in (
-        ("per_point_sparse", "sparse rows + LazyAdam"),
-        ("per_point_dense", "dense + pyro.optim.Adam"),
+        ("per_datapoint_sparse", "sparse rows + LazyAdam"),
+        ("per_datapoint_dense", "dense + pyro.optim.Adam"),
     ):
         r = result[key]
         cells = " | ".join(f"{t:.2f} ms" for t in r["step_ms"])
@@ -337,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-epochs", dest="epochs", action="store_false", help="skip the whole-epoch timings"
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
-    p.add_argument("--per-point-sizes", type=int, nargs="+", default=[10**4, 10**6])
+    p.add_argument("--per-datapoint-sizes", type=int, nargs="+", default=[10**4, 10**6])
     p.add_argument("--data-dir", default=pv.default_data_dir())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of fit's loader path")

@@ -9,11 +9,11 @@ for the amortized VAE after 500 epochs). The model is ``pyro_vae.zoo.circle_vae`
 ``--inference`` switches the guide, and nothing else:
 
 * ``amortized``: q(z|x) from the encoder;
-* ``per-point``: variational EM, local (μ_n, log σ_n) for each point (no encoder); held-out
+* ``per-datapoint``: variational EM, local (μ_n, log σ_n) for each point (no encoder); held-out
   points get their own E-step with the decoder frozen;
 * ``semi-amortized``: the encoder's output refined by gradient steps (Kim et al. 2018).
 
-    python examples/circle.py --inference per-point --epochs 500 --out runs/circle_per_point
+    python examples/circle.py --inference per-datapoint --epochs 500 --out runs/circle_per_datapoint
 
 Writes metrics.json, history.json, elbo_curves.png, samples.png and posterior_means.png.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pathlib
 import time
 
 import torch
@@ -38,19 +39,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--local-lr",
         type=float,
         default=0.1,
-        help="Adam step size of per-point parameters (and held-out E-steps)",
+        help="Adam step size of per-datapoint parameters (and held-out E-steps)",
     )
     p.add_argument(
         "--e-steps",
         type=int,
         default=0,
-        help="per-point: 0 = joint updates, k = variational EM with k E-steps a batch",
+        help="per-datapoint: 0 = joint updates, k = variational EM with k E-steps a batch",
     )
-    p.add_argument("--init-scale", type=float, default=0.1, help="per-point: initial σ_n")
+    p.add_argument("--init-scale", type=float, default=0.1, help="per-datapoint: initial σ_n")
     p.add_argument("--refine-steps", type=int, default=5, help="semi-amortized: K")
     p.add_argument("--refine-lr", type=float, default=1e-3, help="semi-amortized: step size")
     p.add_argument(
-        "--test-epochs", type=int, default=200, help="per-point: E-step epochs on held-out points"
+        "--test-epochs",
+        type=int,
+        default=200,
+        help="per-datapoint: E-step epochs on held-out points",
     )
     p.add_argument("--eval-every", type=int, default=25, help="epochs between test evaluations")
     p.add_argument("--num-data", type=int, default=20000)
@@ -58,12 +62,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class TestCurve:
+    """The test ELBO during training. The amortized guides read held-out points directly: fit's
+    validation option evaluates them. Per-datapoint inference keeps a guide for the held-out
+    points whose E-steps (decoder frozen) run in fit's callback, as many per training epoch as
+    a training point gets, then ``--test-epochs`` more at the end (:meth:`finish`)."""
+
+    def __init__(self, vae: pv.VAE, test: pv.Batches, args: argparse.Namespace) -> None:
+        self.vae, self.test, self.args = vae, test, args
+        self.local = args.inference == "per-datapoint"
+        self.held_out = vae
+        self.epochs: list[int] = []
+        self.elbo: list[float] = []
+        if self.local:
+            guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
+            self.held_out = vae.with_guide(guide.to(test.device), name="test")
+
+    def fit_options(self) -> dict:
+        """``fit``'s callback (per-datapoint) or validation options (amortized)."""
+        if self.local:
+            return {"callback": self}
+        return {
+            "validation": self.test,
+            "validate_every": self.args.eval_every,
+            "validation_particles": self.args.num_particles,
+        }
+
+    def evaluate(self, e_epochs: int) -> pv.Evaluation:
+        """The held-out ELBO after ``e_epochs`` more E-step epochs (per-datapoint)."""
+        e_epochs *= max(1, self.args.e_steps)  # as many E-steps as a training point got
+        model, guide = self.held_out.model, self.held_out.guide
+        if self.local and e_epochs:
+            optim = pv.LazyAdam({"lr": self.args.local_lr})
+            pv.fit(model, guide, self.test, epochs=e_epochs, freeze_model=True, optim=optim,
+                   device=self.test.device, progress=False)  # fmt: skip
+        return pv.evaluate(model, guide, self.test, num_particles=self.args.num_particles)
+
+    def __call__(self, epoch: int, history: pv.History) -> None:
+        if epoch % self.args.eval_every == 0 or epoch == self.args.epochs:
+            self.vae.eval()
+            e_epochs = epoch - (self.epochs[-1] if self.epochs else 0)
+            self.epochs.append(epoch)
+            self.elbo.append(self.evaluate(e_epochs).elbo)
+            self.vae.train()
+
+    def finish(self, history: pv.History) -> pv.Evaluation:
+        """The final test evaluation (per-datapoint: after more E-steps, from where they are,
+        with the step size annealed to 1%)."""
+        if not self.local:
+            self.epochs, self.elbo = history.val_epoch, history.val_elbo
+        else:
+            self.held_out = pv.infer_local(
+                self.vae,
+                self.test,
+                epochs=self.args.test_epochs,
+                lr=self.args.local_lr,
+                init=self.held_out.variational,
+                name="test_final",
+                final_lr_ratio=0.01,
+            )
+        return self.evaluate(0)
+
+
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
-
-    x, z_true = pv.make_circle(args.num_data, seed=0)
+    x, _ = pv.make_circle(args.num_data, seed=0)
     n_train = int(0.75 * args.num_data)
-    x, z_true = x.to(device), z_true.to(device)
+    x = x.to(device)
     train = pv.Batches(x[:n_train], batch_size=args.batch_size)
     test = pv.Batches(x[n_train:], batch_size=args.batch_size, shuffle=False)
     vae = zoo.circle_vae(
@@ -73,81 +138,64 @@ def main(args: argparse.Namespace) -> dict:
         refine_lr=args.refine_lr,
         init_scale=args.init_scale,
     )
-    per_point = args.inference == "per-point"
-    optim = pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr)
-
-    # The test curve. The amortized guides read held-out points directly: fit's validation
-    # option evaluates them. Per-point inference keeps a guide for them whose E-steps (decoder
-    # frozen) run in a callback alongside training, as many per training epoch as a training
-    # point gets, then --test-epochs more at the end.
-    held_out, callback, validation = vae, None, {}
-    curve_epochs, curve_test = [], []
-
-    def test_eval(e_epochs: int) -> pv.Evaluation:
-        e_epochs *= max(1, args.e_steps)  # as many E-steps as a training point got
-        if per_point and e_epochs:
-            pv.fit(
-                held_out.model,
-                held_out.guide,
-                test,
-                epochs=e_epochs,
-                freeze_model=True,
-                optim=pv.LazyAdam({"lr": args.local_lr}),
-                device=device,
-                progress=False,
-            )
-        return pv.evaluate(held_out.model, held_out.guide, test, num_particles=args.num_particles)
-
-    if per_point:
-        test_guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
-        held_out = vae.with_guide(test_guide.to(device), name="test")
-
-        def callback(epoch: int, history: pv.History) -> None:
-            if epoch % args.eval_every == 0 or epoch == args.epochs:
-                vae.eval()
-                e_epochs = epoch - (curve_epochs[-1] if curve_epochs else 0)
-                curve_epochs.append(epoch)
-                curve_test.append(test_eval(e_epochs).elbo)
-                vae.train()
-
-    else:
-        validation = {
-            "validation": test,
-            "validate_every": args.eval_every,
-            "validation_particles": args.num_particles,
-        }
-
+    local = args.inference == "per-datapoint"
+    curve = TestCurve(vae, test, args)
     t0 = time.perf_counter()
     history = pv.fit(
         vae.model,
         vae.guide,
         train,
         epochs=args.epochs,
-        optim=optim,
+        optim=pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr),
         device=device,
         **scripts.run_options(args, out),
-        callback=callback,
-        e_steps=args.e_steps if per_point else 0,
-        **validation,
+        e_steps=args.e_steps if local else 0,
+        **curve.fit_options(),
     )
     seconds = time.perf_counter() - t0
-    if not per_point:
-        curve_epochs, curve_test = history.val_epoch, history.val_elbo
-
     vae.eval()
     train_eval = pv.evaluate(vae.model, vae.guide, train, num_particles=args.num_particles)
-    if per_point:  # more E-steps, from where they are, with the step size annealed to 1%
-        held_out = pv.infer_local(
-            vae,
-            test,
-            epochs=args.test_epochs,
-            lr=args.local_lr,
-            init=held_out.variational,
-            name="test_final",
-            final_lr_ratio=0.01,
+    test_result = curve.finish(history)
+    images = _pictures(vae, history, (curve.epochs, curve.elbo), train, scripts.pictures(out), args)
+    gap = None
+    if not local:  # how far the encoder is from the per-datapoint optimum, on the test set
+        gap = pv.amortization_gap(
+            vae, test, epochs=args.test_epochs, lr=args.local_lr, num_particles=args.num_particles
         )
-    test_result = test_eval(0)
-    pics = scripts.pictures(out)  # rank 0 writes to --out
+    metrics = {
+        "inference": args.inference,
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1],
+        "train_elbo": train_eval.elbo,
+        "test_elbo": test_result.elbo,
+        "test_log_likelihood": test_result.log_likelihood,
+        "train_log_likelihood": train_eval.log_likelihood,
+        "num_particles": args.num_particles,
+        "device": pv.device_name(device),
+        "seconds": seconds,
+        "images": images,
+        "e_steps": args.e_steps if local else 0,
+        "lr": args.lr,
+        "local_lr": args.local_lr if local else None,
+        "refine_steps": args.refine_steps if args.inference == "semi-amortized" else 0,
+        "test_extra_e_epochs": args.test_epochs if local else 0,
+        "init_scale": args.init_scale if local else None,
+        "test_curve": {"epoch": curve.epochs, "elbo": curve.elbo},
+        "test_amortization_gap": None if gap is None else dataclasses.asdict(gap),
+    }
+    return scripts.save_metrics(out, metrics, hide=("test_curve",))
+
+
+def _pictures(
+    vae: pv.VAE,
+    history: pv.History,
+    curve: tuple[list[int], list[float]],
+    train: pv.Batches,
+    pics: pathlib.Path,
+    args: argparse.Namespace,
+) -> list[str]:
+    """The ELBO curves, samples of the model and the training points coloured by E_q[z]."""
+    curve_epochs, curve_test = curve
     images = [
         pv.plot_curves(
             {
@@ -164,7 +212,7 @@ def main(args: argparse.Namespace) -> dict:
     title = "samples x ~ p(x|z) p(z), coloured by z"
     images.append(pv.plot_scatter(samples, z, pics / "samples.png", colorbar="z", title=title))
     shown = min(5000, train.num_data)
-    x_shown, idx = train.data[:shown], torch.arange(shown, device=device)
+    x_shown, idx = train.data[:shown], torch.arange(shown, device=train.device)
     q_mean = vae.variational(x_shown, idx).mean
     title = "training data coloured by E_q[z]"
     images.append(
@@ -172,33 +220,7 @@ def main(args: argparse.Namespace) -> dict:
             x_shown, q_mean, pics / "posterior_means.png", colorbar="E_q[z]", title=title
         )
     )
-    gap = None
-    if not per_point:  # how far the encoder is from the per-point optimum, on the test set
-        gap = pv.amortization_gap(
-            vae, test, epochs=args.test_epochs, lr=args.local_lr, num_particles=args.num_particles
-        )
-    metrics = {
-        "inference": args.inference,
-        "epochs": len(history.epoch),
-        "train_loss": history.loss[-1],
-        "train_elbo": train_eval.elbo,
-        "test_elbo": test_result.elbo,
-        "test_log_likelihood": test_result.log_likelihood,
-        "train_log_likelihood": train_eval.log_likelihood,
-        "num_particles": args.num_particles,
-        "device": pv.device_name(device),
-        "seconds": seconds,
-        "images": images,
-        "e_steps": args.e_steps if per_point else 0,
-        "lr": args.lr,
-        "local_lr": args.local_lr if per_point else None,
-        "refine_steps": args.refine_steps if args.inference == "semi-amortized" else 0,
-        "test_extra_e_epochs": args.test_epochs if per_point else 0,
-        "init_scale": args.init_scale if per_point else None,
-        "test_curve": {"epoch": curve_epochs, "elbo": curve_test},
-        "test_amortization_gap": None if gap is None else dataclasses.asdict(gap),
-    }
-    return scripts.save_metrics(out, metrics, hide=("test_curve",))
+    return images
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ class ImportanceWeightedELBO(Trace_ELBO):
 
     "Per data point" means per element of the plates that hold every sample site (the data
     plate): the weights are multiplied within a point and averaged over particles per point. A
-    subsampled plate's scale :math:`N / B` multiplies the per-point bounds (outside the
+    subsampled plate's scale :math:`N / B` multiplies the bounds of the points (outside the
     log-mean-exp), so a minibatch estimates the bound of all :math:`N` points without bias.
     Other scales (e.g. :math:`\beta` of :class:`LatentScale`) weight their sites inside the
     weights. With a full batch this is ``pyro.infer.RenyiELBO(alpha=0, num_particles=K,

@@ -139,7 +139,7 @@ def evaluate(
             the global means; ``False`` scores everything in this process.
 
     Returns:
-        An :class:`Evaluation` with per-point means.
+        An :class:`Evaluation` with means per point.
 
     Example:
         >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
@@ -157,7 +157,7 @@ def evaluate(
     world, offset = get_world(distributed), 0
     if world is not None and isinstance(data, Loader):
         raise ValueError("evaluate splits pv.Batches or a tensor across processes, not a loader")
-    if world is not None:  # this rank scores its block of points (a per-point guide's shard)
+    if world is not None:  # this rank scores its block of points (a per-datapoint guide's shard)
         block = torch.arange(data.num_data).tensor_split(world.size)[world.rank]
         offset = int(block[0]) if len(block) else 0
         rows = data.data[offset : offset + len(block)]

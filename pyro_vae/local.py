@@ -1,4 +1,4 @@
-r"""Local inference under a trained model: per-point E-steps on new data and the
+r"""Local inference under a trained model: per-datapoint E-steps on new data and the
 amortization gap.
 
 Both *fit* a per-datapoint guide with the model frozen (:func:`~pyro_vae.fit` with
@@ -76,7 +76,7 @@ def infer_local(
     data = as_source(data)
     if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
         data = data.to(next(vae.parameters()).device)
-    # The VAE's own data check does not apply: its per-point guide (if any) is replaced.
+    # The VAE's own data check does not apply: its per-datapoint guide (if any) is replaced.
     check_floating(data.points)
     check_module(
         vae, data.device, data.points.dtype, fix="move the VAE to the data's device (vae.to(...))"
@@ -130,7 +130,7 @@ class AmortizationGap:
 
     Attributes:
         log_likelihood: Importance-sampled :math:`\log p(x)` (with the optimized guide).
-        elbo_optimal: ELBO of the per-point optimized Gaussian :math:`q^*` (the best in the
+        elbo_optimal: ELBO of the per-datapoint optimized Gaussian :math:`q^*` (the best in the
             family, approximately).
         elbo_amortized: ELBO of the amortized guide.
         approximation_gap: :math:`\log p(x) - \mathcal{L}[q^*]`: the family's limit.
@@ -156,7 +156,7 @@ def amortization_gap(
     r"""Splits a trained amortized VAE's gap :math:`\log p(x) - \mathrm{ELBO}` into the
     approximation and amortization gaps on ``data``.
 
-    The per-point optimum :math:`q^*` is found by :func:`infer_local` started from the
+    The per-datapoint optimum :math:`q^*` is found by :func:`infer_local` started from the
     encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
     Check that ``epochs`` suffice: too few leave :math:`q^*` short of the optimum and move
     part of the amortization gap into the approximation gap. On MNIST (200 points in batches

@@ -174,97 +174,107 @@ def fit(
         ([1, 2], 2)
     """
     _check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
-    if not callable(beta):
-        _beta(beta, None)
+    _beta(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
-    loss = loss if loss is not None else TensorTrace_ELBO()
     data, device, modules = _place(model, guide, data, device, modules, world)
-    if validation is not None:  # (a tensor: in evaluate's default chunks)
-        size = max(1, 2**17 // validation_particles)
-        validation = prepare(model, guide, validation, device=device, modules=modules,
-                             batch_size=size).data  # fmt: skip
+    validation = _held_out(model, guide, validation, validation_particles, device, modules)
     _check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
-    train_model, train_guide = model, guide
-    if beta != 1.0:
-        train_model, train_guide = kl_scale(model), kl_scale(guide)
-    step = Step(
-        train_model,
-        train_guide,
-        loss,
-        optim,
-        num_data=data.num_data,
-        device=device,
-        dtype=data.points.dtype,
-        e_steps=e_steps,
-        freeze_model=freeze_model,
-        combine=_combine(data) if world is not None else None,
-        modules=modules,
-    )
+    weighted = (kl_scale(model), kl_scale(guide)) if beta != 1.0 else (model, guide)
+    step = Step(*weighted, loss if loss is not None else TensorTrace_ELBO(), optim,
+                num_data=data.num_data, device=device, dtype=data.points.dtype,
+                e_steps=e_steps, freeze_model=freeze_model, modules=modules,
+                combine=_combine(data) if world is not None else None)  # fmt: skip
     writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
-    folder = None
-    if save_dir is not None:
-        rank, size = (world.rank, world.size) if world is not None else (0, 1)
-        folder = RunFolder(save_dir, rank=rank, world_size=size)
+    folder = _folder(save_dir, world)
 
     def hint() -> str:
         return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
 
-    bar = board = None
-    restore = ExitStack()  # the networks train in train mode (a frozen model: as they are),
-    restore.enter_context(modes(modules, train=None if freeze_model else True))  # then as found
-    try:  # log_dir and the run folder are checked before a saved run is touched
-        board = Board(log_dir) if log_dir is not None and writes else None
-        if folder is not None:
-            folder.hold()  # one run at a time; writable
-        history, start = _begin(
-            folder, step, data, optim, modules, device, world, resume, overwrite
-        )
-        history.svi_step = not step.sync_free  # which step this run takes
-        total = (epochs - start) * len(data)
-        bar = tqdm(total=total, disable=not (progress and writes), desc="train", unit="step")
-        elapsed = history.seconds[-1] if history.seconds else 0.0
-        for epoch in range(start + 1, epochs + 1):
-            kl_scale.beta = _beta(beta, epoch)
-            t0 = time.perf_counter()
-            epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
-            elapsed += time.perf_counter() - t0
-            _close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
-            val_elbo = None
-            if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                val_elbo = _validate(model, guide, validation, validation_particles, world)
-                if not math.isfinite(val_elbo):
-                    raise FloatingPointError(
-                        f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
-                    )
-                history.val_epoch.append(epoch)
-                history.val_elbo.append(val_elbo)
-            bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
-            if board is not None:
-                board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
-                if log_images_every and epoch % log_images_every == 0:
-                    board.images(epoch, modules, data.points)
-            if callback is not None:  # before saving: a schedule it sets is in the checkpoint
-                callback(epoch, history)
-            if folder is not None:  # the checkpoint first: history.json is never ahead of it
-                folder.save(history, optim, modules, list(step.names))
+    try:
+        with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
+            stack.enter_context(modes(modules, train=None if freeze_model else True))
+            board = _open(stack, Board(log_dir) if log_dir and writes else None, folder)
+            history, start = _begin(
+                folder, step, data, optim, modules, device, world, resume, overwrite
+            )
+            history.svi_step = not step.sync_free  # which step this run takes
+            total, quiet = (epochs - start) * len(data), not (progress and writes)
+            bar = stack.enter_context(tqdm(total=total, disable=quiet, desc="train", unit="step"))
+            elapsed = history.seconds[-1] if history.seconds else 0.0
+            for epoch in range(start + 1, epochs + 1):
+                kl_scale.beta = _beta(beta, epoch)
+                t0 = time.perf_counter()
+                epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
+                elapsed += time.perf_counter() - t0
+                _close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
+                val_elbo = None
+                if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
+                    val_elbo = _validate(model, guide, validation, validation_particles, world)
+                    _record_validation(history, epoch, val_elbo, hint)
+                bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
+                if board is not None:
+                    board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
+                    if log_images_every and epoch % log_images_every == 0:
+                        board.images(epoch, modules, data.points)
+                if callback is not None:  # before saving: a schedule it sets is checkpointed
+                    callback(epoch, history)
+                if folder is not None:  # the checkpoint first: history.json never ahead of it
+                    folder.save(history, optim, modules, list(step.names))
     except RuntimeError as e:  # a data-parallel process that did not answer: say so
         if world is not None and timed_out(e) is not None:
             raise timed_out(e) from e
         raise
-    finally:
-        if bar is not None:
-            bar.close()
-        if board is not None:
-            board.close()
-        if folder is not None:
-            folder.release()
-        restore.close()
     return history
 
 
 _RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+
+
+def _folder(save_dir: str | os.PathLike | None, world: World | None) -> RunFolder | None:
+    """The run folder of this process (``None``: nothing is saved)."""
+    if save_dir is None:
+        return None
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
+    return RunFolder(save_dir, rank=rank, world_size=size)
+
+
+def _open(stack: ExitStack, board: Board | None, folder: RunFolder | None) -> Board | None:
+    """The TensorBoard writer and the run folder (held: one run at a time, writable), closed
+    with ``stack``; both are checked before a saved run is touched."""
+    if board is not None:
+        stack.callback(board.close)
+    if folder is not None:
+        folder.hold()
+        stack.callback(folder.release)
+    return board
+
+
+def _held_out(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    validation: Batches | Loader | DataLoader | Tensor | None,
+    particles: int,
+    device: torch.device,
+    modules: nn.Module | None,
+) -> Batches | Loader | None:
+    """The validation data on the device, checked (a tensor: in chunks of ~2^17 samples)."""
+    if validation is None:
+        return None
+    size = max(1, 2**17 // particles)
+    return prepare(model, guide, validation, device=device, modules=modules,
+                   batch_size=size).data  # fmt: skip
+
+
+def _record_validation(history: History, epoch: int, val_elbo: float, hint: Callable) -> None:
+    """The validation ELBO in the history, checked finite."""
+    if not math.isfinite(val_elbo):
+        raise FloatingPointError(
+            f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
+        )
+    history.val_epoch.append(epoch)
+    history.val_elbo.append(val_elbo)
 
 
 def _check_options(
@@ -322,8 +332,11 @@ def _place(
 
 
 def _beta(beta: float | Callable[[int], float], epoch: int | None) -> float:
-    """β for ``epoch`` (a number, or ``beta(epoch)``), checked: a finite number ≥ 0."""
-    value = beta(epoch) if callable(beta) and epoch is not None else beta
+    """β for ``epoch`` (a number, or ``beta(epoch)``), checked: a finite number ≥ 0
+    (``epoch=None``: a schedule is checked when called, a number now)."""
+    if callable(beta) and epoch is None:
+        return math.nan
+    value = beta(epoch) if callable(beta) else beta
     where = f"beta({epoch}) returned" if callable(beta) else "beta must be"
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value < 0:

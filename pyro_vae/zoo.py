@@ -61,7 +61,7 @@ MNIST_SHAPE = (1, 28, 28)
 Flow = Literal["none", "planar", "iaf", "nsf"]
 FlowPrior = Literal["normal", "maf"]
 ImageLikelihood = Literal["bernoulli", "gaussian"]
-Inference = Literal["amortized", "per-point", "semi-amortized"]
+Inference = Literal["amortized", "per-datapoint", "semi-amortized"]
 IWAEPrior = Literal["normal", "vamp"]
 FLOWS: tuple[str, ...] = get_args(Flow)
 """The posteriors of :func:`flow_posterior_vae`."""
@@ -318,15 +318,15 @@ def circle_vae(
     fixed σ = 0.1 (data: :func:`~pyro_vae.make_circle`). The guide by ``inference``:
 
     * ``"amortized"``: a diagonal Gaussian from an encoder 2→20→20→(μ, log σ);
-    * ``"per-point"``: :class:`~pyro_vae.PerDatapointGaussian`, local (μ_n, log σ_n) for each
+    * ``"per-datapoint"``: :class:`~pyro_vae.PerDatapointGaussian`, local (μ_n, log σ_n) for each
       of ``num_data`` points (variational EM, no encoder);
     * ``"semi-amortized"``: the amortized encoder's output refined by ``refine_steps``
       gradient steps of size ``refine_lr`` (:class:`~pyro_vae.SemiAmortizedGaussian`).
 
     Args:
         inference: One of :data:`INFERENCE`.
-        num_data: N, the number of training points (needed for ``"per-point"``).
-        init_scale: Initial σ_n of the per-point guide.
+        num_data: N, the number of training points (needed for ``"per-datapoint"``).
+        init_scale: Initial σ_n of the per-datapoint guide.
         refine_steps: Refinement steps of the semi-amortized guide.
         refine_lr: Their step size.
 
@@ -336,16 +336,16 @@ def circle_vae(
     Example:
         >>> import torch
         >>> from pyro_vae import zoo
-        >>> vae = zoo.circle_vae("per-point", num_data=100)
+        >>> vae = zoo.circle_vae("per-datapoint", num_data=100)
         >>> vae.variational(None, torch.arange(3)).mean.shape  # rows 0, 1, 2 of the guide
         torch.Size([3, 1])
     """
     _check("inference", inference, INFERENCE)
-    if inference == "per-point" and num_data is None:
-        raise ValueError("per-point inference needs num_data, the number of training points")
+    if inference == "per-datapoint" and num_data is None:
+        raise ValueError("per-datapoint inference needs num_data, the number of training points")
     prior = StandardNormalPrior(1)
     likelihood = GaussianLikelihood(MLP(1, 2, (20, 20)), 2, scale=0.1)
-    if inference == "per-point":
+    if inference == "per-datapoint":
         guide = PerDatapointGaussian(num_data, 1, init_scale=init_scale)
     else:
         guide = GaussianEncoder(MLP(2, 2, (20, 20)), 1)

@@ -401,8 +401,8 @@ SETUPS = {
         lambda: pv.zoo.circle_vae("amortized"),
         lambda: pyro.optim.Adam({"lr": 1e-2}),
     ),
-    "per-point guide": (
-        lambda: pv.zoo.circle_vae("per-point", num_data=64),
+    "per-datapoint guide": (
+        lambda: pv.zoo.circle_vae("per-datapoint", num_data=64),
         lambda: pv.LazyAdam({"lr": 1e-2}, local_lr=0.05),
     ),
     "hand-written pair": (HandWritten, lambda: pyro.optim.Adam({"lr": 1e-2})),

@@ -34,7 +34,7 @@ LIKELIHOODS = {
 # Guides are built from the model's prior and likelihood (the semi-amortized one reads them).
 GUIDES = {
     "gaussian-encoder": lambda p, lik: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
-    "per-point": lambda p, lik: pv.PerDatapointGaussian(N, D),
+    "per-datapoint": lambda p, lik: pv.PerDatapointGaussian(N, D),
     "semi-amortized": lambda p, lik: pv.SemiAmortizedGaussian(
         pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), p, lik, steps=2, lr=1e-2
     ),
@@ -179,9 +179,9 @@ def test_pieces_satisfy_their_protocols():
     assert all(isinstance(f(), pv.Likelihood) for f in LIKELIHOODS.values())
     assert all(isinstance(f(prior, likelihood), pv.Guide) for f in GUIDES.values())
     with pytest.raises(TypeError, match=r"the prior must be an nn\.Module with latent_dim"):
-        pv.VAE(torch.nn.Linear(2, 2), likelihood, GUIDES["per-point"](prior, likelihood))
+        pv.VAE(torch.nn.Linear(2, 2), likelihood, GUIDES["per-datapoint"](prior, likelihood))
     with pytest.raises(TypeError, match=r"the likelihood must be an nn\.Module with event_shape"):
-        pv.VAE(prior, torch.nn.Linear(2, 2), GUIDES["per-point"](prior, likelihood))
+        pv.VAE(prior, torch.nn.Linear(2, 2), GUIDES["per-datapoint"](prior, likelihood))
 
 
 def grad_abs_sum(p: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ LIKELIHOODS = {
 }
 GUIDES = {
     "encoder": lambda prior, lik: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
-    "per-point": lambda prior, lik: pv.PerDatapointGaussian(N, D),
+    "per-datapoint": lambda prior, lik: pv.PerDatapointGaussian(N, D),
     "semi-amortized": lambda prior, lik: pv.SemiAmortizedGaussian(
         pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), prior, lik, steps=2, lr=1e-2
     ),
@@ -148,7 +148,7 @@ def test_checkpoint_written_on_cuda_resumes_on_the_cpu(tmp_path):
     def run(device, epochs, resume):
         pyro.clear_param_store()
         torch.manual_seed(0)
-        vae = pv.VAE(  # a per-point guide: SparseAdam and Adam states in the checkpoint
+        vae = pv.VAE(  # a per-datapoint guide: SparseAdam and Adam states in the checkpoint
             pv.StandardNormalPrior(1),
             pv.GaussianLikelihood(pv.MLP(1, 2, (16,)), 2, scale=0.1),
             pv.PerDatapointGaussian(256, 1),

@@ -46,7 +46,7 @@ def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaP
     return pair, history
 
 
-def per_point_options() -> dict:
+def per_datapoint_options() -> dict:
     return {
         "epochs": 20,
         "progress": False,
@@ -62,13 +62,13 @@ def same_as_one_process(rank: int, out: str) -> dict:
     return {"state": pair.state_dict(), "loss": history.loss}
 
 
-def per_point_shards(rank: int, out: str) -> dict:
+def per_datapoint_shards(rank: int, out: str) -> dict:
     pyro.clear_param_store()
     torch.manual_seed(0)
     vae = circle_vae(pv.PerDatapointGaussian(40, 1))
     x = pv.make_circle(40)[0]
     pyro.set_rng_seed(0)
-    options = per_point_options()
+    options = per_datapoint_options()
     optim = options["optim"]
     history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), **options)
     result = pv.evaluate(vae.model, vae.guide, x, num_particles=50)
@@ -148,8 +148,8 @@ def test_two_processes_train_the_single_process_model(tmp_path):
         assert r["loss"] == pytest.approx(history.loss, rel=1e-5)
 
 
-def test_per_point_guides_are_sharded_by_rank(tmp_path):
-    ranks = run_ranks(per_point_shards, tmp_path)
+def test_per_datapoint_guides_are_sharded_by_rank(tmp_path):
+    ranks = run_ranks(per_datapoint_shards, tmp_path)
     for rank, r in enumerate(ranks):
         assert r["loc"].shape == (20, 1) and r["offset"] == 20 * rank  # O(N / world) rows
         assert r["moved"][:4].all() and not r["moved"][4:].any()  # LazyAdam, per rank
@@ -167,7 +167,7 @@ def test_per_point_guides_are_sharded_by_rank(tmp_path):
     vae = circle_vae(pv.PerDatapointGaussian(40, 1))
     x = pv.make_circle(40)[0]
     pyro.set_rng_seed(0)
-    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), **per_point_options())
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), **per_datapoint_options())
     single = pv.evaluate(vae.model, vae.guide, x, num_particles=50).elbo
     assert ranks[0]["elbo"] == pytest.approx(single, abs=0.2 * abs(single))
 
@@ -344,7 +344,7 @@ def shared_sparse_parameter(rank: int, out: str):
     torch.manual_seed(0)
     pair = DeltaPair()
 
-    def guide(x, idx=None, num_data=None):  # a hand-written per-point table, not sharded
+    def guide(x, idx=None, num_data=None):  # a hand-written per-datapoint table, not sharded
         table = pyro.param("table", torch.zeros(num_data, 1))
         with pyro.plate("data", num_data, subsample=idx):
             z = nn.functional.embedding(idx, table, sparse=True)

@@ -33,7 +33,7 @@ def check_outputs(out, metrics: dict, epochs: int, *, bernoulli: bool = False) -
     ``fit``'s training loss (each minibatch's loss scaled to the data set by the subsampled
     plate, then divided by N) and ``evaluate``'s test ELBO (log weights averaged per point) are
     computed by separate code. After a few steps from the initialization they estimate the same
-    per-point quantity on two samples of one distribution, so they agree within a factor 2; a
+    per-datapoint quantity on two samples of one distribution, so they agree within a factor 2; a
     normalization error (a missing 1/N, a minibatch scale N/B) puts them orders of magnitude
     apart. With a Bernoulli likelihood every pixel's term x log p + (1 - x) log(1 - p) is at most
     0, hence so is log p(x): an estimate above 0 is a bug (a wrong log-determinant or sign).
@@ -84,7 +84,7 @@ def test_speed_benchmark_runs(tmp_path):
     args = speed.parse_args(
         [
             *flags.split(),
-            "--per-point-sizes",
+            "--per-datapoint-sizes",
             "300",
             "1000",
             "--data-dir",
@@ -100,7 +100,7 @@ def test_speed_benchmark_runs(tmp_path):
     for key in ("flow_prior", "flow_posterior"):
         assert result[key]["pyro_vae_step_ms"] > 0 and result[key]["plain_torch_step_ms"] > 0
         assert result[key]["pyro_vae_epoch_s"] > 0 and result[key]["plain_torch_epoch_s"] > 0
-    assert len(result["per_point_sparse"]["step_ms"]) == 2
+    assert len(result["per_datapoint_sparse"]["step_ms"]) == 2
     assert json.loads((tmp_path / "speed.json").read_text()) == result
     table = speed.markdown(result)
     assert "| MAF prior, MLP 1024, batch 256 |" in table and "sparse rows + LazyAdam" in table
@@ -126,7 +126,7 @@ def test_overhead_benchmark_runs(tmp_path):
     assert "| tiny (hidden 8, z = 2, batch 16) | fit |" in overhead.markdown(result)
 
 
-@pytest.mark.parametrize("inference", ["amortized", "per-point", "semi-amortized"])
+@pytest.mark.parametrize("inference", ["amortized", "per-datapoint", "semi-amortized"])
 def test_circle(inference, tmp_path):
     flags = (
         f"--inference {inference} --epochs 2 --eval-every 1 --num-data 400 --batch-size 100 "
@@ -136,7 +136,7 @@ def test_circle(inference, tmp_path):
     check_outputs(tmp_path, metrics, epochs=2)
     assert metrics["inference"] == inference and math.isfinite(metrics["train_elbo"])
     assert metrics["test_curve"]["epoch"] == [1, 2]
-    if inference != "per-point":  # the curve's last point: the final model's test ELBO
+    if inference != "per-datapoint":  # the curve's last point: the final model's test ELBO
         last = metrics["test_curve"]["elbo"][-1]
         assert last == pytest.approx(metrics["test_elbo"], rel=0.02)
 
@@ -215,7 +215,7 @@ ZOO_PARAMETERS = [
     (lambda: zoo.latent2d_vae(), 951_988),
     (lambda: zoo.circle_vae("amortized"), 1_024),
     (lambda: zoo.circle_vae("semi-amortized"), 1_024),
-    (lambda: zoo.circle_vae("per-point", num_data=15_000), 502 + 2 * 15_000),
+    (lambda: zoo.circle_vae("per-datapoint", num_data=15_000), 502 + 2 * 15_000),
 ]
 
 
@@ -232,7 +232,7 @@ def test_zoo_rejects_unknown_choices():
     with pytest.raises(ValueError, match="likelihood must be one of"):
         zoo.latent2d_vae(likelihood="poisson")
     with pytest.raises(ValueError, match="needs num_data"):
-        zoo.circle_vae("per-point")
+        zoo.circle_vae("per-datapoint")
 
 
 def test_examples_never_overwrite_a_run_silently(tmp_path):

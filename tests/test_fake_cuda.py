@@ -131,7 +131,7 @@ def test_zoo_training_steps_on_meta(name):
 
 
 def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
-    """LazyAdam's two paths (torch's Adam for networks, RowSparseAdam for per-point rows)
+    """LazyAdam's two paths (torch's Adam for networks, RowSparseAdam for per-datapoint rows)
     with fake CUDA gradients: no read, no mix, state on the device."""
     local, net = pv.PerDatapointGaussian(N, 3), pv.MLP(3, 4, (8,))
     # foreach=True: the path Adam takes on real CUDA tensors (fake ones default to a loop)
@@ -160,13 +160,13 @@ def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
 # whole data set before the first step.
 FIT_READS = {"train.py:_mean", "checks.py:check_finite_params"}
 DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
-# Copies to the device once per call: the data set, a new per-point guide.
+# Copies to the device once per call: the data set, a new per-datapoint guide.
 MOVES = {"data.py:to", "prepare.py:prepare", "guides.py:from_guide", "local.py:infer_local"}
 EVALUATE_READS = {"evaluate.py:_score"}
 
 
 def small_vae(guide: str = "encoder", num_data: int = 32) -> pv.VAE:
-    local = pv.PerDatapointGaussian(num_data, 2) if guide == "per-point" else None
+    local = pv.PerDatapointGaussian(num_data, 2) if guide == "per-datapoint" else None
     return bernoulli_vae(F, guide=local)
 
 
@@ -193,13 +193,13 @@ QUIET = pytest.mark.filterwarnings("ignore:Encountered")
     "guide,options",
     [
         ("encoder", dict),
-        ("per-point", dict),
+        ("per-datapoint", dict),
         ("encoder", lambda: {"loss": pv.ImportanceWeightedELBO(3)}),
-        ("per-point", lambda: {"e_steps": 2}),
-        ("per-point", lambda: {"freeze_model": True}),
+        ("per-datapoint", lambda: {"e_steps": 2}),
+        ("per-datapoint", lambda: {"freeze_model": True}),
         ("encoder", lambda: {"beta": lambda epoch: epoch / 3}),
     ],
-    ids=["elbo", "per-point", "iwae", "e-steps", "frozen-model", "beta"],
+    ids=["elbo", "per-datapoint", "iwae", "e-steps", "frozen-model", "beta"],
 )
 def test_a_steady_state_fit_epoch_reads_only_its_loss_and_its_finite_check(guide, options):
     """A second epoch (4 steps) adds ceil(4 / 3) = 2 loss reads, the epoch's loss and the
@@ -231,7 +231,7 @@ def strict_fit(vae: pv.VAE, data: pv.Batches, **options) -> DispatchWatch:
 
 
 def test_fit_runs_on_meta_reading_only_what_it_names():
-    vae = small_vae("per-point")
+    vae = small_vae("per-datapoint")
     data = pv.Batches(torch.rand(32, F).round(), batch_size=8)
     validation = torch.rand(16, F).round()
     watch = strict_fit(vae, data, epochs=2, e_steps=1, log_every=2)
@@ -381,7 +381,7 @@ def one_process_group(monkeypatch):
 DISTRIBUTED_READS = {"distributed.py:global_mean", "distributed.py:check_same_data"}
 
 
-@pytest.mark.parametrize("guide", ["encoder", "per-point"])
+@pytest.mark.parametrize("guide", ["encoder", "per-datapoint"])
 def test_the_data_parallel_step_adds_no_read(one_process_group, guide):
     vae = small_vae(guide)
     data = pv.Batches(torch.rand(32, F).round(), batch_size=8)

@@ -69,7 +69,7 @@ class Config:
     hidden: tuple[int, ...] = (4,)
     values: str = "unit"  # "binary", "unit" (grey values in [0, 1]), "real" or "huge"
     likelihood: str = "bernoulli"  # or "gaussian", "gaussian-learned" (a learned scale)
-    per_point: bool = False
+    per_datapoint: bool = False
     batch_size: int = 4
     drop_last: bool = False
     shuffle: bool = True
@@ -118,7 +118,7 @@ def configs(draw) -> Config:
     steps = (n // batch_size if drop_last else -(-n // batch_size)) * (e_steps + 1)
     most = max(1, min(4, 60 // max(steps, 1)))
     epochs = draw(st.integers(min(2, most), most))
-    per_point = draw(st.booleans())
+    per_datapoint = draw(st.booleans())
     warmup = draw(st.booleans())
     return Config(
         num_data=n,
@@ -127,7 +127,7 @@ def configs(draw) -> Config:
         hidden=draw(st.sampled_from([(), (1,), (4,), (8,), (4, 4)])),
         values=values,
         likelihood=likelihood,
-        per_point=per_point,
+        per_datapoint=per_datapoint,
         batch_size=batch_size,
         drop_last=drop_last,
         shuffle=draw(st.booleans()),
@@ -140,7 +140,7 @@ def configs(draw) -> Config:
         optim=draw(st.sampled_from(["lazy", "lazy", "lazy-local", "adam"])),
         loss=draw(st.sampled_from(["default"] * 4 + ["trace", "renyi"])),
         log_every=draw(st.sampled_from([1, 2, 3, 50])),
-        validation=0 if per_point else draw(st.sampled_from([0, 0, 1, 5])),
+        validation=0 if per_datapoint else draw(st.sampled_from([0, 0, 1, 5])),
         validate_every=draw(st.integers(1, 3)),
         epochs=epochs,
         stop_after=draw(st.integers(1, epochs)),
@@ -199,7 +199,7 @@ def make_vae(cfg: Config) -> pv.VAE:
         likelihood = pv.GaussianLikelihood(
             decoder, f, scale=0.5, learn_scale=cfg.likelihood == "gaussian-learned"
         )
-    if cfg.per_point:
+    if cfg.per_datapoint:
         guide = pv.PerDatapointGaussian(cfg.num_data, d, init_scale=0.5)
     else:
         guide = pv.GaussianEncoder(pv.MLP(f, 2 * d, cfg.hidden), d)
@@ -339,7 +339,7 @@ def assert_identical(a, b, where: str = "") -> None:
 @FUZZ
 @given(cfg=configs())
 @example(cfg=Config())
-@example(cfg=Config(per_point=True, e_steps=2, batch_size=3, stop_after=1, kill_at=0.5))
+@example(cfg=Config(per_datapoint=True, e_steps=2, batch_size=3, stop_after=1, kill_at=0.5))
 @example(cfg=Config(num_data=1, batch_size=1, epochs=3, stop_after=2, kill_at=0.0))
 @example(cfg=Config(beta=None, validation=5, validate_every=2, epochs=4, stop_after=2))
 def test_fit_fails_cleanly_or_trains_and_resumes_exactly(cfg: Config) -> None:
@@ -347,8 +347,8 @@ def test_fit_fails_cleanly_or_trains_and_resumes_exactly(cfg: Config) -> None:
     event(f"fit: {type(full.error).__name__}" if full.error else f"fit: {cfg.epochs} epochs")
     if cfg.drop_last and cfg.batch_size > cfg.num_data:  # no batch at all
         assert isinstance(full.error, ValueError), f"no batches: {full.error!r}"
-    if cfg.per_point and cfg.optim == "adam":  # sparse gradients need LazyAdam
-        assert isinstance(full.error, ValueError), f"per-point guide, Adam: {full.error!r}"
+    if cfg.per_datapoint and cfg.optim == "adam":  # sparse gradients need LazyAdam
+        assert isinstance(full.error, ValueError), f"per-datapoint guide, Adam: {full.error!r}"
     check_outcome(cfg, full)
 
     # Interrupted after epoch k (stopped there, or killed during epoch k + 1), then resumed.

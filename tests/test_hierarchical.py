@@ -149,7 +149,7 @@ def test_worse_guide_the_bounds_and_the_gap():
     assert gap.log_likelihood == pytest.approx(log_px.mean().item(), abs=0.05)
 
 
-def test_infer_local_fits_one_per_point_guide_per_layer():
+def test_infer_local_fits_one_per_datapoint_guide_per_layer():
     vae, x, _ = linear_hierarchy()
     data = pv.Batches(x, batch_size=8)
     local = pv.infer_local(vae, data, epochs=2, init=vae.guide_layers())

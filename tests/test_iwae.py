@@ -58,7 +58,7 @@ def test_equals_the_elbo_at_one_particle():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_subsample_scale_multiplies_the_per_point_bounds():
+def test_subsample_scale_multiplies_the_per_datapoint_bounds():
     """A minibatch of B of N points: N/B times the bound of those B points (the unbiased
     estimate of the N-point bound). RenyiELBO puts N/B inside the log-mean-exp instead."""
     vae = small_vae()
@@ -86,13 +86,13 @@ def test_tightens_with_k_towards_the_exact_log_likelihood():
     for k in (1, 5, 50):
         with torch.no_grad():
             lw = pv.log_weights(vae.model, vae.guide, xs, num_particles=k)  # (K, reps·B)
-        per_point = (lw.logsumexp(0) - math.log(k)).view(reps, B)
+        per_datapoint = (lw.logsumexp(0) - math.log(k)).view(reps, B)
         # the loss is the negative sum of the same bounds
         loss = pv.ImportanceWeightedELBO(k, max_plate_nesting=1).loss(vae.model, vae.guide, xs)
-        means.append(per_point.mean(0))
-        errors.append(per_point.std(0) / math.sqrt(reps))
+        means.append(per_datapoint.mean(0))
+        errors.append(per_datapoint.std(0) / math.sqrt(reps))
         assert -loss / (reps * B) == pytest.approx(
-            per_point.mean().item(), abs=5 * per_point.std().item() / math.sqrt(reps * B)
+            per_datapoint.mean().item(), abs=5 * per_datapoint.std().item() / math.sqrt(reps * B)
         )
     gap = [(log_px - m).mean().item() for m in means]
     assert gap[0] > 0.5 and gap[0] > gap[1] > gap[2] > 0, gap

@@ -1,5 +1,5 @@
 """Any data pipeline: torchvision datasets through a DataLoader (workers, random transforms),
-per-point guides through pv.Indexed, exact resume."""
+per-datapoint guides through pv.Indexed, exact resume."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_
     assert result.num_data == 48 and math.isfinite(result.elbo)  # every image, once
 
 
-def test_a_per_point_guide_reads_the_rows_of_the_loaders_indices():
+def test_a_per_datapoint_guide_reads_the_rows_of_the_loaders_indices():
     x = pv.make_circle(40)[0]
-    vae = pv.zoo.circle_vae("per-point", num_data=40)
+    vae = pv.zoo.circle_vae("per-datapoint", num_data=40)
     before = vae.variational.loc.detach().clone()
     seen = list(range(10, 20))  # the loader visits these 10 points only
     loader = DataLoader(pv.Indexed(TensorDataset(x)), batch_size=5, sampler=seen)

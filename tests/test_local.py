@@ -130,7 +130,7 @@ def test_sparse_step_touches_only_the_batch_and_lazy_adam_acts_as_adam_elsewhere
 
 
 def test_switching_inference_is_one_argument():
-    """The same fit call trains an amortized and a per-point guide; the runs start from the
+    """The same fit call trains an amortized and a per-datapoint guide; the runs start from the
     same model and differ in the guide alone, and each trains every parameter."""
     n = 2000
     x, _ = pv.make_circle(n)
@@ -138,7 +138,7 @@ def test_switching_inference_is_one_argument():
     initial_model = {}
     for kind, make_guide in (
         ("amortized", lambda: pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1)),
-        ("per-point", lambda: pv.PerDatapointGaussian(n, 1)),
+        ("per-datapoint", lambda: pv.PerDatapointGaussian(n, 1)),
     ):
         pyro.clear_param_store()
         torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_switching_inference_is_one_argument():
         for part, init in ((vae.likelihood, initial_model[kind]), (vae.variational, initial_guide)):
             for name, value in parameters(part).items():
                 assert not torch.equal(value, init[name]), (kind, name)
-    assert_same(initial_model["amortized"], initial_model["per-point"])
+    assert_same(initial_model["amortized"], initial_model["per-datapoint"])
 
 
 def test_variational_em_schedule_and_frozen_e_step():
@@ -203,7 +203,7 @@ def test_variational_em_schedule_and_frozen_e_step():
     assert_same(theta, snapshot(vae.likelihood))
     assert any((lam[k] != v).any() for k, v in snapshot(vae.variational).items())
 
-    # Held-out points: a new per-point guide fit under the frozen model.
+    # Held-out points: a new per-datapoint guide fit under the frozen model.
     test = pv.Batches(pv.make_circle(300, seed=1)[0], batch_size=100, shuffle=False)
     before = pv.evaluate(
         *(lambda v: (v.model, v.guide))(vae.with_guide(pv.PerDatapointGaussian(300, 1), name="t0")),
@@ -226,8 +226,8 @@ def test_e_step_error_messages():
         vae.variational(torch.zeros(5, 2), None)
 
 
-def test_per_point_inference_recovers_the_exact_ppca_posterior():
-    """θ fixed at a PPCA: per-point Gaussian inference → closed-form posterior and log p(x)."""
+def test_per_datapoint_inference_recovers_the_exact_ppca_posterior():
+    """θ fixed at a PPCA: per-datapoint Gaussian inference → closed-form posterior and log p(x)."""
     vae, x, log_px, (a, b, cov) = ppca()
     n = x.shape[0]
     # Full batches, so dense gradients and a decaying step size (ClippedAdam's lrd) are fine.

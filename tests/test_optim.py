@@ -72,8 +72,8 @@ def test_lazy_adam_dense_path_equals_pyro_adam_step_for_step(schedule):
     assert all(not torch.equal(first[k], last[k]) for k in first)
 
 
-def per_point_run(save_dir, epochs: int, *, resume: bool = False, init_seed: int = 0):
-    """A per-point guide (SparseAdam state) and a network (dense Adam state) trained by fit."""
+def per_datapoint_run(save_dir, epochs: int, *, resume: bool = False, init_seed: int = 0):
+    """A per-datapoint guide (SparseAdam state) and a network (dense Adam state) trained by fit."""
     x, _ = pv.make_circle(256)
     data = pv.Batches(x, batch_size=64)
     pyro.clear_param_store()
@@ -104,10 +104,12 @@ def per_point_run(save_dir, epochs: int, *, resume: bool = False, init_seed: int
 
 
 def test_resume_with_sparse_adam_state_is_exact(tmp_path):
-    vae_a, hist_a, optim_a, state_a = per_point_run(tmp_path / "a", epochs=3)
-    per_point_run(tmp_path / "b", epochs=1)
+    vae_a, hist_a, optim_a, state_a = per_datapoint_run(tmp_path / "a", epochs=3)
+    per_datapoint_run(tmp_path / "b", epochs=1)
     # New objects with other initial values: the checkpoint must restore everything.
-    vae_b, hist_b, _, state_b = per_point_run(tmp_path / "b", epochs=3, resume=True, init_seed=7)
+    vae_b, hist_b, _, state_b = per_datapoint_run(
+        tmp_path / "b", epochs=3, resume=True, init_seed=7
+    )
     kinds = {type(o).__name__ for o in optim_a.optim_objs.values()}
     assert kinds == {"RowSparseAdam", "Adam"}
     assert hist_b.epoch == [1, 2, 3]

@@ -301,7 +301,7 @@ def test_a_new_learning_rate_on_resume_is_used_and_announced(tmp_path, make, as_
 
 
 def test_lazy_adam_new_local_lr_on_resume(tmp_path):
-    def per_point(save_dir, epochs, optim, **options):
+    def per_datapoint(save_dir, epochs, optim, **options):
         pyro.clear_param_store()
         vae = circle_vae().with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
         pv.fit(
@@ -316,10 +316,10 @@ def test_lazy_adam_new_local_lr_on_resume(tmp_path):
             **options,
         )
 
-    per_point(tmp_path, 1, pv.LazyAdam({"lr": 1e-2}, local_lr=0.1))
+    per_datapoint(tmp_path, 1, pv.LazyAdam({"lr": 1e-2}, local_lr=0.1))
     optim = pv.LazyAdam({"lr": 1e-2}, local_lr=0.3)
     with pytest.warns(UserWarning, match=r"local_lr=0\.3"):
-        per_point(tmp_path, 2, optim, resume=True)
+        per_datapoint(tmp_path, 2, optim, resume=True)
     lrs = {type(o).__name__: o.param_groups[0]["lr"] for o in optim.optim_objs.values()}
     assert lrs == {"RowSparseAdam": 0.3, "Adam": 1e-2}
 
@@ -414,7 +414,7 @@ def test_a_fresh_vae_trains_from_its_own_weights_whatever_ran_before():
         assert torch.equal(value, trained[name]), name
 
 
-def test_a_per_point_vae_refuses_new_data():
+def test_a_per_datapoint_vae_refuses_new_data():
     vae = circle_vae().with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
     pv.fit(vae.model, vae.guide, data(64), epochs=1, device="cpu", progress=False)
     new = pv.make_circle(20, seed=1)[0]
@@ -547,7 +547,7 @@ def test_integer_data_get_an_error_with_the_fix(dtype):
         pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
     with pytest.raises(ValueError, match=message):
         pv.evaluate(vae.model, vae.guide, x, num_particles=2)
-    with pytest.raises(ValueError, match=message):  # (a sibling: the per-point E-steps)
+    with pytest.raises(ValueError, match=message):  # (a sibling: the per-datapoint E-steps)
         pv.infer_local(vae, pv.Batches(x, batch_size=8), epochs=1)
 
 
@@ -562,11 +562,11 @@ def test_bad_inputs_get_clear_errors():
         pv.Batches(torch.zeros(10, 2), batch_size=64, drop_last=True)
     with pytest.raises(TypeError, match=r"Wrap a tensor: pv\.Batches\(x, batch_size=256\)"):
         pv.fit(vae.model, vae.guide, torch.zeros(10, 2), epochs=1)
-    per_point = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
+    per_datapoint = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
     with pytest.raises(ValueError, match=r"use optim=pv\.LazyAdam"):
         pv.fit(
-            per_point.model,
-            per_point.guide,
+            per_datapoint.model,
+            per_datapoint.guide,
             data(64),
             epochs=1,
             optim=pyro.optim.Adam({"lr": 1e-2}),
