@@ -50,7 +50,7 @@ class Config:
 
 
 def _flow(flow: str, flows: int, prior: str, posterior: str, published: str = "") -> Config:
-    flags = ("--flow", flow, "--flows", str(max(flows, 1)), "--prior", prior)
+    flags = ("--posterior", flow, "--flows", str(max(flows, 1)), "--prior", prior)
     label = "MAF" if prior == "maf" else "N(0, I)"
     return Config("mnist_flow_posterior", flags, label, posterior, published=published)
 

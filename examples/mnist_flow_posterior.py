@@ -15,7 +15,7 @@ used; the test set binarized once with a fixed seed), MLP encoder and decoder
 ``--prior normal|maf`` picks N(0, I) or a MAF prior. Test NLL is the importance-sampled
 estimate with ``--num-particles`` samples (5000 is the standard; default 5000 on CUDA).
 
-    python examples/mnist_flow_posterior.py --flow planar --flows 16 --epochs 100
+    python examples/mnist_flow_posterior.py --posterior planar --flows 16 --epochs 100
 
 Writes metrics.json, history.json, samples.png, reconstructions.png and loss.png to --out.
 """
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
         __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
     )
-    p.add_argument("--flow", choices=zoo.FLOWS, default="planar")
+    p.add_argument("--posterior", choices=zoo.POSTERIORS, default="planar")
     p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")
     p.add_argument("--prior", choices=zoo.PRIORS, default="normal")
     p.add_argument("--latent-dim", type=int, default=50)
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> dict:
     train, test = scripts.mnist_from_args(args, device, test_points=args.limit)
 
     vae = zoo.flow_posterior_vae(
-        args.flow,
+        args.posterior,
         flows=args.flows,
         prior=args.prior,
         latent_dim=args.latent_dim,
@@ -81,13 +81,13 @@ def main(args: argparse.Namespace) -> dict:
             {"train": (history.epoch, history.loss)},
             pics / "loss.png",
             ylabel="negative ELBO per image (nats)",
-            title=f"flow={args.flow}",
+            title=f"posterior={args.posterior}",
         ),
     ]
     metrics = {
         **scripts.scores(history, result, device, images),
-        "flow": args.flow,
-        "flows": args.flows if args.flow != "none" else 0,
+        "posterior": args.posterior,
+        "flows": args.flows if args.posterior != "none" else 0,
         "prior": args.prior,
         "latent_dim": args.latent_dim,
         "hidden": args.hidden,

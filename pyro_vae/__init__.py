@@ -13,6 +13,27 @@ Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, `
 the amortization gap), ``zoo`` (standard architectures) and ``plots``; ``dispatch`` (host
 reads, device mixes and kernels of a step) and ``scripts`` (the examples' and benchmarks'
 command-line scaffolding) stand aside.
+
+The names below are flat, as ``pyro.infer`` and ``torch.distributions`` export theirs (one
+``import pyro_vae as pv`` reaches them all); their groups are the modules:
+
+* models: :class:`VAE`, :class:`HierarchicalVAE`, :class:`GuideChain`; priors
+  (:class:`Prior`, :class:`StandardNormalPrior`, :class:`FlowPrior`, :class:`MAFPrior`,
+  :class:`VampPrior`); likelihoods (:class:`Likelihood`, :class:`BernoulliLikelihood`,
+  :class:`UnitIntervalBernoulli`, :class:`GaussianLikelihood`); guides (:class:`Guide`,
+  :class:`GaussianEncoder`, :class:`PerDatapointGaussian`, :class:`SemiAmortizedGaussian`,
+  :func:`diagonal_normal`); flow guides (:class:`PlanarEncoder`, :class:`IAFEncoder`,
+  :class:`ZukoFlowEncoder`, :class:`TransformedGaussianEncoder`); networks (:class:`MLP`,
+  :class:`ConvEncoder`, :class:`ConvDecoder`); standard architectures: :mod:`zoo`;
+* inference: :class:`TensorTrace_ELBO`, :class:`ImportanceWeightedELBO`, :class:`LatentScale`,
+  :class:`LazyAdam`, :func:`fit`, :func:`evaluate`, :class:`Evaluation`, :func:`log_weights`,
+  :func:`infer_local`, :func:`amortization_gap`, :class:`AmortizationGap`;
+* data: :class:`Batches`, :class:`Loader`, :class:`Indexed`, :func:`load_mnist`,
+  :func:`make_circle`, :func:`default_data_dir`;
+* runs: :class:`History`, :func:`load_checkpoint`, :class:`CheckpointError`,
+  :func:`default_device`, :func:`device_name`, :mod:`dispatch`;
+* plots: :func:`plot_curves`, :func:`plot_scatter`, :func:`save_grid`,
+  :func:`save_reconstructions`.
 """
 
 import torch as _torch

@@ -6,6 +6,11 @@ Pyro's ``Trace_ELBO.differentiable_loss`` converts every site's log-density to a
 the same gradients but returns the loss as a tensor, so a training loop can read it every
 few steps instead of every step. :class:`ImportanceWeightedELBO` is the importance-weighted
 bound (IWAE) with vectorized particles, on the same sync-free path.
+
+The names follow Pyro's: ``<Trace>_ELBO`` for an estimator of the ELBO itself computed from
+a trace (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``JitTrace_ELBO``; here
+:class:`TensorTrace_ELBO`), a plain name for another bound (Pyro's ``RenyiELBO``; here
+:class:`ImportanceWeightedELBO`, the Rényi bound at α = 0).
 """
 
 from __future__ import annotations

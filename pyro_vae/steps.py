@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .checks import check_pair
 from .devices import DeviceCheck
+from .elbo import LatentScale
 from .nets import modes
 from .optim import gradient_step
 
@@ -51,6 +52,7 @@ class Step:
             optimizer (the data-parallel gradient all-reduce).
         modules: The networks behind the pair, in eval mode while the first call checks that
             the guide's samples have the model's shapes (one forward pass that trains nothing).
+        scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -80,7 +82,10 @@ class Step:
         freeze_model: bool = False,
         combine: Callable[[list[Tensor], Tensor], None] | None = None,
         modules: nn.Module | None = None,
+        scale: LatentScale | None = None,
     ) -> None:
+        if scale is not None:  # β on the latent sites of both
+            model, guide = scale(model), scale(guide)
         self.check = DeviceCheck(device, dtype)
         self.plain = (model, guide)
         self.checked = (self.check(model), self.check(guide))  # innermost: sees every site

@@ -181,10 +181,10 @@ def fit(
     validation = _held_out(model, guide, validation, validation_particles, device, modules)
     _check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
-    weighted = (kl_scale(model), kl_scale(guide)) if beta != 1.0 else (model, guide)
-    step = Step(*weighted, loss if loss is not None else TensorTrace_ELBO(), optim,
+    step = Step(model, guide, loss if loss is not None else TensorTrace_ELBO(), optim,
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
+                scale=kl_scale if beta != 1.0 else None,
                 combine=_combine(data) if world is not None else None)  # fmt: skip
     writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
     folder = _folder(save_dir, world)

@@ -35,13 +35,13 @@ from .priors import MAFPrior, StandardNormalPrior, VampPrior
 from .vae import VAE
 
 __all__ = [
-    "FLOWS",
     "INFERENCE",
     "IWAE_PRIORS",
     "LIKELIHOODS",
     "MNIST_SHAPE",
+    "POSTERIORS",
     "PRIORS",
-    "Flow",
+    "FlowPosterior",
     "FlowPrior",
     "IWAEPrior",
     "ImageLikelihood",
@@ -58,12 +58,12 @@ MNIST_SHAPE = (1, 28, 28)
 """The shape of one MNIST image for the convolutional model (the MLPs read 784 pixels)."""
 # Each choice is written once, as a Literal type; the tuples (for the examples' flags and the
 # checks) are read from it.
-Flow = Literal["none", "planar", "iaf", "nsf"]
+FlowPosterior = Literal["none", "planar", "iaf", "nsf"]
 FlowPrior = Literal["normal", "maf"]
 ImageLikelihood = Literal["bernoulli", "gaussian"]
 Inference = Literal["amortized", "per-datapoint", "semi-amortized"]
 IWAEPrior = Literal["normal", "vamp"]
-FLOWS: tuple[str, ...] = get_args(Flow)
+POSTERIORS: tuple[str, ...] = get_args(FlowPosterior)
 """The posteriors of :func:`flow_posterior_vae`."""
 PRIORS: tuple[str, ...] = get_args(FlowPrior)
 """The priors of :func:`flow_posterior_vae`."""
@@ -122,7 +122,7 @@ def flow_prior_vae(*, latent_dim: int = 16, hidden: int = 1024) -> VAE:
 
 
 def flow_posterior_vae(
-    flow: Flow,
+    posterior: FlowPosterior,
     *,
     flows: int = 4,
     prior: FlowPrior = "normal",
@@ -132,7 +132,7 @@ def flow_posterior_vae(
     """The benchmark MLP VAE of Burda, Grosse & Salakhutdinov (2016, "Importance Weighted
     Autoencoders", one stochastic layer) with a flow posterior and optionally a flow prior.
 
-    Bernoulli decoder z→H→H→784 (ReLU). The guide by ``flow``:
+    Bernoulli decoder z→H→H→784 (ReLU). The guide by ``posterior``:
 
     * ``"none"``: diagonal Gaussian from an encoder 784→H→H→2·z;
     * ``"planar"``: ``flows`` amortized planar maps (Rezende & Mohamed 2015) on features
@@ -142,7 +142,7 @@ def flow_posterior_vae(
     * ``"nsf"``: a zuko neural spline flow with ``flows`` transforms and context h(x).
 
     Args:
-        flow: The posterior, one of :data:`FLOWS`.
+        posterior: The posterior, one of :data:`POSTERIORS`.
         flows: K, the number of flow maps (unused for ``"none"``).
         prior: ``"normal"`` (N(0, I)) or ``"maf"`` (:class:`~pyro_vae.MAFPrior`, defaults).
         latent_dim: z.
@@ -158,18 +158,18 @@ def flow_posterior_vae(
         >>> vae.reconstruct(torch.rand(3, 784).round()).shape
         torch.Size([3, 784])
     """
-    _check("flow", flow, FLOWS)
+    _check("posterior", posterior, POSTERIORS)
     _check("prior", prior, PRIORS)
     z_prior = MAFPrior(latent_dim) if prior == "maf" else StandardNormalPrior(latent_dim)
     decoder = MLP(latent_dim, _PIXELS, (hidden, hidden))
-    # Created for every flow, "none" included, so that the initial weights stay those of the
+    # Created for every posterior, "none" included, so that the initial weights stay those of the
     # published runs (the random draws happen in this order).
     features = nn.Sequential(MLP(_PIXELS, hidden, (hidden,)), nn.ReLU())  # x -> h(x)
-    if flow == "none":
+    if posterior == "none":
         guide = GaussianEncoder(MLP(_PIXELS, 2 * latent_dim, (hidden, hidden)), latent_dim)
-    elif flow == "planar":
+    elif posterior == "planar":
         guide = PlanarEncoder(features, hidden, latent_dim, flows=flows)
-    elif flow == "iaf":
+    elif posterior == "iaf":
         guide = IAFEncoder(
             features, hidden, latent_dim, flows=flows, hidden_features=(2 * hidden, 2 * hidden)
         )

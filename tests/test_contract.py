@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pyro
 import pytest
@@ -268,3 +269,11 @@ def test_save_load_round_trip(prior_name, likelihood_name, guide_name):
     pyro.set_rng_seed(1)
     b = pv.log_weights(other.model, other.guide, x, idx, num_particles=3)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_every_export_is_in_a_group():
+    """The package docstring groups the flat namespace (models, inference, data, runs, plots):
+    each exported name appears there exactly once, and nothing else is listed."""
+
+    listed = re.findall(r":(?:class|func|mod):`([A-Za-z_]+)`", pv.__doc__.split("their groups")[1])
+    assert sorted(listed) == sorted(pv.__all__)

@@ -147,13 +147,13 @@ def test_circle(inference, tmp_path):
 )
 def test_mnist_flow_posterior(flow, prior, mnist_dir, tmp_path):
     flags = (
-        f"--flow {flow} --flows 2 --prior {prior} --latent-dim 4 --hidden 16 --epochs 1 "
+        f"--posterior {flow} --flows 2 --prior {prior} --latent-dim 4 --hidden 16 --epochs 1 "
         "--batch-size 64 --limit 256 --num-particles 8 --seed 0"
     )
     _, _, metrics = run("mnist_flow_posterior", flags, tmp_path, mnist_dir)
     check_outputs(tmp_path, metrics, epochs=1, bernoulli=True)
     assert metrics["test_nll"] == -metrics["test_log_likelihood"]
-    assert (metrics["flow"], metrics["prior"]) == (flow, prior)
+    assert (metrics["posterior"], metrics["prior"]) == (flow, prior)
 
 
 @pytest.mark.mnist

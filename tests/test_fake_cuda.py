@@ -51,7 +51,7 @@ assert {c[1] for c in COVER} == set(LIKELIHOODS)
 FAKE = [c for c in COVER if c[2] != "semi-amortized"]
 ZOO = {
     "flow_prior": lambda: zoo.flow_prior_vae(),
-    **{f"flow_posterior-{f}": (lambda f=f: zoo.flow_posterior_vae(f)) for f in zoo.FLOWS},
+    **{f"flow_posterior-{f}": (lambda f=f: zoo.flow_posterior_vae(f)) for f in zoo.POSTERIORS},
     "flow_posterior-maf-prior": lambda: zoo.flow_posterior_vae("iaf", prior="maf"),
     "iwae-1": lambda: zoo.iwae_vae(layers=1),
     "iwae-2": lambda: zoo.iwae_vae(layers=2),
