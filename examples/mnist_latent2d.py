@@ -17,6 +17,7 @@ samples.png (10×10), reconstructions.png and loss.png (train and validation) to
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 import torch
 
@@ -74,15 +75,44 @@ def main(args: argparse.Namespace) -> dict:
         args.num_particles,
     )
 
+    images = _pictures(vae, history, val_loss, test, y_test, scripts.pictures(out))
+    metrics = {
+        "epochs": len(history.epoch),
+        "train_loss": history.loss[-1],
+        "val_loss": val_loss[-1],
+        "test_elbo": result.elbo,
+        "test_log_likelihood": result.log_likelihood,
+        "num_particles": args.num_particles,
+        "device": pv.device_name(device),
+        "seconds": history.seconds[-1],
+        "images": images,
+        "likelihood": args.likelihood,
+        "beta": args.beta,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+    }
+    return scripts.save_metrics(out, metrics)
+
+
+def _pictures(
+    vae: pv.VAE,
+    history: pv.History,
+    val_loss: list[float],
+    test: pv.Batches,
+    y_test: torch.Tensor,
+    pics: pathlib.Path,
+) -> list[str]:
+    """The test set's posterior means (and their normal CDF) coloured by digit, the decoded
+    manifold over a grid of prior quantiles, samples, reconstructions and the loss curves."""
     with torch.no_grad():
         mu = vae.variational(test.data, None).mean
     normal = torch.distributions.Normal(0.0, 1.0)
-    quantiles = normal.icdf(torch.linspace(0.025, 0.975, 20, device=device))
+    quantiles = normal.icdf(torch.linspace(0.025, 0.975, 20, device=mu.device))
     grid = torch.stack(torch.meshgrid(quantiles, quantiles.flip(0), indexing="xy"), -1)
     with torch.no_grad():
         manifold = vae.likelihood(grid.reshape(-1, 2)).mean
     x = test.data[:80]
-    pics = scripts.pictures(out)  # rank 0 writes to --out
     images = [
         pv.plot_scatter(
             mu,
@@ -109,23 +139,7 @@ def main(args: argparse.Namespace) -> dict:
             ylabel="negative ELBO per image (nats)",
         ),
     ]
-    metrics = {
-        "epochs": len(history.epoch),
-        "train_loss": history.loss[-1],
-        "val_loss": val_loss[-1],
-        "test_elbo": result.elbo,
-        "test_log_likelihood": result.log_likelihood,
-        "num_particles": args.num_particles,
-        "device": pv.device_name(device),
-        "seconds": history.seconds[-1],
-        "images": images,
-        "likelihood": args.likelihood,
-        "beta": args.beta,
-        "warmup": args.warmup,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-    }
-    return scripts.save_metrics(out, metrics)
+    return images
 
 
 if __name__ == "__main__":
