@@ -225,7 +225,7 @@ def test_zoo_parameter_counts(build, count):
 
 
 def test_zoo_rejects_unknown_choices():
-    with pytest.raises(ValueError, match="flow must be one of"):
+    with pytest.raises(ValueError, match="posterior must be one of"):
         zoo.flow_posterior_vae("maf")
     with pytest.raises(ValueError, match="prior must be one of"):
         zoo.flow_posterior_vae("iaf", prior="nsf")
