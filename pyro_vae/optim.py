@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.optim import PyroOptim
 
-__all__ = ["LazyAdam", "RowSparseAdam", "gradient_step", "is_row_sparse_group"]
+__all__ = ["LazyAdam", "RowSparseAdam", "descend", "gradient_step", "is_row_sparse_group"]
 
 _SPARSE_ARGS = ("lr", "betas", "eps", "maximize")
 
@@ -298,6 +298,19 @@ def gradient_step(
     with poutine.trace(param_only=True) as capture:
         value = loss.differentiable_loss(model, guide, *args, **kwargs)
     params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
+    return descend(value, params, optim, before_step=before_step)
+
+
+def descend(
+    value: torch.Tensor | float,
+    params: list[torch.Tensor],
+    optim: PyroOptim,
+    *,
+    before_step: Callable[[list[torch.Tensor]], None] | None = None,
+) -> torch.Tensor:
+    """The gradient of ``value`` in ``params``, one step of ``optim`` on them, the gradients
+    released: the end of :func:`gradient_step` (and of the compiled step). Returns ``value``
+    detached."""
     if params and getattr(value, "requires_grad", False):  # else no parameter reaches the loss
         torch.autograd.backward(value, inputs=params)
         if before_step is not None:

@@ -15,6 +15,7 @@ import torch
 import zuko
 from pyro.contrib.zuko import ZukoToPyro
 from torch import Tensor, nn
+from torch.distributions.utils import _sum_rightmost
 from torch.nn.functional import hardtanh
 
 from .checks import LocalParameters
@@ -96,6 +97,25 @@ class FlowPrior(nn.Module):
     def forward(self) -> dist.Distribution:
         """Returns :math:`p(z)`, event shape ``(D,)``."""
         return ZukoToPyro(self.flow())
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        r""":math:`\log p(z) = \log p_0(f^{-1}(z)) + \log |\det J_{f^{-1}}(z)|`, the value of
+        ``self().log_prob(z)``, computed transform by transform (zuko's ``NormalizingFlow``
+        and ``ComposedTransform`` are not built, so ``torch.compile`` traces it in one graph).
+
+        Args:
+            z: Points, shape ``(..., D)``.
+
+        Returns:
+            The log-density, shape ``(...)``.
+        """
+        transform, event_dim, total = self.flow.transform, 1, 0
+        lazy = getattr(transform, "transforms", [transform])  # a LazyComposedTransform's parts
+        for t in [part(None) for part in lazy]:
+            z, ladj = t.call_and_ladj(z)
+            total = total + _sum_rightmost(ladj, event_dim - t.domain.event_dim)
+            event_dim += t.codomain.event_dim - t.domain.event_dim
+        return self.flow.base(None).log_prob(z) + total
 
 
 class MAFPrior(FlowPrior):

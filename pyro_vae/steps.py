@@ -11,12 +11,17 @@ A :class:`Step` holds the model, the guide, the loss and the optimizer, and the 
   gradient is not the loss's (Pyro's ``JitTrace_ELBO`` doubles it): Pyro's own step (joint
   updates only; it reads the loss, a host sync per step).
 
+With ``compile=True`` a :class:`~pyro_vae.VAE`'s steps after the first run its derived
+estimator as a compiled graph (:mod:`pyro_vae.compiled`), after a once-only check against the
+loss; what cannot be compiled stays on the steps above, with one warning.
+
 The first call runs the pair under a :class:`~pyro_vae.devices.DeviceCheck` (every parameter
 checked as it is registered) with validation as the user set it; later calls skip both.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -27,10 +32,11 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .checks import check_pair
+from .compiled import CompiledLoss, compiled_loss
 from .devices import DeviceCheck
 from .elbo import LatentScale
 from .nets import modes
-from .optim import gradient_step
+from .optim import descend, gradient_step
 
 __all__ = ["Step"]
 
@@ -53,6 +59,7 @@ class Step:
         modules: The networks behind the pair, in eval mode while the first call checks that
             the guide's samples have the model's shapes (one forward pass that trains nothing).
         scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
+        compile: Take the compiled step (see :mod:`pyro_vae.compiled`) from the second call.
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -83,7 +90,11 @@ class Step:
         combine: Callable[[list[Tensor], Tensor], None] | None = None,
         modules: nn.Module | None = None,
         scale: LatentScale | None = None,
+        compile: bool = False,
     ) -> None:
+        self.raw, self.scale = (model, guide), scale
+        self.compiled: CompiledLoss | None = None
+        self.to_compile = compile  # (until the first compiled step is built or refused)
         if scale is not None:  # β on the latent sites of both
             model, guide = scale(model), scale(guide)
         self.check = DeviceCheck(device, dtype)
@@ -116,29 +127,67 @@ class Step:
             with modes(self.modules, train=False):  # (a BatchNorm's statistics stay as they are)
                 check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
             return self._step(x, idx, *self.checked, first=True)
+        if self.to_compile:
+            self.to_compile = False
+            self.compiled = compiled_loss(
+                *self.raw, self.loss, x, idx, num_data=self.num_data, scale=self.scale
+            )
+            if self.compiled is not None:
+                return self._first_compiled(x, idx)
+        if self.compiled is not None:
+            return self._schedule(self._compiled_step, x, idx)
         with pyro.validation_enabled(False):
             return self._step(x, idx, *self.plain, first=False)
+
+    def _first_compiled(self, x: Tensor, idx: Tensor) -> Tensor:
+        """The first compiled step, which compiles; a failure (a graph break, no compiler)
+        leaves the run on the eager step, with a warning."""
+        try:
+            return self._schedule(self._compiled_step, x, idx)
+        except Exception as e:
+            for p in self.compiled.params[0] + self.compiled.params[1]:
+                p.grad = None
+            self.compiled = None
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            warnings.warn(
+                f"compile=True: torch.compile failed ({type(e).__name__}: {first}); this run "
+                "takes the eager step",
+                stacklevel=3,
+            )
+            with pyro.validation_enabled(False):
+                return self._step(x, idx, *self.plain, first=False)
+
+    def _compiled_step(
+        self, x: Tensor, idx: Tensor, *, update_model: bool = True, update_guide: bool = True
+    ) -> Tensor:
+        model_params, guide_params = self.compiled.params
+        params = (model_params if update_model else []) + [
+            p
+            for p in (guide_params if update_guide else [])
+            if all(p is not q for q in model_params)
+        ]
+        hook = partial(self.combine, x=x) if self.combine is not None else None
+        return descend(self.compiled(x, idx), params, self.optim, before_step=hook)
+
+    def _schedule(self, step: Callable[..., Tensor], x: Tensor, idx: Tensor) -> Tensor:
+        """Joint, variational-EM or guide-only steps of ``step(x, idx, update_model=...,
+        update_guide=...)``."""
+        if self.freeze_model:
+            return step(x, idx, update_model=False)
+        for _ in range(self.e_steps):
+            step(x, idx, update_model=False)
+        return step(x, idx, update_guide=False) if self.e_steps else step(x, idx)
 
     def _step(self, x: Tensor, idx: Tensor, model, guide, *, first: bool) -> Tensor | float:
         if self.svi is not None:
             return self.svi[first].step(x, idx, num_data=self.num_data)
         hook = partial(self.combine, x=x) if self.combine is not None else None
-        step = partial(
-            gradient_step,
-            model,
-            guide,
-            self.loss,
-            self.optim,
-            x,
-            idx,
-            num_data=self.num_data,
-            before_step=hook,
-        )
-        if self.freeze_model:
-            return step(update_model=False)
-        for _ in range(self.e_steps):
-            step(update_model=False)
-        return step(update_guide=False) if self.e_steps else step()
+
+        def step(x: Tensor, idx: Tensor, **update: bool) -> Tensor:
+            return gradient_step(model, guide, self.loss, self.optim, x, idx,
+                                 num_data=self.num_data, before_step=hook, **update)  # fmt: skip
+
+        return self._schedule(step, x, idx)
 
 
 # Losses whose ``differentiable_loss`` does not give the gradient of ``loss_and_grads``:

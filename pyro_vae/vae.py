@@ -24,7 +24,7 @@ from .likelihoods import Likelihood
 from .nets import modes
 from .priors import Prior
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "log_density"]
 
 
 class VAE(nn.Module):
@@ -229,6 +229,55 @@ class VAE(nn.Module):
         with self._plate(x, idx, num_data) as ind:
             pyro.sample("z", self.variational(x, ind))
 
+    def elbo_loss(
+        self,
+        x: Tensor,
+        idx: Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        beta: float | Tensor = 1.0,
+    ) -> Tensor:
+        r"""The negative ELBO of a minibatch as :class:`~pyro_vae.TensorTrace_ELBO` estimates it
+        from :meth:`model` and :meth:`guide` (one particle), written from the three pieces
+        without Pyro's handlers: the function ``fit(compile=True)`` compiles.
+
+        .. math::
+
+            -rac{N}{B} \sum_{n \in 	ext{batch}} \Big[\log p(x_n \mid z_n)
+            + eta ig(\log p(z_n) - \log q(z_n \mid x_n)ig)\Big],
+            \qquad z_n \sim q(z \mid x_n)\ 	ext{(reparameterized)}
+
+        Args:
+            x: The minibatch, ``(B, *event_shape)``.
+            idx: Its dataset indices ``(B,)`` (default ``arange(B)``).
+            num_data: :math:`N` (default ``B``).
+            beta: The KL weight :math:`eta` (:class:`~pyro_vae.LatentScale`): a number or a
+                0-dim tensor (a tensor changes without recompiling a compiled caller).
+
+        Returns:
+            A 0-dim tensor: the loss, differentiable (pathwise) in every parameter.
+
+        Example:
+            >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
+            ...           GaussianEncoder(MLP(6, 4), 2))
+            >>> x = torch.rand(8, 6).round()
+            >>> with torch.random.fork_rng():
+            ...     pyro_loss = TensorTrace_ELBO().differentiable_loss(vae.model, vae.guide, x)
+            >>> bool(torch.isclose(vae.elbo_loss(x), pyro_loss))  # the same noise
+            True
+        """
+        batch = x.shape[0]
+        if idx is None:
+            idx = torch.arange(batch, device=x.device)
+        scale = (batch if num_data is None else num_data) / batch
+        q = self.variational(x, idx)
+        z = q.rsample()
+        log_q = q.log_prob(z)
+        log_z = log_density(self.prior, z)
+        log_x = self.likelihood(z).log_prob(x)
+        latent = scale * beta
+        return -((latent * log_z).sum() + (scale * log_x).sum() - (latent * log_q).sum())
+
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
         """Draws :math:`z \\sim p(z)` and returns the mean of :math:`p(x \\mid z)`,
@@ -260,6 +309,14 @@ _ROLES = {
     "likelihood": (Likelihood, "event_shape and forward(z) -> p(x|z)"),
     "guide": (Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
 }
+
+
+def log_density(prior: Prior, z: Tensor) -> Tensor:
+    r""":math:`\log p(z)`: ``prior.log_prob(z)`` where the prior computes it directly (a
+    :class:`~pyro_vae.FlowPrior`, which ``torch.compile`` traces), else
+    ``prior().log_prob(z)``."""
+    direct = getattr(prior, "log_prob", None)
+    return direct(z) if direct is not None else prior().log_prob(z)
 
 
 def check_role(role: str, piece: object) -> None:

@@ -1,0 +1,183 @@
+r"""The compiled training step: ``fit(compile=True)``.
+
+A small VAE on a GPU is bound by per-step overhead: hundreds of kernel launches and
+milliseconds of Python (Pyro's handlers, the optimizer's loops) for microseconds of arithmetic.
+``torch.compile`` cannot capture Pyro's ELBO in one graph (its ``Message`` dictionaries,
+generators and per-name parameters break it into many), so the compiled step does not compile
+the Pyro program: it compiles the estimator that a :class:`~pyro_vae.VAE` derives from its own
+prior, likelihood and guide (:meth:`~pyro_vae.VAE.elbo_loss`), which is exactly
+:class:`~pyro_vae.TensorTrace_ELBO`'s with one particle. The forward and backward passes become
+one graph each (inductor); the optimizer steps the same parameters as the eager step.
+
+The estimator is trusted only after a check: before the first compiled step, the Pyro loss
+and the derived one are computed eagerly with the same random numbers, and their values and
+the gradients of every parameter must agree. Anything that cannot be captured (a pair that is
+not a VAE's, a loss without a derived form, row-sparse gradients, a trace that disagrees, a
+graph break) leaves the run on the eager step, with one warning that says why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
+from torch import Tensor
+
+from .elbo import LatentScale, TensorTrace_ELBO
+from .vae import VAE
+
+__all__ = ["CompiledLoss", "compiled_loss"]
+
+# Relative tolerance of the once-only check (float32: different summation orders).
+_TOLERANCE = 1e-3
+
+
+class CompiledLoss:
+    """The compiled negative ELBO of a :class:`~pyro_vae.VAE`: ``loss(x, idx)`` runs
+    :meth:`~pyro_vae.VAE.elbo_loss` as one graph (``torch.compile(fullgraph=True)``).
+
+    β is passed as a tensor, so a warm-up does not recompile; the last, smaller minibatch of an
+    epoch compiles once more (dynamo's automatic dynamic shapes: one graph for the full batches,
+    one with a symbolic batch size for the rest).
+
+    Args:
+        vae: The VAE.
+        num_data: :math:`N`.
+        params: The parameters of the model (``[0]``) and of the guide (``[1]``), as the eager
+            step collects them.
+        scale: The run's :class:`~pyro_vae.LatentScale` (β), if any.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        *,
+        num_data: int,
+        params: tuple[list[Tensor], list[Tensor]],
+        scale: LatentScale | None = None,
+    ) -> None:
+        self.vae, self.num_data, self.params, self.scale = vae, num_data, params, scale
+        self.beta: Tensor | None = None
+        self._value = 1.0
+        self.fn = torch.compile(vae.elbo_loss, fullgraph=True)
+
+    def _beta(self, device: torch.device) -> Tensor:
+        value = 1.0 if self.scale is None else float(self.scale.beta)
+        if self.beta is None or value != self._value:  # once per change (an epoch's β)
+            self.beta = torch.tensor(value, device=device)
+            self._value = value
+        return self.beta
+
+    def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self.fn(x, idx, num_data=self.num_data, beta=self._beta(x.device))
+
+
+def compiled_loss(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    loss: ELBO,
+    x: Tensor,
+    idx: Tensor,
+    *,
+    num_data: int,
+    scale: LatentScale | None = None,
+) -> CompiledLoss | None:
+    """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``; or
+    ``None`` after one warning that names why the run stays eager.
+
+    Args:
+        model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
+        guide: ``vae.guide`` of the same VAE.
+        loss: The run's Pyro loss (:class:`~pyro_vae.TensorTrace_ELBO` or ``Trace_ELBO``,
+            one particle).
+        x: A minibatch.
+        idx: Its indices.
+        num_data: :math:`N`.
+        scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
+    """
+    reason = _unsupported(model, guide, loss)
+    params = None
+    if reason is None:
+        params, reason = _check(model.__self__, model, guide, loss, x, idx, num_data, scale)
+    if reason is not None:
+        warnings.warn(f"compile=True: {reason}; this run takes the eager step", stacklevel=3)
+        return None
+    return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale)
+
+
+def _unsupported(model: object, guide: object, loss: ELBO) -> str | None:
+    """Why the pair or the loss has no compiled form (``None``: it has one)."""
+    vae = getattr(model, "__self__", None)
+    if not isinstance(vae, VAE) or getattr(guide, "__self__", None) is not vae:
+        return (
+            "the model and guide are not one pv.VAE's (a hand-written pair has no derived "
+            "estimator)"
+        )
+    if type(vae).model is not VAE.model or type(vae).guide is not VAE.guide:
+        return f"{type(vae).__name__} writes its own model or guide (no derived estimator yet)"
+    if type(loss) not in (TensorTrace_ELBO, Trace_ELBO) or loss.num_particles != 1:
+        return (
+            f"{type(loss).__name__} (num_particles={getattr(loss, 'num_particles', '?')}) has "
+            "no compiled form; TensorTrace_ELBO() or Trace_ELBO() with one particle has"
+        )
+    if any(getattr(m, "sparse", False) is True for m in vae.modules()):
+        return "a per-datapoint guide's row-sparse gradients cannot be compiled"
+    return None
+
+
+def _check(
+    vae: VAE,
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    loss: ELBO,
+    x: Tensor,
+    idx: Tensor,
+    num_data: int,
+    scale: LatentScale | None,
+) -> tuple[tuple[list[Tensor], list[Tensor]] | None, str | None]:
+    """The model's and the guide's parameters, and whether the derived estimator gives the
+    Pyro loss's value and gradients on this batch with the same random numbers."""
+    beta, seed = 1.0 if scale is None else float(scale.beta), 0  # (the RNG is restored)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with poutine.trace(param_only=True) as in_model:
+            poutine.trace(model).get_trace(x, idx, num_data=num_data)
+        with poutine.trace(param_only=True) as in_guide:
+            guide(x, idx, num_data=num_data)
+        sides = tuple(
+            [site["value"].unconstrained() for site in t.trace.nodes.values()]
+            for t in (in_model, in_guide)
+        )
+        params = sides[0] + [p for p in sides[1] if all(p is not q for q in sides[0])]
+        torch.manual_seed(seed)
+        with LatentScale(beta), pyro.validation_enabled(False):
+            expected = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
+        torch.manual_seed(seed)
+        derived = vae.elbo_loss(x, idx, num_data=num_data, beta=beta)
+    if x.device.type == "meta":
+        return sides, None
+    wanted = torch.autograd.grad(expected, params, allow_unused=True)
+    got = torch.autograd.grad(derived, params, allow_unused=True)
+    if not _close(derived.detach(), expected.detach()):
+        return None, (
+            f"the derived estimator gives {derived.item():.6g} where {type(loss).__name__} gives "
+            f"{expected.item():.6g} (the VAE's pieces sample or score something the derivation "
+            "does not see)"
+        )
+    store = pyro.get_param_store()
+    for p, a, b in zip(params, wanted, got, strict=True):
+        if not _close(b, a):
+            return None, f"the derived gradient of {store.param_name(p)} differs from Pyro's"
+    return sides, None
+
+
+def _close(a: Tensor | None, b: Tensor | None) -> bool:
+    """Equal within ``_TOLERANCE`` of the larger norm (both ``None``: no gradient)."""
+    if a is None or b is None:
+        return a is None and b is None
+    scale = torch.maximum(a.norm(), b.norm()).clamp_min(1e-12)
+    return bool((a - b).norm() <= _TOLERANCE * scale)
