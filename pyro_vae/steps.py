@@ -11,7 +11,7 @@ A :class:`Step` holds the model, the guide, the loss and the optimizer, and the 
   gradient is not the loss's (Pyro's ``JitTrace_ELBO`` doubles it): Pyro's own step (joint
   updates only; it reads the loss, a host sync per step).
 
-With ``compile=True`` a :class:`~pyro_vae.VAE`'s steps after the first run its derived
+With ``compile=True`` every step of a :class:`~pyro_vae.VAE`'s pair runs its derived
 estimator as a compiled graph (:mod:`pyro_vae.compiled`), after a once-only check against the
 loss; what cannot be compiled stays on the steps above, with one warning.
 
@@ -59,7 +59,7 @@ class Step:
         modules: The networks behind the pair, in eval mode while the first call checks that
             the guide's samples have the model's shapes (one forward pass that trains nothing).
         scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
-        compile: Take the compiled step (see :mod:`pyro_vae.compiled`) from the second call.
+        compile: Take the compiled step (see :mod:`pyro_vae.compiled`), built at the first call.
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -126,14 +126,14 @@ class Step:
         if first:  # validates as the user chose; the data were checked before
             with modes(self.modules, train=False):  # (a BatchNorm's statistics stay as they are)
                 check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
-            return self._step(x, idx, *self.checked, first=True)
-        if self.to_compile:
-            self.to_compile = False
-            self.compiled = compiled_loss(
-                *self.raw, self.loss, x, idx, num_data=self.num_data, scale=self.scale
-            )
-            if self.compiled is not None:
-                return self._first_compiled(x, idx)
+            if self.to_compile:  # every step compiled (the checks draw no random numbers)
+                self.to_compile = False
+                self.compiled = compiled_loss(
+                    *self.raw, self.loss, x, idx, num_data=self.num_data, scale=self.scale
+                )
+            if self.compiled is None:
+                return self._step(x, idx, *self.checked, first=True)
+            return self._first_compiled(x, idx)
         if self.compiled is not None:
             return self._schedule(self._compiled_step, x, idx)
         with pyro.validation_enabled(False):
@@ -154,8 +154,7 @@ class Step:
                 "takes the eager step",
                 stacklevel=3,
             )
-            with pyro.validation_enabled(False):
-                return self._step(x, idx, *self.plain, first=False)
+            return self._step(x, idx, *self.checked, first=True)
 
     def _compiled_step(
         self, x: Tensor, idx: Tensor, *, update_model: bool = True, update_guide: bool = True

@@ -162,11 +162,11 @@ def fit(
             samples and reconstructions of the first 8 training points, for a
             :class:`~pyro_vae.VAE` of images (``event_shape`` 784 or ``(C, H, W)``); drawn
             with their own random numbers (the training run is unchanged).
-        compile: Run the steps after the first as compiled graphs (``torch.compile`` of the
+        compile: Run the steps as compiled graphs (``torch.compile`` of the
             VAE's derived estimator :meth:`~pyro_vae.VAE.elbo_loss`, one graph forward and
             one backward; see :mod:`pyro_vae.compiled`): for a :class:`~pyro_vae.VAE`'s pair
             with ``TensorTrace_ELBO``/``Trace_ELBO`` (one particle), checked once against the
-            loss on the second batch. Otherwise the run stays eager, with one warning that
+            loss on the first batch. Otherwise the run stays eager, with one warning that
             says why. Compiling takes tens of seconds (cached by inductor across runs).
 
     Returns:

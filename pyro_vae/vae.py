@@ -266,12 +266,17 @@ class VAE(nn.Module):
             >>> bool(torch.isclose(vae.elbo_loss(x), pyro_loss))  # the same noise
             True
         """
+        if type(self).model is not VAE.model or type(self).guide is not VAE.guide:
+            raise NotImplementedError(
+                f"{type(self).__name__} writes its own model or guide: its elbo_loss must be "
+                "written to match them (see HierarchicalVAE.elbo_loss)"
+            )
         batch = x.shape[0]
         if idx is None:
             idx = torch.arange(batch, device=x.device)
         scale = (batch if num_data is None else num_data) / batch
         q = self.variational(x, idx)
-        z = q.rsample()
+        z = q()  # what pyro.sample draws: rsample (zuko's flows: with its log-density)
         log_q = q.log_prob(z)
         log_z = log_density(self.prior, z)
         log_x = self.likelihood(z).log_prob(x)

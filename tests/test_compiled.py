@@ -1,0 +1,207 @@
+"""The compiled step (``fit(compile=True)``): the derived estimator is exactly
+TensorTrace_ELBO's (every zoo model and every combination of the contract matrix, float64, the
+same noise), the once-only check refuses a derivation that disagrees, what cannot be compiled
+stays eager with one warning, and a compiled run follows the eager one (3 epochs, β warm-up, a
+smaller last batch; variational EM; exact resume)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pyro
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config
+import zuko
+from helpers import DeltaPair, bernoulli_vae
+from test_contract import COMBINATIONS, N, build
+from test_fake_cuda import ZOO
+
+import pyro_vae as pv
+
+B = 8
+
+
+def _pyro_and_derived(vae: pv.VAE, x, idx, beta: float = 1.0):
+    """Both losses and their gradients in every parameter, with the same random numbers."""
+    params = [p for p in vae.parameters() if p.requires_grad]
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        with pv.LatentScale(beta):
+            pyro_loss = pv.TensorTrace_ELBO().differentiable_loss(
+                vae.model, vae.guide, x, idx, num_data=N
+            )
+        torch.manual_seed(1)
+        derived = vae.elbo_loss(x, idx, num_data=N, beta=beta)
+    grads = [torch.autograd.grad(v, params, allow_unused=True) for v in (pyro_loss, derived)]
+    return (pyro_loss, derived), grads
+
+
+def _assert_same(vae: pv.VAE, x, idx, beta: float = 1.0, rtol: float = 1e-10) -> None:
+    (pyro_loss, derived), (want, got) = _pyro_and_derived(vae, x, idx, beta)
+    assert derived.item() == pytest.approx(pyro_loss.item(), rel=rtol)
+    for a, b in zip(want, got, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            a, b = (g.to_dense() if g.is_sparse else g for g in (a, b))
+            torch.testing.assert_close(b, a, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_derived_estimator_on_every_zoo_model(name):
+    torch.manual_seed(0)
+    vae = ZOO[name]().double()
+    x = torch.rand(B, *vae.event_shape, dtype=torch.float64).round()
+    if name.startswith("circle"):
+        x = torch.randn(B, 2, dtype=torch.float64)
+    _assert_same(vae, x, torch.randperm(N)[:B], beta=0.7)
+
+
+@pytest.mark.parametrize(("prior", "likelihood", "guide"), COMBINATIONS)
+def test_derived_estimator_on_the_contract_matrix(prior, likelihood, guide):
+    vae = build(prior, likelihood, guide).double()
+    x = torch.rand(B, *vae.event_shape, dtype=torch.float64)
+    _assert_same(vae, x, torch.randperm(N)[:B])
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        lambda: zuko.flows.MAF(5, transforms=3, hidden_features=(16, 16)),
+        lambda: zuko.flows.NSF(5, transforms=2, hidden_features=(16,)),
+        lambda: zuko.flows.MAF(5, transforms=1),
+    ],
+)
+def test_flow_prior_log_prob_is_zukos(flow):
+    prior = pv.FlowPrior(flow()).double()
+    z = torch.randn(7, 5, dtype=torch.float64)
+    torch.testing.assert_close(prior.log_prob(z), prior().log_prob(z), rtol=1e-12, atol=1e-12)
+
+
+class OwnModel(pv.VAE):
+    def model(self, x, idx=None, *, num_data=None):
+        super().model(x, idx, num_data=num_data)
+        pyro.factor("extra", torch.zeros(()))
+
+
+def _fit(vae_or_pair, data, **options):
+    model, guide = vae_or_pair.model, vae_or_pair.guide
+    return pv.fit(model, guide, data, epochs=2, device="cpu", progress=False, **options)
+
+
+@pytest.mark.parametrize(
+    ("make", "options", "reason"),
+    [
+        (DeltaPair, dict, "not one pv.VAE's"),
+        (bernoulli_vae, lambda: {"loss": pv.ImportanceWeightedELBO(3)}, "no compiled form"),
+        (bernoulli_vae, lambda: {"loss": pyro.infer.TraceMeanField_ELBO()}, "no compiled"),
+        (
+            lambda: bernoulli_vae(guide=pv.PerDatapointGaussian(32, 2)),
+            lambda: {"optim": pv.LazyAdam({"lr": 1e-2})},
+            "row-sparse",
+        ),
+        (lambda: OwnModel(*bernoulli_vae().children()), dict, "writes its own model"),
+    ],
+)
+def test_what_cannot_be_compiled_stays_eager_with_one_warning(make, options, reason):
+    """The same run as without compile=True (a loss object is made for each run: Pyro's
+    guess of max_plate_nesting draws random numbers once per object)."""
+    runs = []
+    for compile in (False, True):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        pair = make()
+        features = 2 if isinstance(pair, DeltaPair) else 6
+        data = pv.Batches(torch.rand(32, features).round(), batch_size=8)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            runs.append(_fit(pair, data, compile=compile, **options()).loss)
+        mine = [str(w.message) for w in caught if "compile=True" in str(w.message)]
+        assert len(mine) == (1 if compile else 0)
+    assert reason in mine[0] and "eager step" in mine[0]
+    assert runs[0] == runs[1]
+
+
+def _wrong(vae: pv.VAE, *, value: bool) -> None:
+    """Plants a derivation that is wrong in its value (β ignored) or in one gradient only."""
+    right = vae.elbo_loss
+    p = next(vae.likelihood.parameters())
+
+    def elbo_loss(x, idx=None, *, num_data=None, beta=1.0):
+        loss = right(x, idx, num_data=num_data, beta=1.0 if value else beta)
+        return loss if value else loss + (p.sum() - p.sum().detach())
+
+    vae.elbo_loss = elbo_loss
+
+
+@pytest.mark.parametrize(
+    ("value", "says"), [(True, "derived estimator gives"), (False, "gradient")]
+)
+def test_a_derivation_that_disagrees_is_refused(value, says):
+    """Positive controls for the once-only check: a wrong value, a wrong gradient."""
+    vae = bernoulli_vae()
+    _wrong(vae, value=value)
+    data = pv.Batches(torch.rand(32, 6).round(), batch_size=8)
+    with pytest.warns(UserWarning, match=says):
+        _fit(vae, data, compile=True, beta=0.5)
+
+
+@pytest.fixture
+def pinned_noise():
+    """Inductor draws with torch's own random ops: the compiled and the eager step see the
+    same noise, so their runs agree to float rounding."""
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        yield
+    torch._dynamo.reset()
+
+
+def _compare_runs(make, data, epochs, **options):
+    runs, params = [], []
+    for compile in (False, True):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = make()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback
+            history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device="cpu",
+                             progress=False, compile=compile, **options)  # fmt: skip
+        runs.append(history.loss)
+        params.append([p.detach().clone() for p in vae.parameters()])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-5)
+    for a, b in zip(*params, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow_compile
+def test_compiled_fit_follows_eager(pinned_noise):
+    """3 epochs with a β warm-up (a tensor: no recompile) and a smaller last batch (one more
+    graph): the losses and the trained weights agree; at most 2 graphs were compiled."""
+    data = pv.Batches(torch.rand(100, 6, generator=torch.Generator().manual_seed(1)).round(),
+                      batch_size=32)  # fmt: skip
+    torch._dynamo.utils.counters.clear()
+    _compare_runs(bernoulli_vae, data, 3, beta=lambda e: min(1.0, e / 2))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    # variational EM: E-steps (the guide's parameters) and M-steps (the model's) alike
+    _compare_runs(bernoulli_vae, data, 2, e_steps=2)
+
+
+@pytest.mark.slow_compile
+def test_compiled_fit_resumes_exactly(tmp_path):
+    """Inductor's own random numbers come from torch's generator: a run stopped after epoch 1
+    and resumed gives the uninterrupted run's losses, bit for bit."""
+    data = pv.Batches(torch.rand(64, 6, generator=torch.Generator().manual_seed(1)).round(),
+                      batch_size=16)  # fmt: skip
+    losses = []
+    for stops in ([3], [1, 3]):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        vae = bernoulli_vae()
+        folder = tmp_path / str(len(stops))
+        for epochs in stops:
+            history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device="cpu",
+                             progress=False, compile=True, save_dir=folder,
+                             resume=True)  # fmt: skip
+        losses.append(history.loss)
+    assert losses[0] == losses[1]
