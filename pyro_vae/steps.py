@@ -166,7 +166,9 @@ class Step:
             if all(p is not q for q in model_params)
         ]
         hook = partial(self.combine, x=x) if self.combine is not None else None
-        return descend(self.compiled(x, idx), params, self.optim, before_step=hook)
+        with pyro.validation_enabled(False):  # (checked once; one graph whatever the flag)
+            value = self.compiled(x, idx)
+        return descend(value, params, self.optim, before_step=hook)
 
     def _schedule(self, step: Callable[..., Tensor], x: Tensor, idx: Tensor) -> Tensor:
         """Joint, variational-EM or guide-only steps of ``step(x, idx, update_model=...,
