@@ -28,9 +28,10 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor
 
 from .elbo import LatentScale, TensorTrace_ELBO
+from .optim import LazyAdam
 from .vae import VAE
 
-__all__ = ["CompiledLoss", "compiled_loss"]
+__all__ = ["CompiledAdam", "CompiledLoss", "compiled_loss"]
 
 # Relative tolerance of the once-only check (float32: different summation orders).
 _TOLERANCE = 1e-3
@@ -74,6 +75,35 @@ class CompiledLoss:
 
     def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
         return self.fn(x, idx, num_data=self.num_data, beta=self._beta(x.device))
+
+
+class CompiledAdam:
+    """:class:`~pyro_vae.LazyAdam`'s dense step as a compiled graph (``torch.compile`` of its
+    ``torch.optim.Adam.step``), for the compiled training step.
+
+    A call with a parameter the optimizer has not seen yet (the first step, the first E- or
+    M-step) runs ``LazyAdam`` itself, which registers it and creates its state; later calls run
+    the compiled ``Adam.step``, which steps exactly the parameters that have a gradient (the
+    compiled step releases every gradient after each step, so those are the call's). The update
+    is Adam's; the graph for each set of stepped parameters is compiled once.
+
+    Args:
+        optim: The run's ``LazyAdam`` (dense parameters only: a compiled run refuses
+            row-sparse ones).
+    """
+
+    def __init__(self, optim: LazyAdam) -> None:
+        self.optim = optim
+        self.step: Callable[[], object] | None = None
+
+    def __call__(self, params: list[Tensor]) -> None:
+        seen = self.optim.optim_objs
+        if self.step is None or any(p not in seen for p in params):
+            self.optim(params)
+            if self.step is None and self.optim._dense is not None:
+                self.step = torch.compile(self.optim._dense.step)
+            return
+        self.step()
 
 
 def compiled_loss(

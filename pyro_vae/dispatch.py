@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["DeviceMixError", "DispatchWatch", "Event", "HostReadError"]
+__all__ = ["DeviceMixError", "DispatchWatch", "Event", "HostReadError", "launches"]
 
 aten = torch.ops.aten
 
@@ -156,7 +156,7 @@ def _copy_ends(func, args: tuple, kwargs: dict) -> tuple[torch.device, torch.dev
     return args[1].device, args[0].device  # copy_(dst, src)
 
 
-def _launches(func: torch._ops.OpOverload) -> bool:
+def launches(func: torch._ops.OpOverload) -> bool:
     """Whether ``func`` would launch a kernel on a GPU (views and allocations don't)."""
     return func.namespace == "aten" and not (func.is_view or func in _NO_KERNEL)
 
@@ -258,7 +258,7 @@ class DispatchWatch(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops[str(func)] += 1
-        self.launches += _launches(func)
+        self.launches += launches(func)
         devices = _devices(args, kwargs)
         if func in _COPIES:
             source, target = _copy_ends(func, args, kwargs)

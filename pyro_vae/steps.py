@@ -32,11 +32,11 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .checks import check_pair
-from .compiled import CompiledLoss, compiled_loss
+from .compiled import CompiledAdam, CompiledLoss, compiled_loss
 from .devices import DeviceCheck
 from .elbo import LatentScale
 from .nets import modes
-from .optim import descend, gradient_step
+from .optim import LazyAdam, descend, gradient_step
 
 __all__ = ["Step"]
 
@@ -133,6 +133,8 @@ class Step:
                 )
             if self.compiled is None:
                 return self._step(x, idx, *self.checked, first=True)
+            lazy = isinstance(self.optim, LazyAdam)
+            self.compiled_optim = CompiledAdam(self.optim) if lazy else self.optim
             return self._first_compiled(x, idx)
         if self.compiled is not None:
             return self._schedule(self._compiled_step, x, idx)
@@ -168,7 +170,7 @@ class Step:
         hook = partial(self.combine, x=x) if self.combine is not None else None
         with pyro.validation_enabled(False):  # (checked once; one graph whatever the flag)
             value = self.compiled(x, idx)
-        return descend(value, params, self.optim, before_step=hook)
+        return descend(value, params, self.compiled_optim, before_step=hook)
 
     def _schedule(self, step: Callable[..., Tensor], x: Tensor, idx: Tensor) -> Tensor:
         """Joint, variational-EM or guide-only steps of ``step(x, idx, update_model=...,

@@ -177,12 +177,13 @@ def _compare_runs(make, data, epochs, **options):
 @pytest.mark.slow_compile
 def test_compiled_fit_follows_eager(pinned_noise):
     """3 epochs with a β warm-up (a tensor: no recompile) and a smaller last batch (one more
-    graph): the losses and the trained weights agree; at most 2 graphs were compiled."""
+    graph): the losses and the trained weights agree; at most 3 graphs were compiled."""
     data = pv.Batches(torch.rand(100, 6, generator=torch.Generator().manual_seed(1)).round(),
                       batch_size=32)  # fmt: skip
     torch._dynamo.utils.counters.clear()
     _compare_runs(bernoulli_vae, data, 3, beta=lambda e: min(1.0, e / 2))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    # the loss for the full batches and for the last one, Adam's step: no graph per β
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
     # variational EM: E-steps (the guide's parameters) and M-steps (the model's) alike
     _compare_runs(bernoulli_vae, data, 2, e_steps=2)
 
