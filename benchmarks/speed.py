@@ -65,11 +65,12 @@ def plain_epoch(vae: pv.VAE, batches, optimizer: torch.optim.Optimizer, device) 
     return time.perf_counter() - t0
 
 
-def package_epoch(vae: pv.VAE, batches: pv.Batches, optim, device) -> float:
+def package_epoch(vae: pv.VAE, batches: pv.Batches, optim, device, compile=False) -> float:
     """Seconds for one epoch of ``pyro_vae.fit`` over ``batches``."""
     sync(device)
     t0 = time.perf_counter()
-    pv.fit(vae.model, vae.guide, batches, epochs=1, optim=optim, device=device, progress=False)
+    pv.fit(vae.model, vae.guide, batches, epochs=1, optim=optim, device=device, progress=False,
+           compile=compile)  # fmt: skip
     sync(device)
     return time.perf_counter() - t0
 
@@ -83,27 +84,38 @@ def compare(
     vae_pkg = build().to(device)
     vae_ref = build().to(device)
     vae_ref.load_state_dict(vae_pkg.state_dict())
-    optim = pv.LazyAdam({"lr": 1e-3})
+    vae_cmp = build().to(device)  # fit(compile=True)
+    vae_cmp.load_state_dict(vae_pkg.state_dict())
+    vae_cmp.name = "compiled"
+    optim, optim_cmp = pv.LazyAdam({"lr": 1e-3}), pv.LazyAdam({"lr": 1e-3})
     optimizer = torch.optim.Adam(vae_ref.parameters(), lr=1e-3)
     few = pv.Batches(x[: args.steps * batch_size], batch_size=batch_size, binarize=binarize)
     warm = pv.Batches(x[: args.warmup * batch_size], batch_size=batch_size, binarize=binarize)
     package_epoch(vae_pkg, warm, optim, device)
     plain_epoch(vae_ref, warm, optimizer, device)
-    pkg, ref = [], []
-    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+    first = package_epoch(vae_cmp, warm, optim_cmp, device, compile=True)  # compiles
+    pkg, ref, cmp = [], [], []
+    for _ in range(args.repeats):  # interleaved, so all see the same machine load
         pkg.append(package_epoch(vae_pkg, few, optim, device) / len(few))
         ref.append(plain_epoch(vae_ref, few, optimizer, device) / len(few))
+        cmp.append(package_epoch(vae_cmp, few, optim_cmp, device, compile=True) / len(few))
     result = {
         "steps": len(few),
         "pyro_vae_step_ms": 1e3 * min(pkg),
         "plain_torch_step_ms": 1e3 * min(ref),
+        "compiled_step_ms": 1e3 * min(cmp),
+        "compile_s": first - len(warm) * min(cmp),  # the first compiled epoch's excess
     }
     result["step_ratio"] = result["pyro_vae_step_ms"] / result["plain_torch_step_ms"]
+    result["compiled_step_ratio"] = result["compiled_step_ms"] / result["plain_torch_step_ms"]
     if args.epochs:
         full = pv.Batches(x, batch_size=batch_size, binarize=binarize)
         result["pyro_vae_epoch_s"] = package_epoch(vae_pkg, full, optim, device)
         result["plain_torch_epoch_s"] = plain_epoch(vae_ref, full, optimizer, device)
         result["epoch_ratio"] = result["pyro_vae_epoch_s"] / result["plain_torch_epoch_s"]
+        # (its last, smaller batch compiles once more: counted here)
+        result["compiled_epoch_s"] = package_epoch(vae_cmp, full, optim_cmp, device, compile=True)
+        result["compiled_epoch_ratio"] = result["compiled_epoch_s"] / result["plain_torch_epoch_s"]
         if tutorial is not None:
             result["zuko_tutorial_pipeline_epoch_s"] = plain_epoch(
                 vae_ref, tutorial, optimizer, device
@@ -112,7 +124,9 @@ def compare(
             result["pyro_vae_loader_epoch_s"] = package_epoch(vae_pkg, loader, optim, device)
     line = (
         f"{name}: step {result['pyro_vae_step_ms']:.2f} ms (pyro_vae) vs "
-        f"{result['plain_torch_step_ms']:.2f} ms (plain), ratio {result['step_ratio']:.3f}"
+        f"{result['plain_torch_step_ms']:.2f} ms (plain), ratio {result['step_ratio']:.3f}; "
+        f"compiled {result['compiled_step_ms']:.2f} ms, ratio {result['compiled_step_ratio']:.3f}"
+        f" (compiling: {result['compile_s']:.1f} s)"
     )
     if args.epochs:
         line += (
@@ -287,6 +301,12 @@ def markdown(result: dict) -> str:
         " zuko tutorial pipeline epoch | pyro_vae DataLoader epoch |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    compiled = [
+        "",
+        "| model, `fit(compile=True)` | compiled step | vs plain step | compiled epoch |"
+        " vs plain epoch | compiling (first epoch's excess) |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, label in (
         ("flow_prior", "MAF prior, MLP 1024, batch 256"),
         ("flow_posterior", "IAF posterior, MLP 200, batch 100"),
@@ -311,6 +331,16 @@ def markdown(result: dict) -> str:
                 else " |"
             )
         )
+        epoch = (
+            f"{r['compiled_epoch_s']:.2f} s | {r['compiled_epoch_ratio']:.3f}"
+            if "compiled_epoch_s" in r
+            else " | "
+        )
+        compiled.append(
+            f"| {label} | {r['compiled_step_ms']:.2f} ms | {r['compiled_step_ratio']:.3f} | "
+            f"{epoch} | {r['compile_s']:.1f} s |"
+        )
+    lines += compiled
     lines += [
         "",
         "| per-datapoint guide | "
