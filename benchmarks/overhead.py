@@ -40,8 +40,10 @@ hidden width 8 (64 for ``iaf``, whose autoregressive networks need at least z = 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pyro
 import torch
@@ -116,9 +118,11 @@ def batch(vae: pv.VAE, size: int, device: str) -> tuple[torch.Tensor, torch.Tens
 def count(name: str, loop: str) -> dict:
     """Ops, kernel launches and device reads of one steady-state step, on ``meta`` (the
     compiled loop: not countable there), and the launches counted by the profiler."""
-    row = {"profiled": profiled(name, loop)}
-    if loop == "compiled":
-        return row | {"ops": None, "kernels": None, "reads": None}
+    launched, step = profiled(name, loop)
+    row = {"profiled": launched}
+    if loop == "compiled":  # (a pair torch.compile cannot capture takes the eager step)
+        eager = step.compiled is None
+        return row | {"ops": None, "kernels": None, "reads": None, "eager_fallback": eager}
     build, hidden, _, size = MODELS[name]
     pyro.clear_param_store()
     torch.manual_seed(0)
@@ -137,10 +141,10 @@ def count(name: str, loop: str) -> dict:
     }
 
 
-def profiled(name: str, loop: str) -> int:
+def profiled(name: str, loop: str) -> tuple[int, Callable]:
     """Kernel launches of one steady-state step on the CPU, by torch's profiler: outermost
     aten ops that launch a kernel (as :class:`DispatchWatch` classifies them) and inductor's
-    generated kernels."""
+    generated kernels; and the step."""
     build, hidden, _, size = MODELS[name]
     pyro.clear_param_store()
     torch.manual_seed(0)
@@ -152,7 +156,7 @@ def profiled(name: str, loop: str) -> int:
             step(x, idx)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             step(x, idx)
-    return sum(_launch(event) for event in prof.events())
+    return sum(_launch(event) for event in prof.events()), step
 
 
 def _launch(event: object) -> bool:
@@ -206,6 +210,8 @@ def sync(device: torch.device) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.from_json:  # the table of a saved run, without measuring again
+        return write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
     pyro.enable_validation(False)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -255,6 +261,8 @@ def markdown(result: dict) -> str:
                 ratio = r["kernels"] / plain["kernels"]
                 meta = f"{r['ops']} | {r['kernels']} | {ratio:.2f} | {r['reads']}"
             ops, kernels, ratio, reads = meta.split(" | ")
+            if r.get("eager_fallback"):
+                loop = "compiled (not capturable: the eager step)"
             lines.append(
                 f"| {labels.get(name, name)} | {loop} | {ops} | {kernels} | {ratio} | "
                 f"{r['profiled']} | {r['profiled'] / plain['profiled']:.2f} | {reads} | "
@@ -273,6 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="where the steps are timed")
     p.add_argument("--launch-us", type=float, default=5.0, help="assumed cost of one launch")
     p.add_argument("--json", default=None)
+    p.add_argument("--from-json", default=None, help="render a saved run's JSON, measure nothing")
     p.add_argument("--readme", default=None)
     p.add_argument("--block", default="overhead")
     return p.parse_args(argv)
