@@ -62,6 +62,9 @@ class CompiledLoss:
         scale: LatentScale | None = None,
     ) -> None:
         self.vae, self.num_data, self.params, self.scale = vae, num_data, params, scale
+        model, guide = params
+        both = model + [p for p in guide if all(p is not q for q in model)]
+        self._stepped = {(True, True): both, (True, False): model, (False, True): guide}
         self.beta: Tensor | None = None
         self._value = 1.0
         self.fn = torch.compile(vae.elbo_loss, fullgraph=True)
@@ -75,6 +78,10 @@ class CompiledLoss:
 
     def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
         return self.fn(x, idx, num_data=self.num_data, beta=self._beta(x.device))
+
+    def stepped(self, *, update_model: bool = True, update_guide: bool = True) -> list[Tensor]:
+        """The parameters a joint, model-only or guide-only step updates."""
+        return self._stepped[update_model, update_guide]
 
 
 class CompiledAdam:

@@ -94,6 +94,7 @@ class Step:
     ) -> None:
         self.raw, self.scale = (model, guide), scale
         self.compiled: CompiledLoss | None = None
+        self.compiled_optim: Callable[[list[Tensor]], None] | None = None
         self.to_compile = compile  # (until the first compiled step is built or refused)
         if scale is not None:  # β on the latent sites of both
             model, guide = scale(model), scale(guide)
@@ -135,38 +136,37 @@ class Step:
                 return self._step(x, idx, *self.checked, first=True)
             lazy = isinstance(self.optim, LazyAdam)
             self.compiled_optim = CompiledAdam(self.optim) if lazy else self.optim
-            return self._first_compiled(x, idx)
         if self.compiled is not None:
-            return self._schedule(self._compiled_step, x, idx)
+            return self._compiled_or_eager(x, idx, first=first)
         with pyro.validation_enabled(False):
             return self._step(x, idx, *self.plain, first=False)
 
-    def _first_compiled(self, x: Tensor, idx: Tensor) -> Tensor:
-        """The first compiled step, which compiles; a failure (a graph break, no compiler)
-        leaves the run on the eager step, with a warning."""
+    def _compiled_or_eager(self, x: Tensor, idx: Tensor, *, first: bool) -> Tensor:
+        """The compiled step. Where compiling fails (a graph break, no C++ compiler, a
+        recompile for the last batch that cannot be made) before anything was updated, the run
+        goes on with the eager step, with a warning; an error that is not the compiler's comes
+        back from the eager step."""
         try:
             return self._schedule(self._compiled_step, x, idx)
         except Exception as e:
             for p in self.compiled.params[0] + self.compiled.params[1]:
                 p.grad = None
             self.compiled = None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
             warnings.warn(
-                f"compile=True: torch.compile failed ({type(e).__name__}: {first}); this run "
-                "takes the eager step",
+                f"compile=True: torch.compile failed ({type(e).__name__}: {first_line}); this "
+                "run takes the eager step",
                 stacklevel=3,
             )
-            return self._step(x, idx, *self.checked, first=True)
+            if first:
+                return self._step(x, idx, *self.checked, first=True)
+            with pyro.validation_enabled(False):
+                return self._step(x, idx, *self.plain, first=False)
 
     def _compiled_step(
         self, x: Tensor, idx: Tensor, *, update_model: bool = True, update_guide: bool = True
     ) -> Tensor:
-        model_params, guide_params = self.compiled.params
-        params = (model_params if update_model else []) + [
-            p
-            for p in (guide_params if update_guide else [])
-            if all(p is not q for q in model_params)
-        ]
+        params = self.compiled.stepped(update_model=update_model, update_guide=update_guide)
         hook = partial(self.combine, x=x) if self.combine is not None else None
         with pyro.validation_enabled(False):  # (checked once; one graph whatever the flag)
             value = self.compiled(x, idx)
