@@ -6,8 +6,10 @@ milliseconds of Python (Pyro's handlers, the optimizer's loops) for microseconds
 generators and per-name parameters break it into many), so the compiled step does not compile
 the Pyro program: it compiles the estimator that a :class:`~pyro_vae.VAE` derives from its own
 prior, likelihood and guide (:meth:`~pyro_vae.VAE.elbo_loss`), which is exactly
-:class:`~pyro_vae.TensorTrace_ELBO`'s with one particle. The forward and backward passes become
-one graph each (inductor); the optimizer steps the same parameters as the eager step.
+:class:`~pyro_vae.TensorTrace_ELBO`'s with one particle (or
+:class:`~pyro_vae.ImportanceWeightedELBO`'s with :math:`K`). The forward and backward passes
+become one graph each (inductor), and ``LazyAdam``'s Adam step another
+(:class:`CompiledAdam`); the optimizer steps the same parameters as the eager step.
 
 The estimator is trusted only after a check: before the first compiled step, the Pyro loss
 and the derived one are computed eagerly with the same random numbers, and their values and
@@ -27,7 +29,7 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor
 
-from .elbo import LatentScale, TensorTrace_ELBO
+from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 from .optim import LazyAdam
 from .vae import VAE
 
@@ -51,6 +53,7 @@ class CompiledLoss:
         params: The parameters of the model (``[0]``) and of the guide (``[1]``), as the eager
             step collects them.
         scale: The run's :class:`~pyro_vae.LatentScale` (β), if any.
+        num_particles: :math:`K` of :class:`~pyro_vae.ImportanceWeightedELBO` (1: the ELBO).
     """
 
     def __init__(
@@ -60,8 +63,10 @@ class CompiledLoss:
         num_data: int,
         params: tuple[list[Tensor], list[Tensor]],
         scale: LatentScale | None = None,
+        num_particles: int = 1,
     ) -> None:
         self.vae, self.num_data, self.params, self.scale = vae, num_data, params, scale
+        self.num_particles = num_particles
         model, guide = params
         both = model + [p for p in guide if all(p is not q for q in model)]
         self._stepped = {(True, True): both, (True, False): model, (False, True): guide}
@@ -77,7 +82,8 @@ class CompiledLoss:
         return self.beta
 
     def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
-        return self.fn(x, idx, num_data=self.num_data, beta=self._beta(x.device))
+        beta = self._beta(x.device)
+        return self.fn(x, idx, num_data=self.num_data, beta=beta, num_particles=self.num_particles)
 
     def stepped(self, *, update_model: bool = True, update_guide: bool = True) -> list[Tensor]:
         """The parameters a joint, model-only or guide-only step updates."""
@@ -129,8 +135,8 @@ def compiled_loss(
     Args:
         model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
         guide: ``vae.guide`` of the same VAE.
-        loss: The run's Pyro loss (:class:`~pyro_vae.TensorTrace_ELBO` or ``Trace_ELBO``,
-            one particle).
+        loss: The run's Pyro loss (:class:`~pyro_vae.TensorTrace_ELBO` or ``Trace_ELBO``
+            with one particle, or :class:`~pyro_vae.ImportanceWeightedELBO`).
         x: A minibatch.
         idx: Its indices.
         num_data: :math:`N`.
@@ -143,7 +149,13 @@ def compiled_loss(
     if reason is not None:
         warnings.warn(f"compile=True: {reason}; this run takes the eager step", stacklevel=3)
         return None
-    return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale)
+    return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
+                        num_particles=_particles(loss))  # fmt: skip
+
+
+def _particles(loss: ELBO) -> int:
+    """:math:`K` of the importance-weighted bound; 1 for the ELBO."""
+    return loss.num_particles if isinstance(loss, ImportanceWeightedELBO) else 1
 
 
 def _unsupported(model: object, guide: object, loss: ELBO) -> str | None:
@@ -154,10 +166,12 @@ def _unsupported(model: object, guide: object, loss: ELBO) -> str | None:
             "the model and guide are not one pv.VAE's (a hand-written pair has no derived "
             "estimator)"
         )
-    if type(loss) not in (TensorTrace_ELBO, Trace_ELBO) or loss.num_particles != 1:
+    elbo = type(loss) in (TensorTrace_ELBO, Trace_ELBO) and loss.num_particles == 1
+    if not elbo and type(loss) is not ImportanceWeightedELBO:
         return (
             f"{type(loss).__name__} (num_particles={getattr(loss, 'num_particles', '?')}) has "
-            "no compiled form; TensorTrace_ELBO() or Trace_ELBO() with one particle has"
+            "no compiled form; TensorTrace_ELBO() or Trace_ELBO() with one particle, and "
+            "ImportanceWeightedELBO, have"
         )
     if any(getattr(m, "sparse", False) is True for m in vae.modules()):
         return "a per-datapoint guide's row-sparse gradients cannot be compiled"
@@ -193,7 +207,9 @@ def _check(
             expected = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
         torch.manual_seed(seed)
         try:
-            derived = vae.elbo_loss(x, idx, num_data=num_data, beta=beta)
+            derived = vae.elbo_loss(
+                x, idx, num_data=num_data, beta=beta, num_particles=_particles(loss)
+            )
         except NotImplementedError as e:
             return None, str(e)
     if x.device.type == "meta":

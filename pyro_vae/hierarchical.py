@@ -27,7 +27,7 @@ from .guides import Guide
 from .likelihoods import Likelihood
 from .nets import modes
 from .priors import Prior
-from .vae import VAE, check_role, log_density
+from .vae import VAE, batch_scale, check_role, log_density, negative_bound, particles
 
 __all__ = ["GuideChain", "HierarchicalVAE"]
 
@@ -191,24 +191,23 @@ class HierarchicalVAE(VAE):
         *,
         num_data: int | None = None,
         beta: float | Tensor = 1.0,
+        num_particles: int = 1,
     ) -> Tensor:
-        r"""The negative ELBO of a minibatch as ``TensorTrace_ELBO`` estimates it from
-        :meth:`model` and :meth:`guide` (one particle; see :meth:`VAE.elbo_loss`):
+        r"""The negative ELBO (or, with ``num_particles`` :math:`K`, importance-weighted bound)
+        of a minibatch as Pyro estimates it from :meth:`model` and :meth:`guide`; see
+        :meth:`VAE.elbo_loss`. The log-weight of a particle is
 
         .. math::
 
-            -rac{N}{B} \sum_n \Big[\log p(x_n \mid z_1) + eta \Big(\log p(z_L)
-            + \sum_{l < L} \log p(z_l \mid z_{l+1}) - \sum_l \log q(z_l \mid z_{l-1})\Big)\Big]
+            \log p(x_n \mid z_1) + \beta \Big(\log p(z_L) + \sum_{l < L} \log p(z_l \mid
+            z_{l+1}) - \sum_l \log q(z_l \mid z_{l-1})\Big)
 
         with :math:`z_0 = x_n` and the :math:`z_l` drawn bottom-up from the guide.
         """
-        batch = x.shape[0]
-        if idx is None:
-            idx = torch.arange(batch, device=x.device)
-        scale = (batch if num_data is None else num_data) / batch
+        idx, scale = batch_scale(x, idx, num_data)
         h, zs, log_q = x, [], 0.0
         for guide in self.variational:
-            q = guide(h, idx)
+            q = particles(guide(h, idx), num_particles, x.shape[0])
             h = q()
             zs.append(h)
             log_q = log_q + q.log_prob(h)
@@ -216,8 +215,7 @@ class HierarchicalVAE(VAE):
         for layer in range(len(self.conditionals), 0, -1):
             log_z = log_z + self.conditionals[layer - 1](zs[layer]).log_prob(zs[layer - 1])
         log_x = self.likelihood(zs[0]).log_prob(x)
-        latent = scale * beta
-        return -((latent * log_z).sum() + (scale * log_x).sum() - (latent * log_q).sum())
+        return negative_bound(log_x, log_z, log_q, scale=scale, beta=beta, K=num_particles)
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:

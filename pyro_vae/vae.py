@@ -12,9 +12,11 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
@@ -24,7 +26,7 @@ from .likelihoods import Likelihood
 from .nets import modes
 from .priors import Prior
 
-__all__ = ["VAE", "log_density"]
+__all__ = ["VAE", "batch_scale", "log_density", "negative_bound", "particles"]
 
 
 class VAE(nn.Module):
@@ -236,26 +238,38 @@ class VAE(nn.Module):
         *,
         num_data: int | None = None,
         beta: float | Tensor = 1.0,
+        num_particles: int = 1,
     ) -> Tensor:
         r"""The negative ELBO of a minibatch as :class:`~pyro_vae.TensorTrace_ELBO` estimates it
-        from :meth:`model` and :meth:`guide` (one particle), written from the three pieces
-        without Pyro's handlers: the function ``fit(compile=True)`` compiles.
+        from :meth:`model` and :meth:`guide` (one particle), or with ``num_particles`` :math:`K`
+        the negative bound of :class:`~pyro_vae.ImportanceWeightedELBO`, written from the three
+        pieces without Pyro's handlers: the function ``fit(compile=True)`` compiles.
 
         .. math::
 
-            -rac{N}{B} \sum_{n \in 	ext{batch}} \Big[\log p(x_n \mid z_n)
-            + eta ig(\log p(z_n) - \log q(z_n \mid x_n)ig)\Big],
-            \qquad z_n \sim q(z \mid x_n)\ 	ext{(reparameterized)}
+            -\frac{N}{B} \sum_{n \in \text{batch}} \log \frac1K \sum_{k=1}^K
+            \exp\Big[\log p(x_n \mid z_{kn})
+            + \beta \big(\log p(z_{kn}) - \log q(z_{kn} \mid x_n)\big)\Big],
+            \qquad z_{kn} \sim q(z \mid x_n)\ \text{(reparameterized)}
+
+        which for :math:`K = 1` is the negative ELBO. The random numbers are drawn as Pyro's
+        sample statements draw them (the guide's distribution expanded to ``(K, B)`` for
+        :math:`K > 1`), so with the same seed the value is Pyro's.
 
         Args:
             x: The minibatch, ``(B, *event_shape)``.
             idx: Its dataset indices ``(B,)`` (default ``arange(B)``).
             num_data: :math:`N` (default ``B``).
-            beta: The KL weight :math:`eta` (:class:`~pyro_vae.LatentScale`): a number or a
+            beta: The KL weight :math:`\beta` (:class:`~pyro_vae.LatentScale`): a number or a
                 0-dim tensor (a tensor changes without recompiling a compiled caller).
+            num_particles: :math:`K`.
 
         Returns:
             A 0-dim tensor: the loss, differentiable (pathwise) in every parameter.
+
+        Raises:
+            NotImplementedError: For a subclass that writes its own ``model`` or ``guide``
+                without its own ``elbo_loss``.
 
         Example:
             >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
@@ -271,17 +285,13 @@ class VAE(nn.Module):
                 f"{type(self).__name__} writes its own model or guide: its elbo_loss must be "
                 "written to match them (see HierarchicalVAE.elbo_loss)"
             )
-        batch = x.shape[0]
-        if idx is None:
-            idx = torch.arange(batch, device=x.device)
-        scale = (batch if num_data is None else num_data) / batch
-        q = self.variational(x, idx)
+        idx, scale = batch_scale(x, idx, num_data)
+        q = particles(self.variational(x, idx), num_particles, x.shape[0])
         z = q()  # what pyro.sample draws: rsample (zuko's flows: with its log-density)
         log_q = q.log_prob(z)
         log_z = log_density(self.prior, z)
         log_x = self.likelihood(z).log_prob(x)
-        latent = scale * beta
-        return -((latent * log_z).sum() + (scale * log_x).sum() - (latent * log_q).sum())
+        return negative_bound(log_x, log_z, log_q, scale=scale, beta=beta, K=num_particles)
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
@@ -314,6 +324,36 @@ _ROLES = {
     "likelihood": (Likelihood, "event_shape and forward(z) -> p(x|z)"),
     "guide": (Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
 }
+
+
+def batch_scale(x: Tensor, idx: Tensor | None, num_data: int | None) -> tuple[Tensor, float]:
+    """The minibatch's indices (default ``arange(B)``) and its scale :math:`N / B`."""
+    batch = x.shape[0]
+    if idx is None:
+        idx = torch.arange(batch, device=x.device)
+    return idx, (batch if num_data is None else num_data) / batch
+
+
+def particles(q: dist.Distribution, num_particles: int, batch: int) -> dist.Distribution:
+    """``q`` expanded to ``(K, B)`` for :math:`K > 1` particles, as a sample statement under
+    Pyro's particle plate expands it (the same random numbers); ``q`` itself for one."""
+    if num_particles == 1 or tuple(q.batch_shape) == (num_particles, batch):
+        return q
+    return q.expand(torch.Size((num_particles, batch)))
+
+
+def negative_bound(
+    log_x: Tensor, log_z: Tensor, log_q: Tensor, *, scale: float, beta: float | Tensor, K: int
+) -> Tensor:
+    r"""The negative ELBO (:math:`K = 1`, summed site by site as ``Trace_ELBO`` sums) or the
+    negative importance-weighted bound from the log-densities of the minibatch, shape ``(B,)``
+    or ``(K, B)``: :math:`-\frac{N}{B} \sum_n \log \frac1K \sum_k w_{kn}` with
+    :math:`\log w = \log p(x \mid z) + \beta (\log p(z) - \log q(z))`."""
+    if K == 1:
+        latent = scale * beta
+        return -((latent * log_z).sum() + (scale * log_x).sum() - (latent * log_q).sum())
+    log_w = log_x + beta * (log_z - log_q)
+    return -scale * (torch.logsumexp(log_w, dim=0) - math.log(K)).sum()
 
 
 def log_density(prior: Prior, z: Tensor) -> Tensor:

@@ -24,23 +24,26 @@ from pyro_vae import zoo
 B = 8
 
 
-def _pyro_and_derived(vae: pv.VAE, x, idx, beta: float = 1.0):
-    """Both losses and their gradients in every parameter, with the same random numbers."""
+def _pyro_and_derived(vae: pv.VAE, x, idx, beta: float = 1.0, particles: int = 1):
+    """Both losses and their gradients in every parameter, with the same random numbers
+    (``particles`` > 1: the importance-weighted bound)."""
     params = [p for p in vae.parameters() if p.requires_grad]
+    if particles > 1:
+        loss = pv.ImportanceWeightedELBO(particles, max_plate_nesting=1)
+    else:
+        loss = pv.TensorTrace_ELBO()
     with torch.random.fork_rng():
         torch.manual_seed(1)
         with pv.LatentScale(beta):
-            pyro_loss = pv.TensorTrace_ELBO().differentiable_loss(
-                vae.model, vae.guide, x, idx, num_data=N
-            )
+            pyro_loss = loss.differentiable_loss(vae.model, vae.guide, x, idx, num_data=N)
         torch.manual_seed(1)
-        derived = vae.elbo_loss(x, idx, num_data=N, beta=beta)
+        derived = vae.elbo_loss(x, idx, num_data=N, beta=beta, num_particles=particles)
     grads = [torch.autograd.grad(v, params, allow_unused=True) for v in (pyro_loss, derived)]
     return (pyro_loss, derived), grads
 
 
-def _assert_same(vae: pv.VAE, x, idx, beta: float = 1.0, rtol: float = 1e-10) -> None:
-    (pyro_loss, derived), (want, got) = _pyro_and_derived(vae, x, idx, beta)
+def _assert_same(vae, x, idx, beta: float = 1.0, particles: int = 1, rtol: float = 1e-10) -> None:
+    (pyro_loss, derived), (want, got) = _pyro_and_derived(vae, x, idx, beta, particles)
     assert derived.item() == pytest.approx(pyro_loss.item(), rel=rtol)
     for a, b in zip(want, got, strict=True):
         assert (a is None) == (b is None)
@@ -49,14 +52,16 @@ def _assert_same(vae: pv.VAE, x, idx, beta: float = 1.0, rtol: float = 1e-10) ->
             torch.testing.assert_close(b, a, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("particles", [1, 3])
 @pytest.mark.parametrize("name", list(ZOO))
-def test_derived_estimator_on_every_zoo_model(name):
+def test_derived_estimator_on_every_zoo_model(name, particles):
+    """The ELBO and the importance-weighted bound (K = 3), value and every gradient."""
     torch.manual_seed(0)
     vae = ZOO[name]().double()
     x = torch.rand(B, *vae.event_shape, dtype=torch.float64).round()
     if name.startswith("circle"):
         x = torch.randn(B, 2, dtype=torch.float64)
-    _assert_same(vae, x, torch.randperm(N)[:B], beta=0.7)
+    _assert_same(vae, x, torch.randperm(N)[:B], beta=0.7, particles=particles)
 
 
 @pytest.mark.parametrize(("prior", "likelihood", "guide"), COMBINATIONS)
@@ -64,6 +69,7 @@ def test_derived_estimator_on_the_contract_matrix(prior, likelihood, guide):
     vae = build(prior, likelihood, guide).double()
     x = torch.rand(B, *vae.event_shape, dtype=torch.float64)
     _assert_same(vae, x, torch.randperm(N)[:B])
+    _assert_same(vae, x, torch.randperm(N)[:B], particles=2)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +101,7 @@ def _fit(vae_or_pair, data, **options):
     ("make", "options", "reason"),
     [
         (DeltaPair, dict, "not one pv.VAE's"),
-        (bernoulli_vae, lambda: {"loss": pv.ImportanceWeightedELBO(3)}, "no compiled form"),
+        (bernoulli_vae, lambda: {"loss": pyro.infer.Trace_ELBO(num_particles=2)}, "no compiled"),
         (bernoulli_vae, lambda: {"loss": pyro.infer.TraceMeanField_ELBO()}, "no compiled"),
         (
             lambda: bernoulli_vae(guide=pv.PerDatapointGaussian(32, 2)),
@@ -189,6 +195,8 @@ def test_compiled_fit_follows_eager(pinned_noise):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
     # variational EM: E-steps (the guide's parameters) and M-steps (the model's) alike
     _compare_runs(bernoulli_vae, data, 2, e_steps=2)
+    # the importance-weighted bound (max_plate_nesting given: Pyro's guess draws numbers)
+    _compare_runs(bernoulli_vae, data, 2, loss=pv.ImportanceWeightedELBO(3, max_plate_nesting=1))
 
 
 @pytest.mark.slow_compile
