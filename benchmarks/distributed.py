@@ -7,7 +7,8 @@ and reports the time of the last of ``--epochs`` epochs (the first pays for warm
 threads are split evenly: one process gets all ``--threads``, each of W processes
 ``threads / W``, so the comparison is on the same cores.
 
-    python benchmarks/distributed.py --world 2 --json runs/distributed.json --readme README.md
+    python benchmarks/distributed.py --world 2 --json runs/distributed.json \
+        --readme docs/guide/distributed.md
 """
 
 from __future__ import annotations

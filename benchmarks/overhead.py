@@ -34,7 +34,7 @@ Models: ``seed`` (``zoo.flow_prior_vae()``: MAF prior, MLPs 1024, batch 256), ``
 hidden layer of 8, 2 latents, 8 features, batch 16). Host times use the same models with
 hidden width 8 (64 for ``iaf``, whose autoregressive networks need at least z = 50).
 
-    python benchmarks/overhead.py [--device cpu] [--json out.json] [--readme README.md]
+    python benchmarks/overhead.py [--device cpu] [--json out.json] [--readme docs/guide/cuda.md]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ Runs are resumable: each configuration checkpoints every epoch under ``--out/NAM
 finished one (its metrics.json has the requested epochs and K) is skipped, so the script can be
 re-run in commands of limited length until everything is done.
 
-    python -m benchmarks.quality --epochs 100 --num-particles 5000 --readme README.md
+    python -m benchmarks.quality --epochs 100 --num-particles 5000 --readme docs/results.md
 
 (from the repository root: it imports the examples as the package ``examples``).
 """

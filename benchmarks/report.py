@@ -1,7 +1,8 @@
 """Results table: reads the examples' metrics.json files and writes a markdown table.
 
     python benchmarks/report.py runs/mnist_flow_prior_64 [more run folders] \
-        --reference mnist_flow_prior_64="65.8 train loss (zuko)" --readme README.md --block mnist
+        --reference mnist_flow_prior_64="65.8 train loss (zuko)" \
+        --readme docs/results.md --block mnist
 
 Each row names the example's run folder and reads every figure from its ``metrics.json``, so
 the README's numbers always come from a run. With ``--readme`` the table replaces the text

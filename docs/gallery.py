@@ -1,0 +1,131 @@
+"""The gallery: one page per example script, with its explanation, command, figures and metrics.
+
+Each page shows one run of its example and says which: the command that made it (its epochs,
+data size and widths), beside the command of the full run whose figures are in the Results.
+A small run's figures are never shown as the full run's.
+
+* Executed at build time (needs no data set): ``circle`` (``bash .ci/docs`` runs it).
+* Recorded: the MNIST examples, run with small settings by ``python -m docs.gallery --record``
+  on a machine with MNIST; their PNGs and ``metrics.json`` are committed under
+  ``docs/gallery/outputs/<example>/`` (the build machine may have no MNIST).
+
+    python -m docs.gallery            # the pages (runs the executed examples first)
+    python -m docs.gallery --record   # re-record the MNIST examples' small runs (needs MNIST)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GALLERY = ROOT / "docs" / "gallery"
+
+# example: (settings of the run shown, full run's flags, executed at build time)
+EXAMPLES: dict[str, tuple[str, str, bool]] = {
+    "circle": (
+        "--inference amortized --epochs 40 --num-data 4000 --eval-every 10 --test-epochs 20 "
+        "--num-particles 100",
+        "--inference amortized --epochs 500",
+        True,
+    ),
+    "mnist_latent2d": (
+        "--epochs 3 --limit 10000 --hidden 256 --num-particles 50",
+        "--epochs 30",
+        False,
+    ),
+    "mnist_flow_prior": (
+        "--epochs 2 --limit 10000 --hidden 256 --num-particles 50",
+        "--epochs 64 --num-particles 1000",
+        False,
+    ),
+    "mnist_flow_posterior": (
+        "--posterior planar --flows 4 --epochs 2 --limit 10000 --num-particles 50",
+        "--posterior planar --flows 16 --epochs 100",
+        False,
+    ),
+    "mnist_conv": ("--epochs 2 --limit 10000 --num-particles 50", "--epochs 10", False),
+    "mnist_iwae": (
+        "--epochs 2 --limit 10000 --iw 5 --num-particles 50 --test-points 1000",
+        "--iw 5 --epochs 3280",
+        False,
+    ),
+}
+
+
+def run(name: str, out: Path) -> None:
+    """Runs one example with its gallery settings into ``out`` (over any earlier run)."""
+    flags = EXAMPLES[name][0]
+    cmd = [sys.executable, "-m", f"examples.{name}", *shlex.split(flags)]
+    cmd += ["--out", str(out), "--overwrite", "--no-progress", "--device", "cpu"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def page(name: str, out: Path) -> str:
+    """The Markdown page of one example from its docstring and the run in ``out``."""
+    module = importlib.import_module(f"examples.{name}")
+    title, _, body = (module.__doc__ or name).strip().partition("\n")
+    flags, full, executed = EXAMPLES[name]
+    metrics = json.loads((out / "metrics.json").read_text())
+    kind = "executed when the documentation was built" if executed else "recorded"
+    lines = [
+        f"# `{name}`: {title.rstrip('.')}",
+        "",
+        body.strip(),
+        "",
+        "## The run shown here",
+        "",
+        f"A small run, {kind}, on {metrics.get('device', 'the CPU')}:",
+        "",
+        "```bash",
+        f"python examples/{name}.py {flags}",
+        "```",
+        "",
+        f"The full run (`python examples/{name}.py {full}`) has its figures in "
+        "[the results](../results.md); these are the small run's, not the full run's.",
+        "",
+    ]
+    for image in metrics.get("images", []):
+        file = Path(image).name
+        lines += [f"![{file}]({out.relative_to(GALLERY).as_posix()}/{file})", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if key in ("images", "test_curve") or isinstance(value, (dict, list)):
+            continue
+        if executed and key == "seconds":  # (the page stays the same from build to build)
+            continue
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        lines.append(f"| {key} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def index() -> str:
+    table = (GALLERY / "examples-table.md").read_text().split("\n", 1)[1]
+    names = "\n".join(EXAMPLES)
+    return (
+        "# Gallery\n\nEvery example script, run: its command, figures and metrics.\n"
+        f"{table}\n```{{toctree}}\n:maxdepth: 1\n\n{names}\n```\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--record", action="store_true", help="re-run the recorded (MNIST) examples")
+    args = p.parse_args(argv)
+    for name, (_, _, executed) in EXAMPLES.items():
+        out = GALLERY / ("built" if executed else "outputs") / name
+        if executed or args.record:
+            run(name, out)
+            for junk in ("checkpoint.pt", "checkpoint.prev.pt", ".lock", "history.json"):
+                (out / junk).unlink(missing_ok=True)
+        (GALLERY / f"{name}.md").write_text(page(name, out))
+    (GALLERY / "index.md").write_text(index())
+
+
+if __name__ == "__main__":
+    main()
