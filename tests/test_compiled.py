@@ -42,14 +42,16 @@ def _pyro_and_derived(vae: pv.VAE, x, idx, beta: float = 1.0, particles: int = 1
     return (pyro_loss, derived), grads
 
 
-def _assert_same(vae, x, idx, beta: float = 1.0, particles: int = 1, rtol: float = 1e-10) -> None:
+def _assert_same(vae, x, idx, beta: float = 1.0, particles: int = 1, rtol: float = 1e-9) -> None:
     (pyro_loss, derived), (want, got) = _pyro_and_derived(vae, x, idx, beta, particles)
     assert derived.item() == pytest.approx(pyro_loss.item(), rel=rtol)
-    for a, b in zip(want, got, strict=True):
+    dense = [(a, b) if a is None else tuple(g.to_dense() for g in (a, b)) for a, b in zip(
+        want, got, strict=True)]  # fmt: skip
+    scale = max(a.norm() for a, _ in dense if a is not None)  # (a gradient that cancels to ~0
+    for a, b in dense:  # differs relatively in its rounding: norms against the largest one)
         assert (a is None) == (b is None)
         if a is not None:
-            a, b = (g.to_dense() if g.is_sparse else g for g in (a, b))
-            torch.testing.assert_close(b, a, rtol=rtol, atol=rtol)
+            assert (b - a).norm() <= rtol * scale
 
 
 @pytest.mark.parametrize("particles", [1, 3])
@@ -137,7 +139,7 @@ def _wrong(vae: pv.VAE, *, value: bool) -> None:
     right = vae.elbo_loss
     p = next(vae.likelihood.parameters())
 
-    def elbo_loss(x, idx=None, *, num_data=None, beta=1.0):
+    def elbo_loss(x, idx=None, *, num_data=None, beta=1.0, num_particles=1):
         loss = right(x, idx, num_data=num_data, beta=1.0 if value else beta)
         return loss if value else loss + (p.sum() - p.sum().detach())
 
