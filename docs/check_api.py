@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     html = Path((argv or sys.argv[1:] or ["docs/_build/html"])[0])
     with open(html / "objects.inv", "rb") as f:
         inventory = InventoryFile.load(f, "", lambda base, uri: uri)
-    documented = {name for entries in inventory.data.values() for name in entries}
+    entries = getattr(inventory, "data", inventory)  # (Sphinx 9: a dict)
+    documented = {name for names in entries.values() for name in names}
     missing = [n for n in pv.__all__ if f"pyro_vae.{n}" not in documented]
     for name in EXAMPLES:
         page = (html / "gallery" / f"{name}.html").read_text()

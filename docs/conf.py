@@ -35,7 +35,9 @@ napoleon_use_rtype = False
 mathjax_path = "mathjax/tex-chtml.js"
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(torch|pyro|zuko|tqdm|numpy|matplotlib|argparse|os|pathlib|collections)\b.*"),
+    (r"py:.*", r"(torch|torchvision|pyro|zuko|tqdm|numpy|matplotlib|argparse|os|pathlib)\b.*"),
+    (r"py:.*", r"(collections|typing)\b.*"),
+    (r"py:class", r"pyro_vae\.\w+\._\w+"),  # private bases shown by show-inheritance
     (r"py:.*", r"(Tensor|Module|Distribution|TorchDistribution|Size|dtype|device)"),
     (r"py:.*", r"(nn|dist|np|Path|PathLike|Callable|Iterator|Sequence|Mapping|Any|Literal)\b.*"),
     (r"py:.*", r"(ELBO|PyroOptim|DataLoader|Dataset|Optimizer|Messenger|Trace|SummaryWriter)"),

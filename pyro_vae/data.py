@@ -199,7 +199,7 @@ class Batches:
 
     @property
     def points(self) -> Tensor:
-        """The whole data set (what the once-per-data-set checks see): ``data``."""
+        """The whole data set, ``data``, which the once-per-data-set checks see."""
         return self.data
 
     def to(self, device: torch.device | str) -> Batches:

@@ -334,7 +334,7 @@ class ShardedBatches:
 
     @property
     def points(self) -> Tensor:
-        """What the once-per-data-set checks see: the whole set, as ``data``."""
+        """The whole set, as ``data``, which the once-per-data-set checks see."""
         return self.data
 
     @property

@@ -139,8 +139,8 @@ class Loader:
 
     @property
     def points(self) -> Tensor:
-        """The first batch's points (read once, with their own randomness): what the checks
-        that need a look at the data (dtype, shape, support) see of a streamed data set."""
+        """The first batch's points, read once with their own randomness, which is what the
+        checks that need a look at the data (dtype, shape, support) see of a streamed set."""
         if self._first is None:
             with torch.random.fork_rng():
                 self._first = next(iter(self))[0]
