@@ -29,14 +29,15 @@ GALLERY = ROOT / "docs" / "gallery"
 # example: (settings of the run shown, full run's flags, executed at build time)
 EXAMPLES: dict[str, tuple[str, str, bool]] = {
     "circle": (
-        "--inference amortized --epochs 40 --num-data 4000 --eval-every 10 --test-epochs 20 "
+        "--inference amortized --epochs 30 --batch-size 100 --num-data 4000 --eval-every 10 "
+        "--test-epochs 20 "
         "--num-particles 100",
         "--inference amortized --epochs 500",
         True,
     ),
     "mnist_latent2d": (
         "--epochs 3 --limit 10000 --hidden 256 --num-particles 50",
-        "--epochs 30",
+        "--epochs 50",
         False,
     ),
     "mnist_flow_prior": (
@@ -74,7 +75,7 @@ def page(name: str, out: Path) -> str:
     metrics = json.loads((out / "metrics.json").read_text())
     kind = "executed when the documentation was built" if executed else "recorded"
     lines = [
-        f"# `{name}`: {title.rstrip('.')}",
+        f"# `{name}`: {title.rstrip('.:')}",
         "",
         body.strip(),
         "",
@@ -86,8 +87,8 @@ def page(name: str, out: Path) -> str:
         f"python examples/{name}.py {flags}",
         "```",
         "",
-        f"The full run (`python examples/{name}.py {full}`) has its figures in "
-        "[the results](../results.md); these are the small run's, not the full run's.",
+        f"The full run (`python examples/{name}.py {full}`) has its numbers in "
+        "[the results](../results.md); the figures and metrics here are the small run's.",
         "",
     ]
     for image in metrics.get("images", []):
