@@ -71,14 +71,16 @@ def batch(vae: pv.VAE, device: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def forward(vae: pv.VAE, x: torch.Tensor, idx: torch.Tensor) -> list[torch.Tensor]:
     """What a user computes without a backward pass: both losses, the importance weights and
-    their log-mean-exp, samples and reconstructions."""
+    their log-mean-exp, samples and reconstructions, and the derived estimators that
+    ``fit(compile=True)`` compiles."""
     elbo = pv.TensorTrace_ELBO().differentiable_loss(vae.model, vae.guide, x, idx, num_data=N)
     iwae = pv.ImportanceWeightedELBO(3, max_plate_nesting=1).differentiable_loss(
         vae.model, vae.guide, x, idx, num_data=N
     )
     lw = pv.log_weights(vae.model, vae.guide, x, idx, num_particles=4)
     log_px = lw.logsumexp(0) - math.log(4)
-    return [elbo, iwae, lw, log_px, vae.sample(3), vae.reconstruct(x, idx)]
+    derived = [vae.elbo_loss(x, idx, num_data=N, num_particles=k) for k in (1, 3)]  # compiled
+    return [elbo, iwae, lw, log_px, vae.sample(3), vae.reconstruct(x, idx), *derived]
 
 
 def check_forward_on_fake_cuda(vae: pv.VAE) -> None:
