@@ -24,8 +24,9 @@ _SPARSE_ARGS = ("lr", "betas", "eps", "maximize")
 
 def is_row_sparse_group(group: dict) -> bool:
     """Whether a saved parameter group (of :meth:`~pyro_vae.LazyAdam.get_state`) is a
-    :class:`~pyro_vae.optim.RowSparseAdam`'s (settings ``lr``, ``betas``, ``eps``, ``maximize`` only, as
-    ``SparseAdam``'s) rather than Adam's (which adds ``weight_decay``, ``amsgrad``, ...).
+    :class:`~pyro_vae.optim.RowSparseAdam`'s (settings ``lr``, ``betas``, ``eps``,
+    ``maximize`` only, as ``SparseAdam``'s) rather than Adam's (which adds ``weight_decay``,
+    ``amsgrad``, ...).
 
     Example:
         >>> is_row_sparse_group({"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "params": [0]})
