@@ -143,9 +143,11 @@ class Step:
 
     def _compiled_or_eager(self, x: Tensor, idx: Tensor, *, first: bool) -> Tensor:
         """The compiled step. Where compiling fails (a graph break, no C++ compiler, a
-        recompile for the last batch that cannot be made) before anything was updated, the run
-        goes on with the eager step, with a warning; an error that is not the compiler's comes
-        back from the eager step."""
+        recompile for the last batch or for Adam's M-step that cannot be made; compiling comes
+        before the graph runs, so the failed call updated nothing), the run goes on with the
+        eager step for this batch and the rest, with a warning (with ``e_steps``, E-steps
+        already taken on this batch are taken again). An error that is not the compiler's
+        comes back from the eager step."""
         try:
             return self._schedule(self._compiled_step, x, idx)
         except Exception as e:
