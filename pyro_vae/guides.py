@@ -149,6 +149,12 @@ class PerDatapointGaussian(nn.Module):
                 "a per-datapoint guide needs the minibatch's dataset indices: call "
                 "model/guide as (x, idx, num_data=N)"
             )
+        return diagonal_normal(*self.rows(idx))
+
+    def rows(self, idx: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The local parameters :math:`(\mu_n, \log\sigma_n)` of the points ``idx``, each
+        ``(B, D)`` (row-sparse gradients with ``sparse=True``): what :meth:`forward` reads, and
+        what the compiled step reads outside its graph."""
         try:  # no check on the hot path: the lookup itself fails on a bad index
             rows = idx - self.offset if self.offset else idx
             loc = embedding(rows, self.loc, sparse=self.sparse)
@@ -160,8 +166,7 @@ class PerDatapointGaussian(nn.Module):
                 f"{self.num_data} points (this one holds indices [{low}, {high})); new data "
                 "points need their own local parameters: pv.infer_local(vae, batches)"
             ) from None
-        log_scale = embedding(rows, self.log_scale, sparse=self.sparse)
-        return diagonal_normal(loc, log_scale)
+        return loc, embedding(rows, self.log_scale, sparse=self.sparse)
 
     @classmethod
     @torch.no_grad()

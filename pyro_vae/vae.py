@@ -239,6 +239,7 @@ class VAE(nn.Module):
         num_data: int | None = None,
         beta: float | Tensor = 1.0,
         num_particles: int = 1,
+        q: dist.Distribution | None = None,
     ) -> Tensor:
         r"""The negative ELBO of a minibatch as :class:`~pyro_vae.TensorTrace_ELBO` estimates it
         from :meth:`model` and :meth:`guide` (one particle), or with ``num_particles`` :math:`K`
@@ -263,6 +264,9 @@ class VAE(nn.Module):
             beta: The KL weight :math:`\beta` (:class:`~pyro_vae.LatentScale`): a number or a
                 0-dim tensor (a tensor changes without recompiling a compiled caller).
             num_particles: :math:`K`.
+            q: The guide's distribution for the batch when it was made outside (the compiled
+                step builds a per-datapoint guide's from rows read outside its graph); default
+                ``self.variational(x, idx)``.
 
         Returns:
             A 0-dim tensor: the loss, differentiable (pathwise) in every parameter.
@@ -286,7 +290,8 @@ class VAE(nn.Module):
                 "written to match them (see HierarchicalVAE.elbo_loss)"
             )
         idx, scale = batch_scale(x, idx, num_data)
-        q = particles(self.variational(x, idx), num_particles, x.shape[0])
+        q = self.variational(x, idx) if q is None else q
+        q = particles(q, num_particles, x.shape[0])
         z = q()  # what pyro.sample draws: rsample (zuko's flows: with its log-density)
         log_q = q.log_prob(z)
         log_z = log_density(self.prior, z)

@@ -269,21 +269,13 @@ def test_distributed_benchmark_runs(tmp_path):
 def test_compiled_zoo_benchmark_runs(tmp_path):
     """The survey's smoke run on two models that stay eager (no inductor compile here)."""
     survey = importlib.import_module("benchmarks.compiled_zoo")
-    args = survey.parse_args(
-        [
-            "--models",
-            "circle-per-datapoint",
-            "circle-semi-amortized",
-            "--json",
-            str(tmp_path / "z.json"),
-        ]
-    )
+    models = ["flow_posterior-iaf", "circle-semi-amortized"]
+    args = survey.parse_args(["--models", *models, "--json", str(tmp_path / "z.json")])
     try:
         result = survey.main(args)
     finally:  # the benchmark turns validation off
         pyro.enable_validation(True)
     rows = result["models"]
-    assert not rows["circle-per-datapoint"]["compiled"] and "row-sparse" in rows[
-        "circle-per-datapoint"]["reason"]  # fmt: skip
+    assert all(not r["compiled"] and "torch.compile failed" in r["reason"] for r in rows.values())
     assert all(r["rel_diff"] == 0.0 for r in rows.values())  # the eager step, the same run
     assert "| circle-semi-amortized | eager: " in survey.markdown(result)
