@@ -106,18 +106,18 @@ class CompiledLoss:
 
 
 class CompiledAdam:
-    """:class:`~pyro_vae.LazyAdam`'s dense step as a compiled graph (``torch.compile`` of its
-    ``torch.optim.Adam.step``), for the compiled training step.
+    """:class:`~pyro_vae.LazyAdam` with its dense step as a compiled graph (``torch.compile``
+    of its ``torch.optim.Adam.step``), for the compiled training step; the user's optimizer
+    object itself is left as it was.
 
     A call with a parameter the optimizer has not seen yet (the first step, the first E- or
-    M-step) runs ``LazyAdam`` itself, which registers it and creates its state; later calls run
-    the compiled ``Adam.step``, which steps exactly the parameters that have a gradient (the
-    compiled step releases every gradient after each step, so those are the call's). The update
-    is Adam's; the graph for each set of stepped parameters is compiled once.
+    M-step) runs ``LazyAdam`` eagerly, which registers it and creates its state; later calls
+    pass the compiled ``Adam.step`` to ``LazyAdam``, which still steps row-sparse parameters
+    with :class:`~pyro_vae.optim.RowSparseAdam` (the batch's rows only). The update is Adam's;
+    the graph for each set of stepped parameters is compiled once.
 
     Args:
-        optim: The run's ``LazyAdam`` (dense parameters only: a compiled run refuses
-            row-sparse ones).
+        optim: The run's ``LazyAdam``.
     """
 
     def __init__(self, optim: LazyAdam) -> None:
@@ -125,16 +125,11 @@ class CompiledAdam:
         self.step: Callable[[], object] | None = None
 
     def __call__(self, params: list[Tensor]) -> None:
-        seen, dense = self.optim.optim_objs, self.optim._dense
-        if self.step is None or any(p not in seen for p in params):
-            self.optim(params)
-            if self.step is None and self.optim._dense is not None:
-                self.step = torch.compile(self.optim._dense.step)
-            return
-        for p in params:  # row-sparse parameters: RowSparseAdam, eager (only the batch's rows)
-            if seen[p] is not dense and p.grad is not None:
-                seen[p].step()
-        self.step()
+        seen = self.optim.optim_objs
+        eager = self.step is None or any(p not in seen for p in params)
+        self.optim(params, dense_step=None if eager else self.step)
+        if self.step is None and self.optim._dense is not None:
+            self.step = torch.compile(self.optim._dense.step)
 
 
 def compiled_loss(

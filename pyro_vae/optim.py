@@ -93,8 +93,11 @@ class LazyAdam(PyroOptim):
         self._dense.add_param_group({"params": [param], **args})
         return self._dense
 
-    def __call__(self, params, *args, **kwargs) -> None:
-        """One step for each of ``params``: sparse ones one by one, dense ones together."""
+    def __call__(
+        self, params, *args, dense_step: Callable[[], object] | None = None, **kwargs
+    ) -> None:
+        """One step for each of ``params``: sparse ones one by one, dense ones together (by
+        ``dense_step`` when given: the compiled step's compiled ``Adam.step``)."""
         params = list(params)
         store = pyro.get_param_store()
         for p in params:
@@ -117,7 +120,7 @@ class LazyAdam(PyroOptim):
             ]
             for q, _ in hidden:
                 q.grad = None
-            self._dense.step()
+            (dense_step or self._dense.step)()
             for q, grad in hidden:
                 q.grad = grad
 
