@@ -24,7 +24,12 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import zuko
 from pyro.contrib.zuko import ZukoToPyro
-from pyro.distributions.transforms import ConditionalPlanar, conditional_affine_autoregressive
+from pyro.distributions.transforms import (
+    AffineAutoregressive,
+    ConditionalAffineAutoregressive,
+    ConditionalPlanar,
+)
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
 
 from .guides import diagonal_normal
@@ -149,12 +154,40 @@ class IAFEncoder(TransformedGaussianEncoder):
         stable: bool = False,
     ) -> None:
         maps = [
-            conditional_affine_autoregressive(
-                latent_dim, features, hidden_dims=list(hidden_features), stable=stable
+            _ConditionalIAF(
+                ConditionalAutoRegressiveNN(latent_dim, features, list(hidden_features)),
+                stable=stable,
             )
             for _ in range(flows)
         ]
         super().__init__(encoder, features, latent_dim, maps)
+
+
+class _Conditioned:
+    """An autoregressive network with its context bound: ``arn(z) = nn(z, context=h)``, with
+    the network's variable order (what ``AffineAutoregressive`` reads to invert)."""
+
+    def __init__(self, nn: ConditionalAutoRegressiveNN, context: Tensor) -> None:
+        self.nn, self.context = nn, context
+
+    def __call__(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.nn(z, context=self.context)
+
+    @property
+    def permutation(self) -> Tensor:
+        return self.nn.permutation
+
+    def get_permutation(self) -> Tensor:
+        return self.nn.get_permutation()
+
+
+class _ConditionalIAF(ConditionalAffineAutoregressive):
+    """Pyro's ``ConditionalAffineAutoregressive`` (the same parameters and maps), conditioned
+    without setting attributes on a ``functools.partial``, which ``torch.compile`` cannot
+    trace (``fit(compile=True)`` compiles an IAF guide)."""
+
+    def condition(self, context: Tensor) -> AffineAutoregressive:
+        return AffineAutoregressive(_Conditioned(self.nn, context), **self.kwargs)
 
 
 class ZukoFlowEncoder(nn.Module):
