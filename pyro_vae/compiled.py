@@ -37,10 +37,33 @@ from .nets import modes
 from .optim import LazyAdam
 from .vae import VAE
 
-__all__ = ["CompiledAdam", "CompiledLoss", "compiled_loss"]
+__all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss"]
 
 # Relative tolerance of the once-only check (float32: different summation orders).
 _TOLERANCE = 1e-3
+# torch.compile's modes whose graphs inductor replays as CUDA graphs on a GPU
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(compile: bool | str) -> str | None:
+    """``torch.compile``'s ``mode`` for ``fit``'s ``compile`` option: ``True`` is
+    ``"default"``, a string is one of torch.compile's modes (``"reduce-overhead"``: CUDA
+    graphs on a GPU), ``False`` is ``None`` (the eager step).
+
+    Raises:
+        ValueError: For anything else, naming the modes.
+    """
+    if compile is False or compile is True:
+        return "default" if compile else None
+    modes = tuple(getattr(torch._inductor, "list_mode_options", lambda: _MODES)())
+    if not isinstance(compile, str) or compile not in modes:
+        raise ValueError(
+            f"compile={compile!r} is not a torch.compile mode: pass True (its default mode), "
+            f"False (the eager step) or one of {list(modes)} ('reduce-overhead': CUDA graphs "
+            "on a GPU)"
+        )
+    return compile
 
 
 class CompiledLoss:
@@ -51,6 +74,12 @@ class CompiledLoss:
     epoch compiles once more (dynamo's automatic dynamic shapes: one graph for the full batches,
     one with a symbolic batch size for the rest).
 
+    In a CUDA-graph mode (``mode="reduce-overhead"`` or ``"max-autotune"``) inductor records
+    each graph as a CUDA graph on a GPU and replays it (cudagraph trees: the parameters are
+    static inputs, the batch is copied into the graph's static input buffer at each replay);
+    every call marks a new step (``torch.compiler.cudagraph_mark_step_begin``). On the CPU
+    inductor runs the same graphs without CUDA graphs. Untested on GPU hardware.
+
     Args:
         vae: The VAE.
         num_data: :math:`N`.
@@ -58,6 +87,7 @@ class CompiledLoss:
             step collects them.
         scale: The run's :class:`~pyro_vae.LatentScale` (β), if any.
         num_particles: :math:`K` of :class:`~pyro_vae.ImportanceWeightedELBO` (1: the ELBO).
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`).
     """
 
     def __init__(
@@ -68,8 +98,10 @@ class CompiledLoss:
         params: tuple[list[Tensor], list[Tensor]],
         scale: LatentScale | None = None,
         num_particles: int = 1,
+        mode: str = "default",
     ) -> None:
         self.vae, self.num_data, self.params, self.scale = vae, num_data, params, scale
+        self.cuda_graphs = mode in CUDA_GRAPH_MODES
         self.num_particles = num_particles
         model, guide = params
         both = model + [p for p in guide if all(p is not q for q in model)]
@@ -79,7 +111,7 @@ class CompiledLoss:
         # a per-datapoint guide's rows are read outside the graph (row-sparse gradients)
         self.local = vae.variational if isinstance(vae.variational, PerDatapointGaussian) else None
         target = vae.elbo_loss if self.local is None else self._from_rows
-        self.fn = torch.compile(target, fullgraph=True)
+        self.fn = torch.compile(target, fullgraph=True, mode=mode)
 
     def _from_rows(self, x: Tensor, idx: Tensor, loc: Tensor, log_scale: Tensor, **kw) -> Tensor:
         return self.vae.elbo_loss(x, idx, q=diagonal_normal(loc, log_scale), **kw)
@@ -94,6 +126,8 @@ class CompiledLoss:
     def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
         kw = {"num_data": self.num_data, "beta": self._beta(x.device)}
         kw["num_particles"] = self.num_particles
+        if self.cuda_graphs:  # the previous step's graph outputs may be overwritten now
+            torch.compiler.cudagraph_mark_step_begin()
         if self.local is None:
             return self.fn(x, idx, **kw)
         with warnings.catch_warnings():  # dynamo looks at the rows' .grad (not leaves: none)
@@ -107,8 +141,7 @@ class CompiledLoss:
 
 class CompiledAdam:
     """:class:`~pyro_vae.LazyAdam` with its dense step as a compiled graph (``torch.compile``
-    of its ``torch.optim.Adam.step``), for the compiled training step; the user's optimizer
-    object itself is left as it was.
+    of its ``torch.optim.Adam.step``), for the compiled training step.
 
     A call with a parameter the optimizer has not seen yet (the first step, the first E- or
     M-step) runs ``LazyAdam`` eagerly, which registers it and creates its state; later calls
@@ -116,20 +149,48 @@ class CompiledAdam:
     with :class:`~pyro_vae.optim.RowSparseAdam` (the batch's rows only). The update is Adam's;
     the graph for each set of stepped parameters is compiled once.
 
+    In a CUDA-graph mode on a GPU the dense Adam is made *capturable* (its step counters
+    are float32 tensors on the device and bias corrections are computed there: no host value
+    in the graph), so its compiled step can be recorded as a CUDA graph. That is the one
+    change to the user's optimizer (``LazyAdam.capturable``; ``LazyAdam`` ignores
+    ``capturable`` when it loads a checkpoint, so the run resumes anywhere). Untested on GPU
+    hardware.
+
     Args:
         optim: The run's ``LazyAdam``.
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`).
     """
 
-    def __init__(self, optim: LazyAdam) -> None:
-        self.optim = optim
+    def __init__(self, optim: LazyAdam, *, mode: str = "default") -> None:
+        self.optim, self.mode = optim, mode
         self.step: Callable[[], object] | None = None
+        if mode in CUDA_GRAPH_MODES:  # (parameters registered from now on: capturable state)
+            optim.capturable = True
 
     def __call__(self, params: list[Tensor]) -> None:
         seen = self.optim.optim_objs
         eager = self.step is None or any(p not in seen for p in params)
         self.optim(params, dense_step=None if eager else self.step)
-        if self.step is None and self.optim._dense is not None:
-            self.step = torch.compile(self.optim._dense.step)
+        dense = self.optim._dense
+        if eager and dense is not None and self.mode in CUDA_GRAPH_MODES:
+            _capturable(dense)
+        if self.step is None and dense is not None:
+            self.step = torch.compile(dense.step, mode=self.mode)
+
+
+def _capturable(adam: torch.optim.Adam) -> None:
+    """Makes ``adam``'s parameter groups on a GPU capturable (``capturable=True``, each step
+    counter a float32 tensor on its parameter's device), as a CUDA graph of its step needs:
+    groups registered before (a resumed or reused optimizer) have their counters copied to
+    the device once. Groups with a parameter elsewhere are left as they are."""
+    for group in adam.param_groups:
+        if group["capturable"] or any(p.device.type != "cuda" for p in group["params"]):
+            continue
+        group["capturable"] = True
+        for p in group["params"]:
+            state = adam.state.get(p, {})
+            if "step" in state:
+                state["step"] = state["step"].to(p.device, torch.float32)
 
 
 def compiled_loss(
@@ -141,6 +202,7 @@ def compiled_loss(
     *,
     num_data: int,
     scale: LatentScale | None = None,
+    mode: str = "default",
 ) -> CompiledLoss | None:
     """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``; or
     ``None`` after one warning that names why the run stays eager.
@@ -154,6 +216,7 @@ def compiled_loss(
         idx: Its indices.
         num_data: :math:`N`.
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`).
     """
     reason = _unsupported(model, guide, loss)
     params = None
@@ -163,7 +226,7 @@ def compiled_loss(
         warnings.warn(f"compile=True: {reason}; this run takes the eager step", stacklevel=3)
         return None
     return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
-                        num_particles=_particles(loss))  # fmt: skip
+                        num_particles=_particles(loss), mode=mode)  # fmt: skip
 
 
 def _particles(loss: ELBO) -> int:

@@ -74,6 +74,8 @@ class LazyAdam(PyroOptim):
         super().__init__(torch.optim.Adam, optim_args)
         self.local_lr = local_lr
         self._dense: torch.optim.Adam | None = None  # one Adam for all dense parameters
+        # dense parameters on a GPU registered from now on get capturable=True (CUDA graphs)
+        self.capturable = False
 
     def _get_optim(self, param: torch.Tensor) -> torch.optim.Optimizer:
         args = self._get_optim_args(param)
@@ -82,6 +84,8 @@ class LazyAdam(PyroOptim):
             if self.local_lr is not None:
                 sparse_args["lr"] = self.local_lr
             return RowSparseAdam([param], **sparse_args)
+        if self.capturable and param.device.type == "cuda":  # (its step counter on the GPU)
+            args = {**args, "capturable": True}
         if self._dense is None:
             self._dense = torch.optim.Adam([{"params": [param], **args}])
             return self._dense
@@ -136,8 +140,12 @@ class LazyAdam(PyroOptim):
         # The saved hyperparameters (e.g. a scheduled lr) apply to the parameter's group.
         group = next(g for g in optimizer.param_groups if any(q is param for q in g["params"]))
         for k, v in state["param_groups"][0].items():
-            if k != "params" and k in group:
+            if k not in ("params", "capturable") and k in group:  # (capturable: the device's)
                 group[k] = v
+        step = optimizer.state[param].get("step")  # where this run's Adam keeps it
+        if step is not None:
+            home = param.device if group["capturable"] else torch.device("cpu")
+            optimizer.state[param]["step"] = step.to(home, torch.float32)
 
     def get_state(self) -> dict:
         """``{param name: optimizer state}`` in ``pyro.optim``'s per-parameter format."""

@@ -32,7 +32,7 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .checks import check_pair
-from .compiled import CompiledAdam, CompiledLoss, compiled_loss
+from .compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss
 from .devices import DeviceCheck
 from .elbo import LatentScale
 from .nets import modes
@@ -59,7 +59,9 @@ class Step:
         modules: The networks behind the pair, in eval mode while the first call checks that
             the guide's samples have the model's shapes (one forward pass that trains nothing).
         scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
-        compile: Take the compiled step (see :mod:`pyro_vae.compiled`), built at the first call.
+        compile: Take the compiled step (see :mod:`pyro_vae.compiled`), built at the first
+            call: ``True``, or a ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs
+            on a GPU, untested on hardware).
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -90,12 +92,13 @@ class Step:
         combine: Callable[[list[Tensor], Tensor], None] | None = None,
         modules: nn.Module | None = None,
         scale: LatentScale | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         self.raw, self.scale = (model, guide), scale
         self.compiled: CompiledLoss | None = None
         self.compiled_optim: Callable[[list[Tensor]], None] | None = None
-        self.to_compile = compile  # (until the first compiled step is built or refused)
+        self.mode = compile_mode(compile)  # (checked now; None: eager)
+        self.to_compile = self.mode is not None  # (until the first compiled step is built)
         if scale is not None:  # β on the latent sites of both
             model, guide = scale(model), scale(guide)
         self.check = DeviceCheck(device, dtype)
@@ -129,13 +132,12 @@ class Step:
                 check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
-                self.compiled = compiled_loss(
-                    *self.raw, self.loss, x, idx, num_data=self.num_data, scale=self.scale
-                )
+                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
+                                              scale=self.scale, mode=self.mode)  # fmt: skip
             if self.compiled is None:
                 return self._step(x, idx, *self.checked, first=True)
             lazy = isinstance(self.optim, LazyAdam)
-            self.compiled_optim = CompiledAdam(self.optim) if lazy else self.optim
+            self.compiled_optim = CompiledAdam(self.optim, mode=self.mode) if lazy else self.optim
         if self.compiled is not None:
             return self._compiled_or_eager(x, idx, first=first)
         with pyro.validation_enabled(False):
@@ -172,7 +174,8 @@ class Step:
         hook = partial(self.combine, x=x) if self.combine is not None else None
         with pyro.validation_enabled(False):  # (checked once; one graph whatever the flag)
             value = self.compiled(x, idx)
-        return descend(value, params, self.compiled_optim, before_step=hook)
+        value = descend(value, params, self.compiled_optim, before_step=hook)
+        return value.clone() if self.compiled.cuda_graphs else value  # (not the graph's buffer)
 
     def _schedule(self, step: Callable[..., Tensor], x: Tensor, idx: Tensor) -> Tensor:
         """Joint, variational-EM or guide-only steps of ``step(x, idx, update_model=...,

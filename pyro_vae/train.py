@@ -83,7 +83,7 @@ def fit(
     distributed: bool | None = None,
     log_dir: str | os.PathLike | None = None,
     log_images_every: int = 0,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -167,7 +167,9 @@ def fit(
             one backward; see :mod:`pyro_vae.compiled`): for a :class:`~pyro_vae.VAE`'s pair
             with ``TensorTrace_ELBO``/``Trace_ELBO`` (one particle), checked once against the
             loss on the first batch. Otherwise the run stays eager, with one warning that
-            says why. Compiling takes tens of seconds (cached by inductor across runs).
+            says why. Compiling takes tens of seconds (cached by inductor across runs). A
+            string is ``torch.compile``'s ``mode``: ``"reduce-overhead"`` records the graphs
+            as CUDA graphs on a GPU, with a capturable Adam (untested on GPU hardware).
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).

@@ -20,6 +20,7 @@ from test_fake_cuda import ZOO
 
 import pyro_vae as pv
 from pyro_vae import zoo
+from pyro_vae.compiled import compile_mode
 from pyro_vae.steps import Step
 
 B = 8
@@ -173,9 +174,9 @@ def pinned_noise():
     torch._dynamo.reset()
 
 
-def _compare_runs(make, data, epochs, lazy=None, **options):
+def _compare_runs(make, data, epochs, lazy=None, mode=True, **options):
     runs, params = [], []
-    for compile in (False, True):
+    for compile in (False, mode):
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = make()
@@ -215,6 +216,57 @@ def test_compiled_iaf_guide_follows_eager(pinned_noise):
     data = pv.Batches(torch.rand(24, 784, generator=torch.Generator().manual_seed(1)).round(),
                       batch_size=10)  # fmt: skip
     _compare_runs(lambda: zoo.flow_posterior_vae("iaf", flows=2, latent_dim=3, hidden=8), data, 2)
+
+
+@pytest.mark.slow_compile
+def test_the_cuda_graph_mode_runs_on_the_cpu(pinned_noise):
+    """``compile="reduce-overhead"`` on the CPU: inductor runs the same graphs without CUDA
+    graphs (there are none on a CPU), and the run follows eager."""
+    data = pv.Batches(torch.rand(40, 6, generator=torch.Generator().manual_seed(1)).round(),
+                      batch_size=16)  # fmt: skip
+    _compare_runs(bernoulli_vae, data, 2, mode="reduce-overhead")
+
+
+def test_compile_takes_torch_compile_modes_and_refuses_others():
+    assert compile_mode(True) == "default" and compile_mode(False) is None
+    assert compile_mode("reduce-overhead") == "reduce-overhead"
+    data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
+    for wrong in ("fast", 1):
+        with pytest.raises(ValueError, match=r"not a torch\.compile mode.*reduce-overhead"):
+            _fit(bernoulli_vae(), data, compile=wrong)
+
+
+def test_the_cuda_graph_mode_reaches_torch_compile(monkeypatch):
+    """``compile="reduce-overhead"``: the loss (one graph) and Adam's step are compiled in
+    that mode, every step is marked as a new CUDA-graph step, and the loss returned is a copy
+    (a CUDA graph's output buffer is overwritten by its next replay). ``torch.compile`` is
+    replaced by a recorder that runs the functions as they are."""
+    calls, outputs, marks = [], [], []
+
+    def recorder(fn, **options):
+        calls.append(options)
+
+        def run(*args, **kwargs):
+            outputs.append(fn(*args, **kwargs))
+            return outputs[-1]
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recorder)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    vae = bernoulli_vae()
+    step = Step(vae.model, vae.guide, pv.TensorTrace_ELBO(), pv.LazyAdam({"lr": 1e-2}),
+                num_data=32, device="cpu", dtype=torch.float32, compile="reduce-overhead",
+                modules=vae)  # fmt: skip
+    x, idx = torch.rand(8, 6).round(), torch.arange(8)
+    losses = [step(x, idx) for _ in range(3)]
+    assert step.compiled is not None
+    assert [c["mode"] for c in calls] == ["reduce-overhead"] * 2  # the loss, Adam's step
+    assert calls[0]["fullgraph"]
+    graph_losses = [out for out in outputs if isinstance(out, torch.Tensor)]
+    assert len(marks) == len(graph_losses) == 3
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(losses, graph_losses, strict=True))
+    assert not any(g.get("capturable") for g in step.optim._dense.param_groups)  # (the CPU)
 
 
 @pytest.mark.slow_compile
