@@ -18,6 +18,11 @@ and the derived one are computed eagerly with the same random numbers, and their
 the gradients of every parameter must agree. Anything that cannot be captured (a pair that is
 not a VAE's, a loss without a derived form, row-sparse gradients, a trace that disagrees, a
 graph break) leaves the run on the eager step, with one warning that says why.
+
+``compile=True`` is ``torch.compile``'s default mode; ``compile="reduce-overhead"`` (any of
+its modes is taken, :func:`compile_mode`) records the graphs as CUDA graphs on a GPU, with a
+capturable Adam (untested on GPU hardware: the CPU checks what it can, see
+``tests/test_compiled.py`` and ``tests/test_fake_cuda.py``).
 """
 
 from __future__ import annotations
@@ -150,7 +155,7 @@ class CompiledAdam:
     the graph for each set of stepped parameters is compiled once.
 
     In a CUDA-graph mode on a GPU the dense Adam is made *capturable* (its step counters
-    are float32 tensors on the device and bias corrections are computed there: no host value
+    are tensors on the device and bias corrections are computed there: no host value
     in the graph), so its compiled step can be recorded as a CUDA graph. That is the one
     change to the user's optimizer (``LazyAdam.capturable``; ``LazyAdam`` ignores
     ``capturable`` when it loads a checkpoint, so the run resumes anywhere). Untested on GPU
@@ -180,7 +185,7 @@ class CompiledAdam:
 
 def _capturable(adam: torch.optim.Adam) -> None:
     """Makes ``adam``'s parameter groups on a GPU capturable (``capturable=True``, each step
-    counter a float32 tensor on its parameter's device), as a CUDA graph of its step needs:
+    counter a tensor on its parameter's device), as a CUDA graph of its step needs:
     groups registered before (a resumed or reused optimizer) have their counters copied to
     the device once. Groups with a parameter elsewhere are left as they are."""
     for group in adam.param_groups:
@@ -190,7 +195,7 @@ def _capturable(adam: torch.optim.Adam) -> None:
         for p in group["params"]:
             state = adam.state.get(p, {})
             if "step" in state:
-                state["step"] = state["step"].to(p.device, torch.float32)
+                state["step"] = state["step"].to(p.device)
 
 
 def compiled_loss(

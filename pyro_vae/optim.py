@@ -145,7 +145,7 @@ class LazyAdam(PyroOptim):
         step = optimizer.state[param].get("step")  # where this run's Adam keeps it
         if step is not None:
             home = param.device if group["capturable"] else torch.device("cpu")
-            optimizer.state[param]["step"] = step.to(home, torch.float32)
+            optimizer.state[param]["step"] = step.to(home)
 
     def get_state(self) -> dict:
         """``{param name: optimizer state}`` in ``pyro.optim``'s per-parameter format."""

@@ -157,7 +157,7 @@ def test_lazy_adam_steps_dense_and_row_sparse_gradients_on_fake_cuda():
 
 def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
     """``fit(compile="reduce-overhead")``'s Adam: after the eager step that registers the
-    parameters, the dense Adam is capturable (its step counters float32 tensors on the
+    parameters, the dense Adam is capturable (its step counters on the
     device), and its step (what a CUDA graph records) reads nothing from the device."""
     from pyro_vae.compiled import CompiledAdam
 
@@ -170,7 +170,7 @@ def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
         compiled(list(net.parameters()))  # registers (eager), then capturable
         assert all(g["capturable"] for g in optim._dense.param_groups)
         steps = [optim._dense.state[p]["step"] for p in net.parameters()]
-        assert {(s.device.type, s.dtype) for s in steps} == {("cuda", torch.float32)}
+        assert {s.device.type for s in steps} == {"cuda"}
         optim._dense.step()  # the capturable update, eagerly (the graph's content)
     assert not watch.reads and not watch.mixes
     assert any(op.startswith("aten._foreach_") for op in watch.ops)

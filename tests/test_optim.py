@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pytest
 import torch
@@ -127,3 +129,27 @@ def test_resume_with_sparse_adam_state_is_exact(tmp_path):
             torch.testing.assert_close(
                 state_b[name][key], state_a[name][key], rtol=0, atol=0, msg=f"{name} {key}"
             )
+
+
+def test_a_capturable_runs_state_resumes_on_the_cpu():
+    """A checkpoint of ``fit(compile="reduce-overhead")`` on a GPU has ``capturable=True``
+    groups and step counters on the device; ``LazyAdam`` leaves ``capturable`` to the
+    device it loads on, so the same Adam update resumes on the CPU (here the GPU's state is
+    mimicked on the CPU: ``capturable=True`` and a float32 step tensor)."""
+    w = torch.nn.Parameter(torch.ones(3))
+    pyro.param("w", w)
+    optim = pv.LazyAdam({"lr": 0.1})
+    w.grad = torch.ones(3)
+    optim([w])
+    state = copy.deepcopy(optim.get_state())  # (as a checkpoint holds it: not the live one)
+    state["w"]["param_groups"][0]["capturable"] = True
+    expected = w.detach().clone()
+    w.grad = torch.ones(3)
+    optim([w])  # the uninterrupted second step
+    expected, w.data = w.detach().clone(), expected
+    resumed = pv.LazyAdam({"lr": 0.1})
+    resumed.set_state(state)
+    w.grad = torch.ones(3)
+    resumed([w])  # refused without the fix: capturable=True on the CPU
+    assert not resumed._dense.param_groups[0]["capturable"]
+    assert torch.equal(w.detach(), expected)
