@@ -31,6 +31,9 @@ from pyro.distributions.transforms import (
 )
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import Tensor, nn
+from torch.distributions import Transform
+from zuko.distributions import NormalizingFlow
+from zuko.transforms import ComposedTransform
 
 from .guides import diagonal_normal
 
@@ -224,4 +227,29 @@ class ZukoFlowEncoder(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z \\mid x)`: batch shape ``(B,)``, event shape ``(D,)``."""
-        return ZukoToPyro(self.flow(self.encoder(x)))
+        c = self.encoder(x)
+        # zuko's Flow.forward, with a composed transform that torch.compile can trace
+        lazy = self.flow.transform
+        if isinstance(lazy, zuko.lazy.LazyComposedTransform):
+            transform = _Composed(*(t(c) for t in lazy.transforms))
+        else:
+            transform = lazy(c)
+        base = self.flow.base(c).expand(c.shape[:-1])
+        return ZukoToPyro(NormalizingFlow(transform, base))
+
+
+class _Composed(ComposedTransform):
+    """zuko's ``ComposedTransform`` (the same maps and event dimensions) without the
+    assertion on its arguments, which ``torch.compile`` cannot trace (``fit(compile=True)``
+    compiles a zuko flow guide); it is built from a flow's non-empty list of transforms."""
+
+    def __init__(self, *transforms: Transform) -> None:
+        Transform.__init__(self)
+        event_dim = 0
+        for t in reversed(transforms):
+            event_dim = t.domain.event_dim + max(event_dim - t.codomain.event_dim, 0)
+        self.domain_dim = event_dim
+        for t in transforms:
+            event_dim += t.codomain.event_dim - t.domain.event_dim
+        self.codomain_dim = event_dim
+        self.transforms = transforms

@@ -267,9 +267,9 @@ def test_distributed_benchmark_runs(tmp_path):
 
 
 def test_compiled_zoo_benchmark_runs(tmp_path):
-    """The survey's smoke run on two models that stay eager (no inductor compile here)."""
+    """The survey's smoke run on a model that stays eager (no inductor compile here)."""
     survey = importlib.import_module("benchmarks.compiled_zoo")
-    models = ["flow_posterior-nsf", "circle-semi-amortized"]
+    models = ["circle-semi-amortized"]
     args = survey.parse_args(["--models", *models, "--json", str(tmp_path / "z.json")])
     try:
         result = survey.main(args)
