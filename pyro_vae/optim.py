@@ -46,6 +46,9 @@ class LazyAdam(PyroOptim):
     ``pyro.optim.Adam`` would, but all of them by *one* :class:`torch.optim.Adam` (parameters
     with equal settings share a parameter group), in one call per step instead of one
     optimizer call per parameter, which is most of Pyro's per-step overhead on small models.
+    That Adam is torch's multi-tensor (``foreach``) implementation on every device unless
+    ``optim_args`` say otherwise (torch picks it by default only on CUDA; the same update,
+    about twice as fast on the CPU for a model of a few million parameters).
     Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
 
     Args:
@@ -84,6 +87,8 @@ class LazyAdam(PyroOptim):
             if self.local_lr is not None:
                 sparse_args["lr"] = self.local_lr
             return RowSparseAdam([param], **sparse_args)
+        if "foreach" not in args and not args.get("fused"):  # (torch's default on CUDA only)
+            args = {**args, "foreach": True}
         if self.capturable and param.device.type == "cuda":  # (its step counter on the GPU)
             args = {**args, "capturable": True}
         if self._dense is None:
