@@ -61,7 +61,12 @@ def compile_mode(compile: bool | str) -> str | None:
     """
     if compile is False or compile is True:
         return "default" if compile else None
-    modes = tuple(getattr(torch._inductor, "list_mode_options", lambda: _MODES)())
+    try:
+        from torch._inductor import list_mode_options  # (imported by compiling anyway)
+    except ImportError:  # pragma: no cover - another torch
+        modes = _MODES
+    else:
+        modes = tuple(list_mode_options())
     if not isinstance(compile, str) or compile not in modes:
         raise ValueError(
             f"compile={compile!r} is not a torch.compile mode: pass True (its default mode), "

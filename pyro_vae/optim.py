@@ -47,8 +47,8 @@ class LazyAdam(PyroOptim):
     with equal settings share a parameter group), in one call per step instead of one
     optimizer call per parameter, which is most of Pyro's per-step overhead on small models.
     That Adam is torch's multi-tensor (``foreach``) implementation on every device unless
-    ``optim_args`` say otherwise (torch picks it by default only on CUDA; the same update,
-    about twice as fast on the CPU for a model of a few million parameters).
+    ``optim_args`` say otherwise (torch picks it by default only on CUDA): the same update,
+    and on the CPU the same code path as on a GPU.
     Checkpoints (``get_state``/``set_state``) keep ``pyro.optim``'s per-parameter format.
 
     Args:
