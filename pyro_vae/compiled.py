@@ -42,7 +42,7 @@ from .nets import modes
 from .optim import LazyAdam
 from .vae import VAE
 
-__all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss"]
+__all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss", "option"]
 
 # Relative tolerance of the once-only check (float32: different summation orders).
 _TOLERANCE = 1e-3
@@ -74,6 +74,12 @@ def compile_mode(compile: bool | str) -> str | None:
             "on a GPU)"
         )
     return compile
+
+
+def option(mode: str) -> str:
+    """How the user asked for ``mode``, for a warning: ``compile=True`` or
+    ``compile='reduce-overhead'``."""
+    return "compile=True" if mode == "default" else f"compile={mode!r}"
 
 
 class CompiledLoss:
@@ -233,7 +239,7 @@ def compiled_loss(
     if reason is None:
         params, reason = _check(model.__self__, model, guide, loss, x, idx, num_data, scale)
     if reason is not None:
-        warnings.warn(f"compile=True: {reason}; this run takes the eager step", stacklevel=3)
+        warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)
         return None
     return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
                         num_particles=_particles(loss), mode=mode)  # fmt: skip

@@ -32,7 +32,7 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .checks import check_pair
-from .compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss
+from .compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
 from .devices import DeviceCheck
 from .elbo import LatentScale
 from .nets import modes
@@ -158,8 +158,8 @@ class Step:
             self.compiled = None
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
             warnings.warn(
-                f"compile=True: torch.compile failed ({type(e).__name__}: {first_line}); this "
-                "run takes the eager step",
+                f"{option(self.mode)}: torch.compile failed ({type(e).__name__}: "
+                f"{first_line}); this run takes the eager step",
                 stacklevel=3,
             )
             if first:

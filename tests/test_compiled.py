@@ -239,6 +239,9 @@ def test_compile_takes_torch_compile_modes_and_refuses_others():
     for wrong in ("fast", 1):
         with pytest.raises(ValueError, match=r"not a torch\.compile mode.*reduce-overhead"):
             _fit(bernoulli_vae(), data, compile=wrong)
+    pair = DeltaPair()  # (no derived estimator: the warning names the option as it was given)
+    with pytest.warns(UserWarning, match="compile='reduce-overhead': the model and guide"):
+        _fit(pair, pv.Batches(torch.rand(16, 2), batch_size=8), compile="reduce-overhead")
 
 
 def test_the_cuda_graph_mode_reaches_torch_compile(monkeypatch):
