@@ -13,11 +13,12 @@ become one graph each (inductor), and ``LazyAdam``'s Adam step another
 per-datapoint guide's rows are read outside the graph (``PerDatapointGaussian.rows``), so
 their gradients stay row-sparse and ``LazyAdam`` moves only the batch's rows.
 
-The estimator is trusted only after a check: before the first compiled step, the Pyro loss
-and the derived one are computed eagerly with the same random numbers, and their values and
-the gradients of every parameter must agree. Anything that cannot be captured (a pair that is
-not a VAE's, a loss without a derived form, row-sparse gradients, a trace that disagrees, a
-graph break) leaves the run on the eager step, with one warning that says why.
+The estimator is trusted only after a check (:mod:`pyro_vae.derivation`): before the first
+compiled step, the Pyro loss and the derived one are computed eagerly with the same random
+numbers, and their values and the gradients of every parameter must agree. Anything that
+cannot be captured (a pair that is not a VAE's, a loss without a derived form, row-sparse
+gradients, a trace that disagrees, a graph break) leaves the run on the eager step, with one
+warning that says why.
 
 ``compile=True`` is ``torch.compile``'s default mode; ``compile="reduce-overhead"`` (any of
 its modes is taken, :func:`compile_mode`) records the graphs as CUDA graphs on a GPU, with a
@@ -30,22 +31,18 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO
 from torch import Tensor
 
-from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
+from .derivation import check_derivation, num_particles, unsupported
+from .elbo import LatentScale
 from .guides import PerDatapointGaussian, diagonal_normal
-from .nets import modes
 from .optim import LazyAdam
 from .vae import VAE
 
 __all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss", "option"]
 
-# Relative tolerance of the once-only check (float32: different summation orders).
-_TOLERANCE = 1e-3
 # torch.compile's modes whose graphs inductor replays as CUDA graphs on a GPU
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 _MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -234,118 +231,13 @@ def compiled_loss(
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
         mode: ``torch.compile``'s mode (see :func:`compile_mode`).
     """
-    reason = _unsupported(model, guide, loss)
+    reason = unsupported(model, guide, loss)
     params = None
     if reason is None:
-        params, reason = _check(model.__self__, model, guide, loss, x, idx, num_data, scale)
+        params, reason = check_derivation(model.__self__, model, guide, loss, x, idx,
+                                          num_data=num_data, scale=scale)  # fmt: skip
     if reason is not None:
         warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)
         return None
     return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
-                        num_particles=_particles(loss), mode=mode)  # fmt: skip
-
-
-def _particles(loss: ELBO) -> int:
-    """:math:`K` of the importance-weighted bound; 1 for the ELBO."""
-    return loss.num_particles if isinstance(loss, ImportanceWeightedELBO) else 1
-
-
-def _unsupported(model: object, guide: object, loss: ELBO) -> str | None:
-    """Why the pair or the loss has no compiled form (``None``: it has one)."""
-    vae = getattr(model, "__self__", None)
-    if not isinstance(vae, VAE) or getattr(guide, "__self__", None) is not vae:
-        return (
-            "the model and guide are not one pv.VAE's (a hand-written pair has no derived "
-            "estimator)"
-        )
-    elbo = type(loss) in (TensorTrace_ELBO, Trace_ELBO) and loss.num_particles == 1
-    if not elbo and type(loss) is not ImportanceWeightedELBO:
-        return (
-            f"{type(loss).__name__} (num_particles={getattr(loss, 'num_particles', '?')}) has "
-            "no compiled form; TensorTrace_ELBO() or Trace_ELBO() with one particle, and "
-            "ImportanceWeightedELBO, have"
-        )
-    local = vae.variational if isinstance(vae.variational, PerDatapointGaussian) else None
-    sparse = [m for m in vae.modules() if getattr(m, "sparse", False) is True and m is not local]
-    if sparse or (local is not None and type(vae).elbo_loss is not VAE.elbo_loss):
-        return (
-            f"{type(sparse[0] if sparse else local).__name__}'s row-sparse gradients cannot be "
-            "compiled here (a per-datapoint guide can, as the guide of a one-layer pv.VAE)"
-        )
-    return None
-
-
-def _check(
-    vae: VAE,
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    loss: ELBO,
-    x: Tensor,
-    idx: Tensor,
-    num_data: int,
-    scale: LatentScale | None,
-) -> tuple[tuple[list[Tensor], list[Tensor]] | None, str | None]:
-    """The model's and the guide's parameters, and whether the derived estimator gives the
-    Pyro loss's value and gradients on this batch with the same random numbers. The networks
-    run in eval mode (a BatchNorm's statistics stay as they are; the check trains nothing)."""
-    beta, seed = 1.0 if scale is None else float(scale.beta), 0  # (the RNG is restored)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), modes(vae, train=False):
-        torch.manual_seed(seed)
-        with poutine.trace(param_only=True) as in_model:
-            poutine.trace(model).get_trace(x, idx, num_data=num_data)
-        with poutine.trace(param_only=True) as in_guide:
-            guide(x, idx, num_data=num_data)
-        sides = tuple(
-            [site["value"].unconstrained() for site in t.trace.nodes.values()]
-            for t in (in_model, in_guide)
-        )
-        torch.manual_seed(seed)
-        with LatentScale(beta), pyro.validation_enabled(False):
-            expected = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
-        torch.manual_seed(seed)
-        try:
-            derived = vae.elbo_loss(
-                x, idx, num_data=num_data, beta=beta, num_particles=_particles(loss)
-            )
-        except NotImplementedError as e:
-            return None, str(e)
-    if x.device.type == "meta":
-        return sides, None
-    return sides, _disagreement(sides, expected, derived, type(loss).__name__)
-
-
-def _disagreement(
-    sides: tuple[list[Tensor], list[Tensor]], expected: Tensor, derived: Tensor, name: str
-) -> str | None:
-    """Where the derived loss or a gradient differs from the Pyro loss's (``None``: nowhere).
-    Gradients are compared against the largest one's norm as well as their own (a gradient
-    that cancels to ~0, e.g. a bias before a BatchNorm, is rounding noise on both sides)."""
-    params = sides[0] + [p for p in sides[1] if all(p is not q for q in sides[0])]
-    wanted = torch.autograd.grad(expected, params, allow_unused=True)
-    got = torch.autograd.grad(derived, params, allow_unused=True)
-    if not _close(derived.detach(), expected.detach()):
-        return (
-            f"the derived estimator gives {derived.item():.6g} where {name} gives "
-            f"{expected.item():.6g} (the VAE's pieces sample or score something the derivation "
-            "does not see)"
-        )
-    norms = [(g.to_dense() if g.is_sparse else g).norm() for g in wanted if g is not None]
-    floor = 1e-3 * max(norms) if norms else None
-    store = pyro.get_param_store()
-    for p, a, b in zip(params, wanted, got, strict=True):
-        if not _close(b, a, floor=floor):
-            return f"the derived gradient of {store.param_name(p)} differs from Pyro's"
-    return None
-
-
-def _close(a: Tensor | None, b: Tensor | None, *, floor: Tensor | None = None) -> bool:
-    """Equal within ``_TOLERANCE`` of the larger norm, or of ``floor`` where that is larger
-    (both ``None``: no gradient)."""
-    if a is None or b is None:
-        return a is None and b is None
-    a, b = (t.to_dense() if t.is_sparse else t for t in (a, b))
-    scale = torch.maximum(a.norm(), b.norm()).clamp_min(1e-12)
-    if floor is not None:
-        scale = torch.maximum(scale, floor)
-    return bool((a - b).norm() <= _TOLERANCE * scale)
+                        num_particles=num_particles(loss), mode=mode)  # fmt: skip
