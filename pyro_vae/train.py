@@ -11,13 +11,10 @@ package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from functools import partial
 
 import pyro
 import pyro.optim
@@ -28,31 +25,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .board import Board
-from .checkpoint import CheckpointError, History
-from .checks import BatchChecked, check_finite_params, check_int
+from .checkpoint import History
 from .data import Batches
-from .devices import default_device, move_param_store
-from .distributed import (
-    ShardedBatches,
-    World,
-    agree,
-    average_buffers,
-    check_same_data,
-    combine_gradients,
-    get_world,
-    global_mean,
-    min_max,
-    shard_local_guides,
-    start_ranks,
-    timed_out,
-)
+from .distributed import get_world, timed_out
 from .elbo import LatentScale, TensorTrace_ELBO
-from .evaluate import evaluate
+from .epoch import close_epoch, record_validation, train_epoch, validate
 from .loaders import Loader
 from .nets import modes
 from .optim import LazyAdam
-from .prepare import prepare
-from .runs import RunFolder
+from .start import (
+    begin,
+    beta_at,
+    check_options,
+    check_sparse,
+    combine_for,
+    held_out,
+    open_run,
+    place,
+    run_folder,
+)
 from .steps import Step
 
 __all__ = ["fit"]
@@ -182,21 +173,21 @@ def fit(
         >>> history.epoch, len(history.loss)
         ([1, 2], 2)
     """
-    _check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
-    _beta(beta, None)  # (a number: checked now; a schedule: every epoch)
+    check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
+    beta_at(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
-    data, device, modules = _place(model, guide, data, device, modules, world)
-    validation = _held_out(model, guide, validation, validation_particles, device, modules)
-    _check_sparse(modules, optim)
+    data, device, modules = place(model, guide, data, device, modules, world)
+    validation = held_out(model, guide, validation, validation_particles, device, modules)
+    check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
     step = Step(model, guide, loss if loss is not None else TensorTrace_ELBO(), optim,
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
                 scale=kl_scale if beta != 1.0 else None, compile=compile,
-                combine=_combine(data) if world is not None else None)  # fmt: skip
+                combine=combine_for(data) if world is not None else None)  # fmt: skip
     writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
-    folder = _folder(save_dir, world)
+    folder = run_folder(save_dir, world)
 
     def hint() -> str:
         return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
@@ -204,8 +195,8 @@ def fit(
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))
-            board = _open(stack, Board(log_dir) if log_dir and writes else None, folder)
-            history, start = _begin(
+            board = open_run(stack, Board(log_dir) if log_dir and writes else None, folder)
+            history, start = begin(
                 folder, step, data, optim, modules, device, world, resume, overwrite
             )
             history.svi_step = not step.sync_free  # which step this run takes
@@ -213,15 +204,15 @@ def fit(
             bar = stack.enter_context(tqdm(total=total, disable=quiet, desc="train", unit="step"))
             elapsed = history.seconds[-1] if history.seconds else 0.0
             for epoch in range(start + 1, epochs + 1):
-                kl_scale.beta = _beta(beta, epoch)
+                kl_scale.beta = beta_at(beta, epoch)
                 t0 = time.perf_counter()
-                epoch_loss = _train_epoch(step, data, epoch, log_every, bar, board, world, hint)
+                epoch_loss = train_epoch(step, data, epoch, log_every, bar, board, world, hint)
                 elapsed += time.perf_counter() - t0
-                _close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
+                close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
                 val_elbo = None
                 if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                    val_elbo = _validate(model, guide, validation, validation_particles, world)
-                    _record_validation(history, epoch, val_elbo, hint)
+                    val_elbo = validate(model, guide, validation, validation_particles, world)
+                    record_validation(history, epoch, val_elbo, hint)
                 bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
                 if board is not None:
                     board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
@@ -239,285 +230,3 @@ def fit(
 
 
 _RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
-
-
-def _folder(save_dir: str | os.PathLike | None, world: World | None) -> RunFolder | None:
-    """The run folder of this process (``None``: nothing is saved)."""
-    if save_dir is None:
-        return None
-    rank, size = (world.rank, world.size) if world is not None else (0, 1)
-    return RunFolder(save_dir, rank=rank, world_size=size)
-
-
-def _open(stack: ExitStack, board: Board | None, folder: RunFolder | None) -> Board | None:
-    """The TensorBoard writer and the run folder (held: one run at a time, writable), closed
-    with ``stack``; both are checked before a saved run is touched."""
-    if board is not None:
-        stack.callback(board.close)
-    if folder is not None:
-        folder.hold()
-        stack.callback(folder.release)
-    return board
-
-
-def _held_out(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    validation: Batches | Loader | DataLoader | Tensor | None,
-    particles: int,
-    device: torch.device,
-    modules: nn.Module | None,
-) -> Batches | Loader | None:
-    """The validation data on the device, checked (a tensor: in chunks of ~2^17 samples)."""
-    if validation is None:
-        return None
-    size = max(1, 2**17 // particles)
-    return prepare(model, guide, validation, device=device, modules=modules,
-                   batch_size=size).data  # fmt: skip
-
-
-def _record_validation(history: History, epoch: int, val_elbo: float, hint: Callable) -> None:
-    """The validation ELBO in the history, checked finite."""
-    if not math.isfinite(val_elbo):
-        raise FloatingPointError(
-            f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
-        )
-    history.val_epoch.append(epoch)
-    history.val_elbo.append(val_elbo)
-
-
-def _check_options(
-    epochs: int,
-    log_every: int,
-    e_steps: int,
-    validate_every: int,
-    log_images_every: int,
-    freeze_model: bool,
-) -> None:
-    check_int("epochs", epochs)
-    check_int("log_every", log_every)
-    check_int("e_steps", e_steps, minimum=0)
-    check_int("validate_every", validate_every)
-    check_int("log_images_every", log_images_every, minimum=0)
-    if e_steps and freeze_model:
-        raise ValueError(
-            "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
-            "only (the model is never updated); for variational EM (k E-steps, then an M-step "
-            "per batch) pass e_steps=k and leave freeze_model=False"
-        )
-
-
-def _place(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    data: object,
-    device: torch.device | str | None,
-    modules: nn.Module | None,
-    world: World | None,
-) -> tuple[Batches | Loader | ShardedBatches, torch.device, nn.Module | None]:
-    """The training data and networks on the training device, checked (see
-    :func:`~pyro_vae.prepare.prepare`), Pyro's parameters moved there too; under
-    data-parallel training, this rank's part of the data."""
-    if not isinstance(data, (Batches, Loader, DataLoader)):
-        raise TypeError(
-            f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
-            "tensor: pv.Batches(x, batch_size=256), or pass a DataLoader over "
-            "pv.Indexed(dataset)"
-        )
-    device = device if device is not None else default_device()
-    fix = "convert it, e.g. vae.to(x.dtype)"
-    ready = prepare(model, guide, data, device=device, modules=modules, fix=fix)
-    move_param_store(ready.device)  # pyro.params of hand-written pairs, registered before
-    if world is None:
-        return ready.data, ready.device, ready.modules
-    if isinstance(ready.data, Loader):
-        raise ValueError(
-            "data-parallel training reads pv.Batches (a tensor data set on each process); a "
-            "DataLoader is not split across processes yet"
-        )
-    check_same_data(ready.data.points, world)  # once: the same N and values on every rank
-    block = shard_local_guides(ready.modules, ready.data.num_data, world)
-    return ShardedBatches(ready.data, world, block=block), ready.device, ready.modules
-
-
-def _beta(beta: float | Callable[[int], float], epoch: int | None) -> float:
-    """β for ``epoch`` (a number, or ``beta(epoch)``), checked: a finite number ≥ 0
-    (``epoch=None``: a schedule is checked when called, a number now)."""
-    if callable(beta) and epoch is None:
-        return math.nan
-    value = beta(epoch) if callable(beta) else beta
-    where = f"beta({epoch}) returned" if callable(beta) else "beta must be"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{where} a finite number >= 0 (the weight of the KL term); got {value!r}. Pass "
-            "e.g. beta=0.5, or a warm-up such as beta=lambda epoch: min(1.0, epoch / 10)"
-        )
-    return float(value)
-
-
-def _check_sparse(modules: nn.Module | None, optim: object) -> None:
-    """Refuses row-sparse gradients without LazyAdam."""
-    if modules is None:
-        return
-    # row-sparse gradients: the ``sparse`` flag of LocalParameters and of nn.Embedding
-    sparse = [m for m in modules.modules() if getattr(m, "sparse", False) is True]
-    if sparse and not isinstance(optim, LazyAdam):
-        raise ValueError(
-            f"{type(sparse[0]).__name__} has row-sparse gradients, which "
-            f"{type(optim).__name__} cannot step (and a dense Adam would move every "
-            "point's parameters at every step): use optim=pv.LazyAdam({'lr': ...}, "
-            "local_lr=...)"
-        )
-
-
-def _combine(data: ShardedBatches) -> Callable[[list[Tensor], Tensor], None]:
-    """Rank r's gradient enters with weight b_r / b (b: the global batch)."""
-
-    def combine(params: list[Tensor], x: Tensor) -> None:
-        combine_gradients(params, weight=x.shape[0] / data.global_size)
-
-    return combine
-
-
-def _begin(
-    folder: RunFolder | None,
-    step: Step,
-    data: Batches | Loader | ShardedBatches,
-    optim: pyro.optim.PyroOptim,
-    modules: nn.Module | None,
-    device: torch.device,
-    world: World | None,
-    resume: bool,
-    overwrite: bool,
-) -> tuple[History, int]:
-    """The run's history so far and its last epoch: a saved run resumed (its parameters,
-    optimizer and RNG states loaded), or a new one (data-parallel: the same start on every
-    rank)."""
-    history, start = History(), 0
-    anywhere = partial(agree, device=device) if world is not None else None
-    if folder is not None and folder.start(resume=resume, overwrite=overwrite, anywhere=anywhere):
-        batch = next(iter(data))
-        history, names = folder.resume(
-            *step.checked, batch, data.num_data, optim, modules, device, anywhere=anywhere
-        )
-        step.names.update(dict.fromkeys(names))
-        start = history.epoch[-1] if history.epoch else 0
-    if world is not None and resume:  # all processes continue from the same epoch
-        low, high = min_max(start, device)
-        if low != high:
-            raise CheckpointError(
-                f"the processes' checkpoints in {folder.path} end at different epochs (from "
-                f"{low} to {high}; a process was stopped between two saves): put back the "
-                ".prev.pt checkpoints of the processes that are ahead, or start over with "
-                "overwrite=True"
-            )
-    if world is not None and start == 0:  # a new run: the same initial values everywhere
-        start_ranks(*step.checked, data, world)
-    return history, start
-
-
-def _close_epoch(
-    history: History,
-    epoch: int,
-    loss: float,
-    elapsed: float,
-    step: Step,
-    modules: nn.Module | None,
-    world: World | None,
-    hint: Callable[[], str],
-) -> None:
-    """After an epoch's steps: its loss and every parameter must be finite (one host read, on
-    every rank alike), the ranks' buffers agree (BatchNorm statistics), and the history
-    records the epoch."""
-    if not math.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss} in epoch {epoch}; {hint()}")
-    anywhere = None
-    if world is not None:
-        if modules is not None and modules.training:
-            average_buffers(modules)  # one model (BatchNorm statistics) on every rank
-        anywhere = partial(agree, device=step.check.device)
-    check_finite_params(step.names, epoch, hint(), anywhere=anywhere)  # one sync
-    history.epoch.append(epoch)
-    history.loss.append(loss)
-    history.seconds.append(elapsed)
-
-
-def _train_epoch(
-    step: Step,
-    data: Batches | Loader | ShardedBatches,
-    epoch: int,
-    log_every: int,
-    bar: tqdm,
-    board: Board | None,
-    world: World | None,
-    hint: Callable[[], str],
-) -> float:
-    """One pass over ``data``; returns the epoch's mean loss per point. The loss stays on the
-    device: it is read every ``log_every`` steps (the progress bar, TensorBoard, the check
-    that it is finite) and at the end."""
-    total, count = 0.0, 0
-    checked, since = isinstance(data, Loader) and isinstance(step.modules, BatchChecked), 0
-    bad: Tensor | None = None  # any batch since the last read not finite or not in the support
-    for i, (x, idx) in enumerate(data):
-        if checked:  # streamed batches: tested on the device, read with the loss
-            fault = ~step.modules.batch_ok(x)
-            bad = fault if bad is None else bad | fault
-        total = total + step(x, idx) * (x.shape[0] / data.num_data)
-        count += x.shape[0]
-        if i % log_every == 0 or (checked and i == len(data) - 1):
-            running, faulty = _read(total, count, bad, world, step.check.device)
-            if faulty:
-                raise ValueError(
-                    f"a batch among steps {since + 1} to {i + 1} of epoch {epoch} has values "
-                    "that are not finite or not in the likelihood's support (e.g. outside "
-                    "[0, 1] for a Bernoulli): check the data pipeline (its transforms, "
-                    "scaling); only the first batch of a DataLoader is checked in full"
-                )
-            bad, since = None, i + 1
-            if not math.isfinite(running):
-                raise FloatingPointError(
-                    f"the loss became {running} in epoch {epoch} by step {i + 1}; {hint()}"
-                )
-            bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
-            if board is not None:
-                board.running((epoch - 1) * len(data) + i, running)
-        bar.update()
-    return _mean(total, count, world, step.check.device)
-
-
-def _read(
-    total: Tensor | float,
-    count: int,
-    bad: Tensor | None,
-    world: World | None,
-    device: torch.device,
-) -> tuple[float, bool]:
-    """The running loss and whether a batch was bad, in one host read."""
-    if bad is None or world is not None:
-        return _mean(total, count, world, device), False
-    pair = torch.stack([torch.as_tensor(total, dtype=torch.float64, device=device).reshape(()),
-                        bad.to(device=device, dtype=torch.float64)])  # fmt: skip
-    loss_sum, faulty = pair.tolist()
-    return loss_sum / count, bool(faulty)
-
-
-def _mean(total: Tensor | float, count: int, world: World | None, device: torch.device) -> float:
-    """``total / count`` on the host (over all ranks): the read of the loss."""
-    return global_mean(total, count, world, device) if world else float(total) / count
-
-
-def _validate(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    validation: Batches | Loader,
-    particles: int,
-    world: World | None,
-) -> float:
-    """The validation ELBO (``evaluate`` puts the networks in eval mode) with its own random
-    draws (validating, or not, never changes the training run's RNG stream)."""
-    device = validation.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return evaluate(
-            model, guide, validation, num_particles=particles, distributed=world is not None
-        ).elbo

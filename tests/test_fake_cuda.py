@@ -179,9 +179,9 @@ def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
 # --- The loops --------------------------------------------------------------------------
 
 # The reads fit may make, by name: the progress bar's loss every log_every steps and the
-# epoch's loss (train.py), the finite-parameter check after each epoch, and the checks of a
+# epoch's loss (epoch.py), the finite-parameter check after each epoch, and the checks of a
 # whole data set before the first step.
-FIT_READS = {"train.py:_mean", "checks.py:check_finite_params"}
+FIT_READS = {"epoch.py:mean_loss", "checks.py:check_finite_params"}
 DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
 # Copies to the device once per call: the data set, a new per-datapoint guide.
 MOVES = {"data.py:to", "prepare.py:prepare", "guides.py:from_guide", "local.py:infer_local"}
@@ -262,7 +262,7 @@ def test_fit_runs_on_meta_reading_only_what_it_names():
     # per epoch: 2 loss reads (steps 0 and 2 of 4), the epoch's loss, the finite check
     scalars = [e for e in watch.allowed if is_read(e)]
     assert Counter(e.key for e in scalars if e.key in FIT_READS) == {
-        "train.py:_mean": 2 * 3,
+        "epoch.py:mean_loss": 2 * 3,
         "checks.py:check_finite_params": 2,
     }
     amortized = small_vae()
