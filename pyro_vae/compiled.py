@@ -45,7 +45,6 @@ __all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss", "opt
 
 # torch.compile's modes whose graphs inductor replays as CUDA graphs on a GPU
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def compile_mode(compile: bool | str) -> str | None:
@@ -58,12 +57,9 @@ def compile_mode(compile: bool | str) -> str | None:
     """
     if compile is False or compile is True:
         return "default" if compile else None
-    try:
-        from torch._inductor import list_mode_options  # (imported by compiling anyway)
-    except ImportError:  # pragma: no cover - another torch
-        modes = _MODES
-    else:
-        modes = tuple(list_mode_options())
+    from torch._inductor import list_mode_options  # (imported by compiling anyway)
+
+    modes = tuple(list_mode_options())
     if not isinstance(compile, str) or compile not in modes:
         raise ValueError(
             f"compile={compile!r} is not a torch.compile mode: pass True (its default mode), "
