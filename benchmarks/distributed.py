@@ -1,6 +1,6 @@
 """Data-parallel scaling: an epoch of the flow-prior model with 1 process and with W processes.
 
-Runs ``pv.fit`` on the zuko-tutorial MAF VAE (``pyro_vae.zoo.flow_prior_vae``, batch 256,
+Runs ``pv.fit`` on the zuko-tutorial MAF VAE (``pyro_vae.models.zoo.flow_prior_vae``, batch 256,
 thresholded MNIST, or random binary images when MNIST is absent) once in one process and once
 in ``--world`` processes (``torch.multiprocessing`` spawn, gloo on the CPU or NCCL on GPUs),
 and reports the time of the last of ``--epochs`` epochs (the first pays for warm-up). The
@@ -26,7 +26,7 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import pyro_vae as pv
-from pyro_vae.scripts import replace_block
+from pyro_vae._scripts import replace_block
 
 
 def load(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
@@ -44,7 +44,7 @@ def train(args: argparse.Namespace, device: str) -> float:
     """Trains and returns the seconds of the last epoch."""
     x, _ = load(args)
     pyro.set_rng_seed(0)
-    vae = pv.zoo.flow_prior_vae(hidden=args.hidden)
+    vae = pv.models.zoo.flow_prior_vae(hidden=args.hidden)
     history = pv.fit(
         vae.model,
         vae.guide,

@@ -19,7 +19,8 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

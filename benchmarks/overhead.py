@@ -13,7 +13,7 @@ runs on the host whatever the device. For each model and each of three loops, in
   inductor graph forward and one backward, then ``LazyAdam``),
 
 the script counts, on ``meta`` tensors (the op stream without data) under
-:class:`pyro_vae.dispatch.DispatchWatch`, the aten ops per step, the ops that would launch a
+:class:`pyro_vae.devices.dispatch.DispatchWatch`, the aten ops per step, the ops that would launch a
 kernel (not views or allocations), and the reads of device values per step (the optimizers
 use ``foreach`` Adam, as on CUDA); and it times, on the CPU with tiny layers (where the
 arithmetic is negligible, as on a GPU), the host milliseconds per step (best of interleaved
@@ -51,11 +51,11 @@ import torch._inductor.config
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae import zoo
-from pyro_vae.dispatch import DispatchWatch, launches
-from pyro_vae.optim import gradient_step
-from pyro_vae.scripts import write_results
-from pyro_vae.steps import Step
+from pyro_vae.models import zoo
+from pyro_vae.devices.dispatch import DispatchWatch, launches
+from pyro_vae.infer.optim import gradient_step
+from pyro_vae._scripts import write_results
+from pyro_vae.train._step import Step
 
 LOOPS = ("fit", "SVI.step", "plain", "compiled")
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyro_vae as pv
-from pyro_vae.scripts import replace_block
+from pyro_vae._scripts import replace_block
 
 BURDA = "Burda et al. 2016, Table 1"
 

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pyro_vae.scripts import replace_block
+from pyro_vae._scripts import replace_block
 
 COLUMNS = (
     "run",

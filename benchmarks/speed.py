@@ -41,9 +41,9 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae import zoo
-from pyro_vae.scripts import write_results
-from pyro_vae.steps import Step
+from pyro_vae.models import zoo
+from pyro_vae._scripts import write_results
+from pyro_vae.train._step import Step
 
 
 def sync(device: torch.device) -> None:
@@ -159,7 +159,7 @@ def compare(
 
 
 def compiled_step(vae: pv.VAE, few: pv.Batches, optim, device) -> tuple[Step, float, str | None]:
-    """The step ``fit(compile=True)`` takes (:class:`pyro_vae.steps.Step` with
+    """The step ``fit(compile=True)`` takes (:class:`pyro_vae.train._step.Step` with
     ``compile=True``), the seconds of its first epoch over ``few``, which checks the derived
     estimator against the Pyro loss and compiles (its excess over a later epoch is the
     once-per-run cost), and the warning of a pair that fell back to the eager step."""

@@ -5,7 +5,7 @@ training. Decoder 1→20→20→2 (ReLU), Gaussian likelihood with σ = 0.1, sta
 for amortized inference an encoder 2→20→20→(μ, log σ). Adam lr 3e-4, batch 1000, 500 epochs
 for the full run (the setup of Linderman's Stanford STATS 305C lecture notes "Variational
 Autoencoders", 2023, which report an ELBO of −0.77 on the training and −0.93 on the test points
-for the amortized VAE after 500 epochs). The model is ``pyro_vae.zoo.circle_vae``.
+for the amortized VAE after 500 epochs). The model is ``pyro_vae.models.zoo.circle_vae``.
 ``--inference`` switches the guide, and nothing else:
 
 * ``amortized``: q(z|x) from the encoder;
@@ -28,13 +28,22 @@ import time
 import torch
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(__doc__, epochs=50, batch_size=1000, out="runs/circle", full="500")
+    p = scripts.parser(
+        __doc__,
+        epochs=50,
+        batch_size=1000,
+        out="runs/circle",
+        full="500",
+        lr=3e-4,
+        particles=1000,
+        mnist=False,
+    )
     p.add_argument("--inference", choices=zoo.INFERENCE, default="amortized")
-    p.add_argument("--lr", type=float, default=3e-4, help="Adam step size of the networks")
     p.add_argument(
         "--local-lr",
         type=float,
@@ -58,7 +67,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--eval-every", type=int, default=25, help="epochs between test evaluations")
     p.add_argument("--num-data", type=int, default=20000)
-    p.add_argument("--num-particles", type=int, default=1000)
     return p.parse_args(argv)
 
 

@@ -5,7 +5,7 @@ none after the last) and a linear map to μ and log σ of 32 latents. Decoder: t
 convolutions 32→256→128→64→1 with BatchNorm + ReLU, producing 28×28 logits. Grey-value MNIST
 with a Bernoulli likelihood (summed binary cross-entropy; the KL is estimated by Trace_ELBO),
 Adam lr 2e-3, batch 1024, 10 epochs. ``vae.eval()`` switches BatchNorm to its running
-statistics for evaluation and pictures. The model is ``pyro_vae.zoo.conv_vae``.
+statistics for evaluation and pictures. The model is ``pyro_vae.models.zoo.conv_vae``.
 
     python examples/mnist_conv.py --epochs 10 --out runs/mnist_conv
 
@@ -18,33 +18,29 @@ from __future__ import annotations
 import argparse
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(__doc__, epochs=2, batch_size=1024, out="runs/mnist_conv", full="10")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p = scripts.parser(
+        __doc__,
+        epochs=2,
+        batch_size=1024,
+        out="runs/mnist_conv",
+        full="10",
+        lr=2e-3,
+        particles="1000 on cuda, 5 on cpu",
+    )
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
-    p.add_argument("--download", action="store_true")
-    p.add_argument(
-        "--num-particles",
-        type=int,
-        default=None,
-        help="K for the test log-likelihood (default: 1000 on cuda, 5 on cpu)",
-    )
-    p.add_argument("--limit", type=int, default=None, help="use only this many images")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
-    kw = {"device": device, "download": args.download, "flatten": False}
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, **kw)
-    x_test, _ = pv.load_mnist(args.data_dir, train=False, **kw)
-    if args.limit:
-        x_train, x_test = x_train[: args.limit], x_test[: args.limit]
+    x_train, x_test, _ = scripts.mnist_tensors(args, device, flatten=False)
     train = pv.Batches(x_train, batch_size=args.batch_size)
     test = pv.Batches(x_test, batch_size=500, shuffle=False)
     vae = zoo.conv_vae(likelihood=args.likelihood, latent_dim=args.latent_dim)

@@ -4,7 +4,7 @@ Dynamically binarized MNIST (a fresh Bernoulli draw of every training image each
 used; the test set binarized once with a fixed seed), MLP encoder and decoder
 (784→H→H, ReLU; defaults H = 200, z = 50 as in Burda, Grosse & Salakhutdinov 2016,
 "Importance Weighted Autoencoders"), Bernoulli likelihood, and a guide chosen by ``--flow``
-(the model is ``pyro_vae.zoo.flow_posterior_vae``):
+(the model is ``pyro_vae.models.zoo.flow_posterior_vae``):
 
 * ``none``: diagonal Gaussian q(z|x);
 * ``planar``: K amortized planar flows (Rezende & Mohamed 2015);
@@ -25,27 +25,25 @@ from __future__ import annotations
 import argparse
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
+        __doc__,
+        epochs=2,
+        batch_size=100,
+        out="runs/mnist_flow_posterior",
+        full="100+",
+        lr=1e-3,
+        particles="5000 on cuda, 100 on cpu",
     )
     p.add_argument("--posterior", choices=zoo.POSTERIORS, default="planar")
     p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")
     p.add_argument("--prior", choices=zoo.PRIORS, default="normal")
     p.add_argument("--latent-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--download", action="store_true")
-    p.add_argument(
-        "--num-particles",
-        type=int,
-        default=None,
-        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
-    )
-    p.add_argument("--limit", type=int, default=None, help="use only this many images")
     return p.parse_args(argv)
 
 

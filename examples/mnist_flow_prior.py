@@ -2,7 +2,7 @@
 
 Gaussian encoder 784→1024→1024→2×16 (ReLU), Bernoulli decoder 16→1024→1024→784, MAF prior with
 3 transforms and hidden features (256, 256), Adam lr 1e-3, batch 256, thresholded MNIST; the
-model is ``pyro_vae.zoo.flow_prior_vae``. zuko's plain-PyTorch tutorial ("Variational
+model is ``pyro_vae.models.zoo.flow_prior_vae``. zuko's plain-PyTorch tutorial ("Variational
 autoencoders", zuko's documentation) reports a training loss of 65.8 nats per image after 64
 epochs.
 
@@ -20,32 +20,29 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(__doc__, epochs=2, batch_size=256, out="runs/mnist_flow_prior", full="64")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = scripts.parser(
+        __doc__,
+        epochs=2,
+        batch_size=256,
+        out="runs/mnist_flow_prior",
+        full="64",
+        lr=1e-3,
+        particles="5000 on cuda, 100 on cpu",
+    )
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=1024, help="width of the MLPs' hidden layers")
-    p.add_argument("--download", action="store_true", help="let torchvision download MNIST")
-    p.add_argument(
-        "--num-particles",
-        type=int,
-        default=None,
-        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
-    )
-    p.add_argument("--limit", type=int, default=None, help="use only this many images (smoke runs)")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
 
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
-    x_test, _ = pv.load_mnist(args.data_dir, train=False, device=device, download=args.download)
-    if args.limit:
-        x_train, x_test = x_train[: args.limit], x_test[: args.limit]
+    x_train, x_test, _ = scripts.mnist_tensors(args, device)
     train = pv.Batches(x_train, batch_size=args.batch_size, binarize="threshold")
     test = pv.Batches(x_test, batch_size=1000, binarize="threshold", shuffle=False)
 

@@ -2,7 +2,7 @@
 one or two stochastic layers, trained with the ELBO or the importance-weighted bound.
 
 Dynamically binarized MNIST (test set binarized once with a fixed seed), Bernoulli decoder,
-tanh MLPs (the model is ``pyro_vae.zoo.iwae_vae``):
+tanh MLPs (the model is ``pyro_vae.models.zoo.iwae_vae``):
 
 * ``--layers 1``: x → 200 → 200 → z (50);
 * ``--layers 2``: x → 100 → 100 → z1 (100) → 50 → 50 → z2 (50), a ``pv.HierarchicalVAE``
@@ -31,11 +31,20 @@ import argparse
 import torch
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(__doc__, epochs=2, batch_size=100, out="runs/mnist_iwae", full="3280")
+    p = scripts.parser(
+        __doc__,
+        epochs=2,
+        batch_size=100,
+        out="runs/mnist_iwae",
+        full="3280",
+        lr=1e-3,
+        particles="5000 on cuda, 100 on cpu",
+    )
     p.add_argument("--layers", type=int, choices=(1, 2), default=1)
     p.add_argument("--iw", type=int, default=1, help="K of the training bound (1: the ELBO)")
     p.add_argument("--prior", choices=zoo.IWAE_PRIORS, default="normal")
@@ -43,21 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--activation", choices=list(scripts.ACTIVATIONS), default="tanh", help="hidden units"
     )
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument(
         "--warmup", type=int, default=0, help="epochs of linear KL warm-up (β from 0 to 1)"
-    )
-    p.add_argument(
-        "--num-particles",
-        type=int,
-        default=None,
-        help="K for the test log-likelihood (default: 5000 on cuda, 100 on cpu)",
     )
     p.add_argument("--test-points", type=int, default=None, help="score the first N test images")
     p.add_argument("--gap-points", type=int, default=0, help="test images for the gap split")
     p.add_argument("--gap-epochs", type=int, default=100, help="E-step epochs of the gap split")
-    p.add_argument("--limit", type=int, default=None, help="use only this many training images")
-    p.add_argument("--download", action="store_true")
     return p.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 
 MLP encoder and decoder with two hidden layers of 400 (ReLU), 2 latent dimensions, a Bernoulli
 likelihood on grey values (the usual summed binary cross-entropy), Adam lr 1e-3, batch 100,
-50 epochs for the full run; the model is ``pyro_vae.zoo.latent2d_vae``. The MXNet Gluon VAE
+50 epochs for the full run; the model is ``pyro_vae.models.zoo.latent2d_vae``. The MXNet Gluon VAE
 tutorial, whose setup this is, reports a training loss of 137.45 and a validation loss of
 141.13 nats per image after 50 epochs. The validation loss here is the test set's negative
 ELBO with one sample after every epoch (``fit(validation=...)``).
@@ -22,30 +22,30 @@ import pathlib
 import torch
 
 import pyro_vae as pv
-from pyro_vae import scripts, zoo
+from pyro_vae import _scripts as scripts
+from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(__doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p = scripts.parser(
+        __doc__,
+        epochs=5,
+        batch_size=100,
+        out="runs/mnist_latent2d",
+        full="50",
+        lr=1e-3,
+        particles=1000,
+    )
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--warmup", type=int, default=0, help="epochs of linear KL warm-up")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--num-particles", type=int, default=1000)
-    p.add_argument("--limit", type=int, default=None, help="use only this many images")
     return p.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
-    x_train, _ = pv.load_mnist(args.data_dir, train=True, device=device, download=args.download)
-    x_test, y_test = pv.load_mnist(
-        args.data_dir, train=False, device=device, download=args.download
-    )
-    if args.limit:
-        x_train, x_test, y_test = x_train[: args.limit], x_test[: args.limit], y_test[: args.limit]
+    x_train, x_test, y_test = scripts.mnist_tensors(args, device)
     train = pv.Batches(x_train, batch_size=args.batch_size)
     test = pv.Batches(x_test, batch_size=1000, shuffle=False)
     vae = zoo.latent2d_vae(likelihood=args.likelihood, hidden=args.hidden)

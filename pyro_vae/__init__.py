@@ -5,35 +5,33 @@ A VAE is three distribution-returning modules — a :class:`Prior` :math:`p(z)`,
 :class:`VAE` into a Pyro ``model`` and ``guide`` that :class:`pyro.infer.SVI` (or :func:`fit`)
 trains.
 
-Modules, from the bottom up: ``nets`` (networks), ``priors``, ``likelihoods``, ``guides`` and
-``flows`` (the three roles), ``vae`` and ``hierarchical`` (their composition), ``data``,
-``devices``, ``prepare`` (data source, networks, once-only checks), ``elbo`` (objectives),
-``optim``, ``steps`` (the training step), ``evaluate`` (scoring), ``checkpoint``, ``runs``
-(the run folder), ``train`` (the loop), ``local`` (inference that trains: held-out E-steps,
-the amortization gap), ``zoo`` (standard architectures) and ``plots``; ``dispatch`` (host
-reads, device mixes and kernels of a step) and ``scripts`` (the examples' and benchmarks'
-command-line scaffolding) stand aside.
-
 The names below are flat, as ``pyro.infer`` and ``torch.distributions`` export theirs (one
-``import pyro_vae as pv`` reaches them all); their groups are the modules:
+``import pyro_vae as pv`` reaches them all); each lives in one of the subpackages, listed from
+the bottom up (each imports only those before it):
 
-* models: :class:`VAE`, :class:`HierarchicalVAE`, :class:`GuideChain`; priors
+* :mod:`pyro_vae.devices`: :func:`default_device`, :func:`device_name`, ``fake_cuda`` and the
+  dispatch watch (:mod:`pyro_vae.devices.dispatch`);
+* :mod:`pyro_vae.data`: :class:`Batches`, :class:`Loader`, :class:`Indexed`,
+  :func:`load_mnist`, :func:`make_circle`, :func:`default_data_dir`;
+* :mod:`pyro_vae.models`: :class:`VAE`, :class:`HierarchicalVAE`, :class:`GuideChain`; priors
   (:class:`Prior`, :class:`StandardNormalPrior`, :class:`FlowPrior`, :class:`MAFPrior`,
   :class:`VampPrior`); likelihoods (:class:`Likelihood`, :class:`BernoulliLikelihood`,
   :class:`UnitIntervalBernoulli`, :class:`GaussianLikelihood`); guides (:class:`Guide`,
   :class:`GaussianEncoder`, :class:`PerDatapointGaussian`, :class:`SemiAmortizedGaussian`,
   :func:`diagonal_normal`); flow guides (:class:`PlanarEncoder`, :class:`IAFEncoder`,
   :class:`ZukoFlowEncoder`, :class:`TransformedGaussianEncoder`); networks (:class:`MLP`,
-  :class:`ConvEncoder`, :class:`ConvDecoder`); standard architectures: :mod:`zoo`;
-* inference: :class:`TensorTrace_ELBO`, :class:`ImportanceWeightedELBO`, :class:`LatentScale`,
-  :class:`LazyAdam`, :func:`fit`, :func:`evaluate`, :class:`Evaluation`, :func:`log_weights`,
-  :func:`infer_local`, :func:`amortization_gap`, :class:`AmortizationGap`;
-* data: :class:`Batches`, :class:`Loader`, :class:`Indexed`, :func:`load_mnist`,
-  :func:`make_circle`, :func:`default_data_dir`;
-* runs: :class:`History`, :func:`load_checkpoint`, :class:`CheckpointError`,
-  :func:`default_device`, :func:`device_name`, :mod:`dispatch`;
-* plots: :func:`plot_curves`, :func:`plot_scatter`, :func:`save_grid`,
-  :func:`save_reconstructions`.
+  :class:`ConvEncoder`, :class:`ConvDecoder`); standard architectures:
+  :mod:`pyro_vae.models.zoo`;
+* :mod:`pyro_vae.infer`: :class:`TensorTrace_ELBO`, :class:`ImportanceWeightedELBO`,
+  :class:`LatentScale`, :class:`LazyAdam`, :func:`evaluate`, :class:`Evaluation`,
+  :func:`log_weights`;
+* :mod:`pyro_vae.plots`: :func:`plot_curves`, :func:`plot_scatter`, :func:`save_grid`,
+  :func:`save_reconstructions`;
+* :mod:`pyro_vae.train`: :func:`fit`, :class:`History`, :func:`load_checkpoint`,
+  :class:`CheckpointError`, :func:`infer_local`, :func:`amortization_gap`,
+  :class:`AmortizationGap`.
+
+Modules whose names begin with an underscore are the machinery behind these names.
 """
 
 import torch as _torch
@@ -42,30 +40,54 @@ import torch as _torch
 # (Distribution.set_default_validate_args(False)); the package leaves the flag as it found it.
 _validate_args = _torch.distributions.Distribution._validate_args
 
-from . import dispatch, zoo  # pyro_vae.zoo.flow_prior_vae(), pyro_vae.dispatch.DispatchWatch
-from .checkpoint import CheckpointError, History, load_checkpoint
-from .data import Batches, default_data_dir, load_mnist, make_circle
+from . import data, devices, infer, models, plots, train
+from .data import Batches, Indexed, Loader, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
-from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
-from .evaluate import Evaluation, evaluate, log_weights
-from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
-from .guides import (
+from .infer import (
+    Evaluation,
+    ImportanceWeightedELBO,
+    LatentScale,
+    LazyAdam,
+    TensorTrace_ELBO,
+    evaluate,
+    log_weights,
+)
+from .models import (
+    MLP,
+    VAE,
+    BernoulliLikelihood,
+    ConvDecoder,
+    ConvEncoder,
+    FlowPrior,
     GaussianEncoder,
+    GaussianLikelihood,
     Guide,
+    GuideChain,
+    HierarchicalVAE,
+    IAFEncoder,
+    Likelihood,
+    MAFPrior,
     PerDatapointGaussian,
+    PlanarEncoder,
+    Prior,
     SemiAmortizedGaussian,
+    StandardNormalPrior,
+    TransformedGaussianEncoder,
+    UnitIntervalBernoulli,
+    VampPrior,
+    ZukoFlowEncoder,
     diagonal_normal,
 )
-from .hierarchical import GuideChain, HierarchicalVAE
-from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
-from .loaders import Indexed, Loader
-from .local import AmortizationGap, amortization_gap, infer_local
-from .nets import MLP, ConvDecoder, ConvEncoder
-from .optim import LazyAdam
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
-from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior, VampPrior
-from .train import fit
-from .vae import VAE
+from .train import (
+    AmortizationGap,
+    CheckpointError,
+    History,
+    amortization_gap,
+    fit,
+    infer_local,
+    load_checkpoint,
+)
 
 _torch.distributions.Distribution.set_default_validate_args(_validate_args)
 
@@ -105,23 +127,27 @@ __all__ = [
     "VampPrior",
     "ZukoFlowEncoder",
     "amortization_gap",
+    "data",
     "default_data_dir",
     "default_device",
     "device_name",
+    "devices",
     "diagonal_normal",
-    "dispatch",
     "evaluate",
     "fit",
+    "infer",
     "infer_local",
     "load_checkpoint",
     "load_mnist",
     "log_weights",
     "make_circle",
+    "models",
     "plot_curves",
     "plot_scatter",
+    "plots",
     "save_grid",
     "save_reconstructions",
-    "zoo",
+    "train",
 ]
 
 __version__ = "0.1.0"

@@ -19,9 +19,9 @@ from test_contract import COMBINATIONS, N, build
 from test_fake_cuda import ZOO
 
 import pyro_vae as pv
-from pyro_vae import zoo
-from pyro_vae.compiled import compile_mode
-from pyro_vae.steps import Step
+from pyro_vae.models import zoo
+from pyro_vae.infer._compiled import compile_mode
+from pyro_vae.train._step import Step
 
 B = 8
 
@@ -301,7 +301,7 @@ def test_the_check_accepts_batchnorm_and_trains_nothing():
     """A convolution's bias before a BatchNorm has a gradient that cancels to rounding noise
     on both sides: the check compares it against the largest gradient too. The check runs
     in eval mode, so the running statistics stay as they were."""
-    from pyro_vae.compiled import compiled_loss
+    from pyro_vae.infer._compiled import compiled_loss
 
     torch.manual_seed(0)
     vae = zoo.conv_vae(latent_dim=4)

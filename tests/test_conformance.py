@@ -226,7 +226,7 @@ def test_a_step_equals_svi_step(case):
     expected = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    loss = pv.optim.gradient_step(
+    loss = pv.infer.optim.gradient_step(
         model, guide, pv.TensorTrace_ELBO(**options), pv.LazyAdam({"lr": 0.1})
     )
     assert float(loss) == pytest.approx(expected_loss, rel=1e-6, abs=1e-6)
@@ -322,7 +322,7 @@ def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
     def trained(step):
         pyro.clear_param_store()
         torch.manual_seed(0)
-        vae = pv.zoo.circle_vae("amortized")
+        vae = pv.models.zoo.circle_vae("amortized")
         pyro.set_rng_seed(1)
         step(vae)
         return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
@@ -347,7 +347,7 @@ def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_pyro_loss_trains_through_fit_and_says_which_step(name):
     make, svi_step = LOSSES[name]
-    vae = pv.zoo.circle_vae("amortized")
+    vae = pv.models.zoo.circle_vae("amortized")
     data = pv.Batches(pv.make_circle(200)[0], batch_size=50)
     optim = pv.LazyAdam({"lr": 1e-2})
     history = pv.fit(
@@ -398,11 +398,11 @@ class HandWritten(torch.nn.Module):
 
 SETUPS = {
     "amortized VAE": (
-        lambda: pv.zoo.circle_vae("amortized"),
+        lambda: pv.models.zoo.circle_vae("amortized"),
         lambda: pyro.optim.Adam({"lr": 1e-2}),
     ),
     "per-datapoint guide": (
-        lambda: pv.zoo.circle_vae("per-datapoint", num_data=64),
+        lambda: pv.models.zoo.circle_vae("per-datapoint", num_data=64),
         lambda: pv.LazyAdam({"lr": 1e-2}, local_lr=0.05),
     ),
     "hand-written pair": (HandWritten, lambda: pyro.optim.Adam({"lr": 1e-2})),
@@ -458,7 +458,7 @@ def run_optimizer(optims, steps: int) -> list[dict]:
     snapshots, optim = [], None
     for step in range(steps):
         optim = optims.get(step, optim)
-        pv.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        pv.infer.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     return snapshots
 
@@ -488,7 +488,7 @@ def test_lazy_adam_and_pyro_adam_take_the_same_steps_and_hand_over_their_state(f
     for step in range(12):
         if step == 4:
             optim = handover(optim, second, args)
-        pv.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        pv.infer.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     for ref, got in zip(reference, snapshots, strict=True):
         for name in ref:

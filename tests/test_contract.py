@@ -174,11 +174,26 @@ def test_distribution_contract(name):
     assert d.sample().shape == d.batch_shape + d.event_shape
 
 
-def test_pieces_satisfy_their_protocols():
+def test_each_piece_is_accepted_in_its_role_and_refused_in_the_others():
+    """The protocols of priors and guides name the same attributes (``isinstance`` alone lets
+    a guide pass as a prior): the VAE also checks what ``forward`` takes."""
     prior, likelihood = PRIORS["normal"](), LIKELIHOODS["gaussian"]()
-    assert all(isinstance(f(), pv.Prior) for f in PRIORS.values())
-    assert all(isinstance(f(), pv.Likelihood) for f in LIKELIHOODS.values())
-    assert all(isinstance(f(prior, likelihood), pv.Guide) for f in GUIDES.values())
+    roles = {
+        "prior": [f() for f in PRIORS.values()],
+        "likelihood": [f() for f in LIKELIHOODS.values()],
+        "guide": [f(prior, likelihood) for f in GUIDES.values()],
+    }
+    check_role = pv.models.vae.check_role
+    for role, pieces in roles.items():
+        for piece in pieces:
+            check_role(role, piece)
+            for other in roles.keys() - {role}:
+                with pytest.raises(TypeError, match=f"the {other} must be an nn.Module"):
+                    check_role(other, piece)
+    guide = GUIDES["gaussian-encoder"](prior, likelihood)
+    assert isinstance(guide, pv.Prior)  # the attributes alone do not tell the roles apart ...
+    with pytest.raises(TypeError, match=r"the prior must be an nn\.Module with latent_dim"):
+        pv.VAE(guide, likelihood, GUIDES["gaussian-encoder"](prior, likelihood))  # ... the VAE does
     with pytest.raises(TypeError, match=r"the prior must be an nn\.Module with latent_dim"):
         pv.VAE(torch.nn.Linear(2, 2), likelihood, GUIDES["per-datapoint"](prior, likelihood))
     with pytest.raises(TypeError, match=r"the likelihood must be an nn\.Module with event_shape"):
@@ -272,8 +287,13 @@ def test_save_load_round_trip(prior_name, likelihood_name, guide_name):
 
 
 def test_every_export_is_in_a_group():
-    """The package docstring groups the flat namespace (models, inference, data, runs, plots):
-    each exported name appears there exactly once, and nothing else is listed."""
-
-    listed = re.findall(r":(?:class|func|mod):`([A-Za-z_]+)`", pv.__doc__.split("their groups")[1])
+    """The package docstring lists the flat namespace by subpackage: each exported name appears
+    there exactly once, under the subpackage that holds it, and nothing else is listed."""
+    groups = pv.__doc__.split("bottom up")[1].split("\n* ")[1:]
+    listed = []
+    for group in groups:
+        package = re.match(r":mod:`pyro_vae\.(\w+)`", group).group(1)
+        names = re.findall(r":(?:class|func):`(\w+)`", group)
+        assert all(name in getattr(pv, package).__all__ for name in names), (package, names)
+        listed += [package, *names]
     assert sorted(listed) == sorted(pv.__all__)

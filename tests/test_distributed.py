@@ -22,9 +22,9 @@ from helpers import DeltaPair, circle_vae, run_ranks
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae.checkpoint import CheckpointError
-from pyro_vae.distributed import combine_gradients
-from pyro_vae.optim import gradient_step
+from pyro_vae.train.checkpoint import CheckpointError
+from pyro_vae.train._distributed import combine_gradients
+from pyro_vae.infer.optim import gradient_step
 
 
 def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaPair, pv.History]:
@@ -194,9 +194,9 @@ def test_kill_and_resume_under_two_processes(tmp_path):
 
 
 def test_without_a_process_group_fit_runs_in_one_process():
-    assert pv.distributed.get_world() is None
+    assert pv.devices._world.get_world() is None
     with pytest.raises(ValueError, match="launch with torchrun"):
-        pv.distributed.get_world(True)
+        pv.devices._world.get_world(True)
 
 
 # ---- review reproducers ---------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_without_a_process_group_fit_runs_in_one_process():
 
 class DeltaLocal(nn.Module):
     """A noise-free per-datapoint guide (one point mass per point, dense gradients) that
-    :func:`pyro_vae.distributed.shard_local_guides` shards like PerDatapointGaussian."""
+    :func:`pyro_vae.devices._world.shard_local_guides` shards like PerDatapointGaussian."""
 
     def __init__(self, num_data: int) -> None:
         super().__init__()
@@ -425,9 +425,9 @@ def test_fit_starts_its_process_group_with_a_collective_timeout(monkeypatch):
     monkeypatch.setattr(tdist, "init_process_group", lambda *a, **k: calls.append(k))
     monkeypatch.setattr(tdist, "get_rank", lambda: 0)
     monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
-    assert pv.distributed.get_world() == (0, 2)
-    assert calls == [{"timeout": pv.distributed.COLLECTIVE_TIMEOUT}]
-    assert pv.distributed.COLLECTIVE_TIMEOUT.total_seconds() <= 600
+    assert pv.devices._world.get_world() == (0, 2)
+    assert calls == [{"timeout": pv.devices._world.COLLECTIVE_TIMEOUT}]
+    assert pv.devices._world.COLLECTIVE_TIMEOUT.total_seconds() <= 600
 
 
 def test_a_collective_that_times_out_says_what_happened(monkeypatch, tmp_path):

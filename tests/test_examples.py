@@ -1,5 +1,5 @@
 """Every example runs end to end with tiny arguments and writes what its metrics.json lists;
-the architectures they share come from ``pyro_vae.zoo``."""
+the architectures they share come from ``pyro_vae.models.zoo``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import load_example
 
-from pyro_vae import zoo
+from pyro_vae.models import zoo
 
 KEYS = {
     "epochs",

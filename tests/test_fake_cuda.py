@@ -1,16 +1,16 @@
 """CUDA without a GPU: every model, loss, optimizer and loop on fake CUDA or ``meta`` tensors.
 
 No machine this project runs on has a GPU, so these tests prove on the CPU what CUDA would
-refuse or wait for (see :mod:`pyro_vae.dispatch`):
+refuse or wait for (see :mod:`pyro_vae.devices.dispatch`):
 
 - forward passes (losses, importance weights, samples, reconstructions, :func:`~pyro_vae.
   evaluate`) run on *fake* CUDA tensors, which go through PyTorch's own device checks and
   refuse to read a value;
 - backward passes, optimizer steps and the loops (:func:`~pyro_vae.fit`,
   :func:`~pyro_vae.infer_local`) run on ``meta`` tensors, because the autograd engine needs a
-  real CUDA context (pytorch/pytorch#92627); there :class:`~pyro_vae.dispatch.DispatchWatch`
+  real CUDA context (pytorch/pytorch#92627); there :class:`~pyro_vae.devices.dispatch.DispatchWatch`
   checks that every op's tensors share a device (``meta`` kernels do not always check);
-- both under a strict :class:`~pyro_vae.dispatch.DispatchWatch`: a host read outside the
+- both under a strict :class:`~pyro_vae.devices.dispatch.DispatchWatch`: a host read outside the
   sites allowed by name, or a device mix, fails the test with the op, the line and the module.
 
 The semi-amortized guide differentiates inside its forward pass (``autograd.grad``), so it
@@ -32,10 +32,10 @@ from pyro.infer.util import is_validation_enabled
 from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
 
 import pyro_vae as pv
-from pyro_vae import zoo
-from pyro_vae.devices import fake_cuda
-from pyro_vae.dispatch import DeviceMixError, DispatchWatch, HostReadError
-from pyro_vae.optim import gradient_step
+from pyro_vae.models import zoo
+from pyro_vae.devices._placement import fake_cuda
+from pyro_vae.devices.dispatch import DeviceMixError, DispatchWatch, HostReadError
+from pyro_vae.infer.optim import gradient_step
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
 # guide of the contract matrix appears (each guide once, priors and likelihoods in turn, the
@@ -159,7 +159,7 @@ def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
     """``fit(compile="reduce-overhead")``'s Adam: after the eager step that registers the
     parameters, the dense Adam is capturable (its step counters on the
     device), and its step (what a CUDA graph records) reads nothing from the device."""
-    from pyro_vae.compiled import CompiledAdam
+    from pyro_vae.infer._compiled import CompiledAdam
 
     net = pv.MLP(3, 4, (8,))
     optim = pv.LazyAdam({"lr": 1e-3, "foreach": True})
@@ -181,11 +181,11 @@ def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
 # The reads fit may make, by name: the progress bar's loss every log_every steps and the
 # epoch's loss (epoch.py), the finite-parameter check after each epoch, and the checks of a
 # whole data set before the first step.
-FIT_READS = {"epoch.py:mean_loss", "checks.py:check_finite_params"}
-DATA_CHECKS = {"vae.py:check_data", "likelihoods.py:check_support"}
+FIT_READS = {"mean_loss", "check_finite_params"}
+DATA_CHECKS = {"VAE.check_data", "BernoulliLikelihood.check_support"}
 # Copies to the device once per call: the data set, a new per-datapoint guide.
-MOVES = {"data.py:to", "prepare.py:prepare", "guides.py:from_guide", "local.py:infer_local"}
-EVALUATE_READS = {"evaluate.py:_score"}
+MOVES = {"Batches.to", "prepare", "PerDatapointGaussian.from_guide", "infer_local"}
+EVALUATE_READS = {"_score"}
 
 
 def small_vae(guide: str = "encoder", num_data: int = 32) -> pv.VAE:
@@ -238,7 +238,7 @@ def is_read(event) -> bool:
 
 
 def reads(watch: DispatchWatch) -> Counter:
-    """The reads of device values, by ``file.py:function``."""
+    """The reads of device values, by the function's qualified name."""
     return Counter(event.key for event in watch.reads)
 
 
@@ -262,11 +262,11 @@ def test_fit_runs_on_meta_reading_only_what_it_names():
     # per epoch: 2 loss reads (steps 0 and 2 of 4), the epoch's loss, the finite check
     scalars = [e for e in watch.allowed if is_read(e)]
     assert Counter(e.key for e in scalars if e.key in FIT_READS) == {
-        "epoch.py:mean_loss": 2 * 3,
-        "checks.py:check_finite_params": 2,
+        "mean_loss": 2 * 3,
+        "check_finite_params": 2,
     }
     amortized = small_vae()
-    with pytest.raises(HostReadError, match=r"evaluate\.py"):  # evaluate's reads: not fit's
+    with pytest.raises(HostReadError, match=r"in _score"):  # evaluate's reads: not fit's
         strict_fit(amortized, data, epochs=1, validation=validation)
 
 
@@ -278,7 +278,7 @@ def test_evaluate_runs_on_fake_cuda_with_two_reads_per_chunk():
         result = pv.evaluate(vae.model, vae.guide, x, num_particles=4, max_rows=16)
     assert result.num_data == B
     chunks = B // (16 // 4)
-    assert Counter(e.key for e in watch.allowed)["evaluate.py:_score"] == 2 * chunks
+    assert Counter(e.key for e in watch.allowed)["_score"] == 2 * chunks
     assert not watch.reads and not watch.mixes
 
 
@@ -361,7 +361,7 @@ def test_a_value_read_in_the_step_is_caught():
 
 
 def test_a_value_read_by_the_loop_is_caught(monkeypatch):
-    steps = sys.modules["pyro_vae.steps"]
+    steps = sys.modules["pyro_vae.train._step"]
     step = steps.gradient_step
 
     def reading_step(*args, **kwargs):
@@ -401,7 +401,7 @@ def one_process_group(monkeypatch):
     tdist.destroy_process_group()
 
 
-DISTRIBUTED_READS = {"distributed.py:global_mean", "distributed.py:check_same_data"}
+DISTRIBUTED_READS = {"global_mean", "check_same_data"}
 
 
 @pytest.mark.parametrize("guide", ["encoder", "per-datapoint"])
@@ -416,11 +416,11 @@ def test_the_data_parallel_step_adds_no_read(one_process_group, guide):
     ):
         pv.fit(vae.model, vae.guide, data, epochs=2, device="meta", progress=False,
                log_every=3, distributed=True)  # fmt: skip
-    once = DATA_CHECKS | {"distributed.py:check_same_data"}
+    once = DATA_CHECKS | {"check_same_data"}
     scalars = Counter(e.key for e in watch.allowed if is_read(e) and e.key not in once)
     # per epoch: 2 global loss reads (steps 0 and 3 of 4), the epoch's, the finite check
     # (whose agreement across processes is a host collective: gloo, no device read)
-    assert scalars == {"distributed.py:global_mean": 2 * 3, "checks.py:check_finite_params": 2}
+    assert scalars == {"global_mean": 2 * 3, "check_finite_params": 2}
     # one all-reduce of the gradients per step (4 steps, 2 epochs), one per global mean
     assert one_process_group["all_reduce"] >= 8
 

@@ -13,7 +13,7 @@ from pyro import poutine
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae.priors import DiagonalNormalMixture
+from pyro_vae.models.priors import DiagonalNormalMixture
 
 F, D1, D2, B = 5, 2, 2, 16
 SIGMA, S1 = 0.3, 0.5

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.checkpoint import CheckpointError
+from pyro_vae.train.checkpoint import CheckpointError
 
 
 def conv_vae() -> pv.VAE:  # BatchNorm: buffers must come back too
-    return pv.zoo.conv_vae(latent_dim=4)
+    return pv.models.zoo.conv_vae(latent_dim=4)
 
 
 def test_a_trained_vae_is_restored_for_inference(tmp_path):
@@ -41,7 +41,7 @@ def test_a_trained_vae_is_restored_for_inference(tmp_path):
 
 
 def test_another_architecture_is_named(tmp_path):
-    vae = pv.zoo.latent2d_vae(hidden=8)
+    vae = pv.models.zoo.latent2d_vae(hidden=8)
     pv.fit(
         vae.model,
         vae.guide,
@@ -54,10 +54,10 @@ def test_another_architecture_is_named(tmp_path):
     with pytest.raises(
         CheckpointError, match=r"'likelihood\.decoder\.0\.weight' has shape \(8, 2\)"
     ):
-        pv.load_checkpoint(tmp_path / "checkpoint.pt", pv.zoo.latent2d_vae(hidden=16))
+        pv.load_checkpoint(tmp_path / "checkpoint.pt", pv.models.zoo.latent2d_vae(hidden=16))
     with pytest.raises(CheckpointError, match=r"has no entry 'prior\.flow"):
         pv.load_checkpoint(
-            tmp_path / "checkpoint.pt", pv.zoo.flow_prior_vae(latent_dim=2, hidden=8)
+            tmp_path / "checkpoint.pt", pv.models.zoo.flow_prior_vae(latent_dim=2, hidden=8)
         )
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read as data"):

@@ -31,7 +31,7 @@ def image_folder(root, n: int = 48):
 def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_path):
     dataset = pv.Indexed(image_folder(tmp_path / "images"), binarize="dynamic")
     train = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2)
-    vae = pv.zoo.conv_vae(latent_dim=4)
+    vae = pv.models.zoo.conv_vae(latent_dim=4)
     test = DataLoader(dataset, batch_size=16)
     history = pv.fit(
         vae.model, vae.guide, train, epochs=2, device="cpu", progress=False, validation=test
@@ -45,7 +45,7 @@ def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_
 
 def test_a_per_datapoint_guide_reads_the_rows_of_the_loaders_indices():
     x = pv.make_circle(40)[0]
-    vae = pv.zoo.circle_vae("per-datapoint", num_data=40)
+    vae = pv.models.zoo.circle_vae("per-datapoint", num_data=40)
     before = vae.variational.loc.detach().clone()
     seen = list(range(10, 20))  # the loader visits these 10 points only
     loader = DataLoader(pv.Indexed(TensorDataset(x)), batch_size=5, sampler=seen)
@@ -62,7 +62,7 @@ def test_resume_through_a_dataloader_is_exact(tmp_path):
     def run(save_dir, epochs, resume, seed):
         pyro.clear_param_store()
         torch.manual_seed(seed)
-        vae = pv.zoo.circle_vae("amortized")
+        vae = pv.models.zoo.circle_vae("amortized")
         loader = DataLoader(pv.Indexed(TensorDataset(x)), batch_size=16, shuffle=True)
         pyro.set_rng_seed(0)
         history = pv.fit(

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae import checkpoint as checkpoint_module
-from pyro_vae.checkpoint import CheckpointError
-from pyro_vae.runs import RunFolder
+from pyro_vae.train import checkpoint as checkpoint_module
+from pyro_vae.train.checkpoint import CheckpointError
+from pyro_vae.train._folder import RunFolder
 
 
 def circle_vae(hidden: int = 8) -> pv.VAE:
@@ -104,7 +104,7 @@ def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
     run(tmp_path, 1)  # free again
     script = f"""
 import os
-from pyro_vae.runs import RunFolder
+from pyro_vae.train._folder import RunFolder
 RunFolder({str(tmp_path)!r}).hold()
 os.kill(os.getpid(), 9)
 """
@@ -145,7 +145,7 @@ def test_a_save_dir_that_cannot_be_written_is_refused_before_training(tmp_path, 
     the way stands in for a read-only folder, which root, as in CI, could write anyway.)"""
     (tmp_path / "file").write_text("in the way")
     steps = []
-    monkeypatch.setattr(pv.steps.Step, "__call__", lambda *a: steps.append(1))
+    monkeypatch.setattr(pv.train._step.Step, "__call__", lambda *a: steps.append(1))
     with pytest.raises(PermissionError, match=r"cannot write to the run folder .*file/run"):
         run(tmp_path / "file" / "run", 1)
     assert not steps  # refused before the first step
@@ -279,9 +279,23 @@ def test_resume_refuses_another_guide(tmp_path):
 
 def test_resume_refuses_another_optimizer_type(tmp_path):
     run(tmp_path, 1)
-    optimizer = r"trained with the optimizer pyro_vae\.optim\.LazyAdam"
+    optimizer = r"trained with the optimizer pyro_vae\.LazyAdam"
     with pytest.raises(CheckpointError, match=optimizer):
         run(tmp_path, 2, resume=True, optim=pyro.optim.ClippedAdam({"lr": 1e-2}))
+
+
+def test_a_checkpoint_names_the_package_optimizer_by_its_public_name(tmp_path):
+    """A checkpoint written when LazyAdam lived in another module (``pyro_vae.optim``) resumes:
+    the package's classes are compared by their public name; and it gives the same run."""
+    _, straight = run(tmp_path / "straight", 2)
+    run(tmp_path / "moved", 1)
+    path = tmp_path / "moved" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert state["optim_settings"]["type"] == "pyro_vae.LazyAdam"
+    state["optim_settings"]["type"] = "pyro_vae.optim.LazyAdam"
+    torch.save(state, path)
+    _, resumed = run(tmp_path / "moved", 2, resume=True)
+    assert resumed.loss == straight.loss
 
 
 @pytest.mark.parametrize("as_callable", [False, True], ids=["dict", "callable"])

@@ -13,7 +13,7 @@ become one graph each (inductor), and ``LazyAdam``'s Adam step another
 per-datapoint guide's rows are read outside the graph (``PerDatapointGaussian.rows``), so
 their gradients stay row-sparse and ``LazyAdam`` moves only the batch's rows.
 
-The estimator is trusted only after a check (:mod:`pyro_vae.derivation`): before the first
+The estimator is trusted only after a check (``_derivation``): before the first
 compiled step, the Pyro loss and the derived one are computed eagerly with the same random
 numbers, and their values and the gradients of every parameter must agree. Anything that
 cannot be captured (a pair that is not a VAE's, a loss without a derived form, row-sparse
@@ -35,11 +35,11 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor
 
-from .derivation import check_derivation, num_particles, unsupported
+from ..models.guides import PerDatapointGaussian, diagonal_normal
+from ..models.vae import VAE
+from ._derivation import check_derivation, num_particles, unsupported
 from .elbo import LatentScale
-from .guides import PerDatapointGaussian, diagonal_normal
 from .optim import LazyAdam
-from .vae import VAE
 
 __all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss", "option"]
 
@@ -155,7 +155,7 @@ class CompiledAdam:
     A call with a parameter the optimizer has not seen yet (the first step, the first E- or
     M-step) runs ``LazyAdam`` eagerly, which registers it and creates its state; later calls
     pass the compiled ``Adam.step`` to ``LazyAdam``, which still steps row-sparse parameters
-    with :class:`~pyro_vae.optim.RowSparseAdam` (the batch's rows only). The update is Adam's;
+    with :class:`~pyro_vae.infer.optim.RowSparseAdam` (the batch's rows only). The update is Adam's;
     the graph for each set of stepped parameters is compiled once.
 
     In a CUDA-graph mode on a GPU the dense Adam is made *capturable* (its step counters

@@ -2,8 +2,8 @@ r"""The once-only check behind ``fit(compile=True)``: whether a Pyro pair has a 
 estimator (a :class:`~pyro_vae.VAE`'s :meth:`~pyro_vae.VAE.elbo_loss`) for its loss, and
 whether that estimator gives the Pyro loss's value and the gradient of every parameter on a
 batch, with the same random numbers (relative 1e-3 in float32; a gradient that cancels to
-rounding noise is compared against the largest one's norm). :mod:`pyro_vae.compiled` compiles
-the estimator only after this check, and says why where it refuses.
+rounding noise is compared against the largest one's norm). ``_compiled`` compiles the
+estimator only after this check, and says why where it refuses.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor
 
+from ..models.guides import PerDatapointGaussian
+from ..models.nets import modes
+from ..models.vae import VAE
 from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
-from .guides import PerDatapointGaussian
-from .nets import modes
-from .vae import VAE
 
 __all__ = ["check_derivation", "num_particles", "unsupported"]
 

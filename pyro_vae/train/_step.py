@@ -12,11 +12,11 @@ A :class:`Step` holds the model, the guide, the loss and the optimizer, and the 
   updates only; it reads the loss, a host sync per step).
 
 With ``compile=True`` every step of a :class:`~pyro_vae.VAE`'s pair runs its derived
-estimator as a compiled graph (:mod:`pyro_vae.compiled`), after a once-only check against the
-loss; what cannot be compiled stays on the steps above, with one warning.
+estimator as a compiled graph (``infer._compiled``), after a once-only check against
+the loss; what cannot be compiled stays on the steps above, with one warning.
 
-The first call runs the pair under a :class:`~pyro_vae.devices.DeviceCheck` (every parameter
-checked as it is registered) with validation as the user set it; later calls skip both.
+The first call runs the pair under a ``DeviceCheck`` (every parameter checked as it is
+registered) with validation as the user set it; later calls skip both.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import torch
 from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
-from .checks import check_pair
-from .compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
-from .devices import DeviceCheck
-from .elbo import LatentScale
-from .nets import modes
-from .optim import LazyAdam, descend, gradient_step
+from .._checks import check_pair
+from ..devices._placement import DeviceCheck
+from ..infer._compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
+from ..infer.elbo import LatentScale
+from ..infer.optim import LazyAdam, descend, gradient_step
+from ..models.nets import modes
 
 __all__ = ["Step"]
 
@@ -59,7 +59,7 @@ class Step:
         modules: The networks behind the pair, in eval mode while the first call checks that
             the guide's samples have the model's shapes (one forward pass that trains nothing).
         scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
-        compile: Take the compiled step (see :mod:`pyro_vae.compiled`), built at the first
+        compile: Take the compiled step (see ``_compiled``), built at the first
             call: ``True``, or a ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs
             on a GPU, untested on hardware).
 

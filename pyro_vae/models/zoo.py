@@ -2,7 +2,7 @@ r"""The standard architectures of the examples and benchmarks, importable.
 
 Each function returns a fresh, untrained :class:`~pyro_vae.VAE`. The examples, the benchmarks
 and the tests build their models here, so a notebook gets the same model by
-``from pyro_vae import zoo``. Layers, defaults and the order in which the modules are created
+``from pyro_vae.models import zoo``. Layers, defaults and the order in which the modules are created
 (and so the initial weights under a seed) are those of the runs reported in the README: change
 them and those results no longer reproduce.
 
@@ -109,7 +109,7 @@ def flow_prior_vae(*, latent_dim: int = 16, hidden: int = 1024) -> VAE:
         The VAE (data: flat images of 784 binary pixels).
 
     Example:
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.flow_prior_vae(latent_dim=4, hidden=32)
         >>> vae.sample(3).shape
         torch.Size([3, 784])
@@ -153,7 +153,7 @@ def flow_posterior_vae(
 
     Example:
         >>> import torch
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.flow_posterior_vae("iaf", flows=2, latent_dim=4, hidden=16)
         >>> vae.reconstruct(torch.rand(3, 784).round()).shape
         torch.Size([3, 784])
@@ -217,7 +217,7 @@ def iwae_vae(
 
     Example:
         >>> import torch
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.iwae_vae(layers=2, prior="vamp", num_pseudo=10)
         >>> vae.sample(3).shape
         torch.Size([3, 784])
@@ -259,7 +259,7 @@ def conv_vae(*, likelihood: ImageLikelihood = "bernoulli", latent_dim: int = 32)
 
     Example:
         >>> import torch
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.conv_vae(latent_dim=8)
         >>> vae.reconstruct(torch.rand(2, *zoo.MNIST_SHAPE)).shape
         torch.Size([2, 1, 28, 28])
@@ -292,7 +292,7 @@ def latent2d_vae(
 
     Example:
         >>> import torch
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.latent2d_vae(hidden=32)
         >>> vae.variational(torch.rand(5, 784)).mean.shape  # posterior means, to plot
         torch.Size([5, 2])
@@ -335,7 +335,7 @@ def circle_vae(
 
     Example:
         >>> import torch
-        >>> from pyro_vae import zoo
+        >>> from pyro_vae.models import zoo
         >>> vae = zoo.circle_vae("per-datapoint", num_data=100)
         >>> vae.variational(None, torch.arange(3)).mean.shape  # rows 0, 1, 2 of the guide
         torch.Size([3, 1])

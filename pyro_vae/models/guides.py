@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import embedding
 
-from .checks import check_int
+from .._checks import check_int
 from .likelihoods import Likelihood
 from .priors import Prior
 

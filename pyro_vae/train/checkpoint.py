@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import pyro
 import pyro.optim
@@ -31,7 +32,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
-from .optim import is_row_sparse_group
+from ..infer.optim import is_row_sparse_group
 
 __all__ = [
     "CHECKPOINT",
@@ -109,13 +110,20 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def _type_name(name: str) -> str:
+    """An optimizer type's name as checkpoints compare it: the package's own classes by their
+    public name (``pyro_vae.LazyAdam``, whichever module holds it, so that a checkpoint outlives
+    a move of the class), others by module and qualified name."""
+    return f"pyro_vae.{name.rsplit('.', 1)[-1]}" if name.startswith("pyro_vae.") else name
+
+
 def _settings(optim: pyro.optim.PyroOptim, names: list[str] = ()) -> dict:
     """The optimizer's type and settings: its arguments (a dict; a callable's values for each
     parameter name in ``names``, ``args_by_param``) and ``local_lr``."""
     cls = type(optim)
     args = getattr(optim, "pt_optim_args", None)
     return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "type": _type_name(f"{cls.__module__}.{cls.__qualname__}"),
         "args": dict(args) if isinstance(args, dict) else None,
         "args_by_param": {n: dict(args(n)) for n in names} if callable(args) else None,
         "local_lr": getattr(optim, "local_lr", None),
@@ -200,31 +208,37 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     return state
 
 
+class Live(NamedTuple):
+    """The live objects of a run that a checkpoint is loaded into."""
+
+    model: Callable[..., object]
+    guide: Callable[..., object]
+    optim: pyro.optim.PyroOptim
+    modules: nn.Module | None
+    device: torch.device
+
+
 def resume_run(
     path: str | os.PathLike,
-    model: Callable[..., object],
-    guide: Callable[..., object],
+    live: Live,
     batch: tuple[Tensor, Tensor],
     num_data: int,
-    optim: pyro.optim.PyroOptim,
-    modules: nn.Module | None,
-    device: torch.device,
     *,
     world_size: int = 1,
 ) -> tuple[dict, list[str]]:
     """Loads a checkpoint into the live objects and returns the saved history (a dict) and the
     run's parameter names.
 
-    One forward pass of ``model`` and ``guide`` on ``batch`` first registers every parameter
-    in the param store, so that saved values are copied *into* the tensors the modules use (a
-    resumed run then trains the same tensors whether a model registers modules or plain
-    ``pyro.param``\\ s). The checkpoint must match: the same parameter names and shapes, the
-    same module state keys, the same optimizer type; else a :class:`CheckpointError` names the
-    first difference. Optimizer settings (``optim_args``, ``local_lr``) that differ from the
-    checkpoint's replace the saved hyperparameters (with a warning); equal ones restore the
-    saved hyperparameters, so a schedule continues where it was.
+    One forward pass of ``live.model`` and ``live.guide`` on ``batch`` first registers every
+    parameter in the param store, so that saved values are copied *into* the tensors the
+    modules use (a resumed run then trains the same tensors whether a model registers modules
+    or plain ``pyro.param``\\ s). The checkpoint must match: the same parameter names and
+    shapes, the same module state keys, the same optimizer type; else a :class:`CheckpointError`
+    names the first difference. Optimizer settings (``optim_args``, ``local_lr``) that differ
+    from the checkpoint's replace the saved hyperparameters (with a warning); equal ones restore
+    the saved hyperparameters, so a schedule continues where it was.
     """
-    path = Path(path)
+    path, (model, guide, optim, modules, device) = Path(path), live
     if not path.exists():
         raise CheckpointError(
             f"{path} is missing: the run in {path.parent} was saved by another number of "
@@ -240,7 +254,7 @@ def resume_run(
         )
     settings = _settings(optim)
     saved_settings = state["optim_settings"]
-    if saved_settings["type"] != settings["type"]:
+    if _type_name(saved_settings["type"]) != settings["type"]:
         raise CheckpointError(
             f"the checkpoint {path} was trained with the optimizer {saved_settings['type']}; "
             f"this run uses {settings['type']}. Resume with the same optimizer type, or start "

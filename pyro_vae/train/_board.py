@@ -10,7 +10,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from .plots import _as_images
+from ..plots import _as_images
 
 __all__ = ["Board"]
 

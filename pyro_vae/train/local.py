@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checks import check_floating
-from .data import Batches
-from .devices import check_module
-from .evaluate import evaluate
-from .guides import PerDatapointGaussian
-from .loaders import Loader
-from .optim import LazyAdam
-from .prepare import as_source
-from .train import fit
-from .vae import VAE
+from .._checks import check_floating
+from ..data._source import as_source
+from ..data.batches import Batches
+from ..data.loaders import Loader
+from ..devices._placement import check_module
+from ..infer.optim import LazyAdam
+from ..infer.scoring import evaluate
+from ..models.guides import PerDatapointGaussian
+from ..models.vae import VAE
+from .loop import fit
 
 __all__ = ["AmortizationGap", "amortization_gap", "infer_local"]
 

@@ -24,7 +24,7 @@ _SPARSE_ARGS = ("lr", "betas", "eps", "maximize")
 
 def is_row_sparse_group(group: dict) -> bool:
     """Whether a saved parameter group (of :meth:`~pyro_vae.LazyAdam.get_state`) is a
-    :class:`~pyro_vae.optim.RowSparseAdam`'s (settings ``lr``, ``betas``, ``eps``,
+    :class:`~pyro_vae.infer.optim.RowSparseAdam`'s (settings ``lr``, ``betas``, ``eps``,
     ``maximize`` only, as ``SparseAdam``'s) rather than Adam's (which adds ``weight_decay``,
     ``amsgrad``, ...).
 
@@ -39,7 +39,7 @@ class LazyAdam(PyroOptim):
     r"""Adam that updates only the rows present in a sparse gradient ("lazy Adam").
 
     Parameters whose gradient is sparse (per-datapoint guides index their parameters with
-    ``torch.nn.functional.embedding(..., sparse=True)``) get :class:`~pyro_vae.optim.RowSparseAdam`
+    ``torch.nn.functional.embedding(..., sparse=True)``) get ``RowSparseAdam``
     (:class:`torch.optim.SparseAdam`'s update, without its host synchronization): its moments
     and values change only at the minibatch's rows, so untouched rows stay bit-identical and a
     step costs O(B), not O(N). Every other parameter is updated by Adam exactly as

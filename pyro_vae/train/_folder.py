@@ -7,7 +7,7 @@ decides at the start whether there is a run to continue (``resume``), to replace
 (``overwrite``) or to protect (neither: a :class:`FileExistsError`) — a run whose latest
 checkpoint is gone but whose previous one survives counts as a run — resumes it, and writes a
 checkpoint and then the history after each epoch (the checkpoint first, so ``history.json`` is
-never ahead of it; both are written atomically; see :mod:`pyro_vae.checkpoint`).
+never ahead of it; both are written atomically; see :mod:`pyro_vae.train.checkpoint`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 import pyro.optim
-import torch
 from torch import Tensor, nn
 
 from . import checkpoint
@@ -148,31 +147,19 @@ class RunFolder:
 
     def resume(
         self,
-        model: Callable[..., object],
-        guide: Callable[..., object],
+        live: checkpoint.Live,
         batch: tuple[Tensor, Tensor],
         num_data: int,
-        optim: pyro.optim.PyroOptim,
-        modules: nn.Module | None,
-        device: torch.device,
         *,
         anywhere: Callable[[bool], bool] | None = None,
     ) -> tuple[History, list[str]]:
         """Loads the saved run into the live objects (see
-        :func:`~pyro_vae.checkpoint.resume_run`); returns its history and parameter names.
+        :func:`~pyro_vae.train.checkpoint.resume_run`); returns its history and parameter names.
         With ``anywhere``, every rank raises when any rank cannot resume."""
         error = None
         try:
             saved, names = checkpoint.resume_run(
-                self.checkpoint,
-                model,
-                guide,
-                batch,
-                num_data,
-                optim,
-                modules,
-                device,
-                world_size=self.world_size,
+                self.checkpoint, live, batch, num_data, world_size=self.world_size
             )
         except CheckpointError as e:
             error = e

@@ -5,9 +5,9 @@
 networks they find themselves. :func:`prepare` does that once: it turns the data into a
 source of ``(x, idx)`` minibatches (:func:`as_source`), finds the ``nn.Module`` behind the
 pair, puts the data and the networks on one device, and runs the checks that read values
-once per data set (:func:`~pyro_vae.checks.check_data`) and the device and dtype check of
+once per data set (``check_data``) and the device and dtype check of
 every parameter and buffer. What is checked per parameter *site* happens in the first step
-(:class:`~pyro_vae.devices.DeviceCheck`).
+(:class:`~pyro_vae.devices._placement.DeviceCheck`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .checks import check_data
-from .data import Batches, DataSource
-from .devices import check_module, owner_modules
+from .._checks import check_data
+from ..devices._placement import check_module, owner_modules
+from .batches import Batches, DataSource
 from .loaders import Indexed, Loader
 
 __all__ = ["Prepared", "as_source", "find_modules", "prepare"]

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
-from .data import Binarize
+from .batches import Binarize
 
 __all__ = ["Indexed", "Loader"]
 

@@ -16,7 +16,7 @@ a :class:`torch.utils._python_dispatch.TorchDispatchMode`:
 
 :class:`DispatchWatch` records (or refuses) each of these with the op, the line of code and
 the ``nn.Module`` that dispatched it, and counts every op and the ops that would launch a
-kernel. :func:`~pyro_vae.devices.fake_cuda` runs code on *fake* CUDA tensors
+kernel. :func:`~pyro_vae.devices._placement.fake_cuda` runs code on *fake* CUDA tensors
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`): tensors that say ``device="cuda"``,
 carry shapes but no data, and go through PyTorch's own device checks with no GPU. The
 autograd engine needs a real CUDA context, so backward passes are checked on the ``meta``
@@ -38,10 +38,10 @@ Example:
 from __future__ import annotations
 
 import os
-import traceback
+import sys
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -98,7 +98,8 @@ class Event:
     """One host read, transfer or device mix: the aten op, the call site (``dir/file.py:line
     in function``, the innermost frame outside torch, Pyro, zuko and this module), the
     innermost ``nn.Module`` running (its class, and its name under ``root`` when known), a
-    detail, and ``key`` (``file.py:function``, what ``allow`` matches)."""
+    detail, and ``key`` (the function's qualified name, e.g. ``Batches.to``: what ``allow``
+    matches)."""
 
     op: str
     site: str
@@ -121,16 +122,27 @@ class DeviceMixError(RuntimeError):
 
 
 def _call_site() -> tuple[str, str]:
-    """``(file:line in function, function key)`` of the innermost frame of user code."""
-    for frame in reversed(traceback.extract_stack()):
-        path = os.path.abspath(frame.filename)
-        if path == _HERE or any(lib in path for lib in _LIBRARIES):
-            continue
-        if os.sep + "site-packages" + os.sep in path or path.startswith("<"):
-            continue
-        short = os.path.join(*path.split(os.sep)[-2:])
-        return f"{short}:{frame.lineno} in {frame.name}", f"{os.path.basename(path)}:{frame.name}"
+    """``(dir/file.py:line in function, the function's qualified name)`` of the innermost
+    frame of user code."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        skip = path == _HERE or any(lib in path for lib in _LIBRARIES)
+        if not skip and os.sep + "site-packages" + os.sep not in path and not path.startswith("<"):
+            code = frame.f_code
+            short = os.path.join(*path.split(os.sep)[-2:])
+            name = getattr(code, "co_qualname", code.co_name)  # Python 3.10: the plain name
+            return f"{short}:{frame.f_lineno} in {code.co_name}", name
+        frame = frame.f_back
     return "(unknown)", ""
+
+
+def _key(site: str | Callable[..., object]) -> str:
+    """What ``allow`` matches: a qualified name, or a function's."""
+    if callable(site):
+        site = getattr(site, "__func__", site)
+        return getattr(site, "__qualname__", getattr(site, "__name__", str(site)))
+    return site
 
 
 def _tensors(args: object, kwargs: dict) -> list[Tensor]:
@@ -176,8 +188,9 @@ class DispatchWatch(TorchDispatchMode):
     device mixes, each as an :class:`Event`.
 
     Args:
-        allow: Call sites whose host reads (and transfers) are expected, as
-            ``"file.py:function"`` (e.g. ``"train.py:fit"``): recorded in ``allowed``, not
+        allow: The functions whose host reads (and transfers) are expected, as functions or
+            their qualified names (``__qualname__``: ``"mean_loss"``, ``"Batches.to"``; the
+            same after a function moves to another module): recorded in ``allowed``, not
             refused.
         strict: Raise :class:`HostReadError` / :class:`DeviceMixError` at the first read or
             mix that is not allowed (else only record them).
@@ -200,10 +213,14 @@ class DispatchWatch(TorchDispatchMode):
     """
 
     def __init__(
-        self, *, allow: Iterable[str] = (), strict: bool = False, root: nn.Module | None = None
+        self,
+        *,
+        allow: Iterable[str | Callable[..., object]] = (),
+        strict: bool = False,
+        root: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.allow = set(allow)
+        self.allow = {_key(site) for site in allow}
         self.strict = strict
         self.names = {id(m): n or "root" for n, m in root.named_modules()} if root else {}
         self.ops: Counter[str] = Counter()

@@ -12,15 +12,16 @@ for :math:`n` in the minibatch, under ``pyro.plate("data", N, subsample=idx)`` s
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from .checks import LocalParameters, check_floating
+from .._checks import LocalParameters, check_floating
 from .guides import Guide
 from .likelihoods import Likelihood
 from .nets import modes
@@ -324,10 +325,10 @@ class VAE(nn.Module):
             return self.likelihood(z).mean
 
 
-_ROLES = {
-    "prior": (Prior, "latent_dim and forward() -> p(z)"),
-    "likelihood": (Likelihood, "event_shape and forward(z) -> p(x|z)"),
-    "guide": (Guide, "latent_dim and forward(x, idx) -> q(z|x)"),
+_ROLES = {  # the protocol, what it needs, and how many arguments forward takes
+    "prior": (Prior, "latent_dim and forward() -> p(z)", 0),
+    "likelihood": (Likelihood, "event_shape and forward(z) -> p(x|z)", 1),
+    "guide": (Guide, "latent_dim and forward(x, idx) -> q(z|x)", 2),
 }
 
 
@@ -371,10 +372,26 @@ def log_density(prior: Prior, z: Tensor) -> Tensor:
 
 def check_role(role: str, piece: object) -> None:
     """Raises ``TypeError`` unless ``piece`` is an ``nn.Module`` that satisfies the protocol of
-    its ``role`` (``"prior"``, ``"likelihood"`` or ``"guide"``)."""
-    protocol, needs = _ROLES[role]
-    if not isinstance(piece, nn.Module) or not isinstance(piece, protocol):
+    its ``role`` (``"prior"``, ``"likelihood"`` or ``"guide"``) and whose ``forward`` takes
+    that role's arguments: none for a prior, ``z`` for a likelihood, ``x`` and ``idx`` for a
+    guide (which cannot be called without them). The protocols of priors and guides name the
+    same attributes, so the arguments are what tell a guide given as a prior apart."""
+    protocol, needs, count = _ROLES[role]
+    ok = isinstance(piece, nn.Module) and isinstance(piece, protocol)
+    if ok:
+        forward = piece.forward
+        ok = _takes(forward, count) and not (role == "guide" and _takes(forward, 0))
+    if not ok:
         raise TypeError(
             f"the {role} must be an nn.Module with {needs} (see pyro_vae."
             f"{protocol.__name__}); got {type(piece).__name__}"
         )
+
+
+def _takes(fn: Callable[..., object], count: int) -> bool:
+    """Whether ``fn`` can be called with ``count`` positional arguments."""
+    try:
+        inspect.signature(fn).bind(*[None] * count)
+    except (TypeError, ValueError):
+        return False
+    return True

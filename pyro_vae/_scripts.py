@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pyro
 import torch
+from torch import Tensor
 
-from . import data as _data
-from .checkpoint import History
-from .devices import default_device, device_name
-from .evaluate import Evaluation, evaluate
+from .data import batches as _batches
+from .data import datasets as _datasets
+from .devices._placement import default_device, device_name
+from .infer.scoring import Evaluation, evaluate
+from .train.checkpoint import History
 
 __all__ = [
     "ACTIVATIONS",
@@ -43,18 +45,38 @@ ACTIVATIONS = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}
 
 
 def parser(
-    doc: str, *, epochs: int, batch_size: int, out: str, full: str
+    doc: str,
+    *,
+    epochs: int,
+    batch_size: int,
+    out: str,
+    full: str,
+    lr: float,
+    particles: int | str,
+    mnist: bool = True,
 ) -> argparse.ArgumentParser:
-    """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed
-    --no-progress --resume --overwrite --log-dir``; ``full`` says how many epochs the full run
-    takes."""
+    """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed --lr
+    --num-particles --no-progress --resume --overwrite --log-dir`` (and ``--download --limit``
+    for an MNIST example); ``full`` says how many epochs the full run takes, ``particles`` the
+    default K of the test log-likelihood (a number, or a text such as ``"5000 on cuda, 100 on
+    cpu"`` for a default the example picks by device)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=_data.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--data-dir", default=_datasets.default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--out", default=out)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=lr, help="Adam step size")
+    k = "K for the test log-likelihood"
+    if isinstance(particles, str):
+        k = f"{k} (default: {particles})"
+        p.add_argument("--num-particles", type=int, default=None, help=k)
+    else:
+        p.add_argument("--num-particles", type=int, default=particles, help=k)
+    if mnist:
+        p.add_argument("--download", action="store_true", help="let torchvision download MNIST")
+        p.add_argument("--limit", type=int, default=None, help="use only this many images")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
         "--log-dir", default=None, help="write TensorBoard events there (pyro_vae[tensorboard])"
@@ -81,7 +103,7 @@ def run_options(args: argparse.Namespace, out: Path) -> dict:
 
 def mnist_from_args(
     args: argparse.Namespace, device: torch.device, *, test_points: int | None
-) -> tuple[_data.Batches, _data.Batches]:
+) -> tuple[_batches.Batches, _batches.Batches]:
     """:func:`binarized_mnist` with an example's flags (``--data-dir``, ``--batch-size``,
     ``--limit``, ``--download``)."""
     return binarized_mnist(
@@ -92,6 +114,18 @@ def mnist_from_args(
         test_points=test_points,
         download=args.download,
     )
+
+
+def mnist_tensors(
+    args: argparse.Namespace, device: torch.device, *, flatten: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MNIST's training images, test images and test labels on ``device``, with an example's
+    flags (``--data-dir``, ``--download``, ``--limit``: the first images of each)."""
+    kw = {"device": device, "download": args.download, "flatten": flatten}
+    x_train, _ = _datasets.load_mnist(args.data_dir, train=True, **kw)
+    x_test, y_test = _datasets.load_mnist(args.data_dir, train=False, **kw)
+    n = args.limit
+    return x_train[:n], x_test[:n], y_test[:n]
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:
@@ -112,21 +146,21 @@ def binarized_mnist(
     limit: int | None = None,
     test_points: int | None = None,
     download: bool = False,
-) -> tuple[_data.Batches, _data.Batches]:
+) -> tuple[_batches.Batches, _batches.Batches]:
     """Dynamically binarized training batches (the first ``limit`` images, ``batch_size``) and
     the test set binarized once with a fixed seed (its first ``test_points`` images)."""
-    x_train, _ = _data.load_mnist(data_dir, train=True, device=device, download=download)
-    x_test, _ = _data.load_mnist(data_dir, train=False, device=device, download=download)
+    x_train, _ = _datasets.load_mnist(data_dir, train=True, device=device, download=download)
+    x_test, _ = _datasets.load_mnist(data_dir, train=False, device=device, download=download)
     g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
     x_test = torch.bernoulli(x_test, generator=g)
-    train = _data.Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
-    return train, _data.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
+    train = _batches.Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
+    return train, _batches.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
 
 
 def score_test_set(
     model: Callable[..., object],
     guide: Callable[..., object],
-    test: _data.Batches,
+    test: _batches.Batches,
     device: torch.device,
     num_particles: int | None,
     *,

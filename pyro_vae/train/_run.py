@@ -1,4 +1,5 @@
-"""What :func:`~pyro_vae.fit` does before its first epoch: the options checked, the data and
+"""A training run: :class:`Run`, what the steps, epochs, checkpoints and validation of one
+:func:`~pyro_vae.fit` call share, and how a run is set up: the options checked, the data and
 networks placed on the training device (this process's part under data-parallel training),
 the run folder and TensorBoard opened, and a saved run resumed.
 """
@@ -10,6 +11,7 @@ import numbers
 import os
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from functools import partial
 
 import pyro
@@ -17,36 +19,28 @@ import pyro.optim
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .board import Board
-from .checkpoint import CheckpointError, History
-from .checks import check_int
-from .data import Batches
-from .devices import default_device, move_param_store
-from .distributed import (
-    ShardedBatches,
-    World,
-    agree,
-    check_same_data,
-    combine_gradients,
-    min_max,
-    shard_local_guides,
-    start_ranks,
-)
-from .loaders import Loader
-from .optim import LazyAdam
-from .prepare import prepare
-from .runs import RunFolder
-from .steps import Step
+from .._checks import check_int
+from ..data._source import prepare
+from ..data.batches import Batches
+from ..data.loaders import Loader
+from ..devices._placement import default_device, move_param_store
+from ..devices._world import World, agree, check_same_data, min_max
+from ..infer.optim import LazyAdam
+from ._board import Board
+from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
+from ._folder import RunFolder
+from ._step import Step
+from .checkpoint import CheckpointError, History, Live
 
 __all__ = [
-    "begin",
+    "Run",
     "beta_at",
     "check_options",
     "check_sparse",
     "combine_for",
     "held_out",
-    "open_run",
     "place",
     "run_folder",
 ]
@@ -100,7 +94,7 @@ def place(
     world: World | None,
 ) -> tuple[Batches | Loader | ShardedBatches, torch.device, nn.Module | None]:
     """The training data and networks on the training device, checked (see
-    :func:`~pyro_vae.prepare.prepare`), Pyro's parameters moved there too; under
+    ``prepare``), Pyro's parameters moved there too; under
     data-parallel training, this rank's part of the data."""
     if not isinstance(data, (Batches, Loader, DataLoader)):
         raise TypeError(
@@ -172,49 +166,88 @@ def run_folder(save_dir: str | os.PathLike | None, world: World | None) -> RunFo
     return RunFolder(save_dir, rank=rank, world_size=size)
 
 
-def open_run(stack: ExitStack, board: Board | None, folder: RunFolder | None) -> Board | None:
-    """The TensorBoard writer and the run folder (held: one run at a time, writable), closed
-    with ``stack``; both are checked before a saved run is touched."""
-    if board is not None:
-        stack.callback(board.close)
-    if folder is not None:
-        folder.hold()
-        stack.callback(folder.release)
-    return board
+@dataclass(eq=False)
+class Run:
+    """What one training run shares: the model/guide pair, this process's data, the step (the
+    loss and the optimizer), the networks, the device, the data-parallel world, the run folder,
+    the history, the TensorBoard writer and the progress bar.
 
+    :func:`~pyro_vae.fit` builds one; the epoch's pass, its checks and records, validation and
+    the checkpoints read it.
+    """
 
-def begin(
-    folder: RunFolder | None,
-    step: Step,
-    data: Batches | Loader | ShardedBatches,
-    optim: pyro.optim.PyroOptim,
-    modules: nn.Module | None,
-    device: torch.device,
-    world: World | None,
-    resume: bool,
-    overwrite: bool,
-) -> tuple[History, int]:
-    """The run's history so far and its last epoch: a saved run resumed (its parameters,
-    optimizer and RNG states loaded), or a new one (data-parallel: the same start on every
-    rank)."""
-    history, start = History(), 0
-    anywhere = partial(agree, device=device) if world is not None else None
-    if folder is not None and folder.start(resume=resume, overwrite=overwrite, anywhere=anywhere):
-        batch = next(iter(data))
-        history, names = folder.resume(
-            *step.checked, batch, data.num_data, optim, modules, device, anywhere=anywhere
-        )
-        step.names.update(dict.fromkeys(names))
-        start = history.epoch[-1] if history.epoch else 0
-    if world is not None and resume:  # all processes continue from the same epoch
-        low, high = min_max(start, device)
-        if low != high:
-            raise CheckpointError(
-                f"the processes' checkpoints in {folder.path} end at different epochs (from "
-                f"{low} to {high}; a process was stopped between two saves): put back the "
-                ".prev.pt checkpoints of the processes that are ahead, or start over with "
-                "overwrite=True"
+    model: Callable[..., object]
+    guide: Callable[..., object]
+    data: Batches | Loader | ShardedBatches
+    step: Step
+    optim: pyro.optim.PyroOptim
+    modules: nn.Module | None
+    device: torch.device
+    world: World | None = None
+    folder: RunFolder | None = None
+    history: History = field(default_factory=History)
+    board: Board | None = None
+    bar: tqdm | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process shows the bar and writes ``history.json`` and TensorBoard."""
+        return self.world is None or self.world.rank == 0
+
+    def hint(self) -> str:
+        """What to do after a failed epoch: continue from the checkpoint when there is one."""
+        if self.folder is not None:
+            return self.folder.hint(RETRY)
+        return f"train again with {RETRY}"
+
+    def live(self) -> Live:
+        """The objects a checkpoint is loaded into (the pair under the step's device check)."""
+        return Live(*self.step.checked, self.optim, self.modules, self.device)
+
+    def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
+        """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run
+        folder (one run at a time, writable), both closed with ``stack``; both are checked
+        before a saved run is touched."""
+        if log_dir and self.writes:
+            self.board = Board(log_dir)
+            stack.callback(self.board.close)
+        if self.folder is not None:
+            self.folder.hold()
+            stack.callback(self.folder.release)
+
+    def begin(self, *, resume: bool, overwrite: bool) -> int:
+        """Resumes a saved run (its parameters, optimizer and RNG states loaded, its history
+        in :attr:`history`) or starts a new one (data-parallel: the same start on every
+        rank); returns the last epoch done."""
+        start, world, folder = 0, self.world, self.folder
+        anywhere = partial(agree, device=self.device) if world is not None else None
+        if folder is not None and folder.start(
+            resume=resume, overwrite=overwrite, anywhere=anywhere
+        ):
+            batch = next(iter(self.data))
+            self.history, names = folder.resume(
+                self.live(), batch, self.data.num_data, anywhere=anywhere
             )
-    if world is not None and start == 0:  # a new run: the same initial values everywhere
-        start_ranks(*step.checked, data, world)
-    return history, start
+            self.step.names.update(dict.fromkeys(names))
+            start = self.history.epoch[-1] if self.history.epoch else 0
+        if world is not None and resume:  # all processes continue from the same epoch
+            low, high = min_max(start, self.device)
+            if low != high:
+                raise CheckpointError(
+                    f"the processes' checkpoints in {folder.path} end at different epochs (from "
+                    f"{low} to {high}; a process was stopped between two saves): put back the "
+                    ".prev.pt checkpoints of the processes that are ahead, or start over with "
+                    "overwrite=True"
+                )
+        if world is not None and start == 0:  # a new run: the same initial values everywhere
+            start_ranks(*self.step.checked, self.data, world)
+        self.history.svi_step = not self.step.sync_free  # which step this run takes
+        return start
+
+    def save(self) -> None:
+        """Writes the checkpoint, then the history (nothing without a run folder)."""
+        if self.folder is not None:
+            self.folder.save(self.history, self.optim, self.modules, list(self.step.names))
+
+
+RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.distributions.utils import _sum_rightmost
 from torch.nn.functional import hardtanh
 
-from .checks import LocalParameters
+from .._checks import LocalParameters
 
 __all__ = [
     "DiagonalNormalMixture",
@@ -182,7 +182,7 @@ class VampPrior(nn.Module):
     Note:
         The prior follows the encoder, so the encoder can make every posterior equal to the
         prior at no KL cost: a data-independent solution. With the tanh networks of
-        :func:`pyro_vae.zoo.iwae_vae` MNIST training stayed there for ten epochs (with or
+        :func:`pyro_vae.models.zoo.iwae_vae` MNIST training stayed there for ten epochs (with or
         without KL warm-up); with ReLU networks it trained (README, Results).
 
     References:

@@ -27,13 +27,13 @@ from pyro import poutine
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .checks import check_int, check_pair
-from .data import Batches
-from .devices import DeviceCheck
-from .distributed import all_sum, get_world
-from .loaders import Loader
-from .nets import modes
-from .prepare import prepare
+from .._checks import check_int, check_pair
+from ..data._source import prepare
+from ..data.batches import Batches
+from ..data.loaders import Loader
+from ..devices._placement import DeviceCheck
+from ..devices._world import all_sum, get_world
+from ..models.nets import modes
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 

@@ -24,27 +24,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .board import Board
-from .checkpoint import History
-from .data import Batches
-from .distributed import get_world, timed_out
-from .elbo import LatentScale, TensorTrace_ELBO
-from .epoch import close_epoch, record_validation, train_epoch, validate
-from .loaders import Loader
-from .nets import modes
-from .optim import LazyAdam
-from .start import (
-    begin,
+from ..data.batches import Batches
+from ..data.loaders import Loader
+from ..devices._world import get_world, timed_out
+from ..infer.elbo import LatentScale, TensorTrace_ELBO
+from ..infer.optim import LazyAdam
+from ..models.nets import modes
+from ._epoch import close_epoch, train_epoch, validate
+from ._run import (
+    Run,
     beta_at,
     check_options,
     check_sparse,
     combine_for,
     held_out,
-    open_run,
     place,
     run_folder,
 )
-from .steps import Step
+from ._step import Step
+from .checkpoint import History
 
 __all__ = ["fit"]
 
@@ -112,7 +110,7 @@ def fit(
             state, module state, epoch, RNG states) are written there after every epoch.
         resume: Continue from ``save_dir/checkpoint.pt`` when it exists. The checkpoint must
             come from the same model, guide and optimizer type (else a
-            :class:`~pyro_vae.checkpoint.CheckpointError` names the first difference); new
+            :class:`~pyro_vae.train.checkpoint.CheckpointError` names the first difference); new
             optimizer settings (e.g. another ``lr``) replace the saved ones, with a warning.
         overwrite: Start over in a ``save_dir`` that holds a run (its checkpoints are deleted).
             Without it (and without ``resume``) an existing checkpoint is never overwritten:
@@ -139,8 +137,8 @@ def fit(
         distributed: Data-parallel training under ``torchrun`` (default ``None``: when a
             process group is initialized or ``WORLD_SIZE > 1``; ``False``: one process).
             ``data.batch_size`` is then the global batch; each rank trains on its part and
-            the gradients are combined into the single-process gradient (see
-            :mod:`pyro_vae.distributed`); a per-datapoint guide is partitioned by rank. The
+            the gradients are combined into the single-process gradient (rank r's with
+            weight b_r / b); a per-datapoint guide is partitioned by rank. The
             history's loss is global; rank 0 shows the bar and writes ``history.json``; each
             rank writes its own checkpoint (``checkpoint.pt`` on rank 0,
             ``checkpoint.rank<r>.pt`` on the others) and resumes from it, with the same number
@@ -148,14 +146,14 @@ def fit(
         log_dir: If given, TensorBoard event files are written there (rank 0 only; needs
             ``pip install 'pyro_vae[tensorboard]'``): ``train/loss_running`` at every loss
             read (global step), and per epoch ``train/loss``, ``train/beta`` and
-            ``validation/elbo`` (see :class:`~pyro_vae.board.Board`).
+            ``validation/elbo``.
         log_images_every: Epochs between image grids in ``log_dir`` (``0``: never): 16
             samples and reconstructions of the first 8 training points, for a
             :class:`~pyro_vae.VAE` of images (``event_shape`` 784 or ``(C, H, W)``); drawn
             with their own random numbers (the training run is unchanged).
         compile: Run the steps as compiled graphs (``torch.compile`` of the
             VAE's derived estimator :meth:`~pyro_vae.VAE.elbo_loss`, one graph forward and
-            one backward; see :mod:`pyro_vae.compiled`): for a :class:`~pyro_vae.VAE`'s pair
+            one backward): for a :class:`~pyro_vae.VAE`'s pair
             with ``TensorTrace_ELBO``/``Trace_ELBO`` (one particle), checked once against the
             loss on the first batch. Otherwise the run stays eager, with one warning that
             says why. Compiling takes tens of seconds (cached by inductor across runs). A
@@ -186,47 +184,36 @@ def fit(
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
                 scale=kl_scale if beta != 1.0 else None, compile=compile,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
-    writes = world is None or world.rank == 0  # the bar, history.json and TensorBoard
-    folder = run_folder(save_dir, world)
-
-    def hint() -> str:
-        return folder.hint(_RETRY) if folder is not None else f"train again with {_RETRY}"
-
+    run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world))
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))
-            board = open_run(stack, Board(log_dir) if log_dir and writes else None, folder)
-            history, start = begin(
-                folder, step, data, optim, modules, device, world, resume, overwrite
+            run.open(stack, log_dir)
+            start = run.begin(resume=resume, overwrite=overwrite)
+            total, quiet = (epochs - start) * len(data), not (progress and run.writes)
+            run.bar = stack.enter_context(
+                tqdm(total=total, disable=quiet, desc="train", unit="step")
             )
-            history.svi_step = not step.sync_free  # which step this run takes
-            total, quiet = (epochs - start) * len(data), not (progress and writes)
-            bar = stack.enter_context(tqdm(total=total, disable=quiet, desc="train", unit="step"))
-            elapsed = history.seconds[-1] if history.seconds else 0.0
+            elapsed = run.history.seconds[-1] if run.history.seconds else 0.0
             for epoch in range(start + 1, epochs + 1):
                 kl_scale.beta = beta_at(beta, epoch)
                 t0 = time.perf_counter()
-                epoch_loss = train_epoch(step, data, epoch, log_every, bar, board, world, hint)
+                epoch_loss = train_epoch(run, epoch, log_every)
                 elapsed += time.perf_counter() - t0
-                close_epoch(history, epoch, epoch_loss, elapsed, step, modules, world, hint)
+                close_epoch(run, epoch, epoch_loss, elapsed)
                 val_elbo = None
                 if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                    val_elbo = validate(model, guide, validation, validation_particles, world)
-                    record_validation(history, epoch, val_elbo, hint)
-                bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
-                if board is not None:
-                    board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
+                    val_elbo = validate(run, epoch, validation, validation_particles)
+                run.bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
+                if run.board is not None:
+                    run.board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
                     if log_images_every and epoch % log_images_every == 0:
-                        board.images(epoch, modules, data.points)
+                        run.board.images(epoch, modules, data.points)
                 if callback is not None:  # before saving: a schedule it sets is checkpointed
-                    callback(epoch, history)
-                if folder is not None:  # the checkpoint first: history.json never ahead of it
-                    folder.save(history, optim, modules, list(step.names))
+                    callback(epoch, run.history)
+                run.save()  # the checkpoint first: history.json never ahead of it
     except RuntimeError as e:  # a data-parallel process that did not answer: say so
         if world is not None and timed_out(e) is not None:
             raise timed_out(e) from e
         raise
-    return history
-
-
-_RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+    return run.history

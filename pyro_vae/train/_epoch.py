@@ -6,45 +6,27 @@ records after the pass, and validation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from functools import partial
 
 import torch
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
-from .board import Board
-from .checkpoint import History
-from .checks import BatchChecked, check_finite_params
-from .data import Batches
-from .distributed import ShardedBatches, World, agree, average_buffers, global_mean
-from .evaluate import evaluate
-from .loaders import Loader
-from .steps import Step
+from .._checks import BatchChecked, check_finite_params
+from ..data.batches import Batches
+from ..data.loaders import Loader
+from ..devices._world import World, agree, global_mean
+from ..infer.scoring import evaluate
+from ._distributed import average_buffers
+from ._run import Run
 
-__all__ = [
-    "close_epoch",
-    "mean_loss",
-    "read_running",
-    "record_validation",
-    "train_epoch",
-    "validate",
-]
+__all__ = ["close_epoch", "mean_loss", "read_running", "train_epoch", "validate"]
 
 
-def train_epoch(
-    step: Step,
-    data: Batches | Loader | ShardedBatches,
-    epoch: int,
-    log_every: int,
-    bar: tqdm,
-    board: Board | None,
-    world: World | None,
-    hint: Callable[[], str],
-) -> float:
-    """One pass over ``data``; returns the epoch's mean loss per point. The loss stays on the
-    device: it is read every ``log_every`` steps (the progress bar, TensorBoard, the check
+def train_epoch(run: Run, epoch: int, log_every: int) -> float:
+    """One pass over the run's data; returns the epoch's mean loss per point. The loss stays on
+    the device: it is read every ``log_every`` steps (the progress bar, TensorBoard, the check
     that it is finite) and at the end."""
+    step, data, world = run.step, run.data, run.world
     total, count = 0.0, 0
     checked, since = isinstance(data, Loader) and isinstance(step.modules, BatchChecked), 0
     bad: Tensor | None = None  # any batch since the last read not finite or not in the support
@@ -66,12 +48,12 @@ def train_epoch(
             bad, since = None, i + 1
             if not math.isfinite(running):
                 raise FloatingPointError(
-                    f"the loss became {running} in epoch {epoch} by step {i + 1}; {hint()}"
+                    f"the loss became {running} in epoch {epoch} by step {i + 1}; {run.hint()}"
                 )
-            bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
-            if board is not None:
-                board.running((epoch - 1) * len(data) + i, running)
-        bar.update()
+            run.bar.set_postfix(epoch=epoch, loss=f"{running:.2f}")
+            if run.board is not None:
+                run.board.running((epoch - 1) * len(data) + i, running)
+        run.bar.update()
     return mean_loss(total, count, world, step.check.device)
 
 
@@ -98,53 +80,40 @@ def mean_loss(
     return global_mean(total, count, world, device) if world else float(total) / count
 
 
-def close_epoch(
-    history: History,
-    epoch: int,
-    loss: float,
-    elapsed: float,
-    step: Step,
-    modules: nn.Module | None,
-    world: World | None,
-    hint: Callable[[], str],
-) -> None:
+def close_epoch(run: Run, epoch: int, loss: float, elapsed: float) -> None:
     """After an epoch's steps: its loss and every parameter must be finite (one host read, on
     every rank alike), the ranks' buffers agree (BatchNorm statistics), and the history
     records the epoch."""
     if not math.isfinite(loss):
-        raise FloatingPointError(f"the loss became {loss} in epoch {epoch}; {hint()}")
+        raise FloatingPointError(f"the loss became {loss} in epoch {epoch}; {run.hint()}")
     anywhere = None
-    if world is not None:
-        if modules is not None and modules.training:
-            average_buffers(modules)  # one model (BatchNorm statistics) on every rank
-        anywhere = partial(agree, device=step.check.device)
-    check_finite_params(step.names, epoch, hint(), anywhere=anywhere)  # one sync
-    history.epoch.append(epoch)
-    history.loss.append(loss)
-    history.seconds.append(elapsed)
+    if run.world is not None:
+        if run.modules is not None and run.modules.training:
+            average_buffers(run.modules)  # one model (BatchNorm statistics) on every rank
+        anywhere = partial(agree, device=run.step.check.device)
+    check_finite_params(run.step.names, epoch, run.hint(), anywhere=anywhere)  # one sync
+    run.history.epoch.append(epoch)
+    run.history.loss.append(loss)
+    run.history.seconds.append(elapsed)
 
 
-def record_validation(history: History, epoch: int, val_elbo: float, hint: Callable) -> None:
-    """The validation ELBO in the history, checked finite."""
-    if not math.isfinite(val_elbo):
-        raise FloatingPointError(
-            f"the validation ELBO became {val_elbo} after epoch {epoch}; {hint()}"
-        )
-    history.val_epoch.append(epoch)
-    history.val_elbo.append(val_elbo)
-
-
-def validate(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    validation: Batches | Loader,
-    particles: int,
-    world: World | None,
-) -> float:
-    """The validation ELBO (``evaluate`` puts the networks in eval mode) with its own random
-    draws (validating, or not, never changes the training run's RNG stream)."""
+def validate(run: Run, epoch: int, validation: Batches | Loader, particles: int) -> float:
+    """The validation ELBO (``evaluate`` puts the networks in eval mode), drawn with its own
+    random numbers (validating, or not, never changes the training run's RNG stream) and
+    recorded in the history, checked finite."""
     device = validation.device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return evaluate(
-            model, guide, validation, num_particles=particles, distributed=world is not None
+        val_elbo = evaluate(
+            run.model,
+            run.guide,
+            validation,
+            num_particles=particles,
+            distributed=run.world is not None,
         ).elbo
+    if not math.isfinite(val_elbo):
+        raise FloatingPointError(
+            f"the validation ELBO became {val_elbo} after epoch {epoch}; {run.hint()}"
+        )
+    run.history.val_epoch.append(epoch)
+    run.history.val_elbo.append(val_elbo)
+    return val_elbo

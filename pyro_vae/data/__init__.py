@@ -1,0 +1,21 @@
+"""Data for training and scoring: data sets as tensors (:func:`load_mnist`,
+:func:`make_circle`), shuffled minibatches with their indices on the training device
+(:class:`Batches`), and streamed batches from a ``DataLoader`` (:class:`Indexed`,
+:class:`Loader`).
+
+Modules: ``datasets``, ``batches`` and ``loaders``.
+"""
+
+from .batches import Batches, DataSource
+from .datasets import default_data_dir, load_mnist, make_circle
+from .loaders import Indexed, Loader
+
+__all__ = [
+    "Batches",
+    "DataSource",
+    "Indexed",
+    "Loader",
+    "default_data_dir",
+    "load_mnist",
+    "make_circle",
+]

@@ -1,0 +1,51 @@
+"""The model pieces: networks, the three distribution-returning roles (priors
+:math:`p(z)`, likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`),
+flow guides, and their composition into a Pyro model and guide.
+
+Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``guides``,
+``flows`` (flow posteriors), ``vae`` (:class:`VAE`), ``hierarchical`` (two or more stochastic
+layers) and :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
+"""
+
+from . import zoo
+from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
+from .guides import (
+    GaussianEncoder,
+    Guide,
+    PerDatapointGaussian,
+    SemiAmortizedGaussian,
+    diagonal_normal,
+)
+from .hierarchical import GuideChain, HierarchicalVAE
+from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
+from .nets import MLP, ConvDecoder, ConvEncoder
+from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior, VampPrior
+from .vae import VAE
+
+__all__ = [
+    "MLP",
+    "VAE",
+    "BernoulliLikelihood",
+    "ConvDecoder",
+    "ConvEncoder",
+    "FlowPrior",
+    "GaussianEncoder",
+    "GaussianLikelihood",
+    "Guide",
+    "GuideChain",
+    "HierarchicalVAE",
+    "IAFEncoder",
+    "Likelihood",
+    "MAFPrior",
+    "PerDatapointGaussian",
+    "PlanarEncoder",
+    "Prior",
+    "SemiAmortizedGaussian",
+    "StandardNormalPrior",
+    "TransformedGaussianEncoder",
+    "UnitIntervalBernoulli",
+    "VampPrior",
+    "ZukoFlowEncoder",
+    "diagonal_normal",
+    "zoo",
+]

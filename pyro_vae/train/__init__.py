@@ -1,0 +1,22 @@
+"""Training: :func:`fit` (SVI over minibatches, with history, checkpoints, resume, validation,
+TensorBoard and data-parallel processes), the saved run (:class:`History`,
+:func:`load_checkpoint`), and the inference that trains local parameters under a trained
+model (:func:`infer_local`, :func:`amortization_gap`).
+
+Modules: ``loop`` (:func:`fit`), ``checkpoint`` (what a run saves and how it is read back) and
+``local`` (E-steps on new data, the amortization gap).
+"""
+
+from .checkpoint import CheckpointError, History, load_checkpoint
+from .local import AmortizationGap, amortization_gap, infer_local
+from .loop import fit
+
+__all__ = [
+    "AmortizationGap",
+    "CheckpointError",
+    "History",
+    "amortization_gap",
+    "fit",
+    "infer_local",
+    "load_checkpoint",
+]
