@@ -1,4 +1,5 @@
-"""``fit(compile=True)`` on every ``pyro_vae.models.zoo`` model: compiled or not, and the same losses.
+"""``fit(compile=True)`` on every ``pyro_vae.models.zoo`` model: compiled or not, and the
+same losses.
 
 For each model (default widths, N = 32 random points, batches of 11, so the last batch is
 smaller) the script trains 2 epochs eagerly and 2 with ``compile=True`` from the same seed,
@@ -25,8 +26,8 @@ import torch._dynamo
 import torch._inductor.config
 
 import pyro_vae as pv
-from pyro_vae.models import zoo
 from pyro_vae._scripts import write_results
+from pyro_vae.models import zoo
 
 N, BATCH = 32, 11
 

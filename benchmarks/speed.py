@@ -41,8 +41,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae.models import zoo
 from pyro_vae._scripts import write_results
+from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
 
 

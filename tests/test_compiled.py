@@ -19,8 +19,8 @@ from test_contract import COMBINATIONS, N, build
 from test_fake_cuda import ZOO
 
 import pyro_vae as pv
-from pyro_vae.models import zoo
 from pyro_vae.infer._compiled import compile_mode
+from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
 
 B = 8

@@ -458,7 +458,9 @@ def run_optimizer(optims, steps: int) -> list[dict]:
     snapshots, optim = [], None
     for step in range(steps):
         optim = optims.get(step, optim)
-        pv.infer.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        pv.infer.optim.gradient_step(
+            lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim
+        )
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     return snapshots
 
@@ -488,7 +490,9 @@ def test_lazy_adam_and_pyro_adam_take_the_same_steps_and_hand_over_their_state(f
     for step in range(12):
         if step == 4:
             optim = handover(optim, second, args)
-        pv.infer.optim.gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
+        pv.infer.optim.gradient_step(
+            lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim
+        )
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     for ref, got in zip(reference, snapshots, strict=True):
         for name in ref:

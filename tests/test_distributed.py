@@ -22,9 +22,9 @@ from helpers import DeltaPair, circle_vae, run_ranks
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae.train.checkpoint import CheckpointError
-from pyro_vae.train._distributed import combine_gradients
 from pyro_vae.infer.optim import gradient_step
+from pyro_vae.train._distributed import combine_gradients
+from pyro_vae.train.checkpoint import CheckpointError
 
 
 def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaPair, pv.History]:

@@ -32,10 +32,10 @@ from pyro.infer.util import is_validation_enabled
 from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
 
 import pyro_vae as pv
-from pyro_vae.models import zoo
 from pyro_vae.devices._placement import fake_cuda
 from pyro_vae.devices.dispatch import DeviceMixError, DispatchWatch, HostReadError
 from pyro_vae.infer.optim import gradient_step
+from pyro_vae.models import zoo
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
 # guide of the contract matrix appears (each guide once, priors and likelihoods in turn, the

@@ -69,7 +69,9 @@ def test_compute_log_r_of_trace_elbo():
         - dist.Bernoulli(torch.tensor(0.6)).log_prob(z)
     )
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    assert not got.requires_grad, gone(name, "pyro_vae/infer/elbo.py", "log r is no longer detached")
+    assert not got.requires_grad, gone(
+        name, "pyro_vae/infer/elbo.py", "log r is no longer detached"
+    )
 
 
 def test_pyro_optim_state_waiting_to_be_consumed():
@@ -80,7 +82,9 @@ def test_pyro_optim_state_waiting_to_be_consumed():
     optim = pyro.optim.Adam({"lr": 0.1})
     waiting = getattr(optim, "_state_waiting_to_be_consumed", None)
     if not isinstance(waiting, dict):
-        pytest.fail(gone(name, "pyro_vae/infer/optim.py", f"it is {type(waiting).__name__}, not a dict"))
+        pytest.fail(
+            gone(name, "pyro_vae/infer/optim.py", f"it is {type(waiting).__name__}, not a dict")
+        )
     state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
     optim.set_state({"w": state})
     if optim._state_waiting_to_be_consumed.get("w") is not state:
@@ -88,8 +92,8 @@ def test_pyro_optim_state_waiting_to_be_consumed():
 
 
 def test_pyro_optim_get_optim_args():
-    """pyro_vae/infer/optim.py: ``PyroOptim._get_optim_args(param)`` returns the dict of settings, or
-    calls a callable ``optim_args`` with the parameter's normalized name."""
+    """pyro_vae/infer/optim.py: ``PyroOptim._get_optim_args(param)`` returns the dict of
+    settings, or calls a callable ``optim_args`` with the parameter's normalized name."""
     name = "PyroOptim._get_optim_args"
     if not callable(getattr(pyro.optim.PyroOptim, "_get_optim_args", None)):
         pytest.fail(gone(name, "pyro_vae/infer/optim.py", "no such method"))
@@ -103,7 +107,9 @@ def test_pyro_optim_get_optim_args():
     except Exception as e:
         pytest.fail(gone(name, "pyro_vae/infer/optim.py", f"{type(e).__name__}: {e}"))
     if got != ({"lr": 0.2}, {"lr": 0.3}) or seen != ["enc.weight"]:
-        pytest.fail(gone(name, "pyro_vae/infer/optim.py", f"it returned {got} after calling with {seen}"))
+        pytest.fail(
+            gone(name, "pyro_vae/infer/optim.py", f"it returned {got} after calling with {seen}")
+        )
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.train import checkpoint as checkpoint_module
-from pyro_vae.train.checkpoint import CheckpointError
 from pyro_vae.train._folder import RunFolder
+from pyro_vae.train.checkpoint import CheckpointError
 
 
 def circle_vae(hidden: int = 8) -> pv.VAE:
