@@ -53,7 +53,7 @@ from pyro.infer import SVI, Trace_ELBO
 import pyro_vae as pv
 from pyro_vae._scripts import write_results
 from pyro_vae.devices.dispatch import DispatchWatch, launches
-from pyro_vae.infer.optim import gradient_step
+from pyro_vae.infer._gradient import gradient_step
 from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
 

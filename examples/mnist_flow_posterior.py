@@ -31,13 +31,7 @@ from pyro_vae.models import zoo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__,
-        epochs=2,
-        batch_size=100,
-        out="runs/mnist_flow_posterior",
-        full="100+",
-        lr=1e-3,
-        particles="5000 on cuda, 100 on cpu",
+        __doc__, epochs=2, batch_size=100, out="runs/mnist_flow_posterior", full="100+"
     )
     p.add_argument("--posterior", choices=zoo.POSTERIORS, default="planar")
     p.add_argument("--flows", type=int, default=4, help="K: number of flow maps")

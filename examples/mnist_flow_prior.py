@@ -25,15 +25,7 @@ from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(
-        __doc__,
-        epochs=2,
-        batch_size=256,
-        out="runs/mnist_flow_prior",
-        full="64",
-        lr=1e-3,
-        particles="5000 on cuda, 100 on cpu",
-    )
+    p = scripts.parser(__doc__, epochs=2, batch_size=256, out="runs/mnist_flow_prior", full="64")
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--hidden", type=int, default=1024, help="width of the MLPs' hidden layers")
     return p.parse_args(argv)

@@ -36,15 +36,7 @@ from pyro_vae.models import zoo
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = scripts.parser(
-        __doc__,
-        epochs=2,
-        batch_size=100,
-        out="runs/mnist_iwae",
-        full="3280",
-        lr=1e-3,
-        particles="5000 on cuda, 100 on cpu",
-    )
+    p = scripts.parser(__doc__, epochs=2, batch_size=100, out="runs/mnist_iwae", full="3280")
     p.add_argument("--layers", type=int, choices=(1, 2), default=1)
     p.add_argument("--iw", type=int, default=1, help="K of the training bound (1: the ELBO)")
     p.add_argument("--prior", choices=zoo.IWAE_PRIORS, default="normal")

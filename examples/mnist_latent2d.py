@@ -28,13 +28,7 @@ from pyro_vae.models import zoo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__,
-        epochs=5,
-        batch_size=100,
-        out="runs/mnist_latent2d",
-        full="50",
-        lr=1e-3,
-        particles=1000,
+        __doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50", particles=1000
     )
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")

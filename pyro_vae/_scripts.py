@@ -51,8 +51,8 @@ def parser(
     batch_size: int,
     out: str,
     full: str,
-    lr: float,
-    particles: int | str,
+    lr: float = 1e-3,
+    particles: int | str = "5000 on cuda, 100 on cpu",
     mnist: bool = True,
 ) -> argparse.ArgumentParser:
     """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed --lr

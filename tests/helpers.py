@@ -1,5 +1,6 @@
-"""What several test files share: small models, the exact PPCA oracle, the 2-process harness
-and the examples' loader (see tests/README.md)."""
+"""What several test files share: small models, a hand-written Pyro pair, the pieces of the
+contract (every prior, likelihood and guide the package ships) and the zoo's models, the exact
+PPCA oracle, the 2-process harness and the examples' loader (see tests/README.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ import pyro.distributions as dist
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
+import zuko
+from pyro.distributions.transforms import ConditionalPlanar
+from pyro.nn import DenseNN
 from torch import nn
 
 import pyro_vae as pv
+from pyro_vae.models import zoo
 
 # ---- small models ----------------------------------------------------------------------------
 
@@ -156,3 +161,161 @@ def load_example(name: str) -> ModuleType:
     """``examples/<name>.py``, imported as ``examples.<name>`` (the repository root is on the
     path: pytest puts the root conftest's folder there)."""
     return importlib.import_module(f"examples.{name}")
+
+
+def circle_data(n: int = 64) -> pv.Batches:
+    """``n`` points of the circle data set in batches of 16."""
+    return pv.Batches(pv.make_circle(n)[0], batch_size=16)
+
+
+def fit_circle(save_dir, epochs, *, hidden=8, seed=0, optim=None, **options):
+    """A fresh :func:`circle_vae` (initial weights from ``seed``) fitted on :func:`circle_data`
+    for ``epochs`` on the CPU, saved in ``save_dir``; returns the VAE and its history."""
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    vae = circle_vae(hidden=(hidden,))
+    pyro.set_rng_seed(0)
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        circle_data(),
+        epochs=epochs,
+        device="cpu",
+        save_dir=save_dir,
+        progress=False,
+        optim=optim if optim is not None else pv.LazyAdam({"lr": 1e-2}),
+        **options,
+    )
+    return vae, history
+
+
+# ---- a hand-written Pyro pair ----------------------------------------------------------------
+
+
+class HandWritten(nn.Module):
+    """A model/guide pair written in plain Pyro, not with the package's pieces: ``pyro.param``
+    globals (a loading matrix, a positive noise scale) and a ``pyro.module`` encoder;
+    ``features`` observed and ``latent`` latent dimensions."""
+
+    def __init__(self, features: int, latent: int) -> None:
+        super().__init__()
+        self.features, self.latent = features, latent
+        self.encoder = nn.Linear(features, 2 * latent)
+
+    def model(self, x, idx=None, num_data=None):
+        w = pyro.param("w", torch.zeros(self.features, self.latent) + 0.1)
+        scale = pyro.param("scale", torch.ones(()), constraint=dist.constraints.positive)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ w.T, scale).to_event(1), obs=x)
+
+    def guide(self, x, idx=None, num_data=None):
+        pyro.module("encoder", self.encoder)
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+# ---- the contract's pieces: every prior, likelihood and guide the package ships ------------
+
+D, F, B, N = 3, 6, 8, 100
+
+PRIORS = {
+    "normal": lambda: pv.StandardNormalPrior(D),
+    "maf": lambda: pv.MAFPrior(D, transforms=2, hidden_features=(16, 16)),
+    "nsf": lambda: pv.FlowPrior(zuko.flows.NSF(D, transforms=1, hidden_features=(16,))),
+    # standalone here; in a VAE it reads the VAE's own encoder (see build)
+    "vamp": lambda: pv.VampPrior(pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), 4, (F,)),
+}
+LIKELIHOODS = {
+    "bernoulli": lambda: pv.BernoulliLikelihood(pv.MLP(D, F, (16,)), F),
+    "gaussian": lambda: pv.GaussianLikelihood(pv.MLP(D, F, (16,)), F, scale=0.5),
+    "gaussian-learned": lambda: pv.GaussianLikelihood(
+        pv.MLP(D, F, (16,)), F, scale=0.5, learn_scale=True
+    ),
+}
+# Guides are built from the model's prior and likelihood (the semi-amortized one reads them).
+GUIDES = {
+    "gaussian-encoder": lambda p, lik: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
+    "per-datapoint": lambda p, lik: pv.PerDatapointGaussian(N, D),
+    "semi-amortized": lambda p, lik: pv.SemiAmortizedGaussian(
+        pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), p, lik, steps=2, lr=1e-2
+    ),
+    "planar": lambda p, lik: pv.PlanarEncoder(pv.MLP(F, 16, (16,)), 16, D, flows=3),
+    "iaf": lambda p, lik: pv.IAFEncoder(
+        pv.MLP(F, 16, (16,)), 16, D, flows=2, hidden_features=(16,)
+    ),
+    "iaf-stable": lambda p, lik: pv.IAFEncoder(
+        pv.MLP(F, 16, (16,)), 16, D, flows=2, hidden_features=(16,), stable=True
+    ),
+    "transformed-gaussian": lambda p, lik: pv.TransformedGaussianEncoder(
+        pv.MLP(F, 16, (16,)),
+        16,
+        D,
+        [ConditionalPlanar(DenseNN(16, [16], [1, D, D])) for _ in range(2)],
+    ),
+    "nsf": lambda p, lik: pv.ZukoFlowEncoder(
+        pv.MLP(F, 16, (16,)), zuko.flows.NSF(D, context=16, transforms=2, hidden_features=(16,))
+    ),
+    "chain": lambda p, lik: pv.GuideChain(
+        [pv.GaussianEncoder(pv.MLP(F, 8, (16,)), 4), pv.GaussianEncoder(pv.MLP(4, 2 * D, (8,)), D)]
+    ),
+    "maf-forward": lambda p, lik: pv.ZukoFlowEncoder(
+        pv.MLP(F, 16, (16,)),
+        zuko.flows.MAF(D, context=16, transforms=2, hidden_features=(16,)),
+        inverse=False,
+    ),
+}
+# Distributions the package exports, each with a value in its support to score.
+DISTRIBUTIONS = {
+    "unit-interval-bernoulli": (
+        lambda: pv.UnitIntervalBernoulli(logits=torch.randn(B, F)),
+        lambda: torch.rand(B, F),
+    ),
+}
+
+
+def make_batch():
+    x = torch.rand(B, F).round()
+    idx = torch.randperm(N)[:B]
+    return x, idx
+
+
+# The VampPrior is the mixture of the guide's posteriors: it needs an amortized Gaussian one.
+VAMP_GUIDES = ("gaussian-encoder", "semi-amortized")
+COMBINATIONS = [
+    (p, lik, g)
+    for p in PRIORS
+    for lik in LIKELIHOODS
+    for g in GUIDES
+    if p != "vamp" or g in VAMP_GUIDES
+]
+
+
+def build(prior_name, likelihood_name, guide_name):
+    likelihood = LIKELIHOODS[likelihood_name]()
+    if prior_name == "vamp":  # the prior reads the VAE's own encoder (shared weights)
+        encoder = pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D)
+        prior = pv.VampPrior(encoder, 4, (F,))
+        guide = encoder
+        if guide_name == "semi-amortized":
+            guide = pv.SemiAmortizedGaussian(encoder, prior, likelihood, steps=2, lr=1e-2)
+        return pv.VAE(prior, likelihood, guide)
+    prior = PRIORS[prior_name]()
+    return pv.VAE(prior, likelihood, GUIDES[guide_name](prior, likelihood))
+
+
+# ---- the zoo: every standard architecture --------------------------------------------------
+
+ZOO = {
+    "flow_prior": lambda: zoo.flow_prior_vae(),
+    **{f"flow_posterior-{f}": (lambda f=f: zoo.flow_posterior_vae(f)) for f in zoo.POSTERIORS},
+    "flow_posterior-maf-prior": lambda: zoo.flow_posterior_vae("iaf", prior="maf"),
+    "iwae-1": lambda: zoo.iwae_vae(layers=1),
+    "iwae-2": lambda: zoo.iwae_vae(layers=2),
+    "iwae-vamp": lambda: zoo.iwae_vae(layers=1, prior="vamp", num_pseudo=20),
+    "iwae-2-vamp": lambda: zoo.iwae_vae(layers=2, prior="vamp", num_pseudo=20),
+    **{f"conv-{lik}": (lambda lik=lik: zoo.conv_vae(likelihood=lik)) for lik in zoo.LIKELIHOODS},
+    "latent2d": lambda: zoo.latent2d_vae(),
+    **{f"circle-{i}": (lambda i=i: zoo.circle_vae(i, num_data=N)) for i in zoo.INFERENCE},
+}

@@ -1,7 +1,7 @@
-"""Data for training and scoring: data sets as tensors (:func:`load_mnist`,
-:func:`make_circle`), shuffled minibatches with their indices on the training device
-(:class:`Batches`), and streamed batches from a ``DataLoader`` (:class:`Indexed`,
-:class:`Loader`).
+"""Data for training and scoring: data sets as tensors (:func:`~pyro_vae.load_mnist`,
+:func:`~pyro_vae.make_circle`), shuffled minibatches with their indices on the training device
+(:class:`~pyro_vae.Batches`), and streamed batches from a ``DataLoader``
+(:class:`~pyro_vae.Indexed`, :class:`~pyro_vae.Loader`).
 
 Modules: ``datasets``, ``batches`` and ``loaders``.
 """

@@ -1,6 +1,6 @@
 """Shuffled minibatches with their indices, drawn from one tensor on the training device.
 
-The whole data set lives in one tensor on the training device; a :class:`Batches` iterator
+The whole data set lives in one tensor on the training device; a :class:`~pyro_vae.Batches` iterator
 draws shuffled minibatches by indexing it, so no per-item Python or PIL work happens in the
 training loop. Each batch comes with its dataset indices, which per-datapoint guides need.
 """
@@ -25,8 +25,9 @@ class DataSource(Protocol):
     """What :func:`~pyro_vae.fit`, :func:`~pyro_vae.evaluate` and
     :func:`~pyro_vae.infer_local` read: minibatches ``(x, idx)`` of a data set of
     ``num_data`` points, ``len()`` of them per pass, on ``device``. ``points`` is what the
-    once-per-data-set checks see: the whole set (:class:`Batches`), or a stream's first batch
-    (:class:`~pyro_vae.Loader`). ``to(device)`` gives the same source on another device.
+    once-per-data-set checks see: the whole set (:class:`~pyro_vae.Batches`), or a stream's
+    first batch (:class:`~pyro_vae.Loader`). ``to(device)`` gives the same source on another
+    device.
     ``as_source`` turns a tensor or a ``DataLoader`` into one.
 
     Example:

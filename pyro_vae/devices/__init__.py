@@ -1,6 +1,7 @@
-"""Devices: where to train (:func:`default_device`, :func:`device_name`), modules on fake CUDA
-tensors without a GPU (:func:`fake_cuda`), and :mod:`~pyro_vae.devices.dispatch`, which
-watches what a step dispatches (host reads, device mixes, kernel launches).
+"""Devices: where to train (:func:`~pyro_vae.default_device`, :func:`~pyro_vae.device_name`),
+modules on fake CUDA tensors without a GPU (:func:`~pyro_vae.devices.fake_cuda`), and
+:mod:`~pyro_vae.devices.dispatch`, which watches what a step dispatches (host reads, device
+mixes, kernel launches).
 """
 
 from . import dispatch

@@ -16,7 +16,7 @@ a :class:`torch.utils._python_dispatch.TorchDispatchMode`:
 
 :class:`DispatchWatch` records (or refuses) each of these with the op, the line of code and
 the ``nn.Module`` that dispatched it, and counts every op and the ops that would launch a
-kernel. :func:`~pyro_vae.devices._placement.fake_cuda` runs code on *fake* CUDA tensors
+kernel. :func:`~pyro_vae.devices.fake_cuda` runs code on *fake* CUDA tensors
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`): tensors that say ``device="cuda"``,
 carry shapes but no data, and go through PyTorch's own device checks with no GPU. The
 autograd engine needs a real CUDA context, so backward passes are checked on the ``meta``

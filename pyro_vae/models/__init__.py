@@ -1,10 +1,10 @@
-"""The model pieces: networks, the three distribution-returning roles (priors
-:math:`p(z)`, likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`),
-flow guides, and their composition into a Pyro model and guide.
+"""The model pieces: networks, the three distribution-returning roles (priors :math:`p(z)`,
+likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`), flow guides,
+and their composition into a Pyro model and guide.
 
 Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``guides``,
-``flows`` (flow posteriors), ``vae`` (:class:`VAE`), ``hierarchical`` (two or more stochastic
-layers) and :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
+``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``hierarchical`` (two or more
+stochastic layers) and :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
 """
 
 from . import zoo

@@ -23,11 +23,12 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
+from ._composition import batch_scale, check_role, log_density, negative_bound, particles
 from .guides import Guide
 from .likelihoods import Likelihood
 from .nets import modes
 from .priors import Prior
-from .vae import VAE, batch_scale, check_role, log_density, negative_bound, particles
+from .vae import VAE
 
 __all__ = ["GuideChain", "HierarchicalVAE"]
 

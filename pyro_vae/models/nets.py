@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "ConvDecoder", "ConvEncoder", "modes"]
+__all__ = ["MLP", "ConvDecoder", "ConvEncoder"]
 
 
 class MLP(nn.Sequential):

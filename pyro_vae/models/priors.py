@@ -20,14 +20,7 @@ from torch.nn.functional import hardtanh
 
 from .._checks import LocalParameters
 
-__all__ = [
-    "DiagonalNormalMixture",
-    "FlowPrior",
-    "MAFPrior",
-    "Prior",
-    "StandardNormalPrior",
-    "VampPrior",
-]
+__all__ = ["FlowPrior", "MAFPrior", "Prior", "StandardNormalPrior", "VampPrior"]
 
 
 @runtime_checkable

@@ -41,11 +41,11 @@ __all__ = [
     "MNIST_SHAPE",
     "POSTERIORS",
     "PRIORS",
-    "FlowPosterior",
-    "FlowPrior",
-    "IWAEPrior",
-    "ImageLikelihood",
-    "Inference",
+    "IWAEPriorName",
+    "InferenceName",
+    "LikelihoodName",
+    "PosteriorName",
+    "PriorName",
     "circle_vae",
     "conv_vae",
     "flow_posterior_vae",
@@ -58,20 +58,20 @@ MNIST_SHAPE = (1, 28, 28)
 """The shape of one MNIST image for the convolutional model (the MLPs read 784 pixels)."""
 # Each choice is written once, as a Literal type; the tuples (for the examples' flags and the
 # checks) are read from it.
-FlowPosterior = Literal["none", "planar", "iaf", "nsf"]
-FlowPrior = Literal["normal", "maf"]
-ImageLikelihood = Literal["bernoulli", "gaussian"]
-Inference = Literal["amortized", "per-datapoint", "semi-amortized"]
-IWAEPrior = Literal["normal", "vamp"]
-POSTERIORS: tuple[str, ...] = get_args(FlowPosterior)
+PosteriorName = Literal["none", "planar", "iaf", "nsf"]
+PriorName = Literal["normal", "maf"]
+LikelihoodName = Literal["bernoulli", "gaussian"]
+InferenceName = Literal["amortized", "per-datapoint", "semi-amortized"]
+IWAEPriorName = Literal["normal", "vamp"]
+POSTERIORS: tuple[str, ...] = get_args(PosteriorName)
 """The posteriors of :func:`flow_posterior_vae`."""
-PRIORS: tuple[str, ...] = get_args(FlowPrior)
+PRIORS: tuple[str, ...] = get_args(PriorName)
 """The priors of :func:`flow_posterior_vae`."""
-LIKELIHOODS: tuple[str, ...] = get_args(ImageLikelihood)
+LIKELIHOODS: tuple[str, ...] = get_args(LikelihoodName)
 """The likelihoods of :func:`conv_vae` and :func:`latent2d_vae`."""
-INFERENCE: tuple[str, ...] = get_args(Inference)
+INFERENCE: tuple[str, ...] = get_args(InferenceName)
 """The guides of :func:`circle_vae`."""
-IWAE_PRIORS: tuple[str, ...] = get_args(IWAEPrior)
+IWAE_PRIORS: tuple[str, ...] = get_args(IWAEPriorName)
 """The priors of :func:`iwae_vae`."""
 
 _PIXELS = 784
@@ -122,10 +122,10 @@ def flow_prior_vae(*, latent_dim: int = 16, hidden: int = 1024) -> VAE:
 
 
 def flow_posterior_vae(
-    posterior: FlowPosterior,
+    posterior: PosteriorName,
     *,
     flows: int = 4,
-    prior: FlowPrior = "normal",
+    prior: PriorName = "normal",
     latent_dim: int = 50,
     hidden: int = 200,
 ) -> VAE:
@@ -184,7 +184,7 @@ def flow_posterior_vae(
 def iwae_vae(
     *,
     layers: Literal[1, 2] = 1,
-    prior: IWAEPrior = "normal",
+    prior: IWAEPriorName = "normal",
     num_pseudo: int = 500,
     activation: Callable[[], nn.Module] = nn.Tanh,
 ) -> VAE | HierarchicalVAE:
@@ -240,7 +240,7 @@ def iwae_vae(
     return HierarchicalVAE(top or StandardNormalPrior(50), [p1], likelihood, [q1, q2])
 
 
-def conv_vae(*, likelihood: ImageLikelihood = "bernoulli", latent_dim: int = 32) -> VAE:
+def conv_vae(*, likelihood: LikelihoodName = "bernoulli", latent_dim: int = 32) -> VAE:
     """A DCGAN-style convolutional VAE for 28×28 images.
 
     Encoder (:class:`~pyro_vae.ConvEncoder`): stride-2 convolutions 1→16→32→64 (kernel 4,
@@ -271,7 +271,7 @@ def conv_vae(*, likelihood: ImageLikelihood = "bernoulli", latent_dim: int = 32)
 
 def latent2d_vae(
     *,
-    likelihood: ImageLikelihood = "bernoulli",
+    likelihood: LikelihoodName = "bernoulli",
     hidden: int = 400,
     latent_dim: int = 2,
 ) -> VAE:
@@ -304,7 +304,7 @@ def latent2d_vae(
 
 
 def circle_vae(
-    inference: Inference,
+    inference: InferenceName,
     *,
     num_data: int | None = None,
     init_scale: float = 0.1,

@@ -1,10 +1,10 @@
-"""Training: :func:`fit` (SVI over minibatches, with history, checkpoints, resume, validation,
-TensorBoard and data-parallel processes), the saved run (:class:`History`,
-:func:`load_checkpoint`), and the inference that trains local parameters under a trained
-model (:func:`infer_local`, :func:`amortization_gap`).
+"""Training: :func:`~pyro_vae.fit` (SVI over minibatches, with history, checkpoints, resume,
+validation, TensorBoard and data-parallel processes), the saved run (:class:`~pyro_vae.History`,
+:func:`~pyro_vae.load_checkpoint`), and the inference that trains local parameters under a
+trained model (:func:`~pyro_vae.infer_local`, :func:`~pyro_vae.amortization_gap`).
 
-Modules: ``loop`` (:func:`fit`), ``checkpoint`` (what a run saves and how it is read back) and
-``local`` (E-steps on new data, the amortization gap).
+Modules: ``loop`` (:func:`~pyro_vae.fit`), ``checkpoint`` (what a run saves and how it is read
+back) and ``local`` (E-steps on new data, the amortization gap).
 """
 
 from .checkpoint import CheckpointError, History, load_checkpoint

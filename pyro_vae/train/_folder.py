@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover
 import pyro.optim
 from torch import Tensor, nn
 
-from . import checkpoint
+from . import _run_state
 from .checkpoint import CHECKPOINT, HISTORY, CheckpointError, History
 
 __all__ = ["RunFolder"]
@@ -147,18 +147,18 @@ class RunFolder:
 
     def resume(
         self,
-        live: checkpoint.Live,
+        live: _run_state.Live,
         batch: tuple[Tensor, Tensor],
         num_data: int,
         *,
         anywhere: Callable[[bool], bool] | None = None,
     ) -> tuple[History, list[str]]:
         """Loads the saved run into the live objects (see
-        :func:`~pyro_vae.train.checkpoint.resume_run`); returns its history and parameter names.
+        ``resume_run``); returns its history and parameter names.
         With ``anywhere``, every rank raises when any rank cannot resume."""
         error = None
         try:
-            saved, names = checkpoint.resume_run(
+            saved, names = _run_state.resume_run(
                 self.checkpoint, live, batch, num_data, world_size=self.world_size
             )
         except CheckpointError as e:
@@ -177,7 +177,7 @@ class RunFolder:
         names: list[str],
     ) -> None:
         """Writes this rank's checkpoint, then (rank 0) the history."""
-        checkpoint.save_checkpoint(
+        _run_state.save_checkpoint(
             self.checkpoint, asdict(history), optim, modules, names, world_size=self.world_size
         )
         if self.writes_history:

@@ -31,8 +31,9 @@ from ..infer.optim import LazyAdam
 from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
 from ._folder import RunFolder
+from ._run_state import Live
 from ._step import Step
-from .checkpoint import CheckpointError, History, Live
+from .checkpoint import CheckpointError, History
 
 __all__ = [
     "Run",

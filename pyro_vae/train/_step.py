@@ -34,8 +34,9 @@ from torch import Tensor, nn
 from .._checks import check_pair
 from ..devices._placement import DeviceCheck
 from ..infer._compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
+from ..infer._gradient import descend, gradient_step
 from ..infer.elbo import LatentScale
-from ..infer.optim import LazyAdam, descend, gradient_step
+from ..infer.optim import LazyAdam
 from ..models.nets import modes
 
 __all__ = ["Step"]

@@ -1,6 +1,6 @@
 """Data-parallel training: 2 processes (gloo, loopback) against 1 process on the same data,
-and the reproducers of a review of the data-parallel path (uneven kills, tiny global batches,
-local rows, validation, shared sparse parameters, BatchNorm buffers).
+and the edge cases of the data-parallel path (uneven kills, tiny global batches, local rows,
+validation, shared sparse parameters, BatchNorm buffers, mismatched data, collective timeouts).
 
 Each scenario runs in 2 spawned processes that join a gloo process group on 127.0.0.1
 (``helpers.run_ranks``; its process-group timeout makes a rank left waiting in a collective
@@ -22,7 +22,7 @@ from helpers import DeltaPair, circle_vae, run_ranks
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae.infer.optim import gradient_step
+from pyro_vae.infer._gradient import gradient_step
 from pyro_vae.train._distributed import combine_gradients
 from pyro_vae.train.checkpoint import CheckpointError
 
@@ -199,7 +199,7 @@ def test_without_a_process_group_fit_runs_in_one_process():
         pv.devices._world.get_world(True)
 
 
-# ---- review reproducers ---------------------------------------------------------------
+# ---- edge cases of the data-parallel path ------------------------------------------------------
 
 
 class DeltaLocal(nn.Module):
@@ -385,8 +385,9 @@ def test_global_batch_smaller_than_world_is_refused_on_every_rank(tmp_path):
 
 
 def test_ranks_holding_other_data_are_refused_on_every_rank(tmp_path):
-    """#22.11 and #22.19: a rank with other data of the same size trained silently; one with
-    another size died in gloo ('Received data size doesn't match')."""
+    """Ranks holding other data are refused on every rank with a ValueError: data of another
+    size with one naming each rank's N (not gloo's 'Received data size doesn't match'), data of
+    the same size with one saying which rank holds other data than rank 0."""
     for r in run_ranks(other_data, tmp_path):
         assert "rank 0: N = 40, rank 1: N = 48" in r["size"], r
         assert "rank 1 holds other data than rank 0" in r["values"], r
@@ -418,7 +419,8 @@ def test_batchnorm_buffers_agree_across_ranks(tmp_path):
 
 
 def test_fit_starts_its_process_group_with_a_collective_timeout(monkeypatch):
-    """#22.11: fit set no timeout, so a stopped rank held the others for torch's 30 minutes."""
+    """fit starts its process group with COLLECTIVE_TIMEOUT (at most 10 minutes), so a stopped
+    rank does not hold the others for torch's default 30 minutes."""
     calls = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)

@@ -14,9 +14,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 import zuko
-from helpers import DeltaPair, bernoulli_vae
-from test_contract import COMBINATIONS, N, build
-from test_fake_cuda import ZOO
+from helpers import COMBINATIONS, ZOO, DeltaPair, N, bernoulli_vae, build
 
 import pyro_vae as pv
 from pyro_vae.infer._compiled import compile_mode

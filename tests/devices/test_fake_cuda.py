@@ -27,15 +27,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import bernoulli_vae
+from helpers import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, ZOO, B, F, N, bernoulli_vae, build
 from pyro.infer.util import is_validation_enabled
-from test_contract import COMBINATIONS, GUIDES, LIKELIHOODS, PRIORS, B, F, N, build
 
 import pyro_vae as pv
 from pyro_vae.devices._placement import fake_cuda
 from pyro_vae.devices.dispatch import DeviceMixError, DispatchWatch, HostReadError
-from pyro_vae.infer.optim import gradient_step
-from pyro_vae.models import zoo
+from pyro_vae.infer._gradient import gradient_step
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
 # guide of the contract matrix appears (each guide once, priors and likelihoods in turn, the
@@ -49,18 +47,6 @@ assert set(COVER) <= set(COMBINATIONS)
 assert {c[0] for c in COVER} == set(PRIORS) and {c[2] for c in COVER} == set(GUIDES)
 assert {c[1] for c in COVER} == set(LIKELIHOODS)
 FAKE = [c for c in COVER if c[2] != "semi-amortized"]
-ZOO = {
-    "flow_prior": lambda: zoo.flow_prior_vae(),
-    **{f"flow_posterior-{f}": (lambda f=f: zoo.flow_posterior_vae(f)) for f in zoo.POSTERIORS},
-    "flow_posterior-maf-prior": lambda: zoo.flow_posterior_vae("iaf", prior="maf"),
-    "iwae-1": lambda: zoo.iwae_vae(layers=1),
-    "iwae-2": lambda: zoo.iwae_vae(layers=2),
-    "iwae-vamp": lambda: zoo.iwae_vae(layers=1, prior="vamp", num_pseudo=20),
-    "iwae-2-vamp": lambda: zoo.iwae_vae(layers=2, prior="vamp", num_pseudo=20),
-    **{f"conv-{lik}": (lambda lik=lik: zoo.conv_vae(likelihood=lik)) for lik in zoo.LIKELIHOODS},
-    "latent2d": lambda: zoo.latent2d_vae(),
-    **{f"circle-{i}": (lambda i=i: zoo.circle_vae(i, num_data=N)) for i in zoo.INFERENCE},
-}
 ZOO_FAKE = [name for name in ZOO if name != "circle-semi-amortized"]
 
 

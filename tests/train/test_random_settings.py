@@ -20,7 +20,7 @@ Profiles: by default (CI) 25 derandomized examples, a few seconds; for a longer,
 
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py   # 500 examples
 
-The regular tests at the end pin, in small deterministic form, the bugs this fuzz test found.
+The regular tests at the end check single cases of the property in small, deterministic form.
 """
 
 from __future__ import annotations
@@ -397,12 +397,12 @@ def test_fit_fails_cleanly_or_trains_and_resumes_exactly(cfg: Config) -> None:
         assert_identical(full.optim_state, resumed.optim_state, "optim")
 
 
-# ---- the bugs it found ---------------------------------------------------------------------------
+# ---- single cases the property covers ------------------------------------------------------------
 
 
 def test_dynamic_binarization_of_values_outside_the_unit_interval_is_a_value_error():
-    """Was: Batches accepted them and torch.bernoulli raised a RuntimeError at the first batch,
-    inside fit."""
+    """Dynamic binarization of values outside [0, 1] is refused with a ValueError that names
+    binarize, not a RuntimeError from torch.bernoulli inside fit."""
     vae = pv.VAE(
         pv.StandardNormalPrior(1),
         pv.GaussianLikelihood(pv.MLP(1, 2), 2),
@@ -423,10 +423,10 @@ def empty_guide(x, idx, num_data):
 
 
 def test_a_step_that_makes_parameters_nan_is_neither_returned_nor_saved():
-    """Was: fit checked only the loss, read before each step, so a finite loss with an infinite
-    gradient (e.g. lr=10 on a small VAE) let Adam write NaN parameters that fit returned as a
-    success, and saved in the checkpoint that the next epoch's FloatingPointError called
-    "untouched: continue from it with resume=True"."""
+    """A finite loss with an infinite gradient (e.g. lr=10 on a small VAE) lets Adam write NaN
+    parameters: fit checks the parameters, not only the loss, and stops with a
+    FloatingPointError naming the parameter, so the NaN parameters are neither returned as a
+    success nor saved in the checkpoint from which the error says to resume."""
     data = pv.Batches(torch.zeros(4, 1), batch_size=4)
     kwargs = {"device": "cpu", "progress": False}
     with tempfile.TemporaryDirectory() as save_dir:
@@ -444,8 +444,9 @@ def test_a_step_that_makes_parameters_nan_is_neither_returned_nor_saved():
 
 
 def test_a_nan_validation_elbo_is_an_error():
-    """Was: fit recorded a NaN validation ELBO in the history (and checkpoint) of a run that it
-    returned as a success. Here one step sets a guide's log-scale to 100: exp(100) = inf."""
+    """A non-finite validation ELBO stops fit with a FloatingPointError: it is not recorded in
+    the history (or checkpoint) of a run returned as a success. Here one step sets a guide's
+    log-scale to 100: exp(100) = inf."""
 
     def model(x, idx, num_data=None):
         with pyro.plate("data", num_data or x.shape[0], subsample=idx):
@@ -469,9 +470,9 @@ def small_vae() -> pv.VAE:
 
 
 def test_a_run_stopped_by_epochs_resumes_exactly_with_validation():
-    """Was: validation drew from the training RNG, so the validation that a run stopped by
-    ``epochs=k`` does after its last epoch changed the RNG state it saved: resumed, its losses
-    differed from the uninterrupted run's."""
+    """Validation draws its own random numbers, not the training RNG's: the validation that a
+    run stopped by ``epochs=k`` does after its last epoch leaves the RNG state it saves as it
+    was, so resumed, its losses are the uninterrupted run's."""
     x = pv.make_circle(32)[0]
     data, validation = pv.Batches(x[:24], batch_size=8), pv.Batches(x[24:], batch_size=8)
 

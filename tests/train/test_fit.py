@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
-from helpers import bernoulli_vae
-from torch import nn
+from helpers import HandWritten, bernoulli_vae
 
 import pyro_vae as pv
 
@@ -40,28 +38,8 @@ def linear_gaussian_data(n: int = 512) -> torch.Tensor:
     return torch.randn(n, 2, generator=g) @ w.T + 0.1 * torch.randn(n, 5, generator=g)
 
 
-class HandWritten:
-    """A model/guide pair written in plain Pyro: pyro.param globals and a pyro.module encoder."""
-
-    def __init__(self) -> None:
-        self.encoder = nn.Linear(5, 4)
-
-    def model(self, x, idx=None, num_data=None):
-        w = pyro.param("w", torch.zeros(5, 2) + 0.1)
-        scale = pyro.param("scale", torch.ones(()), constraint=dist.constraints.positive)
-        with pyro.plate("data", num_data, subsample=idx):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ w.T, scale).to_event(1), obs=x)
-
-    def guide(self, x, idx=None, num_data=None):
-        pyro.module("encoder", self.encoder)
-        loc, log_scale = self.encoder(x).chunk(2, -1)
-        with pyro.plate("data", num_data, subsample=idx):
-            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
-
-
 def test_hand_written_pyro_program_trains():
-    pair = HandWritten()
+    pair = HandWritten(5, 2)
     data = pv.Batches(linear_gaussian_data(), batch_size=64)
     history = pv.fit(
         pair.model,
@@ -100,7 +78,7 @@ def _train(tmp_path, epochs, *, resume=False, init_seed=0):
     )
     pyro.clear_param_store()
     torch.manual_seed(init_seed)
-    pair = HandWritten()
+    pair = HandWritten(5, 2)
     pyro.set_rng_seed(0)
     hand = pv.fit(
         pair.model,

@@ -8,75 +8,23 @@ import re
 import pyro
 import pytest
 import torch
-import zuko
+from helpers import (
+    COMBINATIONS,
+    DISTRIBUTIONS,
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    B,
+    D,
+    F,
+    N,
+    build,
+    make_batch,
+)
 from pyro import poutine
-from pyro.distributions.transforms import ConditionalPlanar
 from pyro.infer import Trace_ELBO
-from pyro.nn import DenseNN
 
 import pyro_vae as pv
-
-D, F, B, N = 3, 6, 8, 100
-
-PRIORS = {
-    "normal": lambda: pv.StandardNormalPrior(D),
-    "maf": lambda: pv.MAFPrior(D, transforms=2, hidden_features=(16, 16)),
-    "nsf": lambda: pv.FlowPrior(zuko.flows.NSF(D, transforms=1, hidden_features=(16,))),
-    # standalone here; in a VAE it reads the VAE's own encoder (see build)
-    "vamp": lambda: pv.VampPrior(pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), 4, (F,)),
-}
-LIKELIHOODS = {
-    "bernoulli": lambda: pv.BernoulliLikelihood(pv.MLP(D, F, (16,)), F),
-    "gaussian": lambda: pv.GaussianLikelihood(pv.MLP(D, F, (16,)), F, scale=0.5),
-    "gaussian-learned": lambda: pv.GaussianLikelihood(
-        pv.MLP(D, F, (16,)), F, scale=0.5, learn_scale=True
-    ),
-}
-# Guides are built from the model's prior and likelihood (the semi-amortized one reads them).
-GUIDES = {
-    "gaussian-encoder": lambda p, lik: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
-    "per-datapoint": lambda p, lik: pv.PerDatapointGaussian(N, D),
-    "semi-amortized": lambda p, lik: pv.SemiAmortizedGaussian(
-        pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), p, lik, steps=2, lr=1e-2
-    ),
-    "planar": lambda p, lik: pv.PlanarEncoder(pv.MLP(F, 16, (16,)), 16, D, flows=3),
-    "iaf": lambda p, lik: pv.IAFEncoder(
-        pv.MLP(F, 16, (16,)), 16, D, flows=2, hidden_features=(16,)
-    ),
-    "iaf-stable": lambda p, lik: pv.IAFEncoder(
-        pv.MLP(F, 16, (16,)), 16, D, flows=2, hidden_features=(16,), stable=True
-    ),
-    "transformed-gaussian": lambda p, lik: pv.TransformedGaussianEncoder(
-        pv.MLP(F, 16, (16,)),
-        16,
-        D,
-        [ConditionalPlanar(DenseNN(16, [16], [1, D, D])) for _ in range(2)],
-    ),
-    "nsf": lambda p, lik: pv.ZukoFlowEncoder(
-        pv.MLP(F, 16, (16,)), zuko.flows.NSF(D, context=16, transforms=2, hidden_features=(16,))
-    ),
-    "chain": lambda p, lik: pv.GuideChain(
-        [pv.GaussianEncoder(pv.MLP(F, 8, (16,)), 4), pv.GaussianEncoder(pv.MLP(4, 2 * D, (8,)), D)]
-    ),
-    "maf-forward": lambda p, lik: pv.ZukoFlowEncoder(
-        pv.MLP(F, 16, (16,)),
-        zuko.flows.MAF(D, context=16, transforms=2, hidden_features=(16,)),
-        inverse=False,
-    ),
-}
-# Distributions the package exports, each with a value in its support to score.
-DISTRIBUTIONS = {
-    "unit-interval-bernoulli": (
-        lambda: pv.UnitIntervalBernoulli(logits=torch.randn(B, F)),
-        lambda: torch.rand(B, F),
-    ),
-}
-
-
-def make_batch():
-    x = torch.rand(B, F).round()
-    idx = torch.randperm(N)[:B]
-    return x, idx
 
 
 @pytest.fixture(params=list(PRIORS))
@@ -107,30 +55,6 @@ def likelihood(likelihood_name):
 @pytest.fixture
 def guide(guide_name):
     return GUIDES[guide_name](PRIORS["normal"](), LIKELIHOODS["gaussian"]())
-
-
-# The VampPrior is the mixture of the guide's posteriors: it needs an amortized Gaussian one.
-VAMP_GUIDES = ("gaussian-encoder", "semi-amortized")
-COMBINATIONS = [
-    (p, lik, g)
-    for p in PRIORS
-    for lik in LIKELIHOODS
-    for g in GUIDES
-    if p != "vamp" or g in VAMP_GUIDES
-]
-
-
-def build(prior_name, likelihood_name, guide_name):
-    likelihood = LIKELIHOODS[likelihood_name]()
-    if prior_name == "vamp":  # the prior reads the VAE's own encoder (shared weights)
-        encoder = pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D)
-        prior = pv.VampPrior(encoder, 4, (F,))
-        guide = encoder
-        if guide_name == "semi-amortized":
-            guide = pv.SemiAmortizedGaussian(encoder, prior, likelihood, steps=2, lr=1e-2)
-        return pv.VAE(prior, likelihood, guide)
-    prior = PRIORS[prior_name]()
-    return pv.VAE(prior, likelihood, GUIDES[guide_name](prior, likelihood))
 
 
 def test_every_exported_piece_is_in_the_contract():
@@ -183,7 +107,7 @@ def test_each_piece_is_accepted_in_its_role_and_refused_in_the_others():
         "likelihood": [f() for f in LIKELIHOODS.values()],
         "guide": [f(prior, likelihood) for f in GUIDES.values()],
     }
-    check_role = pv.models.vae.check_role
+    check_role = pv.models._composition.check_role
     for role, pieces in roles.items():
         for piece in pieces:
             check_role(role, piece)

@@ -150,6 +150,6 @@ def test_a_capturable_runs_state_resumes_on_the_cpu():
     resumed = pv.LazyAdam({"lr": 0.1})
     resumed.set_state(state)
     w.grad = torch.ones(3)
-    resumed([w])  # refused without the fix: capturable=True on the CPU
+    resumed([w])  # (torch's Adam refuses capturable=True on the CPU: set_state ignores it)
     assert not resumed._dense.param_groups[0]["capturable"]
     assert torch.equal(w.detach(), expected)

@@ -1,6 +1,9 @@
-"""The data folder is looked up in one documented order."""
+"""Data sets: the data folder is looked up in one documented order, and a missing one is named
+with the fix."""
 
 from __future__ import annotations
+
+import pytest
 
 import pyro_vae as pv
 
@@ -15,3 +18,12 @@ def test_data_folder_lookup_order(tmp_path, monkeypatch):
     assert pv.default_data_dir() == "../shared/data"  # beside the repository
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "elsewhere"))
     assert pv.default_data_dir() == str(tmp_path / "elsewhere")  # the variable wins
+
+
+def test_missing_data_folder(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as info:
+        pv.load_mnist(missing)
+    message = str(info.value)
+    assert str(missing / "MNIST" / "raw") in message
+    assert "--data-dir" in message and "PYRO_VAE_DATA" in message

@@ -1,4 +1,6 @@
-"""Bad inputs get clear errors."""
+"""The VAE checks its data and pieces: data and index shapes, the likelihood's support, the
+encoder's output size, an MLP's input, a Gaussian's scale; with validation off the data checks
+are skipped."""
 
 from __future__ import annotations
 
@@ -62,34 +64,6 @@ def test_mlp_input_shape():
         pv.MLP(6, 2)(torch.zeros(3, 5))
 
 
-def test_missing_data_folder(tmp_path):
-    missing = tmp_path / "nowhere"
-    with pytest.raises(FileNotFoundError) as info:
-        pv.load_mnist(missing)
-    message = str(info.value)
-    assert str(missing / "MNIST" / "raw") in message
-    assert "--data-dir" in message and "PYRO_VAE_DATA" in message
-
-
-def test_bad_batches_arguments():
-    with pytest.raises(ValueError, match="binarize must be"):
-        pv.Batches(torch.rand(10, 3), batch_size=4, binarize="round")
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        pv.Batches(torch.rand(10, 3), batch_size=0)
-
-
 def test_gaussian_scale_must_be_positive():
     with pytest.raises(ValueError, match="scale must be positive"):
         pv.GaussianLikelihood(pv.MLP(2, 6), 6, scale=0.0)
-
-
-def test_batches_yield_indices_and_binarize():
-    data = torch.rand(10, 3)
-    seen = []
-    for x, idx in pv.Batches(data, batch_size=4, binarize="dynamic"):
-        assert set(x.unique().tolist()) <= {0.0, 1.0}
-        seen.append(idx)
-    assert sorted(torch.cat(seen).tolist()) == list(range(10))
-    x, idx = next(iter(pv.Batches(data, batch_size=4, binarize="threshold", shuffle=False)))
-    torch.testing.assert_close(x, data[:4].round())
-    assert len(pv.Batches(data, batch_size=4, drop_last=True)) == 2

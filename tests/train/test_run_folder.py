@@ -1,0 +1,192 @@
+"""The run folder: a saved run is never overwritten silently, is held by one run at a time, and
+its files are written so that a stopped process leaves a run that resumes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from helpers import fit_circle
+
+import pyro_vae as pv
+from pyro_vae.train import _run_state
+from pyro_vae.train._folder import RunFolder
+from pyro_vae.train.checkpoint import CheckpointError
+
+
+def test_an_existing_run_is_never_overwritten_silently(tmp_path):
+    fit_circle(tmp_path, 3)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="resume=True to continue it, overwrite=True"):
+        fit_circle(tmp_path, 1)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    _, history = fit_circle(tmp_path, 1, overwrite=True)
+    assert history.epoch == [1]
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
+
+
+def test_a_run_whose_latest_checkpoint_is_gone_is_resumed_from_the_previous_one(tmp_path):
+    """With checkpoint.pt deleted and checkpoint.prev.pt left, fit without flags refuses the
+    folder and replaces nothing; with resume=True it warns that checkpoint.pt is missing and
+    resumes from checkpoint.prev.pt, to the uninterrupted run's losses."""
+    _, full = fit_circle(tmp_path / "full", 5)
+    fit_circle(tmp_path / "cut", 5)
+    (tmp_path / "cut" / "checkpoint.pt").unlink()  # checkpoint.prev.pt (4 epochs) survives
+    survivor = (tmp_path / "cut" / "checkpoint.prev.pt").read_bytes()
+    with pytest.raises(FileExistsError, match=r"checkpoint\.prev\.pt, history\.json"):
+        fit_circle(tmp_path / "cut", 5)  # no flags: refused, nothing replaced
+    assert (tmp_path / "cut" / "checkpoint.prev.pt").read_bytes() == survivor
+    with pytest.warns(UserWarning, match=r"checkpoint\.pt is missing .*checkpoint\.prev\.pt"):
+        _, resumed = fit_circle(tmp_path / "cut", 5, resume=True)
+    assert resumed.epoch == [1, 2, 3, 4, 5]
+    assert resumed.loss == full.loss  # epoch 5 trained again from epoch 4's state, exactly
+
+
+def test_a_history_without_checkpoints_is_not_started_over(tmp_path):
+    fit_circle(tmp_path, 2)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / name).unlink()
+    with pytest.raises(FileExistsError, match=r"holds a run \(history\.json\)"):
+        fit_circle(tmp_path, 2)
+    with pytest.raises(CheckpointError, match=r"holds history\.json but no checkpoint"):
+        fit_circle(tmp_path, 2, resume=True)
+    assert pv.History.load(tmp_path / "history.json").epoch == [1, 2]
+
+
+def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
+    """While a run holds a folder, another fit there (no flags, overwrite=True or resume=True)
+    is refused with a RuntimeError naming the holding process, and writes no checkpoint. The
+    lock is the operating system's: it goes with the process that held it."""
+    folder = RunFolder(tmp_path)
+    folder.hold()
+    try:
+        for options in ({}, {"overwrite": True}, {"resume": True}):
+            with pytest.raises(
+                RuntimeError, match=rf"in use by another run \(process {os.getpid()}"
+            ):
+                fit_circle(tmp_path, 1, **options)
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        folder.release()
+    fit_circle(tmp_path, 1)  # free again
+    script = f"""
+import os
+from pyro_vae.train._folder import RunFolder
+RunFolder({str(tmp_path)!r}).hold()
+os.kill(os.getpid(), 9)
+"""
+    subprocess.run([sys.executable, "-c", script], check=False)  # killed while holding it
+    fit_circle(tmp_path, 2, resume=True)  # not stuck
+
+
+def test_history_is_written_atomically(tmp_path, monkeypatch):
+    """history.json is replaced atomically: a process killed while the new text is being
+    written leaves the previous file intact, not an empty one."""
+    fit_circle(tmp_path, 1)
+    before = (tmp_path / "history.json").read_text()
+
+    def killed(self, text, *args, **kwargs):
+        open(self, "w").close()  # the file was opened (truncated) ...
+        raise KeyboardInterrupt  # ... and the process killed before the text was in it
+
+    monkeypatch.setattr(Path, "write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pv.History(epoch=[1, 2], loss=[1.0, 0.5], seconds=[1.0, 2.0]).save(
+            tmp_path / "history.json"
+        )
+    monkeypatch.undo()
+    assert (tmp_path / "history.json").read_text() == before
+
+
+def test_a_bad_log_dir_is_found_before_a_run_is_deleted(tmp_path):
+    """With overwrite=True, a log_dir that cannot be created is reported (the error names it)
+    before anything is deleted: the old run's checkpoint stays as it was."""
+    fit_circle(tmp_path / "run", 2)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    (tmp_path / "not_a_folder").write_text("a file")
+    with pytest.raises(Exception, match="not_a_folder"):
+        fit_circle(tmp_path / "run", 1, overwrite=True, log_dir=tmp_path / "not_a_folder" / "board")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_save_dir_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    """A save_dir that cannot be written is refused with a PermissionError naming the path,
+    before the first training step. (A file in the way stands in for a read-only folder, which
+    root, as in CI, could write anyway.)"""
+    (tmp_path / "file").write_text("in the way")
+    steps = []
+    monkeypatch.setattr(pv.train._step.Step, "__call__", lambda *a: steps.append(1))
+    with pytest.raises(PermissionError, match=r"cannot write to the run folder .*file/run"):
+        fit_circle(tmp_path / "file" / "run", 1)
+    assert not steps  # refused before the first step
+
+
+def test_the_previous_checkpoint_is_kept(tmp_path):
+    fit_circle(tmp_path, 1)
+    first = (tmp_path / "checkpoint.pt").read_bytes()
+    fit_circle(tmp_path, 2, resume=True)
+    assert (tmp_path / "checkpoint.prev.pt").read_bytes() == first
+    assert (tmp_path / "checkpoint.pt").read_bytes() != first
+    # A diverged epoch 3 leaves epoch 2 as the previous checkpoint, from which a run resumes.
+    second = (tmp_path / "checkpoint.pt").read_bytes()
+    fit_circle(tmp_path, 3, resume=True)
+    assert (tmp_path / "checkpoint.prev.pt").read_bytes() == second
+
+
+class NaNAfter:
+    """A pair whose loss turns NaN at a given step (counted across calls of the guide)."""
+
+    def __init__(self, bad_step: int) -> None:
+        self.bad_step, self.steps = bad_step, 0
+        self.net = torch.nn.Linear(2, 2)
+
+    def model(self, x, idx=None, num_data=None):
+        pyro.module("net", self.net)
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.net(z), 0.1).to_event(1), obs=x)
+        if self.steps >= self.bad_step:
+            pyro.factor("nan", torch.tensor(float("nan")))
+
+    def guide(self, x, idx=None, num_data=None):
+        self.steps += 1
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
+
+def test_a_non_finite_loss_stops_at_the_next_read_and_keeps_the_checkpoint(tmp_path):
+    pyro.enable_validation(False)  # a NaN from the parameters, not from validated inputs
+    pair = NaNAfter(bad_step=100 + 3)  # 100 steps an epoch: the third step of epoch 2
+    batches = pv.Batches(pv.make_circle(1000)[0], batch_size=10)
+    kwargs = {"device": "cpu", "progress": False, "save_dir": tmp_path}
+    with pytest.raises(FloatingPointError) as info:
+        pv.fit(pair.model, pair.guide, batches, epochs=3, log_every=5, **kwargs)
+    message = str(info.value)
+    assert "in epoch 2 by step 6" in message  # the first read after the NaN (steps 1, 6, ...)
+    assert "resume=True" in message and "smaller step size" in message
+    assert pair.steps == 1 + 100 + 6  # stopped there, not at the end of the epoch (1: the check)
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["history"]["epoch"] == [1]
+
+
+def test_history_is_never_ahead_of_the_checkpoint_and_stale_tmp_is_removed(tmp_path, monkeypatch):
+    fit_circle(tmp_path, 1)
+    (tmp_path / "checkpoint.tmp").write_bytes(b"left by a killed process")
+    calls = []
+
+    def failing_save(*args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
+
+    monkeypatch.setattr(_run_state, "save_checkpoint", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        fit_circle(tmp_path, 2, resume=True)
+    assert calls and not (tmp_path / "checkpoint.tmp").exists()
+    assert pv.History.load(tmp_path / "history.json").epoch == [1]
