@@ -99,6 +99,17 @@ def check_data(modules: nn.Module, data: Tensor, *, num_data: int | None = None)
             module.check_data(data, num_data=num_data)
 
 
+def check_field(name: str, value: Tensor) -> None:
+    """Refuses a field of the data (a label, condition or mask) with non-finite values, naming
+    it: missing values go in a mask field, not as NaN."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(
+            f"the field {name!r} has values that are not finite (NaN or inf): mark missing "
+            "values with a mask field instead (e.g. y_mask=..., read in the model as "
+            "pyro.sample(..., obs=y, obs_mask=y_mask)) and put any finite value in their place"
+        )
+
+
 def check_finite_params(
     names: Iterable[str],
     epoch: int,
@@ -136,8 +147,10 @@ def check_pair(
     x: Tensor,
     idx: Tensor,
     num_data: int | None = None,
+    fields: dict[str, Tensor] | None = None,
 ) -> None:
-    """Runs ``guide`` and ``model`` once on ``(x, idx)`` (no gradients, nothing recorded, the
+    """Runs ``guide`` and ``model`` once on ``(x, idx)`` and the batch's ``fields`` (as
+    keywords) (no gradients, nothing recorded, the
     random streams restored) and raises a :class:`ValueError` naming the first latent site
     where the guide's sample does not have the model's event shape — e.g. a prior of
     dimension 1 with a guide of dimension 3, which broadcasting would otherwise score as a
@@ -145,6 +158,7 @@ def check_pair(
     from pyro import poutine  # (pyro's handlers: only this check needs them here)
 
     kwargs = {} if num_data is None else {"num_data": num_data}
+    kwargs.update(fields or {})
     devices = [x.device] if x.device.type == "cuda" and torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
@@ -164,3 +178,27 @@ def check_pair(
                 f"distribution there has event shape {tuple(event)}: the guide and the model "
                 "disagree on the latent dimension; build them with the same one"
             )
+
+
+def check_takes_fields(role: str, fn: Callable[..., object], fields: dict[str, Tensor]) -> None:
+    """Refuses a model or guide whose signature takes no keyword for a field of the batches
+    (a callable without a readable signature, e.g. one wrapped by a Pyro handler, passes: the
+    call will tell)."""
+    import inspect
+
+    if not fields:
+        return
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read (a Pyro handler): the call will tell
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    missing = [name for name in fields if name not in parameters]
+    if missing:
+        raise TypeError(
+            f"the batches carry the field(s) {', '.join(map(repr, missing))}, which the "
+            f"{role} receives as keywords, but {getattr(fn, '__qualname__', role)} takes no "
+            f"such argument: add it, e.g. def {role}(x, idx=None, num_data=None, *, "
+            f"{missing[0]}=None), or leave the field out of the data"
+        )

@@ -86,6 +86,17 @@ class DeltaPair(nn.Module):
             pyro.sample("z", dist.Delta(self.encoder(x)).to_event(1))
 
 
+class ShiftedDeltaPair(DeltaPair):
+    """:class:`DeltaPair` on points shifted by a field of the batches, ``shift`` (one value per
+    point): a misaligned field changes every loss."""
+
+    def model(self, x, idx=None, num_data=None, *, shift):
+        return super().model(x - shift[:, None], idx, num_data)
+
+    def guide(self, x, idx=None, num_data=None, *, shift):
+        return super().guide(x - shift[:, None], idx, num_data)
+
+
 # ---- the exact oracle: a linear-Gaussian VAE is probabilistic PCA ---------------------------
 
 PPCA_D, PPCA_F, PPCA_B, PPCA_SIGMA = 2, 5, 16, 0.3

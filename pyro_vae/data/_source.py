@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .._checks import check_data
+from .._checks import check_data, check_field, check_takes_fields
 from ..devices._placement import check_module, owner_modules
 from .batches import Batches, DataSource
 from .loaders import Indexed, Loader
@@ -111,4 +111,9 @@ def prepare(
     if found is not None:
         check_module(found, source.device, source.points.dtype, fix=fix)
         check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch
+    fields = getattr(source, "fields", {})
+    for name, value in fields.items():
+        check_field(name, value)
+    check_takes_fields("model", model, fields)
+    check_takes_fields("guide", guide, fields)
     return Prepared(source, source.device, found)

@@ -6,19 +6,20 @@ for data sets that fit on the device.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-from .batches import Binarize
+from .batches import RESERVED, Binarize, Fields, split_batch
 
 __all__ = ["Indexed", "Loader"]
 
 
 class Indexed(torch.utils.data.Dataset):
-    """A map-style dataset whose items are ``(x, index)``: what :func:`~pyro_vae.fit` reads
-    through a :class:`torch.utils.data.DataLoader` (per-datapoint guides need the indices).
+    """A map-style dataset whose items are ``(x, index)``, or ``(x, index, fields)``: what
+    :func:`~pyro_vae.fit` reads through a :class:`torch.utils.data.DataLoader` (per-datapoint
+    guides need the indices).
 
     Args:
         dataset: Any map-style dataset; an item is ``x`` or a tuple whose first element is
@@ -26,6 +27,9 @@ class Indexed(torch.utils.data.Dataset):
         binarize: ``None``, ``"threshold"`` (``x.round()``) or ``"dynamic"``
             (:math:`x \\sim \\mathrm{Bernoulli}(x)` afresh each time an item is read, in the
             loader's worker), as in :class:`Batches`.
+        fields: Names for the item's further elements, in order (``("y",)`` keeps
+            torchvision's label as the field ``y``, passed to the model as ``y=``); the
+            elements without a name are dropped. Default: none (``x`` alone).
 
     Example:
         >>> from torch.utils.data import DataLoader, TensorDataset
@@ -33,17 +37,35 @@ class Indexed(torch.utils.data.Dataset):
         >>> x, idx = next(iter(DataLoader(data, batch_size=4)))
         >>> x.shape, idx.tolist()
         (torch.Size([4, 3]), [0, 1, 2, 3])
+        >>> labelled = Indexed(TensorDataset(torch.rand(10, 3), torch.arange(10)), fields=("y",))
+        >>> x, idx, fields = next(iter(DataLoader(labelled, batch_size=4)))
+        >>> fields["y"].tolist()
+        [0, 1, 2, 3]
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, *, binarize: Binarize = None) -> None:
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        *,
+        binarize: Binarize = None,
+        fields: Sequence[str] = (),
+    ) -> None:
         if binarize not in (None, "threshold", "dynamic"):
             raise ValueError(f"binarize must be None, 'threshold' or 'dynamic'; got {binarize!r}")
-        self.dataset, self.binarize = dataset, binarize
+        if isinstance(fields, str):
+            raise TypeError(f"fields must be a sequence of names, e.g. ({fields!r},)")
+        for name in fields:
+            if name in RESERVED or not name.isidentifier():
+                raise ValueError(
+                    f"Indexed cannot have a field named {name!r}: a field is passed to the model "
+                    f"as a keyword, and {', '.join(RESERVED)} are taken"
+                )
+        self.dataset, self.binarize, self.fields = dataset, binarize, tuple(fields)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple:
         item = self.dataset[index]
         x = item[0] if isinstance(item, (tuple, list)) else item
         if isinstance(x, dict):
@@ -62,7 +84,17 @@ class Indexed(torch.utils.data.Dataset):
             ) from None
         if self.binarize is not None:
             x = self._binarized(x, index)
-        return x, index
+        if not self.fields:
+            return x, index
+        rest = list(item[1:]) if isinstance(item, (tuple, list)) else []
+        if len(rest) < len(self.fields):
+            raise ValueError(
+                f"item {index} of {type(self.dataset).__name__} has {len(rest)} element(s) "
+                f"after x, but Indexed names {len(self.fields)} fields {self.fields}: name only "
+                "the elements the dataset's items hold"
+            )
+        named = zip(self.fields, rest[: len(self.fields)], strict=True)
+        return x, index, {name: torch.as_tensor(v) for name, v in named}
 
     def _binarized(self, x: Tensor, index: int) -> Tensor:
         """``x`` thresholded or drawn, once its values are checked to be probabilities."""
@@ -82,7 +114,7 @@ class Indexed(torch.utils.data.Dataset):
 
 
 class Loader:
-    """Minibatches ``(x, idx)`` from any re-iterable (e.g. a DataLoader over
+    """Minibatches ``(x, idx)`` or ``(x, idx, fields)`` from any re-iterable (e.g. a DataLoader over
     :class:`Indexed`), moved to the training device as they come (``non_blocking``: pair it
     with ``pin_memory=True``). :func:`~pyro_vae.fit` and :func:`~pyro_vae.evaluate` wrap a
     DataLoader in it themselves.
@@ -117,7 +149,7 @@ class Loader:
             raise ValueError("the data set is empty")
         self.batches, self.num_data = batches, num_data
         self._device = torch.device(device) if device is not None else None
-        self._first: Tensor | None = None
+        self._first: tuple | None = None
 
     @property
     def batch_size(self) -> int | None:
@@ -131,7 +163,8 @@ class Loader:
         """The same batches, moved to ``device`` as they come."""
         new = Loader(self.batches, num_data=self.num_data, device=device)
         if self._first is not None:  # the probe is not read again
-            new._first = self._first.to(device)
+            x, fields = self._first
+            new._first = x.to(device), {k: v.to(device) for k, v in fields.items()}
         return new
 
     def __len__(self) -> int:
@@ -141,19 +174,36 @@ class Loader:
     def points(self) -> Tensor:
         """The first batch's points, read once with their own randomness, which is what the
         checks that need a look at the data (dtype, shape, support) see of a streamed set."""
+        return self._probe()[0]
+
+    @property
+    def fields(self) -> Fields:
+        """The first batch's fields (``{}`` without), as :attr:`points`."""
+        return self._probe()[1]
+
+    def _probe(self) -> tuple[Tensor, Fields]:
         if self._first is None:
             with torch.random.fork_rng():
-                self._first = next(iter(self))[0]
+                x, _, fields = split_batch(next(iter(self)))
+            self._first = x, fields
         return self._first
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         for item in self.batches:
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
+            fielded = isinstance(item, (tuple, list)) and len(item) == 3
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValueError(
-                    "a loader must yield (x, idx) pairs: wrap the dataset in pv.Indexed(dataset)"
+                    "a loader must yield (x, idx) pairs or (x, idx, fields) triples: wrap the "
+                    "dataset in pv.Indexed(dataset) (fields=(...) names its other elements)"
                 )
-            x, idx = item
+            if fielded and not isinstance(item[2], dict):
+                raise ValueError(
+                    "a loader's third element must be a dict of fields by name, as "
+                    f"pv.Indexed(dataset, fields=(...)) yields; got {type(item[2]).__name__}"
+                )
+            x, idx, fields = split_batch(item)
             if self._device is not None:
                 x = x.to(self._device, non_blocking=True)
                 idx = idx.to(self._device, non_blocking=True)
-            yield x, idx
+                fields = {k: v.to(self._device, non_blocking=True) for k, v in fields.items()}
+            yield (x, idx, fields) if fielded else (x, idx)

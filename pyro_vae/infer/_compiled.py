@@ -230,7 +230,7 @@ def compiled_loss(
     reason = unsupported(model, guide, loss)
     params = None
     if reason is None:
-        params, reason = check_derivation(model.__self__, model, guide, loss, x, idx,
+        params, reason = check_derivation(model, guide, loss, x, idx,
                                           num_data=num_data, scale=scale)  # fmt: skip
     if reason is not None:
         warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)

@@ -74,7 +74,6 @@ def unsupported(model: object, guide: object, loss: ELBO) -> str | None:
 
 
 def check_derivation(
-    vae: VAE,
     model: Callable[..., object],
     guide: Callable[..., object],
     loss: ELBO,
@@ -84,13 +83,13 @@ def check_derivation(
     num_data: int,
     scale: LatentScale | None = None,
 ) -> tuple[tuple[list[Tensor], list[Tensor]] | None, str | None]:
-    """Whether ``vae``'s derived estimator gives ``loss``'s value and gradients on one batch,
-    with the same random numbers (torch's generator is restored afterwards). The networks run
-    in eval mode (a BatchNorm's statistics stay as they are; the check trains nothing).
+    """Whether the derived estimator of the VAE whose methods ``model`` and ``guide`` are
+    (:meth:`~pyro_vae.VAE.elbo_loss`) gives ``loss``'s value and gradients on one batch, with
+    the same random numbers (torch's generator is restored afterwards). The networks run in
+    eval mode (a BatchNorm's statistics stay as they are; the check trains nothing).
 
     Args:
-        vae: The VAE whose :meth:`~pyro_vae.VAE.elbo_loss` is checked.
-        model: ``vae.model``.
+        model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
         guide: ``vae.guide``.
         loss: The run's Pyro loss (see :func:`unsupported`).
         x: A minibatch.
@@ -103,6 +102,7 @@ def check_derivation(
         ``None`` where the two agree or the reason they do not (on ``meta`` tensors, which
         hold no values, only the parameters are collected).
     """
+    vae: VAE = model.__self__
     beta, seed = 1.0 if scale is None else float(scale.beta), 0  # (the RNG is restored)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), modes(vae, train=False):

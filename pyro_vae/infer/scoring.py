@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from .._checks import check_int, check_pair
 from ..data._source import prepare
-from ..data.batches import Batches
+from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
 from ..devices._placement import DeviceCheck
 from ..devices._world import all_sum, get_world
@@ -48,6 +48,7 @@ def log_weights(
     num_particles: int = 1,
     max_plate_nesting: int = 1,
     num_data: int | None = None,
+    fields: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     r"""Log importance weights :math:`\log p(x_n, z_{kn}) - \log q(z_{kn} \mid x_n)`.
 
@@ -62,6 +63,8 @@ def log_weights(
         num_data: :math:`N`, passed on as ``num_data=N`` when given (for pairs whose data
             plate needs it; the weights are per point either way: the plate's scale does not
             enter them).
+        fields: The minibatch's other fields (labels, conditions, masks), passed to ``model``
+            and ``guide`` as keywords, each with one row per point.
 
     Returns:
         Tensor of shape ``(K, B)``.
@@ -80,6 +83,7 @@ def log_weights(
         pyro.plate("particles", num_particles, dim=-1 - max_plate_nesting),
     ):
         kwargs = {} if num_data is None else {"num_data": num_data}
+        kwargs.update(fields or {})
         guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, idx, **kwargs
@@ -160,10 +164,13 @@ def evaluate(
     if world is not None:  # this rank scores its block of points (a per-datapoint guide's shard)
         block = torch.arange(data.num_data).tensor_split(world.size)[world.rank]
         offset = int(block[0]) if len(block) else 0
-        rows = data.data[offset : offset + len(block)]
+        part = slice(offset, offset + len(block))
+        fields = {name: value[part] for name, value in getattr(data, "fields", {}).items()}
         size, binarize = data.batch_size, data.binarize
         data = (
-            Batches(rows, batch_size=size, shuffle=False, binarize=binarize) if len(block) else []
+            Batches(data.data[part], batch_size=size, shuffle=False, binarize=binarize, **fields)
+            if len(block)
+            else []
         )
     num_data = ready.data.num_data if _takes_num_data(model) and _takes_num_data(guide) else None
     with modes(ready.modules, train=False):  # BatchNorm: running statistics, left as they are
@@ -198,14 +205,19 @@ def _score(
     chunk checks the pair's shapes and runs under ``check``, validated as the user chose."""
     elbo_sum = ll_sum = 0.0
     count = 0
-    for x_batch, local_idx in data:
+    for batch in data:
+        x_batch, local_idx, fields_batch = split_batch(batch)
         idx_batch = local_idx + offset
         step = max(1, max_rows // num_particles)
-        for x, idx in zip(x_batch.split(step), idx_batch.split(step), strict=True):
+        names = list(fields_batch)
+        parts = zip(x_batch.split(step), idx_batch.split(step),
+                    *(fields_batch[k].split(step) for k in names), strict=True)  # fmt: skip
+        for x, idx, *values in parts:
+            fields = dict(zip(names, values, strict=True))
             chunk = max(1, min(num_particles, max_rows // x.shape[0]))
             pair = (check(model), check(guide)) if count == 0 else (model, guide)
             if count == 0:  # once: the parameters' devices, then the sites' shapes
-                check_pair(*pair, x, idx, num_data)
+                check_pair(*pair, x, idx, num_data, fields)
             with nullcontext() if count == 0 else pyro.validation_enabled(False):
                 parts = [
                     log_weights(
@@ -215,6 +227,7 @@ def _score(
                         num_particles=min(chunk, num_particles - start),
                         max_plate_nesting=max_plate_nesting,
                         num_data=num_data,
+                        fields=fields,
                     )
                     for start in range(0, num_particles, chunk)
                 ]

@@ -152,9 +152,10 @@ def start_ranks(
     start = data.block[0] if data.block is not None else 0
     idx = torch.arange(start, start + min(2, data.num_data - start), device=data.device)
     own_rng = torch.random.fork_rng(devices=[data.device] if data.device.type == "cuda" else [])
+    fields = {name: value[idx] for name, value in data.fields.items()}
     with own_rng, poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
-        model(data.data[idx], idx, num_data=data.num_data)
-        guide(data.data[idx], idx, num_data=data.num_data)
+        model(data.data[idx], idx, num_data=data.num_data, **fields)
+        guide(data.data[idx], idx, num_data=data.num_data, **fields)
     broadcast([site["value"].unconstrained() for site in capture.trace.nodes.values()])
     if world.rank:
         torch.manual_seed(int(torch.randint(2**62, ())) + world.rank)
@@ -202,6 +203,11 @@ class ShardedBatches:
         return self.data
 
     @property
+    def fields(self) -> dict[str, Tensor]:
+        """The whole set's other fields (every rank holds them)."""
+        return self.batches.fields
+
+    @property
     def batch_size(self) -> int:
         """The global batch size."""
         return self.batches.batch_size
@@ -221,7 +227,7 @@ class ShardedBatches:
         full, rest = divmod(n, b)
         return full + (rest > 0 and not self.batches.drop_last and rest >= self.world.size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         b = self.batches
         if self.block is not None:
             start, stop = self.block
@@ -245,6 +251,6 @@ class ShardedBatches:
             part = batch.tensor_split(self.world.size)[self.world.rank]
             yield self._take(part, len(batch))
 
-    def _take(self, idx: Tensor, global_size: int) -> tuple[Tensor, Tensor]:
+    def _take(self, idx: Tensor, global_size: int) -> tuple:
         self.global_size = global_size
-        return self.batches.take(idx), idx
+        return self.batches.batch(idx)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .._checks import BatchChecked, check_finite_params
-from ..data.batches import Batches
+from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
 from ..devices._world import World, agree, global_mean
 from ..infer.scoring import evaluate
@@ -30,11 +30,12 @@ def train_epoch(run: Run, epoch: int, log_every: int) -> float:
     total, count = 0.0, 0
     checked, since = isinstance(data, Loader) and isinstance(step.modules, BatchChecked), 0
     bad: Tensor | None = None  # any batch since the last read not finite or not in the support
-    for i, (x, idx) in enumerate(data):
+    for i, batch in enumerate(data):
+        x, idx, fields = split_batch(batch)
         if checked:  # streamed batches: tested on the device, read with the loss
             fault = ~step.modules.batch_ok(x)
             bad = fault if bad is None else bad | fault
-        total = total + step(x, idx) * (x.shape[0] / data.num_data)
+        total = total + step(x, idx, fields) * (x.shape[0] / data.num_data)
         count += x.shape[0]
         if i % log_every == 0 or (checked and i == len(data) - 1):
             running, faulty = read_running(total, count, bad, world, step.check.device)

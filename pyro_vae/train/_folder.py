@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 import pyro.optim
-from torch import Tensor, nn
+from torch import nn
 
 from . import _run_state
 from .checkpoint import CHECKPOINT, HISTORY, CheckpointError, History
@@ -148,7 +148,7 @@ class RunFolder:
     def resume(
         self,
         live: _run_state.Live,
-        batch: tuple[Tensor, Tensor],
+        batch: tuple,
         num_data: int,
         *,
         anywhere: Callable[[bool], bool] | None = None,

@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from ..data.batches import split_batch
 from ..infer.optim import is_row_sparse_group
 from .checkpoint import CheckpointError, read_checkpoint
 
@@ -115,7 +116,7 @@ class Live(NamedTuple):
 def resume_run(
     path: str | os.PathLike,
     live: Live,
-    batch: tuple[Tensor, Tensor],
+    batch: tuple,
     num_data: int,
     *,
     world_size: int = 1,
@@ -154,10 +155,10 @@ def resume_run(
             f"this run uses {settings['type']}. Resume with the same optimizer type, or start "
             "over with overwrite=True"
         )
-    x, idx = batch
+    x, idx, fields = split_batch(batch)
     with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
-        model(x, idx, num_data=num_data)
-        guide(x, idx, num_data=num_data)
+        model(x, idx, num_data=num_data, **fields)
+        guide(x, idx, num_data=num_data, **fields)
     names = list(capture.trace.nodes)
     _check_params(path, state["params"], names)
     store = pyro.get_param_store()

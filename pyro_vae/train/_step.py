@@ -32,6 +32,7 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .._checks import check_pair
+from ..data.batches import Fields
 from ..devices._placement import DeviceCheck
 from ..infer._compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
 from ..infer._gradient import descend, gradient_step
@@ -124,25 +125,38 @@ class Step:
         """The param-store names the checked passes have seen, in order (add a resumed run's)."""
         return self.check.names
 
-    def __call__(self, x: Tensor, idx: Tensor) -> Tensor | float:
-        """One step on ``(x, idx)``; returns the loss (a device tensor, or ``SVI.step``'s
-        float)."""
+    def __call__(self, x: Tensor, idx: Tensor, fields: Fields | None = None) -> Tensor | float:
+        """One step on ``(x, idx)`` and the batch's ``fields`` (passed to the model and guide as
+        keywords); returns the loss (a device tensor, or ``SVI.step``'s float)."""
+        fields = fields or {}
         first, self.first = self.first, False
         if first:  # validates as the user chose; the data were checked before
             with modes(self.modules, train=False):  # (a BatchNorm's statistics stay as they are)
-                check_pair(*self.checked, x, idx, self.num_data)  # once: devices, then shapes
+                check_pair(*self.checked, x, idx, self.num_data, fields)  # devices, then shapes
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
-                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
-                                              scale=self.scale, mode=self.mode)  # fmt: skip
+                self.compiled = self._compiled(x, idx, fields)
             if self.compiled is None:
-                return self._step(x, idx, *self.checked, first=True)
+                return self._step(x, idx, fields, *self.checked, first=True)
             lazy = isinstance(self.optim, LazyAdam)
             self.compiled_optim = CompiledAdam(self.optim, mode=self.mode) if lazy else self.optim
         if self.compiled is not None:
             return self._compiled_or_eager(x, idx, first=first)
         with pyro.validation_enabled(False):
-            return self._step(x, idx, *self.plain, first=False)
+            return self._step(x, idx, fields, *self.plain, first=False)
+
+    def _compiled(self, x: Tensor, idx: Tensor, fields: Fields) -> CompiledLoss | None:
+        """The compiled loss, or ``None`` after one warning that says why the run stays eager
+        (the derived estimator reads ``x`` alone: batches with fields stay eager)."""
+        if fields:
+            warnings.warn(
+                f"{option(self.mode)}: the batches carry fields ({', '.join(fields)}), and the "
+                "compiled estimator reads x alone; this run takes the eager step",
+                stacklevel=4,
+            )
+            return None
+        return compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
+                             scale=self.scale, mode=self.mode)  # fmt: skip
 
     def _compiled_or_eager(self, x: Tensor, idx: Tensor, *, first: bool) -> Tensor:
         """The compiled step. Where compiling fails (a graph break, no C++ compiler, a
@@ -164,9 +178,9 @@ class Step:
                 stacklevel=3,
             )
             if first:
-                return self._step(x, idx, *self.checked, first=True)
+                return self._step(x, idx, {}, *self.checked, first=True)
             with pyro.validation_enabled(False):
-                return self._step(x, idx, *self.plain, first=False)
+                return self._step(x, idx, {}, *self.plain, first=False)
 
     def _compiled_step(
         self, x: Tensor, idx: Tensor, *, update_model: bool = True, update_guide: bool = True
@@ -187,14 +201,17 @@ class Step:
             step(x, idx, update_model=False)
         return step(x, idx, update_guide=False) if self.e_steps else step(x, idx)
 
-    def _step(self, x: Tensor, idx: Tensor, model, guide, *, first: bool) -> Tensor | float:
+    def _step(
+        self, x: Tensor, idx: Tensor, fields: Fields, model, guide, *, first: bool
+    ) -> Tensor | float:
         if self.svi is not None:
-            return self.svi[first].step(x, idx, num_data=self.num_data)
+            return self.svi[first].step(x, idx, num_data=self.num_data, **fields)
         hook = partial(self.combine, x=x) if self.combine is not None else None
 
         def step(x: Tensor, idx: Tensor, **update: bool) -> Tensor:
             return gradient_step(model, guide, self.loss, self.optim, x, idx,
-                                 num_data=self.num_data, before_step=hook, **update)  # fmt: skip
+                                 num_data=self.num_data, before_step=hook, **update,
+                                 **fields)  # fmt: skip
 
         return self._schedule(step, x, idx)
 

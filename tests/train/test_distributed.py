@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as tdist
-from helpers import DeltaPair, circle_vae, run_ranks
+from helpers import DeltaPair, ShiftedDeltaPair, circle_vae, run_ranks
 from torch import nn
 
 import pyro_vae as pv
@@ -60,6 +60,24 @@ def per_datapoint_options() -> dict:
 def same_as_one_process(rank: int, out: str) -> dict:
     pair, history = delta_run(True)
     return {"state": pair.state_dict(), "loss": history.loss}
+
+
+def shifted_run(distributed: bool) -> list[float]:
+    """Three epochs of :class:`ShiftedDeltaPair` on batches with the field ``shift``."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    pair = ShiftedDeltaPair()
+    shift = torch.linspace(-1.0, 1.0, 40)
+    data = pv.Batches(pv.make_circle(40)[0], shift=shift, batch_size=7)
+    pyro.set_rng_seed(0)
+    optim = pv.LazyAdam({"lr": 0.05})
+    history = pv.fit(pair.model, pair.guide, data, epochs=3, device="cpu", progress=False,
+                     distributed=distributed, optim=optim)  # fmt: skip
+    return history.loss
+
+
+def fields_same_as_one_process(rank: int, out: str) -> dict:
+    return {"loss": shifted_run(True)}
 
 
 def per_datapoint_shards(rank: int, out: str) -> dict:
@@ -146,6 +164,15 @@ def test_two_processes_train_the_single_process_model(tmp_path):
             torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     for r in ranks:  # and the global loss of every epoch
         assert r["loss"] == pytest.approx(history.loss, rel=1e-5)
+
+
+def test_fields_are_sharded_with_their_points(tmp_path):
+    """Each rank's part of a batch carries its own points' field: two processes give the
+    single-process losses (a misaligned field would change them)."""
+    ranks = run_ranks(fields_same_as_one_process, tmp_path)
+    single = shifted_run(False)
+    for r in ranks:
+        assert r["loss"] == pytest.approx(single, rel=1e-5)
 
 
 def test_per_datapoint_guides_are_sharded_by_rank(tmp_path):
