@@ -11,6 +11,7 @@ A small run's figures are never shown as the full run's.
 
     python -m docs.gallery            # the pages (runs the executed examples first)
     python -m docs.gallery --record   # re-record the MNIST examples' small runs (needs MNIST)
+    python -m docs.gallery --record mnist_cvae   # one of them
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ EXAMPLES: dict[str, tuple[str, str, bool]] = {
         "--iw 5 --epochs 3280",
         False,
     ),
+    "mnist_cvae": (
+        "--epochs 1 --limit 10000 --hidden 128 --latent-dim 32 --num-particles 20",
+        "--epochs 10",
+        False,
+    ),
 }
 
 
@@ -94,6 +100,15 @@ def page(name: str, out: Path) -> str:
     for image in metrics.get("images", []):
         file = Path(image).name
         lines += [f"![{file}]({out.relative_to(GALLERY).as_posix()}/{file})", ""]
+    for value in metrics.values():  # a list of runs (one per setting): a table of them
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            columns = [c for c in value[0] if c != "image"]
+            lines += [f"| {' | '.join(columns)} |", f"|{'---|' * len(columns)}"]
+            for row in value:
+                cells = [f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                         for c in columns]  # fmt: skip
+                lines.append(f"| {' | '.join(cells)} |")
+            lines.append("")
     lines += ["| metric | value |", "|---|---|"]
     for key, value in metrics.items():
         if key in ("images", "test_curve") or isinstance(value, (dict, list)):
@@ -116,14 +131,22 @@ def index() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--record", action="store_true", help="re-run the recorded (MNIST) examples")
+    p.add_argument(
+        "--record", nargs="*", default=None, metavar="EXAMPLE",
+        help="re-run the recorded (MNIST) examples: those named, or all",
+    )  # fmt: skip
     args = p.parse_args(argv)
     for name, (_, _, executed) in EXAMPLES.items():
         out = GALLERY / ("built" if executed else "outputs") / name
-        if executed or args.record:
+        recorded = args.record is not None and (not args.record or name in args.record)
+        if executed or recorded:
             run(name, out)
             for junk in ("checkpoint.pt", "checkpoint.prev.pt", ".lock", "history.json"):
-                (out / junk).unlink(missing_ok=True)
+                for file in out.rglob(junk):  # (an example with one run folder per setting)
+                    file.unlink()
+            for folder in sorted(out.glob("*/"), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         (GALLERY / f"{name}.md").write_text(page(name, out))
     (GALLERY / "index.md").write_text(index())
 

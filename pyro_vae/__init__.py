@@ -13,7 +13,8 @@ the bottom up (each imports only those before it):
   dispatch watch (:mod:`pyro_vae.devices.dispatch`);
 * :mod:`pyro_vae.data`: :class:`Batches`, :class:`Loader`, :class:`Indexed`,
   :func:`load_mnist`, :func:`make_circle`, :func:`default_data_dir`;
-* :mod:`pyro_vae.models`: :class:`VAE`, :class:`HierarchicalVAE`, :class:`GuideChain`; priors
+* :mod:`pyro_vae.models`: :class:`VAE`, :class:`ConditionalVAE`, :class:`HierarchicalVAE`,
+  :class:`GuideChain`; priors
   (:class:`Prior`, :class:`StandardNormalPrior`, :class:`FlowPrior`, :class:`MAFPrior`,
   :class:`VampPrior`); likelihoods (:class:`Likelihood`, :class:`BernoulliLikelihood`,
   :class:`UnitIntervalBernoulli`, :class:`GaussianLikelihood`); guides (:class:`Guide`,
@@ -56,6 +57,7 @@ from .models import (
     MLP,
     VAE,
     BernoulliLikelihood,
+    ConditionalVAE,
     ConvDecoder,
     ConvEncoder,
     FlowPrior,
@@ -98,6 +100,7 @@ __all__ = [
     "Batches",
     "BernoulliLikelihood",
     "CheckpointError",
+    "ConditionalVAE",
     "ConvDecoder",
     "ConvEncoder",
     "Evaluation",

@@ -3,11 +3,13 @@ likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`)
 and their composition into a Pyro model and guide.
 
 Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``guides``,
-``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``hierarchical`` (two or more
-stochastic layers) and :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
+``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
+(:class:`~pyro_vae.ConditionalVAE`), ``hierarchical`` (two or more stochastic layers) and
+:mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
 """
 
 from . import zoo
+from .conditional import ConditionalVAE
 from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
 from .guides import (
     GaussianEncoder,
@@ -26,6 +28,7 @@ __all__ = [
     "MLP",
     "VAE",
     "BernoulliLikelihood",
+    "ConditionalVAE",
     "ConvDecoder",
     "ConvEncoder",
     "FlowPrior",

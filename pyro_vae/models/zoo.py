@@ -26,6 +26,7 @@ from typing import Literal, get_args
 import zuko
 from torch import nn
 
+from .conditional import ConditionalVAE
 from .flows import IAFEncoder, PlanarEncoder, ZukoFlowEncoder
 from .guides import GaussianEncoder, PerDatapointGaussian, SemiAmortizedGaussian
 from .hierarchical import GuideChain, HierarchicalVAE
@@ -47,6 +48,7 @@ __all__ = [
     "PosteriorName",
     "PriorName",
     "circle_vae",
+    "completion_cvae",
     "conv_vae",
     "flow_posterior_vae",
     "flow_prior_vae",
@@ -267,6 +269,30 @@ def conv_vae(*, likelihood: LikelihoodName = "bernoulli", latent_dim: int = 32) 
     lik = _image_likelihood(likelihood, ConvDecoder(latent_dim), MNIST_SHAPE)
     guide = GaussianEncoder(ConvEncoder(2 * latent_dim), latent_dim)
     return VAE(StandardNormalPrior(latent_dim), lik, guide)
+
+
+def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalVAE:
+    r"""The conditional VAE of Pyro's image-completion example (``examples/cvae``, after Sohn,
+    Lee & Yan 2015) on MNIST: the condition ``c`` is the image with the unknown pixels set to
+    :math:`-1`, the field ``unknown`` marks the pixels the likelihood scores. A prior network
+    :math:`p(z \mid c)` and a recognition network :math:`q(z \mid x, c)` (MLPs
+    784-500-500 and 1568-500-500 to a Gaussian over 200 latents), and a generation network
+    :math:`p(x \mid z)` (200-500-500-784, Bernoulli logits; it reads :math:`z` alone, as
+    Pyro's).
+
+    Example:
+        >>> cvae = completion_cvae(latent_dim=4, hidden=16)
+        >>> cvae.sample(-torch.ones(2, 784)).shape
+        torch.Size([2, 784])
+    """
+    pixels, layers = 784, (hidden, hidden)
+    return ConditionalVAE(
+        GaussianEncoder(MLP(pixels, 2 * latent_dim, layers), latent_dim),
+        BernoulliLikelihood(MLP(latent_dim, pixels, layers), pixels),
+        GaussianEncoder(MLP(2 * pixels, 2 * latent_dim, layers), latent_dim),
+        mask="unknown",
+        decode_condition=False,
+    )
 
 
 def latent2d_vae(

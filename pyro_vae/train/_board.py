@@ -68,6 +68,8 @@ class Board:
         RNG stream is unchanged."""
         if not (hasattr(modules, "sample") and hasattr(modules, "reconstruct")):
             return
+        if getattr(modules, "condition", None) is not None:  # its pictures need conditions
+            return
         shape = _image_shape(getattr(modules, "event_shape", None))
         if shape is None:
             return
