@@ -153,10 +153,14 @@ class ConditionalVAE(VAE):
         **fields: Tensor,
     ) -> None:
         """The guide :math:`q(z \\mid x, c)`; same arguments as :meth:`model`."""
-        c, _ = self._fields(fields)
+        self._fields(fields)  # (checked: the condition, and the mask if any)
         self._register("guide", self.variational)
         with self._plate(x, idx, num_data) as ind:
-            pyro.sample("z", self.variational(torch.cat([x.flatten(1), c], -1), ind))
+            pyro.sample("z", self.variational(self.guide_input(x, fields), ind))
+
+    def guide_input(self, x: Tensor, fields: dict[str, Tensor]) -> Tensor:
+        """What the guide's encoder reads: :math:`[x, c]`, flattened, ``(B, F + C)``."""
+        return torch.cat([x.flatten(1), fields[self.condition].flatten(1)], -1)
 
     @torch.no_grad()
     def sample(self, c: Tensor) -> Tensor:
@@ -171,11 +175,11 @@ class ConditionalVAE(VAE):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, idx: Tensor | None = None, *, c: Tensor) -> Tensor:
         """The mean of :math:`p(x \\mid z, c)` at the guide's mean; shape of ``x``."""
-        c = c.flatten(1)
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
         with modes(self, train=False):
-            z = self.variational(torch.cat([x.flatten(1), c], -1), idx).mean
+            z = self.variational(self.guide_input(x, {self.condition: c}), idx).mean
+            c = c.flatten(1)
             return self._likelihood(z, c, None).mean
 
 

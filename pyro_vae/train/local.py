@@ -8,15 +8,15 @@ above the training loop and the scoring below it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .._checks import check_floating
 from ..data._source import as_source
-from ..data.batches import Batches
+from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
 from ..devices._placement import check_module
 from ..infer.optim import LazyAdam
@@ -116,7 +116,7 @@ def _local_guides(
         inits = list(init) if isinstance(init, Sequence | nn.ModuleList) else [init]
         if len(inits) != len(layers):
             raise ValueError(f"init needs one guide per latent layer ({len(layers)})")
-        points = data if isinstance(data, Loader) else data.data
+        points = _guide_inputs(vae, data)
         guides = []
         for guide in inits:
             guides.append(PerDatapointGaussian.from_guide(guide, points, num_data=data.num_data))
@@ -187,3 +187,13 @@ def amortization_gap(
         approximation_gap=log_px - optimal.elbo,
         amortization_gap=optimal.elbo - amortized.elbo,
     )
+
+
+def _guide_inputs(vae: VAE, data: Batches | Loader) -> Tensor | Iterator[tuple[Tensor, Tensor]]:
+    """What the amortized guide reads for ``data``'s points: the points themselves (a stream
+    as it comes), or what a VAE with a ``guide_input(x, fields)`` (a
+    :class:`~pyro_vae.ConditionalVAE`) makes of each batch and its fields."""
+    guide_input = getattr(vae, "guide_input", None)
+    if guide_input is None:
+        return data if isinstance(data, Loader) else data.data
+    return ((guide_input(x, fields), idx) for x, idx, fields in map(split_batch, data))

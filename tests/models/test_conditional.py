@@ -113,3 +113,19 @@ def test_a_conditional_vae_names_the_fields_it_reads():
     with pytest.raises(TypeError, match=r"reads the field\(s\) \['c'\].*got \['cond'\]"):
         pv.fit(cvae.model, cvae.guide, pv.Batches(x, cond=c, batch_size=8), epochs=1,
                progress=False)  # fmt: skip
+
+
+def test_local_inference_and_the_amortization_gap_read_the_condition():
+    """infer_local started from the encoder, and amortization_gap, feed the guide's encoder
+    [x, c]: the per-datapoint optimum is at least as good as the encoder (ELBO), and both
+    bound the importance-sampled log p(x | c)."""
+    cvae, _ = linear_cvae(torch.float32)
+    g = torch.Generator().manual_seed(2)
+    c, x = torch.randn(64, C, generator=g), torch.randn(64, F, generator=g)
+    data = pv.Batches(x, c=c, batch_size=32)
+    local = pv.infer_local(cvae, data, epochs=1, lr=1e-7, init=cvae.variational)  # (stays put)
+    start = cvae.variational(cvae.guide_input(x, {"c": c})).mean
+    torch.testing.assert_close(local.variational.loc, start, atol=1e-4, rtol=0)
+    gap = pv.amortization_gap(cvae, data, epochs=50, lr=0.05, num_particles=500)
+    assert gap.elbo_optimal >= gap.elbo_amortized - 0.05
+    assert gap.log_likelihood >= gap.elbo_optimal - 0.05
