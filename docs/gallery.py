@@ -62,6 +62,11 @@ EXAMPLES: dict[str, tuple[str, str, bool]] = {
         "--epochs 10",
         False,
     ),
+    "mnist_ssvae": (
+        "--epochs 1 --limit 10000 --labels 1000 --hidden 128 --latent-dim 20",
+        "--labels 100 600 1000 3000 --epochs 5",
+        False,
+    ),
 }
 
 

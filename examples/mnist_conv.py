@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
-    x_train, x_test, _ = scripts.mnist_tensors(args, device, flatten=False)
+    x_train, _, x_test, _ = scripts.mnist_tensors(args, device, flatten=False)
     train = pv.Batches(x_train, batch_size=args.batch_size)
     test = pv.Batches(x_test, batch_size=500, shuffle=False)
     vae = zoo.conv_vae(likelihood=args.likelihood, latent_dim=args.latent_dim)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) 
 
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
-    x_train, x_test, _ = scripts.mnist_tensors(args, device)
+    x_train, _, x_test, _ = scripts.mnist_tensors(args, device)
     runs = [run(args, q, x_train, x_test, device, out) for q in args.quadrants]
     metrics = {
         "settings": runs,

@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
 
-    x_train, x_test, _ = scripts.mnist_tensors(args, device)
+    x_train, _, x_test, _ = scripts.mnist_tensors(args, device)
     train = pv.Batches(x_train, batch_size=args.batch_size, binarize="threshold")
     test = pv.Batches(x_test, batch_size=1000, binarize="threshold", shuffle=False)
 

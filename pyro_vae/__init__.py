@@ -13,8 +13,8 @@ the bottom up (each imports only those before it):
   dispatch watch (:mod:`pyro_vae.devices.dispatch`);
 * :mod:`pyro_vae.data`: :class:`Batches`, :class:`Loader`, :class:`Indexed`,
   :func:`load_mnist`, :func:`make_circle`, :func:`default_data_dir`;
-* :mod:`pyro_vae.models`: :class:`VAE`, :class:`ConditionalVAE`, :class:`HierarchicalVAE`,
-  :class:`GuideChain`; priors
+* :mod:`pyro_vae.models`: :class:`VAE`, :class:`ConditionalVAE`, :class:`SemiSupervisedVAE`,
+  :class:`HierarchicalVAE`, :class:`GuideChain`; priors
   (:class:`Prior`, :class:`StandardNormalPrior`, :class:`FlowPrior`, :class:`MAFPrior`,
   :class:`VampPrior`); likelihoods (:class:`Likelihood`, :class:`BernoulliLikelihood`,
   :class:`UnitIntervalBernoulli`, :class:`GaussianLikelihood`); guides (:class:`Guide`,
@@ -73,6 +73,7 @@ from .models import (
     PlanarEncoder,
     Prior,
     SemiAmortizedGaussian,
+    SemiSupervisedVAE,
     StandardNormalPrior,
     TransformedGaussianEncoder,
     UnitIntervalBernoulli,
@@ -123,6 +124,7 @@ __all__ = [
     "PlanarEncoder",
     "Prior",
     "SemiAmortizedGaussian",
+    "SemiSupervisedVAE",
     "StandardNormalPrior",
     "TensorTrace_ELBO",
     "TransformedGaussianEncoder",

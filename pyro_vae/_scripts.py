@@ -118,14 +118,14 @@ def mnist_from_args(
 
 def mnist_tensors(
     args: argparse.Namespace, device: torch.device, *, flatten: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
-    """MNIST's training images, test images and test labels on ``device``, with an example's
-    flags (``--data-dir``, ``--download``, ``--limit``: the first images of each)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """MNIST's training images and labels, test images and labels, on ``device``, with an
+    example's flags (``--data-dir``, ``--download``, ``--limit``: the first images of each)."""
     kw = {"device": device, "download": args.download, "flatten": flatten}
-    x_train, _ = _datasets.load_mnist(args.data_dir, train=True, **kw)
+    x_train, y_train = _datasets.load_mnist(args.data_dir, train=True, **kw)
     x_test, y_test = _datasets.load_mnist(args.data_dir, train=False, **kw)
     n = args.limit
-    return x_train[:n], x_test[:n], y_test[:n]
+    return x_train[:n], y_train[:n], x_test[:n], y_test[:n]
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, Path]:

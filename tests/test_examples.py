@@ -294,3 +294,18 @@ def test_mnist_cvae(mnist_dir, tmp_path):
     for r in metrics["settings"]:
         assert (tmp_path / f"quadrants{r['quadrants']}" / "history.json").exists()
         assert (tmp_path / r["image"]).stat().st_size > 0
+
+
+@pytest.mark.mnist
+def test_mnist_ssvae(mnist_dir, tmp_path):
+    """The semi-supervised example: one run per number of known labels (balanced over the
+    classes), a test error in percent, samples of each class."""
+    flags = "--epochs 1 --limit 500 --labels 20 100 --hidden 16 --latent-dim 4"
+    example, _, metrics = run("mnist_ssvae", flags, tmp_path, mnist_dir)
+    assert [r["labels"] for r in metrics["settings"]] == [20, 100]
+    for r in metrics["settings"]:
+        assert 0.0 <= r["test_error"] <= 100.0 and math.isfinite(r["train_loss"])
+        assert r["alpha"] == pytest.approx(0.1 * 500 / r["labels"])
+        assert (tmp_path / r["image"]).stat().st_size > 0
+    y = torch.arange(500) % 10
+    assert torch.bincount(y[example.known_labels(y, 100, seed=0)]).tolist() == [10] * 10

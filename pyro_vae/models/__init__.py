@@ -4,7 +4,8 @@ and their composition into a Pyro model and guide.
 
 Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``guides``,
 ``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
-(:class:`~pyro_vae.ConditionalVAE`), ``hierarchical`` (two or more stochastic layers) and
+(:class:`~pyro_vae.ConditionalVAE`), ``semisupervised`` (:class:`~pyro_vae.SemiSupervisedVAE`),
+``hierarchical`` (two or more stochastic layers) and
 :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
 """
 
@@ -22,6 +23,7 @@ from .hierarchical import GuideChain, HierarchicalVAE
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior, VampPrior
+from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "PlanarEncoder",
     "Prior",
     "SemiAmortizedGaussian",
+    "SemiSupervisedVAE",
     "StandardNormalPrior",
     "TransformedGaussianEncoder",
     "UnitIntervalBernoulli",

@@ -89,6 +89,11 @@ class ConditionalVAE(VAE):
         self.condition, self.mask, self.decode_condition = condition, mask, decode_condition
         self.name = name
 
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        """The fields of the batches the model and guide read."""
+        return (self.condition, self.mask) if self.mask else (self.condition,)
+
     def with_guide(self, guide: Guide | Sequence[Guide], *, name: str) -> ConditionalVAE:
         """The same prior and likelihood (shared modules) with another guide (e.g. a
         per-datapoint guide for held-out data), registered under another ``name``."""

@@ -33,6 +33,7 @@ from .hierarchical import GuideChain, HierarchicalVAE
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import MAFPrior, StandardNormalPrior, VampPrior
+from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "flow_prior_vae",
     "iwae_vae",
     "latent2d_vae",
+    "m2_vae",
 ]
 
 MNIST_SHAPE = (1, 28, 28)
@@ -292,6 +294,30 @@ def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalV
         GaussianEncoder(MLP(2 * pixels, 2 * latent_dim, layers), latent_dim),
         mask="unknown",
         decode_condition=False,
+    )
+
+
+def m2_vae(
+    *, num_classes: int = 10, latent_dim: int = 50, hidden: int = 500, alpha: float = 0.0
+) -> SemiSupervisedVAE:
+    r"""The semi-supervised M2 model on MNIST (Kingma, Rezende, Mohamed & Welling 2014; the
+    networks of Pyro's ``ss_vae_M2.py``): a classifier :math:`q(y \mid x)` (784-500-10), an
+    encoder :math:`q(z \mid x, y)` (794-500 to a Gaussian over 50 latents) and a decoder
+    :math:`p(x \mid z, y)` (60-500-784, Bernoulli logits); ``alpha`` weighs the auxiliary
+    classification term per labelled point.
+
+    Example:
+        >>> m2 = m2_vae(latent_dim=4, hidden=16)
+        >>> m2.classify(torch.rand(3, 784)).shape
+        torch.Size([3])
+    """
+    pixels, layers = 784, (hidden,)
+    return SemiSupervisedVAE(
+        MLP(pixels, num_classes, layers),
+        BernoulliLikelihood(MLP(latent_dim + num_classes, pixels, layers), pixels),
+        GaussianEncoder(MLP(pixels + num_classes, 2 * latent_dim, layers), latent_dim),
+        num_classes=num_classes,
+        alpha=alpha,
     )
 
 

@@ -68,7 +68,7 @@ class Board:
         RNG stream is unchanged."""
         if not (hasattr(modules, "sample") and hasattr(modules, "reconstruct")):
             return
-        if getattr(modules, "condition", None) is not None:  # its pictures need conditions
+        if getattr(modules, "field_names", ()):  # its pictures need the batches' fields
             return
         shape = _image_shape(getattr(modules, "event_shape", None))
         if shape is None:

@@ -1,0 +1,84 @@
+"""The tables of the examples that run one model per setting, beside their anchors:
+``examples/mnist_cvae.py`` (conditional NLL by known quadrants, beside Pyro's tutorial) and
+``examples/mnist_ssvae.py`` (test error by number of labels, beside Kingma et al. 2014).
+
+    python benchmarks/settings_table.py runs/mnist_cvae_10 --readme docs/results.md --block cvae
+    python benchmarks/settings_table.py runs/mnist_ssvae_5 --readme docs/results.md --block ssvae
+
+Reads the run's ``metrics.json`` (one row per setting) and, with ``--readme``, puts the table
+between the block's markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pyro_vae._scripts import replace_block
+
+
+def budget(metrics: dict) -> str:
+    return (
+        f"{metrics['epochs']} epochs per setting (batch {metrics['batch_size']}, Adam "
+        f"{metrics['lr']}, z = {metrics['latent_dim']}, hidden {metrics['hidden']}) on "
+        f"{metrics['device']}"
+    )
+
+
+def cvae(metrics: dict) -> str:
+    """The image-completion table."""
+    lines = [
+        f"{budget(metrics)}; conditional NLL -log p(unknown pixels | known pixels), nats per "
+        "test image (lower is better), importance-sampled with K particles.",
+        "",
+        "| known quadrants | ours: CVAE | K | Pyro's tutorial: CVAE | Pyro's baseline | "
+        "ours: test ELBO | training time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in metrics["settings"]:
+        lines.append(
+            f"| {r['quadrants']} | {r['test_cll']:.1f} | {r['num_particles']} | "
+            f"{r['pyro_cvae_cll']} | {r['pyro_baseline_cll']} | {r['test_elbo']:.1f} | "
+            f"{r['seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def ssvae(metrics: dict) -> str:
+    """The semi-supervised table."""
+    lines = [
+        f"{budget(metrics)}; test error of q(y | x) on the "
+        f"{metrics['settings'][0]['test_points']} test images (lower is better).",
+        "",
+        "| labels | ours: M2 test error | Kingma et al. 2014: M2 | alpha per labelled point | "
+        "train loss | training time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in metrics["settings"]:
+        lines.append(
+            f"| {r['labels']} | {r['test_error']:.2f} % | {r['kingma_m2_error']} % | "
+            f"{r['alpha']:.4g} | {r['train_loss']:.1f} | {r['seconds'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def markdown(metrics: dict) -> str:
+    """The table of one run: by its settings' figures."""
+    return cvae(metrics) if "test_cll" in metrics["settings"][0] else ssvae(metrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run", help="the example's --out folder")
+    p.add_argument("--readme", default=None)
+    p.add_argument("--block", required=True)
+    args = p.parse_args(argv)
+    text = markdown(json.loads((Path(args.run) / "metrics.json").read_text()))
+    print(text)
+    if args.readme:
+        replace_block(Path(args.readme), args.block, text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+r"""The semi-supervised VAE M2 (Kingma, Rezende, Mohamed & Welling 2014), as Pyro's
+``examples/vae/ss_vae_M2.py``: a label :math:`y` observed for some points and summed out for
+the others, in one minibatch.
+
+.. math::
+
+    \text{model:}\quad y_n \sim \mathrm{Cat}(1/K),\ z_n \sim \mathcal{N}(0, I),\
+    x_n \sim p(x \mid z_n, y_n); \qquad
+    \text{guide:}\quad y_n \sim q(y \mid x_n)\ \text{(unlabelled)},\
+    z_n \sim q(z \mid x_n, y_n)
+
+The labels and the mask of known labels are fields of the batches (``y`` and ``y_mask``). A
+known label is observed in the model (and not sampled in the guide); an unknown one is a
+guide site enumerated in parallel, so ``TraceEnum_ELBO`` sums it out exactly: the unlabelled
+points' bound is :math:`\sum_y q(y \mid x)\,[\mathcal{L}(x, y) - \log q(y \mid x)]`. Kingma et
+al.'s auxiliary classification term :math:`\alpha\,\log q(y \mid x)` on the labelled points
+trains the classifier on the labels too (a factor in the model, so that it adds to the ELBO).
+"""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from .guides import GaussianEncoder
+from .likelihoods import Likelihood
+from .nets import modes
+from .vae import VAE
+
+__all__ = ["SemiSupervisedVAE"]
+
+
+class SemiSupervisedVAE(VAE):
+    r"""The M2 model and guide: ``model(x, idx, num_data=N, y=y, y_mask=known)`` with ``y`` the
+    labels (any value where unknown) and ``y_mask`` true where a label is known; train with
+    ``pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)``.
+
+    Args:
+        classifier: :math:`q(y \mid x)`: a module mapping ``x`` ``(B, *event_shape)`` to
+            ``num_classes`` logits.
+        likelihood: :math:`p(x \mid z, y)`: a :class:`~pyro_vae.Likelihood` whose decoder reads
+            :math:`[z, \mathrm{onehot}(y)]`, ``D + K`` features.
+        guide: :math:`q(z \mid x, y)`: a :class:`~pyro_vae.GaussianEncoder` whose encoder reads
+            :math:`[x, \mathrm{onehot}(y)]`, ``F + K`` features.
+        num_classes: :math:`K`.
+        alpha: The weight :math:`\alpha` of the auxiliary term :math:`\alpha \log q(y \mid x)`
+            per labelled point (Kingma et al. use :math:`\alpha = 0.1 N`; ``0`` turns it off).
+        name: Prefix of the names under which the modules enter Pyro's param store.
+
+    Example:
+        >>> m2 = SemiSupervisedVAE(MLP(6, 3), BernoulliLikelihood(MLP(2 + 3, 6), 6),
+        ...                        GaussianEncoder(MLP(6 + 3, 2 * 2), 2), num_classes=3)
+        >>> x, y = torch.rand(8, 6).round(), torch.randint(0, 3, (8,))
+        >>> known = torch.arange(8) < 4  # half of the labels
+        >>> elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+        >>> loss = elbo.differentiable_loss(m2.model, m2.guide, x, y=y, y_mask=known)
+        >>> m2.classify(x).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        classifier: nn.Module,
+        likelihood: Likelihood,
+        guide: GaussianEncoder,
+        *,
+        num_classes: int,
+        alpha: float = 0.0,
+        name: str = "m2",
+    ) -> None:
+        from ._composition import check_role
+
+        nn.Module.__init__(self)
+        check_role("likelihood", likelihood)
+        check_role("guide", guide)
+        self.classifier, self.likelihood, self.variational = classifier, likelihood, guide
+        self.num_classes, self.alpha, self.name = num_classes, alpha, name
+        self.latent_dim = guide.latent_dim
+
+    def _onehot(self, y: Tensor, like: Tensor) -> Tensor:
+        return nn.functional.one_hot(y, self.num_classes).to(like.dtype)
+
+    def model(
+        self,
+        x: Tensor,
+        idx: Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        y: Tensor,
+        y_mask: Tensor,
+    ) -> None:
+        """:math:`p(y)\\,p(z)\\,p(x \\mid z, y)` for a minibatch, the labels ``y`` observed
+        where ``y_mask``; plus the auxiliary term on those."""
+        self._register("likelihood", self.likelihood)
+        with self._plate(x, idx, num_data):
+            uniform = dist.Categorical(logits=x.new_zeros(self.num_classes))
+            with poutine.mask(mask=y_mask):
+                pyro.sample("y", uniform, obs=y)
+            with poutine.mask(mask=~y_mask):
+                hidden = pyro.sample("y_hidden", uniform)
+            label = torch.where(y_mask, y, hidden)
+            prior = dist.Normal(x.new_zeros(self.latent_dim), 1.0).to_event(1)
+            z = pyro.sample("z", prior)
+            onehot = self._onehot(label, x).expand(*z.shape[:-1], self.num_classes)
+            pyro.sample("x", self.likelihood(torch.cat([z, onehot], -1)), obs=x)
+            if self.alpha:
+                self._register("classifier", self.classifier)
+                log_q = dist.Categorical(logits=self.classifier(x)).log_prob(y)
+                pyro.factor("classification", self.alpha * log_q * y_mask)
+
+    def guide(
+        self,
+        x: Tensor,
+        idx: Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        y: Tensor,
+        y_mask: Tensor,
+    ) -> None:
+        """:math:`q(y \\mid x)` (enumerated where the label is unknown) and
+        :math:`q(z \\mid x, y)`; same arguments as :meth:`model`."""
+        self._register("classifier", self.classifier)
+        self._register("guide", self.variational)
+        with self._plate(x, idx, num_data) as ind:
+            q_y = dist.Categorical(logits=self.classifier(x))
+            with poutine.mask(mask=~y_mask):
+                hidden = pyro.sample("y_hidden", q_y, infer={"enumerate": "parallel"})
+            label = torch.where(y_mask, y, hidden)  # (K, B) under enumeration
+            flat = x.flatten(1).expand(*label.shape, -1)
+            inputs = torch.cat([flat, self._onehot(label, x)], -1)
+            pyro.sample("z", self.variational(inputs, ind))
+
+    field_names = ("y", "y_mask")
+    """The fields of the batches the model and guide read."""
+
+    def with_guide(self, guide: object, *, name: str) -> VAE:
+        """Not available: the guide of :math:`z` reads the enumerated label, which a
+        per-datapoint guide cannot (local inference and the amortization gap need one)."""
+        raise NotImplementedError(
+            "SemiSupervisedVAE has no per-datapoint guide: q(z | x, y) reads the label, which "
+            "is enumerated where unknown; infer_local and amortization_gap do not apply"
+        )
+
+    @torch.no_grad()
+    def sample(self, y: Tensor) -> Tensor:
+        r"""The mean of :math:`p(x \mid z, y)` at :math:`z \sim \mathcal{N}(0, I)`, one per
+        label in ``y`` ``(B,)``: digits of the given classes; in eval mode."""
+        with modes(self, train=False):
+            z = torch.randn(y.shape[0], self.latent_dim, device=y.device)
+            z = z.to(next(self.likelihood.parameters()).dtype)
+            return self.likelihood(torch.cat([z, self._onehot(y, z)], -1)).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, idx: Tensor | None = None, *, y: Tensor) -> Tensor:
+        r"""The mean of :math:`p(x \mid z, y)` at the mean of :math:`q(z \mid x, y)`."""
+        with modes(self, train=False):
+            inputs = torch.cat([x.flatten(1), self._onehot(y, x)], -1)
+            z = self.variational(inputs, idx).mean
+            return self.likelihood(torch.cat([z, self._onehot(y, z)], -1)).mean
+
+    @torch.no_grad()
+    def classify(self, x: Tensor) -> Tensor:
+        """The most probable label under :math:`q(y \\mid x)`, shape ``(B,)``; in eval mode."""
+        with modes(self, train=False):
+            return self.classifier(x).argmax(-1)
+
+    def guide_layers(self) -> list[GaussianEncoder]:
+        """M2's continuous latent's guide."""
+        return [self.variational]
