@@ -11,6 +11,7 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae as pv
 
@@ -111,3 +112,33 @@ def test_m2_refuses_local_inference_with_the_reason():
     m2 = tiny_m2(0.0)
     with pytest.raises(NotImplementedError, match=r"q\(z \| x, y\) reads the label"):
         m2.with_guide(pv.PerDatapointGaussian(6, D), name="local")
+
+
+def test_m2_trains_from_a_dataloader_and_resumes_exactly(tmp_path):
+    """Through a shuffled DataLoader over a labelled dataset (``Indexed(..., fields=("y",
+    "y_mask"))``), with TraceEnum_ELBO: 1 epoch, then resumed to 3, gives the losses of 3
+    epochs straight (other initial weights before the resume: all restored)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 4, generator=g).round(), torch.randint(0, 2, (60,), generator=g)
+    known = torch.rand(60, generator=g) < 0.3
+    dataset = pv.Indexed(TensorDataset(x, y, known), fields=("y", "y_mask"))
+
+    def run(epochs, resume, seed):
+        pyro.clear_param_store()
+        torch.manual_seed(seed)
+        m2 = pv.SemiSupervisedVAE(
+            pv.MLP(4, 2, (8,)),
+            pv.BernoulliLikelihood(pv.MLP(2 + 2, 4, (8,)), 4),
+            pv.GaussianEncoder(pv.MLP(4 + 2, 2 * 2, (8,)), 2),
+            num_classes=2,
+            alpha=1.0,
+        )
+        pyro.set_rng_seed(0)
+        loader = DataLoader(dataset, batch_size=20, shuffle=True)
+        folder = {"save_dir": tmp_path / "run", "resume": resume, "overwrite": not resume}
+        return pv.fit(m2.model, m2.guide, loader, epochs=epochs, device="cpu", progress=False,
+                      loss=TraceEnum_ELBO(max_plate_nesting=1), **folder).loss  # fmt: skip
+
+    straight = run(3, resume=False, seed=0)
+    run(1, resume=False, seed=0)
+    assert run(3, resume=True, seed=7) == straight
