@@ -6,7 +6,9 @@ checkpoints and resume.
     model(x, idx, num_data=N)   # and the same for guide
 
 where ``x`` is a minibatch, ``idx`` its dataset indices and ``N`` the data set's size (the
-package's :class:`~pyro_vae.VAE` does; so can a hand-written pair).
+package's :class:`~pyro_vae.VAE` does; so can a hand-written pair). Batches with fields
+(labels, conditions, masks: ``pv.Batches(x, y=labels, ...)``) add them as keywords,
+``model(x, idx, num_data=N, y=y_batch)``.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def fit(
     subsampled plate, is divided by ``N``: the history holds the mean negative ELBO per point.
 
     Args:
-        model: A Pyro model ``model(x, idx, num_data=N)``.
+        model: A Pyro model ``model(x, idx, num_data=N)`` (``**fields`` as keywords when the
+            batches carry fields).
         guide: A Pyro guide with the same signature.
         data: The training minibatches: :class:`~pyro_vae.Batches` (a tensor on the
             device: the fast path), or a :class:`torch.utils.data.DataLoader` (e.g. over
