@@ -6,6 +6,7 @@ Each check raises an error that names the problem, the value seen, and what to d
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
@@ -57,7 +58,8 @@ class LocalParameters(Protocol):
 
 
 def check_int(name: str, value: object, *, minimum: int = 1) -> None:
-    """Raises a :class:`ValueError` unless ``value`` is an integer ``>= minimum``.
+    """Raises a :class:`ValueError` unless ``value`` is an integer ``>= minimum`` (a Python or
+    a numpy integer).
 
     Example:
         >>> check_int("epochs", 0)
@@ -65,7 +67,7 @@ def check_int(name: str, value: object, *, minimum: int = 1) -> None:
         ...
         ValueError: epochs must be a positive integer; got 0
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         kind = {0: "a non-negative integer", 1: "a positive integer"}.get(
             minimum, f"an integer >= {minimum}"
         )

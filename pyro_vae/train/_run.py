@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._checks import check_int
-from ..data._source import prepare
+from .._checks import LocalParameters, check_int
+from ..data._source import find_modules, prepare
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._placement import default_device, move_param_store
@@ -39,6 +39,7 @@ __all__ = [
     "Run",
     "beta_at",
     "check_options",
+    "check_run_options",
     "check_sparse",
     "combine_for",
     "held_out",
@@ -68,6 +69,21 @@ def check_options(
             "only (the model is never updated); for variational EM (k E-steps, then an M-step "
             "per batch) pass e_steps=k and leave freeze_model=False"
         )
+
+
+def check_run_options(
+    save_dir: object, *, resume: bool, overwrite: bool, log_dir: object, log_images_every: int
+) -> None:
+    """Refuses options that would be silently ignored or contradict each other."""
+    if resume and overwrite:
+        raise ValueError(
+            "resume=True continues the run in save_dir and overwrite=True deletes it: pass one"
+        )
+    if (resume or overwrite) and save_dir is None:
+        flag = "resume" if resume else "overwrite"
+        raise ValueError(f"{flag}=True needs save_dir=... (the folder of the run)")
+    if log_images_every and not log_dir:
+        raise ValueError("log_images_every needs log_dir=... (the TensorBoard folder)")
 
 
 def beta_at(beta: float | Callable[[int], float], epoch: int | None) -> float:
@@ -130,6 +146,15 @@ def held_out(
     """The validation data on the device, checked (a tensor: in chunks of ~2^17 samples)."""
     if validation is None:
         return None
+    found = find_modules(model, guide, modules)
+    local = [m for m in (found.modules() if found is not None else ()) if _is_local(m)]
+    if local:
+        raise ValueError(
+            f"validation= scores held-out points, but {type(local[0]).__name__} has parameters "
+            "for the training points only (it would score the held-out points with the "
+            "training points' latents): validate after training with pv.infer_local(vae, "
+            "held_out, epochs=...) and pv.evaluate, or use an amortized guide"
+        )
     size = max(1, 2**17 // particles)
     return prepare(model, guide, validation, device=device, modules=modules,
                    batch_size=size).data  # fmt: skip
@@ -252,3 +277,8 @@ class Run:
 
 
 RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"
+
+
+def _is_local(module: nn.Module) -> bool:
+    """Whether ``module`` holds per-datapoint (local) parameters."""
+    return isinstance(module, LocalParameters) and getattr(module, "num_data", None) is not None

@@ -91,6 +91,7 @@ def save_checkpoint(
         "rng": _rng_state(),
         "world_size": world_size,
     }
+    state = _as_data(state)  # (what torch.load(weights_only=True) reads back)
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
@@ -101,6 +102,24 @@ def save_checkpoint(
             shutil.copyfile(path, link)
         os.replace(link, previous)
     os.replace(tmp, path)
+
+
+def _as_data(value: object) -> object:
+    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors, through
+    dicts, lists and tuples: a learning rate given as ``np.float64`` (or set by a schedule with
+    ``np.cos``) would otherwise be pickled as a numpy object, which ``weights_only`` loading
+    refuses, so that no checkpoint of the run could be read back."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {k: _as_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_as_data(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
 
 
 class Live(NamedTuple):

@@ -73,6 +73,11 @@ def infer_local(
         >>> evaluate(local.model, local.guide, held_out, num_particles=10).num_data
         32
     """
+    if not final_lr_ratio > 0:
+        raise ValueError(
+            f"final_lr_ratio must be a number > 0 (the step size ends at lr * final_lr_ratio); "
+            f"got {final_lr_ratio!r}"
+        )
     data = as_source(data)
     if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
         data = data.to(next(vae.parameters()).device)

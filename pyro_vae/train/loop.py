@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._world import get_world, timed_out
@@ -37,6 +38,7 @@ from ._run import (
     Run,
     beta_at,
     check_options,
+    check_run_options,
     check_sparse,
     combine_for,
     held_out,
@@ -175,6 +177,9 @@ def fit(
         ([1, 2], 2)
     """
     check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
+    check_int("validation_particles", validation_particles)
+    check_run_options(save_dir, resume=resume, overwrite=overwrite, log_dir=log_dir,
+                      log_images_every=log_images_every)  # fmt: skip
     beta_at(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})

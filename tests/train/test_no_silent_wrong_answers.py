@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import bernoulli_vae, circle_data, circle_vae
+from helpers import bernoulli_vae, circle_data, circle_vae, fit_circle
 
 import pyro_vae as pv
 
@@ -296,3 +296,43 @@ def test_a_bad_value_in_a_later_streamed_batch_is_named(bad):
     message = r"a batch among steps 2 to 8 of epoch 1 has values that are not finite or not in"
     with pytest.raises(ValueError, match=message):
         pv.fit(vae.model, vae.guide, loader, epochs=1, log_every=50, device="cpu", progress=False)
+
+
+def test_a_numpy_learning_rate_leaves_a_checkpoint_that_loads(tmp_path):
+    """A learning rate given as a numpy number is saved as a plain number: the checkpoint
+    (and the one before it) reads back with weights_only=True, and the run resumes."""
+    import numpy as np
+
+    _, history = fit_circle(tmp_path, 2, optim=pv.LazyAdam({"lr": np.float64(1e-2)}))
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        torch.load(tmp_path / name, weights_only=True)
+    _, resumed = fit_circle(tmp_path, 3, resume=True, optim=pv.LazyAdam({"lr": np.float64(1e-2)}))
+    assert resumed.loss[:2] == history.loss
+
+
+def test_options_that_would_be_ignored_or_contradict_are_refused(tmp_path):
+    import numpy as np
+
+    vae, data = circle_vae(), circle_data()
+    fit = lambda **options: pv.fit(vae.model, vae.guide, data, progress=False, **options)
+    with pytest.raises(ValueError, match=r"resume=True needs save_dir"):
+        fit(epochs=1, resume=True)
+    with pytest.raises(ValueError, match=r"resume=True continues .* overwrite=True deletes it"):
+        fit(epochs=1, save_dir=tmp_path, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match=r"log_images_every needs log_dir"):
+        fit(epochs=1, log_images_every=1)
+    with pytest.raises(ValueError, match=r"validation_particles must be a positive integer"):
+        fit(epochs=1, validation=data, validation_particles=0)
+    history = fit(epochs=np.int64(2), log_every=np.int32(5))  # numpy integers are integers
+    assert history.epoch == [1, 2]
+    with pytest.raises(ValueError, match=r"final_lr_ratio must be a number > 0"):
+        pv.infer_local(vae, data, epochs=1, final_lr_ratio=-0.5)
+
+
+def test_validation_with_a_per_datapoint_guide_is_refused():
+    """A per-datapoint guide has no latents for held-out points: validation= would score them
+    with the training points' rows; it is refused with the fix."""
+    vae = circle_vae(pv.PerDatapointGaussian(64, 1))
+    data = circle_data()
+    with pytest.raises(ValueError, match=r"validation= scores held-out points.*infer_local"):
+        pv.fit(vae.model, vae.guide, data, epochs=1, validation=circle_data(), progress=False)
