@@ -180,6 +180,17 @@ def check_pair(
                 f"distribution there has event shape {tuple(event)}: the guide and the model "
                 "disagree on the latent dimension; build them with the same one"
             )
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or name in model_trace.nodes:
+            continue
+        if type(site["fn"]).__name__ == "_Subsample" or site["infer"].get("is_auxiliary"):
+            continue
+        raise ValueError(
+            f"the guide samples {name!r}, which the model has no site for: its density would "
+            "enter the ELBO and the importance weights without a model term (a wrong number); "
+            "give the model's site the same name, or mark the guide's "
+            "infer={'is_auxiliary': True}"
+        )
 
 
 def check_takes_fields(role: str, fn: Callable[..., object], fields: dict[str, Tensor]) -> None:

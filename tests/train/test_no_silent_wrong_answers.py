@@ -80,7 +80,7 @@ def test_a_per_datapoint_vae_refuses_new_data():
     new = pv.make_circle(20, seed=1)[0]
     with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20.*infer_local"):
         pv.evaluate(vae.model, vae.guide, new, num_particles=2)
-    with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20"):
+    with pytest.raises(ValueError, match=r"validation= scores held-out points"):
         pv.fit(vae.model, vae.guide, circle_data(64), epochs=2, validation=new, progress=False)
 
 
@@ -336,3 +336,28 @@ def test_validation_with_a_per_datapoint_guide_is_refused():
     data = circle_data()
     with pytest.raises(ValueError, match=r"validation= scores held-out points.*infer_local"):
         pv.fit(vae.model, vae.guide, data, epochs=1, validation=circle_data(), progress=False)
+
+
+def test_a_guide_site_the_model_lacks_is_refused():
+    """A guide that samples a site the model has not (a typo in a name) would put its density
+    in the weights with no model term: evaluate returned a plausible log p(x) for it; fit and
+    evaluate refuse it, naming the site."""
+
+    def model(x, idx=None, num_data=None):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Bernoulli(0.5).expand([x.shape[0], 2]).to_event(1), obs=x)
+
+    def guide(x, idx=None, num_data=None):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+            pyro.sample("zz", dist.Normal(0.0, 1.0))  # (a typo: the model has no "zz")
+
+    x = torch.rand(8, 2).round()
+    for call in (
+        lambda: pv.evaluate(model, guide, x, num_particles=4),
+        lambda: pv.fit(model, guide, pv.Batches(x, batch_size=4), epochs=1, progress=False),
+    ):
+        with pytest.raises(ValueError, match=r"the guide samples 'zz', which the model has no"):
+            call()
