@@ -184,7 +184,14 @@ class Loader:
     def _probe(self) -> tuple[Tensor, Fields]:
         if self._first is None:
             with torch.random.fork_rng():
-                x, _, fields = split_batch(next(iter(self)))
+                first = next(iter(self), None)
+            if first is None:
+                raise ValueError(
+                    f"the loader yields no batch ({len(self.batches)} per pass; e.g. "
+                    "drop_last=True with a batch_size larger than the data set): use a smaller "
+                    "batch_size or drop_last=False"
+                )
+            x, _, fields = split_batch(first)
             self._first = x, fields
         return self._first
 

@@ -361,3 +361,14 @@ def test_a_guide_site_the_model_lacks_is_refused():
     ):
         with pytest.raises(ValueError, match=r"the guide samples 'zz', which the model has no"):
             call()
+
+
+def test_a_dataloader_without_a_batch_is_refused_with_the_fix():
+    """drop_last=True with a batch size above N leaves a DataLoader with no batch: a clear
+    ValueError at the start, not a bare StopIteration (or a ZeroDivisionError after an empty
+    epoch)."""
+    vae = circle_vae()
+    dataset = pv.Indexed(torch.utils.data.TensorDataset(pv.make_circle(10)[0]))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=16, drop_last=True)
+    with pytest.raises(ValueError, match=r"the loader yields no batch .*drop_last=True"):
+        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", progress=False)
