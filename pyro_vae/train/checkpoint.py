@@ -84,10 +84,19 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             holds anything but tensors and plain containers (e.g. pickled code).
     """
     path = Path(path)
-    advice = (
-        f"resume from the previous checkpoint (replace {path.name} by "
-        f"{path.with_suffix('.prev.pt').name} when it exists) or start over with overwrite=True"
-    )
+    if path.name.endswith(".prev.pt"):  # already the previous one: no older to fall back on
+        advice = "start over with overwrite=True"
+    else:
+        advice = (
+            f"resume from the previous checkpoint (replace {path.name} by "
+            f"{path.with_suffix('.prev.pt').name} when it exists) or start over with "
+            "overwrite=True"
+        )
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"cannot load {path} onto {device}: torch sees no CUDA device here; load it with "
+            "map_location='cpu' (the file is not at fault)"
+        )
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, random bytes, empty, or code that is not data

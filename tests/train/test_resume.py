@@ -175,3 +175,19 @@ def test_a_checkpoint_with_an_unknown_history_is_refused_before_anything_loads(t
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
     with pytest.raises(CheckpointError, match="learning_rate"):
         fit_circle(tmp_path, 2, resume=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_loading_onto_cuda_without_cuda_names_the_fix_and_not_the_file(tmp_path):
+    vae, _ = fit_circle(tmp_path, 1)
+    with pytest.raises(ValueError, match=r"torch sees no CUDA device here; load it with "):
+        pv.load_checkpoint(tmp_path / "checkpoint.pt", vae, map_location="cuda")
+
+
+def test_a_bad_previous_checkpoint_does_not_point_to_an_older_one(tmp_path):
+    fit_circle(tmp_path, 2)
+    (tmp_path / "checkpoint.prev.pt").write_bytes(b"not a checkpoint")
+    vae, _ = fit_circle(tmp_path / "other", 1)
+    with pytest.raises(CheckpointError, match=r"cannot be read as data.*start over") as info:
+        pv.load_checkpoint(tmp_path / "checkpoint.prev.pt", vae)
+    assert "prev.prev" not in str(info.value)
