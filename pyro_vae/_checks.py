@@ -1,5 +1,6 @@
-"""Checks that run once — on an option, a whole data set, or after an epoch — never per step,
-and the two protocols the set-up and the loop recognize modules by.
+"""Checks that run once — on an option, a whole data set (and its fields), a model/guide pair,
+or after an epoch — never per step, and the protocols the set-up and the loop recognize
+modules by.
 
 Each check raises an error that names the problem, the value seen, and what to do.
 """
@@ -19,10 +20,12 @@ __all__ = [
     "DataChecked",
     "LocalParameters",
     "check_data",
+    "check_field",
     "check_finite_params",
     "check_floating",
     "check_int",
     "check_pair",
+    "check_takes_fields",
 ]
 
 
@@ -151,12 +154,12 @@ def check_pair(
     num_data: int | None = None,
     fields: dict[str, Tensor] | None = None,
 ) -> None:
-    """Runs ``guide`` and ``model`` once on ``(x, idx)`` and the batch's ``fields`` (as
-    keywords) (no gradients, nothing recorded, the
-    random streams restored) and raises a :class:`ValueError` naming the first latent site
-    where the guide's sample does not have the model's event shape — e.g. a prior of
-    dimension 1 with a guide of dimension 3, which broadcasting would otherwise score as a
-    plausible, wrong ELBO."""
+    """Runs ``guide`` and ``model`` once on ``(x, idx)``, with the batch's ``fields`` as
+    keywords (no gradients, nothing recorded, the random streams restored), and raises a
+    :class:`ValueError` naming the first latent site where the guide's sample does not have
+    the model's event shape — e.g. a prior of dimension 1 with a guide of dimension 3, which
+    broadcasting would otherwise score as a plausible, wrong ELBO — or that the guide samples
+    and the model lacks."""
     from pyro import poutine  # (pyro's handlers: only this check needs them here)
 
     kwargs = {} if num_data is None else {"num_data": num_data}
