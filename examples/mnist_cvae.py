@@ -102,16 +102,7 @@ def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
     x_train, _, x_test, _ = scripts.mnist_tensors(args, device)
     runs = [run(args, q, x_train, x_test, device, out) for q in args.quadrants]
-    metrics = {
-        "settings": runs,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "latent_dim": args.latent_dim,
-        "hidden": args.hidden,
-        "device": pv.device_name(device),
-        "images": [r["image"] for r in runs],
-    }
+    metrics = scripts.settings_scores(args, runs, device)
     return scripts.save_metrics(out, metrics)
 
 

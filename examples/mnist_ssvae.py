@@ -91,16 +91,7 @@ def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
     data = scripts.mnist_tensors(args, device)
     runs = [run(args, labels, data, device, out) for labels in args.labels]
-    metrics = {
-        "settings": runs,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "latent_dim": args.latent_dim,
-        "hidden": args.hidden,
-        "device": pv.device_name(device),
-        "images": [r["image"] for r in runs],
-    }
+    metrics = scripts.settings_scores(args, runs, device)
     return scripts.save_metrics(out, metrics)
 
 

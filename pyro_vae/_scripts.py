@@ -191,6 +191,21 @@ def scores(history: History, result: Evaluation, device: torch.device, images: l
     }
 
 
+def settings_scores(args: argparse.Namespace, runs: list[dict], device: torch.device) -> dict:
+    """The metrics of an example that trains one model per setting (``runs``, each with its
+    ``image``): the runs, the shared budget and widths, the device and the pictures."""
+    return {
+        "settings": runs,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "latent_dim": args.latent_dim,
+        "hidden": args.hidden,
+        "device": device_name(device),
+        "images": [r["image"] for r in runs],
+    }
+
+
 def rank() -> int:
     """This process's rank under torchrun (0 in a single process)."""
     dist = torch.distributed

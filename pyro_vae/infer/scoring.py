@@ -165,7 +165,7 @@ def evaluate(
         block = torch.arange(data.num_data).tensor_split(world.size)[world.rank]
         offset = int(block[0]) if len(block) else 0
         part = slice(offset, offset + len(block))
-        fields = {name: value[part] for name, value in getattr(data, "fields", {}).items()}
+        fields = {name: value[part] for name, value in data.fields.items()}
         size, binarize = data.batch_size, data.binarize
         data = (
             Batches(data.data[part], batch_size=size, shuffle=False, binarize=binarize, **fields)

@@ -17,7 +17,7 @@ from .guides import Guide
 from .likelihoods import Likelihood
 from .priors import Prior
 
-__all__ = ["batch_scale", "check_role", "log_density", "negative_bound", "particles"]
+__all__ = ["batch_scale", "check_role", "log_density", "negative_bound", "particles", "takes"]
 
 _ROLES = {  # the protocol, what it needs, and how many arguments forward takes
     "prior": (Prior, "latent_dim and forward() -> p(z)", 0),
@@ -74,7 +74,7 @@ def check_role(role: str, piece: object) -> None:
     ok = isinstance(piece, nn.Module) and isinstance(piece, protocol)
     if ok:
         forward = piece.forward
-        ok = _takes(forward, count) and not (role == "guide" and _takes(forward, 0))
+        ok = takes(forward, count) and not (role == "guide" and takes(forward, 0))
     if not ok:
         raise TypeError(
             f"the {role} must be an nn.Module with {needs} (see pyro_vae."
@@ -82,7 +82,7 @@ def check_role(role: str, piece: object) -> None:
         )
 
 
-def _takes(fn: Callable[..., object], count: int) -> bool:
+def takes(fn: Callable[..., object], count: int) -> bool:
     """Whether ``fn`` can be called with ``count`` positional arguments."""
     try:
         inspect.signature(fn).bind(*[None] * count)

@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from ._composition import check_role
+from ._composition import check_role, takes
 from .guides import Guide
 from .likelihoods import Likelihood
 from .nets import modes
@@ -80,7 +80,7 @@ class ConditionalVAE(VAE):
         name: str = "cvae",
     ) -> None:
         nn.Module.__init__(self)
-        self.conditional_prior = not _is_unconditional(prior)
+        self.conditional_prior = not takes(prior.forward, 0)  # (a Prior's forward takes none)
         check_role("guide" if self.conditional_prior else "prior", prior)
         check_role("likelihood", likelihood)
         check_role("guide", guide)
@@ -186,14 +186,3 @@ class ConditionalVAE(VAE):
             z = self.variational(self.guide_input(x, {self.condition: c}), idx).mean
             c = c.flatten(1)
             return self._likelihood(z, c, None).mean
-
-
-def _is_unconditional(prior: nn.Module) -> bool:
-    """Whether ``prior.forward`` can be called without arguments (a :class:`~pyro_vae.Prior`)."""
-    import inspect
-
-    try:
-        inspect.signature(prior.forward).bind()
-    except TypeError:
-        return False
-    return True

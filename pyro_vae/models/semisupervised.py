@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from ._composition import check_role
 from .guides import GaussianEncoder
 from .likelihoods import Likelihood
 from .nets import modes
@@ -71,8 +72,6 @@ class SemiSupervisedVAE(VAE):
         alpha: float = 0.0,
         name: str = "m2",
     ) -> None:
-        from ._composition import check_role
-
         nn.Module.__init__(self)
         check_role("likelihood", likelihood)
         check_role("guide", guide)
