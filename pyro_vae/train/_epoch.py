@@ -92,7 +92,7 @@ def close_epoch(run: Run, epoch: int, loss: float, elapsed: float) -> None:
         if run.modules is not None and run.modules.training:
             average_buffers(run.modules)  # one model (BatchNorm statistics) on every rank
         anywhere = partial(agree, device=run.step.check.device)
-    check_finite_params(run.step.names, epoch, run.hint(), anywhere=anywhere)  # one sync
+    check_finite_params(run.state.track(), epoch, run.hint(), anywhere=anywhere)  # one sync
     run.history.epoch.append(epoch)
     run.history.loss.append(loss)
     run.history.seconds.append(elapsed)

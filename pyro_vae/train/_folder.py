@@ -25,9 +25,6 @@ try:  # POSIX advisory locks; elsewhere a folder is not locked
 except ImportError:  # pragma: no cover
     fcntl = None
 
-import pyro.optim
-from torch import nn
-
 from . import _run_state
 from .checkpoint import CHECKPOINT, HISTORY, CheckpointError, History
 
@@ -147,39 +144,29 @@ class RunFolder:
 
     def resume(
         self,
-        live: _run_state.Live,
+        state: _run_state.RunState,
         batch: tuple,
         num_data: int,
         *,
         anywhere: Callable[[bool], bool] | None = None,
-    ) -> tuple[History, list[str]]:
-        """Loads the saved run into the live objects (see
-        ``resume_run``); returns its history and parameter names.
-        With ``anywhere``, every rank raises when any rank cannot resume."""
+    ) -> History:
+        """Restores the saved run into ``state``'s live objects (see
+        :meth:`~pyro_vae.train._run_state.RunState.restore`); returns its history. With
+        ``anywhere``, every rank raises when any rank cannot resume."""
         error = None
         try:
-            saved, names = _run_state.resume_run(
-                self.checkpoint, live, batch, num_data, world_size=self.world_size
-            )
+            saved = state.restore(self.checkpoint, batch, num_data)
         except CheckpointError as e:
             error = e
         if anywhere is not None and anywhere(error is not None) and error is None:
             error = CheckpointError("another process could not resume: see its error")
         if error is not None:
             raise error
-        return History(**saved), names
+        return History(**saved)
 
-    def save(
-        self,
-        history: History,
-        optim: pyro.optim.PyroOptim,
-        modules: nn.Module | None,
-        names: list[str],
-    ) -> None:
-        """Writes this rank's checkpoint, then (rank 0) the history."""
-        _run_state.save_checkpoint(
-            self.checkpoint, asdict(history), optim, modules, names, world_size=self.world_size
-        )
+    def save(self, history: History, state: _run_state.RunState) -> None:
+        """Writes this rank's checkpoint (``state`` gathered), then (rank 0) the history."""
+        state.save(self.checkpoint, asdict(history))
         if self.writes_history:
             history.save(self.history)
 

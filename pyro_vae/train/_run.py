@@ -31,7 +31,7 @@ from ..infer.optim import LazyAdam
 from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
 from ._folder import RunFolder
-from ._run_state import Live
+from ._run_state import Live, RunState
 from ._step import Step
 from .checkpoint import CheckpointError, History
 
@@ -214,6 +214,11 @@ class Run:
     history: History = field(default_factory=History)
     board: Board | None = None
     bar: tqdm | None = None
+    state: RunState = field(init=False)
+
+    def __post_init__(self) -> None:
+        size = self.world.size if self.world is not None else 1
+        self.state = RunState(self.live(), self.step.names, world_size=size)
 
     @property
     def writes(self) -> bool:
@@ -228,7 +233,8 @@ class Run:
 
     def live(self) -> Live:
         """The objects a checkpoint is loaded into (the pair under the step's device check)."""
-        return Live(*self.step.checked, self.optim, self.modules, self.device)
+        return Live(*self.step.checked, self.optim, self.modules, self.device, self.data,
+                    self.step.loss, self.step.mode)  # fmt: skip
 
     def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
         """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run
@@ -251,10 +257,8 @@ class Run:
             resume=resume, overwrite=overwrite, anywhere=anywhere
         ):
             batch = next(iter(self.data))
-            self.history, names = folder.resume(
-                self.live(), batch, self.data.num_data, anywhere=anywhere
-            )
-            self.step.names.update(dict.fromkeys(names))
+            self.history = folder.resume(self.state, batch, self.data.num_data,
+                                         anywhere=anywhere)  # fmt: skip
             start = self.history.epoch[-1] if self.history.epoch else 0
         if world is not None and resume:  # all processes continue from the same epoch
             low, high = min_max(start, self.device)
@@ -273,7 +277,7 @@ class Run:
     def save(self) -> None:
         """Writes the checkpoint, then the history (nothing without a run folder)."""
         if self.folder is not None:
-            self.folder.save(self.history, self.optim, self.modules, list(self.step.names))
+            self.folder.save(self.history, self.state)
 
 
 RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"

@@ -1,13 +1,19 @@
-"""A run's state saved and loaded back into the live objects: :func:`save_checkpoint` writes
-one atomically (keeping the previous one), :func:`resume_run` loads one into a run's model,
-guide, optimizer and networks (:class:`Live`) after checking that it comes from the same run.
-What a checkpoint holds, and how it is read as data: :mod:`pyro_vae.train.checkpoint`.
+"""A run's whole state, gathered into a checkpoint and restored from one: :class:`RunState`.
+
+What a continuation depends on is gathered in one place: every parameter the run trains (those
+its first step registered, and those created later, found through the optimizer's state, with
+their constraints), the networks' state with buffers, the optimizer's state (including state
+loaded from a checkpoint and not yet used) and settings, every random stream (torch's, CUDA's,
+Python's, numpy's, the DataLoader's generators), the loss's and compiler's settings, the epoch
+(in the history) and the number of data-parallel processes. Everything gathered is checked to
+read back with ``torch.load(weights_only=True)`` *before* the file is written
+(:func:`~pyro_vae.train.checkpoint.as_data`). How a checkpoint is read as data:
+:mod:`pyro_vae.train.checkpoint`.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import warnings
 from collections.abc import Callable
@@ -18,243 +24,240 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
+from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import Tensor, nn
 
 from ..data.batches import split_batch
-from ..infer.optim import is_row_sparse_group
-from .checkpoint import CheckpointError, read_checkpoint
+from . import _streams
+from ._constraints import constraint_from_data, constraint_to_data
+from ._optim_state import optim_settings, restore_optim, same_type
+from .checkpoint import CheckpointError, as_data, read_checkpoint, refuse_unsaveable
 
-__all__ = ["Live", "resume_run", "save_checkpoint"]
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _type_name(name: str) -> str:
-    """An optimizer type's name as checkpoints compare it: the package's own classes by their
-    public name (``pyro_vae.LazyAdam``, whichever module holds it, so that a checkpoint outlives
-    a move of the class), others by module and qualified name."""
-    return f"pyro_vae.{name.rsplit('.', 1)[-1]}" if name.startswith("pyro_vae.") else name
-
-
-def _settings(optim: pyro.optim.PyroOptim, names: list[str] = ()) -> dict:
-    """The optimizer's type and settings: its arguments (a dict; a callable's values for each
-    parameter name in ``names``, ``args_by_param``) and ``local_lr``."""
-    cls = type(optim)
-    args = getattr(optim, "pt_optim_args", None)
-    return {
-        "type": _type_name(f"{cls.__module__}.{cls.__qualname__}"),
-        "args": dict(args) if isinstance(args, dict) else None,
-        "args_by_param": {n: dict(args(n)) for n in names} if callable(args) else None,
-        "local_lr": getattr(optim, "local_lr", None),
-    }
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    history: dict,
-    optim: pyro.optim.PyroOptim,
-    modules: nn.Module | None,
-    param_names: list[str],
-    *,
-    world_size: int = 1,
-) -> None:
-    """Writes a checkpoint atomically and keeps the previous one as ``checkpoint.prev.pt``.
-
-    Args:
-        path: The checkpoint file.
-        history: The run's history as a dict (``dataclasses.asdict(History)``).
-        optim: The Pyro optimizer whose state and settings to save.
-        modules: The networks whose ``state_dict`` to save (buffers included), if any.
-        param_names: The param-store names of the run's parameters.
-        world_size: The number of data-parallel processes (each saves its own checkpoint).
-    """
-    path = Path(path)
-    store = pyro.get_param_store()
-    state = {
-        "history": history,
-        "params": {name: store.get_param(name).unconstrained().detach() for name in param_names},
-        "optim": optim.get_state(),
-        "optim_settings": _settings(optim, param_names),
-        "modules": modules.state_dict() if modules is not None else None,
-        "rng": _rng_state(),
-        "world_size": world_size,
-    }
-    state = _as_data(state)  # (what torch.load(weights_only=True) reads back)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
-        previous, link = path.with_suffix(".prev.pt"), path.with_suffix(".link")
-        try:
-            os.link(path, link)
-        except OSError:
-            shutil.copyfile(path, link)
-        os.replace(link, previous)
-    os.replace(tmp, path)
-
-
-def _as_data(value: object) -> object:
-    """``value`` with numpy scalars as Python numbers and numpy arrays as tensors, through
-    dicts, lists and tuples: a learning rate given as ``np.float64`` (or set by a schedule with
-    ``np.cos``) would otherwise be pickled as a numpy object, which ``weights_only`` loading
-    refuses, so that no checkpoint of the run could be read back."""
-    import numpy as np
-
-    if isinstance(value, dict):
-        return {k: _as_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_as_data(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    return value
+__all__ = ["Live", "RunState", "loss_settings"]
 
 
 class Live(NamedTuple):
-    """The live objects of a run that a checkpoint is loaded into."""
+    """The live objects of a run that its state is gathered from and restored into."""
 
     model: Callable[..., object]
     guide: Callable[..., object]
     optim: pyro.optim.PyroOptim
     modules: nn.Module | None
     device: torch.device
+    data: object = None  # the batches (their DataLoader's generators)
+    loss: object = None  # the Pyro loss
+    compile: str | None = None  # torch.compile's mode, None: eager
 
 
-def resume_run(
-    path: str | os.PathLike,
-    live: Live,
-    batch: tuple,
-    num_data: int,
-    *,
-    world_size: int = 1,
-) -> tuple[dict, list[str]]:
-    """Loads a checkpoint into the live objects and returns the saved history (a dict) and the
-    run's parameter names.
+def loss_settings(loss: object, compile: str | None) -> dict:
+    """The loss's type and particle settings, and the compile mode, as a checkpoint keeps them
+    (a resumed run with other ones is told so)."""
+    cls = type(loss)
+    return {
+        "loss": f"{cls.__module__}.{cls.__qualname__}",
+        "num_particles": getattr(loss, "num_particles", None),
+        "vectorize_particles": getattr(loss, "vectorize_particles", None),
+        "compile": compile,
+    }
 
-    One forward pass of ``live.model`` and ``live.guide`` on ``batch`` first registers every
-    parameter in the param store, so that saved values are copied *into* the tensors the
-    modules use (a resumed run then trains the same tensors whether a model registers modules
-    or plain ``pyro.param``\\ s). The checkpoint must match: the same parameter names and
-    shapes, the same module state keys, the same optimizer type; else a :class:`CheckpointError`
-    names the first difference. Optimizer settings (``optim_args``, ``local_lr``) that differ
-    from the checkpoint's replace the saved hyperparameters (with a warning); equal ones restore
-    the saved hyperparameters, so a schedule continues where it was.
+
+class RunState:
+    """A run's state: gathered into a checkpoint by :meth:`save`, restored by :meth:`restore`.
+
+    Args:
+        live: The run's live objects.
+        names: The param-store names of the run's parameters, in order: the dict the training
+            step fills at its first call (parameters found later are added to it, so the
+            epoch's finiteness check sees them too).
+        world_size: The number of data-parallel processes (each saves its own state).
     """
-    path, (model, guide, optim, modules, device) = Path(path), live
-    if not path.exists():
-        raise CheckpointError(
-            f"{path} is missing: the run in {path.parent} was saved by another number of "
-            f"processes than this one's {world_size}; resume with that number, or start over "
-            "with overwrite=True"
-        )
-    state = read_checkpoint(path, device)
-    if state.get("world_size", 1) != world_size:
-        raise CheckpointError(
-            f"the checkpoint {path} was written by {state.get('world_size', 1)} data-parallel "
-            f"processes; this run has {world_size}. Resume with "
-            f"{state.get('world_size', 1)} processes, or start over with overwrite=True"
-        )
-    settings = _settings(optim)
-    saved_settings = state["optim_settings"]
-    if _type_name(saved_settings["type"]) != settings["type"]:
-        raise CheckpointError(
-            f"the checkpoint {path} was trained with the optimizer {saved_settings['type']}; "
-            f"this run uses {settings['type']}. Resume with the same optimizer type, or start "
-            "over with overwrite=True"
-        )
-    x, idx, fields = split_batch(batch)
-    with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
-        model(x, idx, num_data=num_data, **fields)
-        guide(x, idx, num_data=num_data, **fields)
-    names = list(capture.trace.nodes)
-    _check_params(path, state["params"], names)
-    store = pyro.get_param_store()
-    with torch.no_grad():
+
+    def __init__(self, live: Live, names: dict[str, None], *, world_size: int = 1) -> None:
+        self.live, self.names, self.world_size = live, names, world_size
+        self.late: dict[str, dict] = {}  # created after the first step: name -> constraint
+
+    def track(self) -> dict[str, None]:
+        """The run's parameter names, with any the optimizer has met since the first step
+        (a parameter a model creates late, e.g. when an index first appears)."""
+        optim, store = self.live.optim, pyro.get_param_store()
+        stepped = [store.param_name(p) for p in optim.optim_objs]
+        for name in stepped + list(getattr(optim, "_state_waiting_to_be_consumed", {})):
+            if name is not None and name not in self.names and name in store:
+                self.names[name] = None
+                self.late[name] = constraint_to_data(store._constraints[name], name)
+        return self.names
+
+    def gather(self, history: dict) -> dict:
+        """Everything the run's continuation depends on, as data (checked to load back with
+        ``weights_only=True``: a :class:`TypeError` names what would not)."""
+        names, live = list(self.track()), self.live
+        store = pyro.get_param_store()
+        optim = live.optim
+        waiting = dict(getattr(optim, "_state_waiting_to_be_consumed", {}))
+        state = {
+            "history": history,
+            "params": {name: store.get_param(name).unconstrained().detach() for name in names},
+            "late": self.late,
+            "optim": {**waiting, **optim.get_state()},
+            "optim_settings": optim_settings(optim, names),
+            "modules": live.modules.state_dict() if live.modules is not None else None,
+            "rng": _streams.global_streams(),
+            "loaders": _streams.loader_states(live.data),
+            "settings": loss_settings(live.loss, live.compile),
+            "world_size": self.world_size,
+        }
+        return as_data(state)
+
+    def save(self, path: str | os.PathLike, history: dict) -> None:
+        """Writes the state atomically (``checkpoint.tmp`` renamed over ``path``), keeping the
+        previous checkpoint as ``checkpoint.prev.pt``. A write that fails (e.g. a full disk)
+        leaves the previous files as they were and raises an :class:`OSError` that names the
+        folder."""
+        path = Path(path)
+        state = self.gather(history)
+        tmp = path.with_suffix(".tmp")
+        try:
+            torch.save(state, tmp)
+        except (OSError, RuntimeError) as e:
+            tmp.unlink(missing_ok=True)
+            raise refuse_unsaveable(path, e) from e
+        if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
+            previous, link = path.with_suffix(".prev.pt"), path.with_suffix(".link")
+            try:
+                os.link(path, link)
+            except OSError:
+                shutil.copyfile(path, link)
+            os.replace(link, previous)
+        os.replace(tmp, path)
+
+    def restore(self, path: str | os.PathLike, batch: tuple, num_data: int) -> dict:
+        """Loads a checkpoint into the live objects; returns the saved history (a dict).
+
+        One forward pass of the model and guide on ``batch`` first registers every parameter,
+        so that saved values are copied *into* the tensors the networks use; parameters the
+        saved run created later are created with their saved constraints. The checkpoint must
+        match (the same parameters and shapes, module keys, optimizer type, number of
+        processes), else a :class:`CheckpointError` names the first difference. Optimizer
+        settings that differ replace the saved ones, and another loss or compile setting is
+        used, each with a warning. The random streams are restored last.
+        """
+        path, live = Path(path), self.live
+        state = self._read(path)
+        x, idx, fields = split_batch(batch)
+        with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
+            live.model(x, idx, num_data=num_data, **fields)
+            live.guide(x, idx, num_data=num_data, **fields)
+        _guess_nesting(live, (x, idx), {"num_data": num_data, **fields})  # (draws: before the RNG)
+        names = list(capture.trace.nodes)
+        late = state.get("late", {})
+        self._load_params(path, state["params"], names, late)
+        self._load_modules(path, state["modules"])
+        restore_optim(live.optim, state["optim"], state["optim_settings"], list(self.names), path)
+        self._compare_settings(path, state.get("settings"))
+        _streams.set_global_streams(state["rng"])
+        if not _streams.set_loader_states(live.data, state.get("loaders", [])):
+            warnings.warn(
+                f"the checkpoint {path} holds {len(state.get('loaders', []))} DataLoader "
+                f"generator states, this run's DataLoader has "
+                f"{len(_streams.loader_generators(live.data))}: its order is not restored",
+                stacklevel=4,
+            )
+        caveat = _streams.loader_caveat(live.data)
+        if caveat is not None:
+            warnings.warn(f"resuming {path}: {caveat}", stacklevel=4)
+        return state["history"]
+
+    def _read(self, path: Path) -> dict:
+        if not path.exists():
+            raise CheckpointError(
+                f"{path} is missing: the run in {path.parent} was saved by another number of "
+                f"processes than this one's {self.world_size}; resume with that number, or "
+                "start over with overwrite=True"
+            )
+        state = read_checkpoint(path, self.live.device)
+        saved = state.get("world_size", 1)
+        if saved != self.world_size:
+            raise CheckpointError(
+                f"the checkpoint {path} was written by {saved} data-parallel processes; this "
+                f"run has {self.world_size}. Resume with {saved} processes, or start over with "
+                "overwrite=True"
+            )
+        saved_type, live_type = state["optim_settings"]["type"], optim_settings(self.live.optim)
+        if not same_type(saved_type, live_type["type"]):
+            raise CheckpointError(
+                f"the checkpoint {path} was trained with the optimizer {saved_type}; this run "
+                f"uses {live_type['type']}. Resume with the same optimizer type, or start over "
+                "with overwrite=True"
+            )
+        return state
+
+    def _load_params(
+        self, path: Path, saved: dict[str, Tensor], names: list[str], late: dict[str, dict]
+    ) -> None:
+        fix = "resume with the model and guide that wrote it, or start over with overwrite=True"
+        store = pyro.get_param_store()
         for name in names:
-            store.get_param(name).unconstrained().copy_(state["params"][name])
-    if modules is not None:
-        if state["modules"] is None:
+            if name not in saved:
+                raise CheckpointError(
+                    f"the checkpoint {path} has no parameter {name!r} (this run's model or "
+                    f"guide is not the one that wrote it); {fix}"
+                )
+        for name, value in saved.items():
+            if name not in names and name not in late:
+                raise CheckpointError(
+                    f"the checkpoint {path} has a parameter {name!r} that this run's model and "
+                    f"guide do not register; {fix}"
+                )
+            if name not in names:  # created after the saved run's first step: create it now
+                constraint = constraint_from_data(late[name])
+                store.setdefault(name, torch.zeros_like(value), constraint)
+                self.late[name] = late[name]
+            live = store.get_param(name).unconstrained()
+            if live.shape != value.shape:
+                raise CheckpointError(
+                    f"the parameter {name!r} has shape {tuple(value.shape)} in the checkpoint "
+                    f"{path} but {tuple(live.shape)} in this run; {fix}"
+                )
+            with torch.no_grad():
+                live.copy_(value)
+            self.names.setdefault(name)
+
+    def _load_modules(self, path: Path, saved: dict | None) -> None:
+        modules = self.live.modules
+        if modules is None:
+            return
+        if saved is None:
             raise CheckpointError(
                 f"the checkpoint {path} holds no network state but this run trains "
                 f"{type(modules).__name__}; start over with overwrite=True"
             )
         try:
-            modules.load_state_dict(state["modules"])
+            modules.load_state_dict(saved)
         except RuntimeError as e:
             raise CheckpointError(
                 f"the checkpoint {path} was written by other networks: {e}"
             ) from None
-    settings = _settings(optim, names)  # (a callable's arguments, per parameter)
-    optim.set_state(_with_settings(state["optim"], saved_settings, settings, path))
-    _set_rng_state(state["rng"])
-    return state["history"], names
+
+    def _compare_settings(self, path: Path, saved: dict | None) -> None:
+        live = loss_settings(self.live.loss, self.live.compile)
+        if saved is None or saved == live:
+            return
+        changed = [f"{k}={live[k]!r} (saved: {saved.get(k)!r})" for k in live
+                   if saved.get(k) != live[k]]  # fmt: skip
+        warnings.warn(
+            f"resuming {path} with other settings than it was trained with: "
+            f"{', '.join(changed)}; the run continues with this run's",
+            stacklevel=4,
+        )
 
 
-def _check_params(path: Path, saved: dict[str, Tensor], names: list[str]) -> None:
-    fix = "resume with the model and guide that wrote it, or start over with overwrite=True"
-    for name in names:
-        if name not in saved:
-            raise CheckpointError(
-                f"the checkpoint {path} has no parameter {name!r} (this run's model or guide "
-                f"is not the one that wrote it); {fix}"
-            )
-    for name, value in saved.items():
-        if name not in names:
-            raise CheckpointError(
-                f"the checkpoint {path} has a parameter {name!r} that this run's model and "
-                f"guide do not register; {fix}"
-            )
-        live = pyro.get_param_store().get_param(name).unconstrained()
-        if live.shape != value.shape:
-            raise CheckpointError(
-                f"the parameter {name!r} has shape {tuple(value.shape)} in the checkpoint "
-                f"{path} but {tuple(live.shape)} in this run; {fix}"
-            )
-
-
-def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> dict:
-    """The saved per-parameter optimizer states, with the live settings where they differ from
-    the saved settings (dict arguments, a callable's per-parameter values, ``local_lr``)."""
-    changed: dict[str, dict] = {}  # parameter name -> the hyperparameters that changed
-    if live["args"] is not None and saved["args"] is not None:
-        new = {k: v for k, v in live["args"].items() if saved["args"].get(k, object()) != v}
-        changed = {name: new for name in optim_state} if new else {}
-    by_param, saved_by_param = live.get("args_by_param"), saved.get("args_by_param")
-    if by_param is not None and saved_by_param is not None:
-        for name, args in by_param.items():
-            old = saved_by_param.get(name, {})
-            new = {k: v for k, v in args.items() if old.get(k, object()) != v}
-            if new and name in optim_state:
-                changed[name] = new
-    local_lr_changed = live["local_lr"] != saved["local_lr"]
-    if not changed and not local_lr_changed:
-        return optim_state
-    shown = sorted({f"{k}={v!r}" for new in changed.values() for k, v in new.items()})
-    if local_lr_changed:
-        shown.append(f"local_lr={live['local_lr']!r}")
-    warnings.warn(
-        f"resuming {path} with new optimizer settings ({', '.join(shown)}): they replace the "
-        "checkpoint's",
-        stacklevel=3,
-    )
-    for name, per_param in optim_state.items():
-        for group in per_param.get("param_groups", []):
-            sparse = is_row_sparse_group(group)
-            for k, v in changed.get(name, {}).items():
-                if k in group and not (sparse and k == "lr" and live["local_lr"] is not None):
-                    group[k] = v
-            if sparse and live["local_lr"] is not None:
-                group["lr"] = live["local_lr"]
-    return optim_state
+def _guess_nesting(live: Live, args: tuple, kwargs: dict) -> None:
+    """Makes a Pyro loss guess its ``max_plate_nesting`` now, as it would at the first step
+    (vectorized particles, enumeration): the guess runs the pair and draws random numbers,
+    which must come before the random streams are restored, not after."""
+    loss = live.loss
+    if not isinstance(loss, ELBO) or loss.max_plate_nesting != float("inf"):
+        return
+    if getattr(loss, "vectorize_particles", False) or isinstance(loss, TraceEnum_ELBO):
+        with poutine.block(), torch.no_grad():
+            loss._guess_max_plate_nesting(live.model, live.guide, args, kwargs)

@@ -4,8 +4,10 @@ training run needs to continue exactly where it stopped, as data.
 A checkpoint is the run's history, the values of the model's and guide's parameters (Pyro's
 param store, by name), the networks' state (parameters *and* buffers, e.g. BatchNorm
 statistics), the optimizer's state (moments, step counts and the current hyperparameters, so a
-learning-rate schedule continues), the optimizer's type and settings, and the random number
-generators' states. It holds only tensors and plain containers and is read with
+learning-rate schedule continues), the optimizer's type and settings, the random number
+generators' states (torch's, CUDA's, Python's, numpy's, a DataLoader's own generators), the
+parameters created after the first step with their constraints, and the loss's and
+compiler's settings. It holds only tensors and plain containers and is read with
 ``torch.load(weights_only=True)``: loading a checkpoint never runs code from it.
 
 Files, in the run's folder: ``checkpoint.pt`` (the latest; what ``resume=True`` reads) and
@@ -18,13 +20,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "History", "load_checkpoint"]
+__all__ = ["CheckpointError", "History", "as_data", "load_checkpoint", "refuse_unsaveable"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -74,6 +78,51 @@ class History:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or that belongs to another model or optimizer."""
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def as_data(value: object, where: str = "checkpoint") -> object:
+    """``value`` as a checkpoint holds it: numpy scalars as Python numbers and numpy arrays as
+    tensors, through dicts, lists and tuples (a learning rate given as ``np.float64``, or set
+    by a schedule with ``np.cos``, would otherwise be pickled as a numpy object that
+    ``weights_only`` loading refuses, so that no checkpoint of the run could be read back).
+
+    Raises:
+        TypeError: For anything else that ``torch.load(weights_only=True)`` would not read
+            back (named by its place in the checkpoint), when saving, not when loading.
+    """
+    if isinstance(value, dict):
+        return {k: as_data(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(as_data(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if type(value) is torch.Tensor or type(value) is nn.Parameter or isinstance(value, _PLAIN):
+        return value
+    raise TypeError(
+        f"{where} would hold a {type(value).__module__}.{type(value).__qualname__} "
+        f"({value!r:.80}), which torch.load(weights_only=True) cannot read back: the run would "
+        "save checkpoints that nothing can resume. Give the optimizer plain numbers (e.g. "
+        "{'lr': float(lr)}) and keep objects out of its settings"
+    )
+
+
+def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
+    """The error for a checkpoint that could not be written (``error``: what torch raised)."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    try:
+        free = shutil.disk_usage(path.parent).free
+        space = f"{free / 2**20:.0f} MiB free there"
+    except OSError:
+        space = "its free space unknown"
+    return OSError(
+        f"could not write the checkpoint {path} ({detail}; {space}): free space or choose "
+        "another save_dir, then continue with resume=True (the previous checkpoint is intact)"
+    )
 
 
 def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:

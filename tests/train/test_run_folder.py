@@ -185,7 +185,7 @@ def test_history_is_never_ahead_of_the_checkpoint_and_stale_tmp_is_removed(tmp_p
         calls.append(1)
         raise KeyboardInterrupt  # killed while writing epoch 2's checkpoint
 
-    monkeypatch.setattr(_run_state, "save_checkpoint", failing_save)
+    monkeypatch.setattr(_run_state.RunState, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
         fit_circle(tmp_path, 2, resume=True)
     assert calls and not (tmp_path / "checkpoint.tmp").exists()
