@@ -30,6 +30,8 @@ from .checkpoint import CHECKPOINT, HISTORY, CheckpointError, History
 
 __all__ = ["RunFolder"]
 
+_HELD: dict[str, str] = {}  # the lock files this process holds -> the holder, as shown
+
 
 class RunFolder:
     """A run's folder, as seen by one data-parallel rank (``rank=0`` alone in one process).
@@ -60,10 +62,19 @@ class RunFolder:
     def hold(self) -> None:
         """Creates the folder, checks that it is writable and holds it for this run: a second
         run (another process, or another ``fit`` in this one) gets a :class:`RuntimeError`
-        naming the holder. The lock goes when :meth:`release` is called or the process ends."""
+        naming the holder. The lock goes when :meth:`release` is called or the process ends;
+        it is a POSIX record lock, which processes forked from this one (a DataLoader's
+        workers) do not inherit, so a worker that outlives the run does not keep it."""
+        self._check_in_the_way()
+        key = os.path.realpath(self.lock)
+        if key in _HELD:
+            raise RuntimeError(
+                f"the run folder {self.path} is in use by another run ({_HELD[key]}: another "
+                "fit in this process); wait for it to end or use another save_dir"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise PermissionError(
                 f"cannot write to the run folder {self.path} ({e.strerror}): choose a writable "
@@ -71,7 +82,7 @@ class RunFolder:
             ) from None
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
@@ -80,12 +91,29 @@ class RunFolder:
                     "it to end or use another save_dir (overwrite=True does not take it over)"
                 ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._held = fd
+        me = f"process {os.getpid()} on {socket.gethostname()}"
+        os.pwrite(fd, me.encode(), 0)
+        self._held, _HELD[key] = fd, me
+
+    def _check_in_the_way(self) -> None:
+        """A file where the folder (or a folder above it) should be, or a folder where the
+        lock file should be: errors that say so (not a permission problem)."""
+        for folder in (self.path, *self.path.parents):
+            if folder.exists() and not folder.is_dir():
+                raise NotADirectoryError(
+                    f"save_dir {self.path} cannot be a folder: {folder} is a file. Choose "
+                    "another save_dir"
+                )
+        if self.lock.is_dir():
+            raise IsADirectoryError(
+                f"{self.lock} is a folder, where the run folder's lock file goes: remove it "
+                "(fit keeps nothing of a run in it) or choose another save_dir"
+            )
 
     def release(self) -> None:
         """Lets the folder go (the lock file stays, empty of meaning, for the next run)."""
         if self._held is not None:
+            _HELD.pop(os.path.realpath(self.lock), None)
             os.close(self._held)  # closing the descriptor releases the lock
             self._held = None
 

@@ -117,14 +117,53 @@ def test_a_bad_log_dir_is_found_before_a_run_is_deleted(tmp_path):
 
 def test_a_save_dir_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
     """A save_dir that cannot be written is refused with a PermissionError naming the path,
-    before the first training step. (A file in the way stands in for a read-only folder, which
-    root, as in CI, could write anyway.)"""
-    (tmp_path / "file").write_text("in the way")
+    before the first training step (the operating system's refusal is simulated: root, as in
+    CI, could write to a read-only folder anyway)."""
     steps = []
     monkeypatch.setattr(pv.train._step.Step, "__call__", lambda *a: steps.append(1))
-    with pytest.raises(PermissionError, match=r"cannot write to the run folder .*file/run"):
-        fit_circle(tmp_path / "file" / "run", 1)
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "run")):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(PermissionError, match=r"cannot write to the run folder .*run .*denied"):
+        fit_circle(tmp_path / "run", 1)
     assert not steps  # refused before the first step
+
+
+def test_a_file_in_the_way_is_named_not_called_a_permission_problem(tmp_path):
+    """Before: a file as save_dir, or a folder where the lock file goes, was reported as
+    ``PermissionError``."""
+    (tmp_path / "file").write_text("in the way")
+    for save_dir in (tmp_path / "file", tmp_path / "file" / "run"):
+        with pytest.raises(NotADirectoryError, match=r"file is a file\. Choose another"):
+            fit_circle(save_dir, 1)
+    (tmp_path / "run" / ".lock").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"\.lock is a folder.*remove it"):
+        fit_circle(tmp_path / "run", 1)
+
+
+def test_the_lock_does_not_leak_into_forked_processes(tmp_path):
+    """Before: a process forked while a run held its folder (a DataLoader's worker) kept the
+    lock after the run ended, and the next fit in the same process was refused as "in use by
+    another run (process <its own pid>)"."""
+    folder = RunFolder(tmp_path)
+    folder.hold()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a worker that outlives the run
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    try:
+        folder.release()
+        fit_circle(tmp_path, 1)  # the child is still alive and holds the descriptor
+    finally:
+        os.close(write)
+        os.waitpid(child, 0)
 
 
 def test_the_previous_checkpoint_is_kept(tmp_path):
