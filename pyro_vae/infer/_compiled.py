@@ -28,8 +28,11 @@ capturable Adam (untested on GPU hardware: the CPU checks what it can, see
 
 from __future__ import annotations
 
+import inspect
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from pyro.infer import ELBO
@@ -41,7 +44,15 @@ from ._derivation import check_derivation, num_particles, unsupported
 from .elbo import LatentScale
 from .optim import LazyAdam
 
-__all__ = ["CompiledAdam", "CompiledLoss", "compile_mode", "compiled_loss", "option"]
+__all__ = [
+    "CompiledAdam",
+    "CompiledLoss",
+    "compile_mode",
+    "compiled_loss",
+    "fresh",
+    "limit_is_an_error",
+    "option",
+]
 
 # torch.compile's modes whose graphs inductor replays as CUDA graphs on a GPU
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -67,6 +78,33 @@ def compile_mode(compile: bool | str) -> str | None:
             "on a GPU)"
         )
     return compile
+
+
+def fresh(fn: Callable) -> Callable:
+    """``fn`` (a function or a bound method) with a code object of its own. Dynamo keeps its
+    compiled graphs, and counts them against its recompile limit (8), per code object: every
+    ``fit`` compiling ``VAE.elbo_loss`` or ``Adam.step`` would share one count, and from the
+    9th run in a process nothing would compile. A copy per run gives each run its own."""
+    func = getattr(fn, "__func__", fn)
+    copy = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__,
+                              func.__defaults__, func.__closure__)  # fmt: skip
+    copy.__kwdefaults__, copy.__dict__ = func.__kwdefaults__, dict(func.__dict__)
+    copy.__qualname__ = func.__qualname__
+    return types.MethodType(copy, fn.__self__) if hasattr(fn, "__func__") else copy
+
+
+@contextmanager
+def limit_is_an_error() -> Iterator[None]:
+    """Within: dynamo raises when it reaches its recompile limit (instead of running the
+    frame eagerly with a log line), so that the compiled step's fallback warns; the flag is
+    put back as it was after."""
+    config = torch._dynamo.config
+    old = config.fail_on_recompile_limit_hit
+    config.fail_on_recompile_limit_hit = True
+    try:
+        yield
+    finally:
+        config.fail_on_recompile_limit_hit = old
 
 
 def option(mode: str) -> str:
@@ -120,7 +158,7 @@ class CompiledLoss:
         # a per-datapoint guide's rows are read outside the graph (row-sparse gradients)
         self.local = vae.variational if isinstance(vae.variational, PerDatapointGaussian) else None
         target = vae.elbo_loss if self.local is None else self._from_rows
-        self.fn = torch.compile(target, fullgraph=True, mode=mode)
+        self.fn = torch.compile(fresh(target), fullgraph=True, dynamic=False, mode=mode)
 
     def _from_rows(self, x: Tensor, idx: Tensor, loc: Tensor, log_scale: Tensor, **kw) -> Tensor:
         return self.vae.elbo_loss(x, idx, q=diagonal_normal(loc, log_scale), **kw)
@@ -177,14 +215,34 @@ class CompiledAdam:
             optim.capturable = True
 
     def __call__(self, params: list[Tensor]) -> None:
-        seen = self.optim.optim_objs
-        eager = self.step is None or any(p not in seen for p in params)
-        self.optim(params, dense_step=None if eager else self.step)
-        dense = self.optim._dense
-        if eager and dense is not None and self.mode in CUDA_GRAPH_MODES:
+        self.optim.register(params)  # (a resumed run's parameters get their saved state)
+        dense, owners = self.optim._dense, self.optim.optim_objs
+        # Adam creates a parameter's state at its first step: that step runs eagerly, the
+        # others compiled; a resumed run's parameters have state and step compiled at once,
+        # as they would have in the uninterrupted run
+        eager = dense is None or any(owners[p] is dense and p not in dense.state for p in params)
+        if not eager and self.step is None:
+            self.step = torch.compile(_own_step(dense), mode=self.mode)
+        if dense is not None and self.mode in CUDA_GRAPH_MODES:
             _capturable(dense)
-        if self.step is None and dense is not None:
-            self.step = torch.compile(dense.step, mode=self.mode)
+        self.optim(params, dense_step=None if eager else self.step)
+
+
+def _own_step(adam: torch.optim.Adam) -> Callable[[], object]:
+    """``adam.step()`` as a function whose code, and that of the ``Adam.step`` it runs, are
+    this run's own (see :func:`fresh`): the step under ``no_grad``, as its decorator runs it,
+    without the profiling wrapper (whose graph break would make ``Adam.step`` a frame of its
+    own, shared by every run)."""
+    raw = inspect.unwrap(type(adam).step)  # (under the profiling and the no_grad wrappers)
+    if raw is type(adam).step or getattr(adam.defaults, "differentiable", False):
+        return fresh(adam.step)
+    raw = fresh(raw)
+
+    def step() -> object:
+        with torch.no_grad():
+            return raw(adam)
+
+    return fresh(step)
 
 
 def _capturable(adam: torch.optim.Adam) -> None:

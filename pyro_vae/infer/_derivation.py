@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 
 from ..models.guides import PerDatapointGaussian
@@ -21,7 +21,7 @@ from ..models.nets import modes
 from ..models.vae import VAE
 from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 
-__all__ = ["check_derivation", "num_particles", "unsupported"]
+__all__ = ["check_derivation", "num_particles", "settle_nesting", "unsupported"]
 
 # Relative tolerance of the once-only check (float32: different summation orders).
 _TOLERANCE = 1e-3
@@ -73,6 +73,20 @@ def unsupported(model: object, guide: object, loss: ELBO) -> str | None:
     return None
 
 
+def settle_nesting(
+    loss: object, model: Callable[..., object], guide: Callable[..., object], *args, **kwargs
+) -> None:
+    """Makes a Pyro loss guess its ``max_plate_nesting`` now, as it would at its first call
+    (vectorized particles, enumeration), when it was not given one: the guess runs the pair
+    once and draws random numbers, which must not fall among the ones that matter (the
+    check's common random numbers, a resumed run's restored streams)."""
+    if not isinstance(loss, ELBO) or loss.max_plate_nesting != float("inf"):
+        return
+    if getattr(loss, "vectorize_particles", False) or isinstance(loss, TraceEnum_ELBO):
+        with poutine.block(), torch.no_grad():
+            loss._guess_max_plate_nesting(model, guide, args, kwargs)
+
+
 def check_derivation(
     model: Callable[..., object],
     guide: Callable[..., object],
@@ -105,6 +119,9 @@ def check_derivation(
     vae: VAE = model.__self__
     beta, seed = 1.0 if scale is None else float(scale.beta), 0  # (the RNG is restored)
     devices = [x.device] if x.device.type == "cuda" else []
+    # Pyro's guess of the plate nesting, where the loss makes one, as at the eager first step
+    # (on the run's random stream, in the networks' mode): not among the common numbers
+    settle_nesting(loss, model, guide, x, idx, num_data=num_data)
     with torch.random.fork_rng(devices=devices), modes(vae, train=False):
         torch.manual_seed(seed)
         with poutine.trace(param_only=True) as in_model:

@@ -106,13 +106,7 @@ class LazyAdam(PyroOptim):
         """One step for each of ``params``: sparse ones one by one, dense ones together (by
         ``dense_step`` when given: the compiled step's compiled ``Adam.step``)."""
         params = list(params)
-        store = pyro.get_param_store()
-        for p in params:
-            if p not in self.optim_objs:
-                optimizer = self.optim_objs[p] = self._get_optim(p)
-                state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
-                if state is not None:
-                    self._load(p, optimizer, state)
+        self.register(params)
         for p in params:
             if self.optim_objs[p] is not self._dense and p.grad is not None:
                 self.optim_objs[p].step()
@@ -130,6 +124,18 @@ class LazyAdam(PyroOptim):
             (dense_step or self._dense.step)()
             for q, grad in hidden:
                 q.grad = grad
+
+    def register(self, params: list[torch.Tensor]) -> None:
+        """Gives each of ``params`` not seen before its optimizer (by its gradient's layout:
+        a row-sparse one or the shared dense Adam) and the state a checkpoint holds for it,
+        if any; steps nothing."""
+        store = pyro.get_param_store()
+        for p in params:
+            if p not in self.optim_objs:
+                optimizer = self.optim_objs[p] = self._get_optim(p)
+                state = self._state_waiting_to_be_consumed.pop(store.param_name(p), None)
+                if state is not None:
+                    self._load(p, optimizer, state)
 
     def _load(self, param, optimizer, state: dict) -> None:
         if optimizer is not self._dense:

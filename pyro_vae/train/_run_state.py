@@ -24,10 +24,10 @@ import pyro
 import pyro.optim
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import Tensor, nn
 
 from ..data.batches import split_batch
+from ..infer._derivation import settle_nesting
 from . import _streams
 from ._constraints import constraint_from_data, constraint_to_data
 from ._optim_state import optim_settings, restore_optim, same_type
@@ -147,7 +147,7 @@ class RunState:
         with poutine.block(), poutine.trace(param_only=True) as capture, torch.no_grad():
             live.model(x, idx, num_data=num_data, **fields)
             live.guide(x, idx, num_data=num_data, **fields)
-        _guess_nesting(live, (x, idx), {"num_data": num_data, **fields})  # (draws: before the RNG)
+        settle_nesting(live.loss, live.model, live.guide, x, idx, num_data=num_data, **fields)
         names = list(capture.trace.nodes)
         late = state.get("late", {})
         self._load_params(path, state["params"], names, late)
@@ -249,15 +249,3 @@ class RunState:
             f"{', '.join(changed)}; the run continues with this run's",
             stacklevel=4,
         )
-
-
-def _guess_nesting(live: Live, args: tuple, kwargs: dict) -> None:
-    """Makes a Pyro loss guess its ``max_plate_nesting`` now, as it would at the first step
-    (vectorized particles, enumeration): the guess runs the pair and draws random numbers,
-    which must come before the random streams are restored, not after."""
-    loss = live.loss
-    if not isinstance(loss, ELBO) or loss.max_plate_nesting != float("inf"):
-        return
-    if getattr(loss, "vectorize_particles", False) or isinstance(loss, TraceEnum_ELBO):
-        with poutine.block(), torch.no_grad():
-            loss._guess_max_plate_nesting(live.model, live.guide, args, kwargs)

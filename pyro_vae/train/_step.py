@@ -172,6 +172,12 @@ class Step:
                 p.grad = None
             self.compiled = None
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if "recompile_limit" in str(e) or "RecompileLimit" in type(e).__name__:
+                first_line = (
+                    f"dynamo's recompile limit (torch._dynamo.config.recompile_limit = "
+                    f"{torch._dynamo.config.recompile_limit}) is reached in this process; raise "
+                    "it, or call torch.compiler.reset() between runs"
+                )
             warnings.warn(
                 f"{option(self.mode)}: torch.compile failed ({type(e).__name__}: "
                 f"{first_line}); this run takes the eager step",

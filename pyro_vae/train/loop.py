@@ -30,6 +30,7 @@ from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._world import get_world, timed_out
+from ..infer._compiled import limit_is_an_error
 from ..infer.elbo import LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
 from ..models.nets import modes
@@ -196,6 +197,8 @@ def fit(
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))
+            if step.mode is not None:  # a recompile limit reached: a warning, not a log line
+                stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)
             start = run.begin(resume=resume, overwrite=overwrite)
             total, quiet = (epochs - start) * len(data), not (progress and run.writes)
