@@ -108,6 +108,13 @@ def prepare(
         devices = {p.device for p in found.parameters()} if found is not None else set()
         device = devices.pop() if len(devices) == 1 else None
     source = source.to(device) if device is not None else source
+    if source.points.dtype == torch.float16:
+        raise ValueError(
+            "the data are float16 (half precision), whose range (largest 65504, smallest "
+            "normal 6e-5) cannot hold a VAE's log-densities summed over pixels nor Adam's "
+            "squared gradients: the loss becomes NaN within steps. Train and score in float32 "
+            "(x.float(), vae.float()), or in bfloat16 (x.bfloat16(), vae.bfloat16())"
+        )
     if found is not None:
         check_module(found, source.device, source.points.dtype, fix=fix)
         check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch

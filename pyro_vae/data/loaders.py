@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 from .batches import RESERVED, Binarize, Fields, split_batch
 
@@ -147,6 +148,11 @@ class Loader:
             num_data = len(dataset)
         if num_data < 1:
             raise ValueError("the data set is empty")
+        if isinstance(batches, DataLoader) and batches.batch_sampler is None:
+            raise ValueError(
+                "the DataLoader has batch_size=None: it yields single items, not minibatches; "
+                "give it a batch size (DataLoader(dataset, batch_size=256, ...))"
+            )
         self.batches, self.num_data = batches, num_data
         self._device = torch.device(device) if device is not None else None
         self._first: tuple | None = None

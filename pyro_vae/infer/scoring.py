@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -78,22 +79,46 @@ def log_weights(
     """
     if idx is None:
         idx = torch.arange(x.shape[0], device=x.device)
-    with (
-        poutine.block(),
-        pyro.plate("particles", num_particles, dim=-1 - max_plate_nesting),
-    ):
-        kwargs = {} if num_data is None else {"num_data": num_data}
-        kwargs.update(fields or {})
-        guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            x, idx, **kwargs
-        )
+    try:
+        with (
+            poutine.block(),
+            pyro.plate("particles", num_particles, dim=-1 - max_plate_nesting),
+        ):
+            kwargs = {} if num_data is None else {"num_data": num_data}
+            kwargs.update(fields or {})
+            guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                x, idx, **kwargs
+            )
+    except ValueError as e:
+        if "collide" not in str(e):
+            raise
+        said = next(line for line in str(e).splitlines() if line.strip())
+        raise ValueError(f"{_ONE_PLATE} (Pyro: {said.strip()})") from None
     out: Tensor | float = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                _check_plates(name, site)
                 out = out + sign * site["fn"].log_prob(site["value"])
     return torch.as_tensor(out, device=x.device).expand(num_particles, x.shape[0])
+
+
+_ONE_PLATE = (
+    "evaluate scores one importance weight per data point: every sample site of the model and "
+    "the guide must be in the data plate (at dim=-1) and in no other plate. A latent outside "
+    "it (a global one) couples the points, and a plate inside it needs its own sum; score "
+    "such a pair with a Pyro loss over the whole data set (e.g. pyro.infer.Trace_ELBO), or "
+    "make the inner plate an event (.to_event(1))"
+)
+
+
+def _check_plates(name: str, site: dict) -> None:
+    """Refuses a site outside the data plate or in a second plate (see ``_ONE_PLATE``)."""
+    frames = [f for f in site["cond_indep_stack"] if f.name != "particles" and f.vectorized]
+    if len(frames) != 1 or frames[0].dim != -1:
+        where = ", ".join(f"{f.name!r} (dim={f.dim})" for f in frames) or "no plate"
+        raise ValueError(f"{_ONE_PLATE}; the site {name!r} is in {where}")
 
 
 @dataclass

@@ -372,3 +372,60 @@ def test_a_dataloader_without_a_batch_is_refused_with_the_fix():
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, drop_last=True)
     with pytest.raises(ValueError, match=r"the loader yields no batch .*drop_last=True"):
         pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", progress=False)
+
+
+def test_float16_is_refused_with_the_fix():
+    """Before: a float16 model trained to NaN by the second step, and the error advised a
+    smaller step size."""
+    vae = circle_vae().half()
+    with pytest.raises(ValueError, match=r"float16 .*x\.float\(\), vae\.float\(\)"):
+        pv.fit(vae.model, vae.guide, pv.Batches(pv.make_circle(32)[0].half(), batch_size=16),
+               epochs=1, device="cpu", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="float16"):
+        pv.evaluate(vae.model, vae.guide, pv.make_circle(32)[0].half(), num_particles=2)
+
+
+def test_a_dataloader_without_a_batch_size_is_refused_with_the_fix():
+    """Before: ``DataLoader(batch_size=None)`` (single items) stopped with ``AttributeError:
+    'int' object has no attribute 'to'``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(pv.Indexed(TensorDataset(pv.make_circle(32)[0])), batch_size=None)
+    vae = circle_vae()
+    with pytest.raises(ValueError, match=r"batch_size=None.*single items.*batch_size=256"):
+        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", progress=False)
+
+
+class GlobalLatent(torch.nn.Module):
+    """A pair that fit trains (a Pyro loss over minibatches) but that has no per-point weight:
+    a global latent ``b`` in a plate of features, outside the data plate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = torch.nn.Linear(2, 2)
+
+    def model(self, x, idx=None, num_data=None):
+        with pyro.plate("features", 2, dim=-1):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", num_data or x.shape[0], subsample=idx, dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0))
+            pyro.sample("x", dist.Normal(z + b, 1.0), obs=x)
+
+    def guide(self, x, idx=None, num_data=None):
+        pyro.module("encoder", self.encoder)
+        loc = pyro.param("b_loc", torch.zeros(2))
+        with pyro.plate("features", 2, dim=-1):
+            pyro.sample("b", dist.Normal(loc, 1.0))
+        with pyro.plate("data", num_data or x.shape[0], subsample=idx, dim=-2):
+            pyro.sample("z", dist.Normal(self.encoder(x), 1.0))
+
+
+@pytest.mark.parametrize("nesting", [1, 2])
+def test_evaluate_refuses_a_pair_without_per_point_weights(nesting):
+    """Before: Pyro's "plates collide" (nesting 1) or a shape error (nesting 2), neither
+    saying what evaluate needs."""
+    pair, x = GlobalLatent(), pv.make_circle(32)[0]
+    pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=16), epochs=1, device="cpu",
+           progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"one importance weight per data point.*Trace_ELBO"):
+        pv.evaluate(pair.model, pair.guide, x, num_particles=3, max_plate_nesting=nesting)
