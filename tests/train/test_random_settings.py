@@ -1,10 +1,14 @@
 """A fuzz test of :func:`pyro_vae.fit`: random small models and settings, and an interruption.
 
 One property, over random data (size ``N`` from 1 to 40, features, values binary, grey, real or
-huge), VAEs (latent dimension, hidden layers, Bernoulli or Gaussian likelihood, per-datapoint or
-amortized guide) and settings (batch sizes from 1 to beyond ``N``, ``drop_last``, shuffling,
-binarization, ``e_steps``, ``freeze_model``, a constant ``beta`` or a warm-up, optimizer and
-step size, loss, ``log_every``, a validation set):
+huge), VAEs (latent dimension, hidden layers, Bernoulli or Gaussian likelihood, per-datapoint,
+amortized or planar-flow guide), data paths (``pv.Batches``; a DataLoader over ``pv.Indexed``,
+with its own generator, or with a worker process) and settings (batch sizes from 1 to beyond
+``N``, ``drop_last``, shuffling, threshold or dynamic binarization, ``e_steps``,
+``freeze_model``, a constant ``beta`` or a warm-up, optimizer and step size, loss —
+``TensorTrace_ELBO``, Pyro's ``Trace_ELBO``, ``RenyiELBO`` through ``SVI.step``, the
+importance-weighted bound and ``TraceEnum_ELBO``, both guessing their plate nesting —
+``log_every``, a validation set):
 
 * training either completes with a finite loss (and validation ELBO) for every epoch, or stops
   with a :class:`ValueError` or :class:`FloatingPointError` whose message is not empty, never
@@ -18,9 +22,12 @@ step size, loss, ``log_every``, a validation set):
 
 Profiles: by default (CI) 25 derandomized examples, a few seconds; for a longer, random search::
 
-    HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py   # 500 examples
+    HYPOTHESIS_PROFILE=long python -m pytest tests/train/test_random_settings.py   # 500 examples
 
 The regular tests at the end check single cases of the property in small, deterministic form.
+Compiled runs resume bit for bit too (``tests/infer/test_compiled.py``: compiling takes seconds
+per example, too slow to draw here); a process killed by SIGKILL is resumed in
+``test_a_run_killed_by_sigkill_resumes_exactly`` below.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import torch
 from helpers import circle_vae
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae as pv
 
@@ -56,7 +64,10 @@ FUZZ = settings.get_profile(_profile) if _profile else CI
 
 ALLOWED = (ValueError, FloatingPointError)
 
-pytestmark = pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # diverged runs
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning"),  # diverged runs
+    pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites"),  # (nothing to sum)
+]
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,7 @@ class Config:
     values: str = "unit"  # "binary", "unit" (grey values in [0, 1]), "real" or "huge"
     likelihood: str = "bernoulli"  # or "gaussian", "gaussian-learned" (a learned scale)
     per_datapoint: bool = False
+    flow: bool = False  # an amortized guide with planar flows (not per-datapoint)
     batch_size: int = 4
     drop_last: bool = False
     shuffle: bool = True
@@ -80,7 +92,9 @@ class Config:
     warmup: int = 2
     lr: float = 1e-2
     optim: str = "lazy"  # pv.LazyAdam; "lazy-local" with local_lr=0.1; "adam": pyro.optim.Adam
-    loss: str = "default"  # or "trace" (pyro's Trace_ELBO), "renyi" (no differentiable_loss)
+    loss: str = "default"  # or "trace" (pyro's Trace_ELBO), "renyi" (no differentiable_loss),
+    # "iwae" (vectorized particles, Pyro's nesting guess), "enum" (TraceEnum_ELBO)
+    data: str = "batches"  # or "loader", "loader-generator", "loader-workers" (a DataLoader)
     log_every: int = 1
     validation: int = 0  # validation points (amortized guides only); 0: none
     validate_every: int = 1
@@ -119,6 +133,8 @@ def configs(draw) -> Config:
     most = max(1, min(4, 60 // max(steps, 1)))
     epochs = draw(st.integers(min(2, most), most))
     per_datapoint = draw(st.booleans())
+    data = draw(st.sampled_from(["batches"] * 4 + ["loader", "loader-generator"] * 2
+                                + ["loader-workers"]))  # fmt: skip
     warmup = draw(st.booleans())
     return Config(
         num_data=n,
@@ -128,6 +144,8 @@ def configs(draw) -> Config:
         values=values,
         likelihood=likelihood,
         per_datapoint=per_datapoint,
+        flow=not per_datapoint and draw(st.sampled_from([False, False, True])),
+        data=data,
         batch_size=batch_size,
         drop_last=drop_last,
         shuffle=draw(st.booleans()),
@@ -138,7 +156,7 @@ def configs(draw) -> Config:
         warmup=draw(st.integers(1, 3)),
         lr=draw(st.sampled_from([1e-3, 1e-2, 1e-1, 10.0])),
         optim=draw(st.sampled_from(["lazy", "lazy", "lazy-local", "adam"])),
-        loss=draw(st.sampled_from(["default"] * 4 + ["trace", "renyi"])),
+        loss=draw(st.sampled_from(["default"] * 4 + ["trace", "renyi", "iwae", "enum"])),
         log_every=draw(st.sampled_from([1, 2, 3, 50])),
         validation=0 if per_datapoint else draw(st.sampled_from([0, 0, 1, 5])),
         validate_every=draw(st.integers(1, 3)),
@@ -201,6 +219,8 @@ def make_vae(cfg: Config) -> pv.VAE:
         )
     if cfg.per_datapoint:
         guide = pv.PerDatapointGaussian(cfg.num_data, d, init_scale=0.5)
+    elif cfg.flow:
+        guide = pv.PlanarEncoder(pv.MLP(f, 4, cfg.hidden), 4, d, flows=2)
     else:
         guide = pv.GaussianEncoder(pv.MLP(f, 2 * d, cfg.hidden), d)
     return pv.VAE(pv.StandardNormalPrior(d), likelihood, guide)
@@ -211,16 +231,26 @@ def make_loss(cfg: Config):
         return pyro.infer.Trace_ELBO()
     if cfg.loss == "renyi":
         return pyro.infer.RenyiELBO(alpha=0.5, num_particles=2)
+    if cfg.loss == "iwae":
+        return pv.ImportanceWeightedELBO(2)  # (its plate nesting guessed at the first step)
+    if cfg.loss == "enum":
+        return pyro.infer.TraceEnum_ELBO()
     return None
 
 
-def make_batches(cfg: Config) -> pv.Batches:
-    return pv.Batches(
-        make_data(cfg, cfg.num_data, cfg.seed),
+def make_batches(cfg: Config) -> pv.Batches | DataLoader:
+    x = make_data(cfg, cfg.num_data, cfg.seed)
+    if cfg.data == "batches":
+        return pv.Batches(x, batch_size=cfg.batch_size, shuffle=cfg.shuffle,
+                          binarize=cfg.binarize, drop_last=cfg.drop_last)  # fmt: skip
+    generator = torch.Generator().manual_seed(cfg.seed) if cfg.data == "loader-generator" else None
+    return DataLoader(
+        pv.Indexed(TensorDataset(x), binarize=cfg.binarize),
         batch_size=cfg.batch_size,
         shuffle=cfg.shuffle,
-        binarize=cfg.binarize,
         drop_last=cfg.drop_last,
+        generator=generator,
+        num_workers=1 if cfg.data == "loader-workers" else 0,
     )
 
 
@@ -499,3 +529,61 @@ def test_a_run_stopped_by_epochs_resumes_exactly_with_validation():
         full = losses(3, a)
         losses(1, b)  # validates after epoch 1, as its last
         assert losses(3, b, resume=True) == full
+
+
+KILLED_RUN = """
+import os, signal, sys
+import pyro, torch
+from torch.utils.data import DataLoader, TensorDataset
+import pyro_vae as pv
+
+save_dir, kill_at, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+pyro.set_rng_seed(int(sys.argv[4]))  # the resumed process: another RNG state, other weights
+vae = pv.VAE(pv.StandardNormalPrior(1), pv.GaussianLikelihood(pv.MLP(1, 2, (8,)), 2),
+             pv.GaussianEncoder(pv.MLP(2, 2, (8,)), 1))
+calls = 0
+
+def model(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == kill_at:  # in the middle of epoch 3 (4 steps an epoch, +1: the first check)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return vae.model(*args, **kwargs)
+
+g = torch.Generator().manual_seed(3)
+loader = DataLoader(pv.Indexed(TensorDataset(pv.make_circle(64)[0])), batch_size=16,
+                    shuffle=True, generator=g, num_workers=1)
+history = pv.fit(model, vae.guide, loader, epochs=4, device="cpu", modules=vae,
+                 save_dir=save_dir, resume=True, progress=False,
+                 loss=pv.ImportanceWeightedELBO(2))
+torch.save({"loss": history.loss, "state": vae.state_dict()}, out)
+"""
+
+
+def test_a_run_killed_by_sigkill_resumes_exactly(tmp_path):
+    """A process killed by SIGKILL in the middle of an epoch (a DataLoader with its own
+    generator and a worker, a loss that guesses its plate nesting), resumed by a new process
+    with another RNG state, ends with the uninterrupted run's losses and weights, bit for bit;
+    and its run folder is not left locked."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(KILLED_RUN)
+
+    def launch(save_dir, kill_at, out, seed):
+        args = [sys.executable, str(script), str(save_dir), str(kill_at), str(out), str(seed)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+    full = launch(tmp_path / "full", 0, tmp_path / "full.pt", 0)
+    assert full.returncode == 0, full.stderr
+    killed = launch(tmp_path / "cut", 1 + 2 * 4 + 2, tmp_path / "never.pt", 0)
+    assert killed.returncode == -9, killed.stderr
+    assert pv.History.load(tmp_path / "cut" / "history.json").epoch == [1, 2]
+    resumed = launch(tmp_path / "cut", 0, tmp_path / "resumed.pt", 1)
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert a["loss"] == b["loss"]
+    for name, value in a["state"].items():
+        assert torch.equal(value, b["state"][name]), name
