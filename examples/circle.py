@@ -232,4 +232,4 @@ def _pictures(
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    scripts.command(main, parse_args)

@@ -120,4 +120,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    scripts.command(main, parse_args)

@@ -137,4 +137,4 @@ def _pictures(
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    scripts.command(main, parse_args)

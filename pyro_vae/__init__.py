@@ -28,7 +28,7 @@ the bottom up (each imports only those before it):
   :func:`log_weights`;
 * :mod:`pyro_vae.plots`: :func:`plot_curves`, :func:`plot_scatter`, :func:`save_grid`,
   :func:`save_reconstructions`;
-* :mod:`pyro_vae.train`: :func:`fit`, :class:`History`, :func:`load_checkpoint`,
+* :mod:`pyro_vae.train`: :func:`fit`, :class:`History`, :func:`load_checkpoint`, :func:`save_model`,
   :class:`CheckpointError`, :func:`infer_local`, :func:`amortization_gap`,
   :class:`AmortizationGap`.
 
@@ -90,6 +90,7 @@ from .train import (
     fit,
     infer_local,
     load_checkpoint,
+    save_model,
 )
 
 _torch.distributions.Distribution.set_default_validate_args(_validate_args)
@@ -151,6 +152,7 @@ __all__ = [
     "plot_scatter",
     "plots",
     "save_grid",
+    "save_model",
     "save_reconstructions",
     "train",
 ]

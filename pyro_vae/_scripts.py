@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .train.checkpoint import History
 __all__ = [
     "ACTIVATIONS",
     "binarized_mnist",
+    "command",
     "mnist_from_args",
     "parser",
     "pictures",
@@ -223,11 +225,35 @@ def pictures(out: Path) -> Path:
 
 
 def save_metrics(out: Path, metrics: dict, *, hide: tuple[str, ...] = ()) -> dict:
-    """Writes ``metrics.json`` and prints it (without the ``hide`` keys), on rank 0 only."""
+    """Writes ``metrics.json``, prints it (without the ``hide`` keys) and then where the run's
+    outputs are, on rank 0 only."""
     if rank() == 0:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
         print(json.dumps({k: v for k, v in metrics.items() if k not in hide}, indent=1))
+        files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"outputs in {out.resolve()}: {', '.join(files)}")
     return metrics
+
+
+def command(main: Callable[[argparse.Namespace], object], parse_args: Callable) -> None:
+    """Runs an example's ``main(parse_args())`` as a command: a run folder that holds a run
+    is answered in the script's own flags (``--resume``, ``--overwrite``, ``--out``), with no
+    traceback, and exit status 2."""
+    args = parse_args()
+    try:
+        main(args)
+    except FileExistsError as e:
+        if "holds a run" not in str(e):
+            raise
+        script = Path(sys.argv[0]).name
+        saved = str(e).split("(", 1)[1].split(")", 1)[0] if "(" in str(e) else "a run"
+        print(
+            f"{script}: --out {args.out} holds a run ({saved}). Add --resume to continue it "
+            f"(with a larger --epochs to train more), --overwrite to start over, or choose "
+            "another --out",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
 
 
 def replace_block(readme: Path, block: str, text: str) -> None:

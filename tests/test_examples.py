@@ -7,6 +7,7 @@ import importlib
 import json
 import math
 import os
+from pathlib import Path
 
 import pyro
 import pytest
@@ -247,6 +248,27 @@ def test_examples_never_overwrite_a_run_silently(tmp_path):
     assert resumed["epochs"] == 2
     _, _, again = run("circle", flags + " --overwrite", tmp_path)
     assert again["epochs"] == 1 and again["train_loss"] == first["train_loss"]
+
+
+def test_an_example_rerun_answers_in_its_own_flags(tmp_path):
+    """As a command, a second run into the same --out ends with exit status 2 and a message in
+    the script's flags (before: a FileExistsError traceback naming resume=True and
+    overwrite=True, Python arguments); a run ends by printing where its outputs are."""
+    import subprocess
+    import sys
+
+    flags = ["--epochs", "1", "--num-data", "200", "--batch-size", "100", "--test-epochs", "1",
+             "--num-particles", "4", "--device", "cpu", "--no-progress", "--out",
+             str(tmp_path)]  # fmt: skip
+    command = [sys.executable, "examples/circle.py", *flags]
+    root = Path(__file__).resolve().parents[1]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert f"outputs in {tmp_path.resolve()}: " in first.stdout and "metrics.json" in first.stdout
+    again = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert f"circle.py: --out {tmp_path} holds a run" in again.stderr
+    assert "--resume" in again.stderr and "--overwrite" in again.stderr
 
 
 def test_distributed_benchmark_runs(tmp_path):

@@ -62,15 +62,26 @@ def load_mnist(
     """
     from torchvision.datasets import MNIST
 
-    root = os.fspath(default_data_dir() if root is None else root)
+    given = root is not None
+    root = os.fspath(root if given else default_data_dir())
     try:
         ds = MNIST(root, train=train, download=download)
     except (RuntimeError, OSError) as e:
+        if given:  # the argument wins over the environment: say so
+            how = (
+                f"load_mnist(root={root!r}) looks there only (${_DATA_ENV} applies when root "
+                "is not given): pass the folder that holds MNIST/raw, or no root"
+            )
+        else:
+            how = (
+                f"looked up by default_data_dir(): ${_DATA_ENV}, else ../shared/data, else "
+                f"./data. Set ${_DATA_ENV} to the folder that holds MNIST/raw, pass "
+                "load_mnist(root=...) (--data-dir in the examples), or download=True"
+            )
         raise FileNotFoundError(
             f"MNIST was not found in {os.path.abspath(os.path.join(root, 'MNIST', 'raw'))}"
             + ("" if download else " and download=False")
-            + f" ({e}). Pass the folder that holds MNIST/raw with --data-dir (or "
-            f"load_mnist(root=...)), or set ${_DATA_ENV}."
+            + f" ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {how}"
         ) from e
     images = ds.data.to(device=device, dtype=torch.float32).div_(255)
     images = images.flatten(1) if flatten else images.unsqueeze(1)

@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "History", "as_data", "load_checkpoint", "refuse_unsaveable"]
+__all__ = [
+    "CheckpointError",
+    "History",
+    "as_data",
+    "load_checkpoint",
+    "refuse_unsaveable",
+    "save_model",
+]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
@@ -125,7 +132,9 @@ def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
     )
 
 
-def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:
+def read_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu", *, keys: tuple[str, ...] = _KEYS
+) -> dict:
     """Reads a checkpoint as data (``weights_only=True``) and checks that it is complete.
 
     Raises:
@@ -153,7 +162,7 @@ def read_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
             f"the checkpoint {path} cannot be read as data ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'no details'}); {advice}"
         ) from None
-    missing = [k for k in _KEYS if not isinstance(state, dict) or k not in state]
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(
             f"the checkpoint {path} is not a complete pyro_vae checkpoint (missing "
@@ -176,7 +185,8 @@ def load_checkpoint(
     *,
     map_location: torch.device | str = "cpu",
 ) -> History:
-    """Loads the weights and buffers a :func:`~pyro_vae.fit` checkpoint holds into ``module``
+    """Loads the weights and buffers a :func:`~pyro_vae.fit` checkpoint (or a file of
+    :func:`save_model`) holds into ``module``
     (e.g. a :class:`~pyro_vae.VAE` built as in training), for inference: no optimizer, no
     ``fit``, no code run from the file (it is read with ``weights_only=True``).
 
@@ -208,7 +218,7 @@ def load_checkpoint(
         ([1, 2], True)
     """
     path = Path(path)
-    state = read_checkpoint(path, map_location)
+    state = read_checkpoint(path, map_location, keys=("history", "modules"))
     saved = state["modules"]
     if saved is None:
         raise CheckpointError(
@@ -233,3 +243,48 @@ def load_checkpoint(
         )
     module.load_state_dict(saved)
     return History(**state["history"])
+
+
+def save_model(
+    path: str | os.PathLike,
+    module: nn.Module,
+    *,
+    history: History | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Writes a trained module's weights and buffers (and its history, if given) to ``path``,
+    as data that :func:`load_checkpoint` reads back: the way to keep a model trained without
+    ``save_dir`` (a ``fit`` checkpoint holds the same, with the optimizer's state to resume).
+
+    Args:
+        path: The file to write (its folder is created); written atomically.
+        module: The trained networks (e.g. a :class:`~pyro_vae.VAE`).
+        history: The run's :class:`History` (``fit``'s return value), kept beside the weights.
+        overwrite: Replace an existing file (else a :class:`FileExistsError`).
+
+    Example:
+        >>> import tempfile
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
+        ...           GaussianEncoder(MLP(6, 4), 2))
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     save_model(f"{folder}/vae.pt", vae)
+        ...     again = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
+        ...                 GaussianEncoder(MLP(6, 4), 2))
+        ...     _ = load_checkpoint(f"{folder}/vae.pt", again)
+        >>> torch.equal(vae.likelihood.decoder[0].weight, again.likelihood.decoder[0].weight)
+        True
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: pass a file name, e.g. {path / 'model.pt'}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = as_data({"history": asdict(history or History()), "modules": module.state_dict()})
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise refuse_unsaveable(path, e) from e
+    os.replace(tmp, path)

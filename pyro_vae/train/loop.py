@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -201,6 +202,12 @@ def fit(
                 stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)
             start = run.begin(resume=resume, overwrite=overwrite)
+            if start >= epochs:  # a finished run: say so rather than train 0 steps silently
+                warnings.warn(
+                    f"the run in {save_dir} has done {start} epochs, epochs={epochs}: nothing "
+                    f"to train. Pass epochs > {start} to continue it",
+                    stacklevel=2,
+                )
             total, quiet = (epochs - start) * len(data), not (progress and run.writes)
             run.bar = stack.enter_context(
                 tqdm(total=total, disable=quiet, desc="train", unit="step")

@@ -20,10 +20,19 @@ def test_data_folder_lookup_order(tmp_path, monkeypatch):
     assert pv.default_data_dir() == str(tmp_path / "elsewhere")  # the variable wins
 
 
-def test_missing_data_folder(tmp_path):
+def test_missing_data_folder(tmp_path, monkeypatch):
+    """A folder given as ``root`` is the only one looked in, and the error says so (before: it
+    advised setting $PYRO_VAE_DATA, which the argument overrides); without ``root`` the error
+    names the lookup order and the ways to point elsewhere."""
     missing = tmp_path / "nowhere"
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "set"))
     with pytest.raises(FileNotFoundError) as info:
         pv.load_mnist(missing)
     message = str(info.value)
     assert str(missing / "MNIST" / "raw") in message
-    assert "--data-dir" in message and "PYRO_VAE_DATA" in message
+    assert "looks there only ($PYRO_VAE_DATA applies when root is not given)" in message
+    with pytest.raises(FileNotFoundError) as info:
+        pv.load_mnist()
+    message = str(info.value)
+    assert str(tmp_path / "set" / "MNIST" / "raw") in message
+    assert "default_data_dir()" in message and "--data-dir" in message

@@ -229,3 +229,12 @@ def test_history_is_never_ahead_of_the_checkpoint_and_stale_tmp_is_removed(tmp_p
         fit_circle(tmp_path, 2, resume=True)
     assert calls and not (tmp_path / "checkpoint.tmp").exists()
     assert pv.History.load(tmp_path / "history.json").epoch == [1]
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    """Before: ``fit(resume=True)`` on a run that had its epochs trained 0 steps without a
+    word."""
+    fit_circle(tmp_path, 2)
+    with pytest.warns(UserWarning, match=r"has done 2 epochs, epochs=2: nothing to train.*> 2"):
+        _, history = fit_circle(tmp_path, 2, resume=True)
+    assert history.epoch == [1, 2]
