@@ -6,6 +6,7 @@ example's ``metrics.json``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 
@@ -16,6 +17,15 @@ __all__ = ["plot_curves", "plot_scatter", "save_grid", "save_reconstructions"]
 
 
 def _as_images(x: Tensor, image_shape: Sequence[int]) -> Tensor:
+    size = math.prod(image_shape)
+    per_image = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()
+    if per_image != size:
+        side = math.isqrt(per_image)
+        guess = f"(1, {side}, {side})" if side * side == per_image else "(C, H, W)"
+        raise ValueError(
+            f"images of {per_image} values each cannot be drawn as image_shape="
+            f"{tuple(image_shape)} ({size} values): pass image_shape={guess}"
+        )
     return x.detach().float().cpu().reshape(-1, *image_shape).clamp(0, 1)
 
 

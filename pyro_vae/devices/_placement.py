@@ -100,6 +100,11 @@ def _mismatch(
         return f"{what} is on {tensor.device} but the data are on {device}: {fix}"
     floating = dtype is not None and dtype.is_floating_point and tensor.is_floating_point()
     if floating and tensor.dtype != dtype:
+        short = {torch.float32: "float", torch.float64: "double", torch.bfloat16: "bfloat16"}
+        data, model = short.get(tensor.dtype), short.get(dtype)
+        if data is not None and model is not None:  # both ways, the data's first
+            fix = (f"convert the data to the networks' dtype (x.{data}()), or the networks "
+                   f"to the data's (vae.{model}())")  # fmt: skip
         return f"{what} is {tensor.dtype} but the data are {dtype}: {fix}"
     return None
 

@@ -8,6 +8,7 @@ above the training loop and the scoring below it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ __all__ = ["AmortizationGap", "amortization_gap", "infer_local"]
 
 def infer_local(
     vae: VAE,
-    data: Batches | Loader | DataLoader,
+    data: Batches | Loader | DataLoader | Tensor,
     *,
     epochs: int,
     lr: float = 1e-2,
@@ -48,7 +49,8 @@ def infer_local(
 
     Args:
         vae: A trained VAE; its prior and likelihood are shared, not changed.
-        data: The data points, ``N'`` of them; their indices address the new local parameters.
+        data: The data points, ``N'`` of them; their indices address the new local parameters
+            (a tensor ``(N', *event_shape)``: shuffled minibatches of up to 256).
         epochs: Passes of :class:`~pyro_vae.LazyAdam` steps over ``data``.
         lr: Step size for the local parameters.
         init: An amortized Gaussian guide to start from (a list, one per layer, bottom-up,
@@ -78,6 +80,8 @@ def infer_local(
             f"final_lr_ratio must be a number > 0 (the step size ends at lr * final_lr_ratio); "
             f"got {final_lr_ratio!r}"
         )
+    if isinstance(data, Tensor):  # as evaluate takes it: here, shuffled minibatches of 256
+        data = Batches(data, batch_size=min(len(data), 256))
     data = as_source(data)
     if isinstance(data, Loader):  # streamed: to the model's device, batch by batch
         data = data.to(next(vae.parameters()).device)
@@ -151,7 +155,7 @@ class AmortizationGap:
 
 def amortization_gap(
     vae: VAE,
-    data: Batches | Loader | DataLoader,
+    data: Batches | Loader | DataLoader | Tensor,
     *,
     epochs: int = 100,
     lr: float = 1e-2,
@@ -168,6 +172,20 @@ def amortization_gap(
     of 100, the README's tanh VAE) the amortization gap was 2.40 nats after 100 epochs, 3.40
     after 300, 3.78 after 1000 and 3.83 after 3000 (benchmarks/gap_convergence.py).
 
+    Args:
+        vae: A trained VAE with an amortized guide (an encoder; a per-datapoint guide is
+            refused: it has no amortization gap).
+        data: The points: :class:`~pyro_vae.Batches`, a DataLoader over
+            :class:`~pyro_vae.Indexed`, or a tensor ``(N, *event_shape)``.
+        epochs: Epochs of :func:`infer_local` towards the per-datapoint optimum.
+        lr: Its initial step size (annealed to 1% of it).
+        num_particles: :math:`K` of the importance-sampled log-likelihood.
+        max_rows: Most (point, particle) pairs scored at once.
+
+    Returns:
+        An :class:`AmortizationGap` (nats per point); a warning says when the optimum's ELBO
+        falls below the amortized one (``infer_local`` has not converged).
+
     Example:
         >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
         ...           GaussianEncoder(MLP(10, 4), 2))
@@ -176,7 +194,14 @@ def amortization_gap(
         >>> gap.approximation_gap >= 0
         True
     """
-    data = as_source(data)  # once: evaluate and infer_local take the source as it is
+    if isinstance(vae.variational, PerDatapointGaussian):
+        raise ValueError(
+            "amortization_gap compares an amortized guide (an encoder) with the per-datapoint "
+            "optimum; this VAE's guide is PerDatapointGaussian, already per-datapoint: score it "
+            "with pv.evaluate, or pass a VAE with an encoder"
+        )
+    # once: evaluate and infer_local take the source as it is (a tensor: in chunks)
+    data = as_source(data, batch_size=max(1, max_rows // num_particles))
     amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
     local = infer_local(
         vae, data, epochs=epochs, lr=lr, init=vae.guide_layers(), name="gap", final_lr_ratio=0.01
@@ -184,6 +209,13 @@ def amortization_gap(
     optimal = evaluate(
         local.model, local.guide, data, num_particles=num_particles, max_rows=max_rows
     )
+    if optimal.elbo < amortized.elbo:
+        warnings.warn(
+            f"the per-datapoint optimum's ELBO ({optimal.elbo:.3f}) is below the amortized "
+            f"ELBO ({amortized.elbo:.3f}): infer_local has not converged in {epochs} epochs, "
+            "so the amortization gap is negative. Raise epochs (or lr)",
+            stacklevel=2,
+        )
     log_px = max(optimal.log_likelihood, amortized.log_likelihood)
     return AmortizationGap(
         log_likelihood=log_px,

@@ -3,7 +3,9 @@ semi-amortized inference and the amortization gap."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 
 import helpers
 import pyro
@@ -14,6 +16,7 @@ from helpers import ppca
 from pyro.infer import Trace_ELBO
 
 import pyro_vae as pv
+from pyro_vae.train import local as local_module
 
 
 def circle_vae(guide) -> pv.VAE:
@@ -345,3 +348,41 @@ def test_lazy_adam_local_lr_applies_to_sparse_parameters_only():
     dense = [(after[k] - before[k]).abs() for k in before if k.startswith("likelihood.")]
     largest = max(step.max().item() for step in dense)
     assert largest == pytest.approx(1e-4, rel=1e-2)  # float32 rounding of values ~ 1
+
+
+def test_amortization_gap_takes_a_tensor_refuses_a_per_datapoint_vae_and_warns_when_short(
+    monkeypatch,
+):
+    """Before: ``amortization_gap`` refused a tensor (``evaluate`` takes one), reported an
+    "amortized" ELBO for a VAE without an encoder, and returned a negative gap without a
+    word (here the optimum's score is made 1 nat worse than the amortized one)."""
+    x, _ = pv.make_circle(60)
+    vae = circle_vae(pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1))
+    with warnings.catch_warnings():  # (one epoch may well be short of the optimum)
+        warnings.simplefilter("ignore")
+        gap = pv.amortization_gap(vae, x, epochs=1, num_particles=4)  # a tensor
+    assert math.isfinite(gap.amortization_gap)
+    real = local_module.evaluate
+    calls = []
+
+    def worse_optimum(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(result)
+        if len(calls) == 2:  # the per-datapoint optimum's score
+            return dataclasses.replace(result, elbo=calls[0].elbo - 1.0)
+        return result
+
+    monkeypatch.setattr(local_module, "evaluate", worse_optimum)
+    with pytest.warns(UserWarning, match=r"has not converged in 1 epochs.*Raise epochs"):
+        gap = pv.amortization_gap(vae, x, epochs=1, num_particles=4)
+    assert gap.amortization_gap == pytest.approx(-1.0)
+    local = circle_vae(pv.PerDatapointGaussian(60, 1))
+    with pytest.raises(ValueError, match="already per-datapoint"):
+        pv.amortization_gap(local, x, epochs=1, num_particles=4)
+
+
+def test_infer_local_takes_a_tensor():
+    x, _ = pv.make_circle(40)
+    vae = circle_vae(pv.GaussianEncoder(pv.MLP(2, 2, (20, 20)), 1))
+    local = pv.infer_local(vae, x, epochs=1)
+    assert local.variational.loc.shape == (40, 1)

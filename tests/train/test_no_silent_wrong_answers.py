@@ -429,3 +429,18 @@ def test_evaluate_refuses_a_pair_without_per_point_weights(nesting):
            progress=False)  # fmt: skip
     with pytest.raises(ValueError, match=r"one importance weight per data point.*Trace_ELBO"):
         pv.evaluate(pair.model, pair.guide, x, num_particles=3, max_plate_nesting=nesting)
+
+
+def test_float64_data_are_told_both_fixes():
+    """Before: a float64 data set was told to upcast the model only."""
+    vae = circle_vae()
+    with pytest.raises(ValueError, match=r"float64: convert the data .*x\.float\(\).*vae\.double"):
+        pv.fit(vae.model, vae.guide, pv.Batches(pv.make_circle(32)[0].double(), batch_size=16),
+               epochs=1, device="cpu", progress=False)  # fmt: skip
+
+
+def test_save_grid_of_other_images_names_image_shape(tmp_path):
+    """Before: 8x8 images gave torch's reshape error, which does not mention image_shape."""
+    with pytest.raises(ValueError, match=r"64 values each .*image_shape=\(1, 8, 8\)"):
+        pv.save_grid(torch.rand(16, 64), tmp_path / "grid.png")
+    pv.save_grid(torch.rand(16, 64), tmp_path / "grid.png", image_shape=(1, 8, 8))
