@@ -1,5 +1,13 @@
-"""The code on the guide pages runs as written: every ``python`` block of a page, in order, in
-one namespace (as a reader pastes them into one session)."""
+"""The code on the pages runs as written: every ``python`` block of the README, the index and
+each guide page, in order, in one namespace (as a reader pastes them into one session), in a
+fresh working folder, with MNIST found by the default lookup (``$PYRO_VAE_DATA``).
+
+What a page trains at full size is cut to a test's budget by caps patched into the package,
+not into the pages: ``fit`` runs one epoch (without compiling: tests/infer/test_compiled.py
+compiles), MNIST holds its first 512 images, ``evaluate`` and ``amortization_gap`` draw at most
+8 particles and ``infer_local`` and ``amortization_gap`` run one epoch. Everything else — the
+imports, the names, the calls and their arguments — is the page's.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +16,85 @@ from pathlib import Path
 
 import pyro
 import pytest
+import torch
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["guide/fields.md"]  # the pages whose blocks are complete programs
+import pyro_vae as pv
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {  # page: whether it reads MNIST
+    "README.md": True,
+    "docs/index.md": True,
+    "docs/guide/quickstart.md": True,
+    "docs/guide/data.md": True,
+    "docs/guide/inference.md": False,
+    "docs/guide/flows.md": True,
+    "docs/guide/bounds.md": True,
+    "docs/guide/fields.md": False,
+    "docs/guide/pictures.md": True,
+    "docs/guide/trained.md": True,
+    "docs/guide/speed.md": True,
+}
+SMALL = 512
 
 
 def blocks(page: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", PAGES)
-def test_every_code_block_of_the_page_runs(page):
+def test_every_page_with_python_is_listed():
+    """A new page with code cannot be left out of this test."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "docs" / "guide").glob("*.md"))]  # fmt: skip
+    with_code = {str(p.relative_to(ROOT)) for p in pages if "```python" in p.read_text()}
+    assert with_code == set(PAGES)
+
+
+@pytest.fixture
+def budget(monkeypatch, tmp_path, request):
+    """The caps described above, a fresh working folder and, for MNIST pages, the data."""
+    if PAGES[request.node.callspec.params["page"]]:
+        monkeypatch.setenv("PYRO_VAE_DATA", str(request.getfixturevalue("mnist_dir")))
+    monkeypatch.chdir(tmp_path)
+    import torchvision
+
+    real = {name: getattr(pv, name) for name in
+            ("load_mnist", "fit", "evaluate", "infer_local", "amortization_gap")}  # fmt: skip
+
+    def load_mnist(*args, **kwargs):
+        return tuple(t[:SMALL] for t in real["load_mnist"](*args, **kwargs))
+
+    def fit(*args, **kwargs):
+        kwargs.update(epochs=1, progress=False, compile=False)
+        return real["fit"](*args, **kwargs)
+
+    def evaluate(*args, num_particles=1000, **kwargs):
+        return real["evaluate"](*args, num_particles=min(num_particles, 8), **kwargs)
+
+    def infer_local(*args, **kwargs):
+        return real["infer_local"](*args, **{**kwargs, "epochs": 1, "progress": False})
+
+    def amortization_gap(*args, num_particles=1000, **kwargs):
+        kwargs.update(epochs=1, num_particles=min(num_particles, 8))
+        return real["amortization_gap"](*args, **kwargs)
+
+    class MNIST(torchvision.datasets.MNIST):  # (its folder is named after its class)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.data, self.targets = self.data[:SMALL], self.targets[:SMALL]
+
+    for name, fn in [("load_mnist", load_mnist), ("fit", fit), ("evaluate", evaluate),
+                     ("infer_local", infer_local), ("amortization_gap", amortization_gap)]:  # fmt: skip
+        monkeypatch.setattr(pv, name, fn)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", MNIST)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_code_block_of_the_page_runs(page, budget):
     assert blocks(page), f"{page} has no python block"
     namespace: dict = {}
     pyro.set_rng_seed(0)
-    for i, code in enumerate(blocks(page)):
-        exec(compile(code, f"{page}, block {i + 1}", "exec"), namespace)
+    with torch.random.fork_rng():
+        for i, code in enumerate(blocks(page)):
+            exec(compile(code, f"{page}, block {i + 1}", "exec"), namespace)
