@@ -52,10 +52,20 @@ def pytest_configure(config):
         torch.set_default_device(device)
 
 
+@pytest.hookimpl(tryfirst=True)  # (before -m selects by the markers added here)
 def pytest_collection_modifyitems(config, items):
+    """The long tier: every ``slow_compile`` test and every test of a module listed in
+    ``LONG`` is also marked ``long`` (``bash .ci/test`` leaves them out; CI runs them with
+    ``-m long``). Without CUDA, ``cuda`` tests are skipped."""
+    for item in items:
+        if "slow_compile" in item.keywords or item.path.name in LONG:
+            item.add_marker(pytest.mark.long)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+LONG = {"test_distributed.py"}  # processes that start torch: seconds each

@@ -44,6 +44,7 @@ def load_quality():
 
 
 @pytest.mark.mnist
+@pytest.mark.long
 def test_quality_runs_resumes_and_tabulates(mnist_dir, tmp_path):
     quality = load_quality()
     common = [

@@ -79,6 +79,7 @@ def test_mnist_flow_prior(mnist_dir, tmp_path):
     assert again["train_loss"] == metrics["train_loss"]
 
 
+@pytest.mark.long
 def test_speed_benchmark_runs(tmp_path):
     speed = importlib.import_module("benchmarks.speed")
     flags = "--device cpu --hidden 16 --steps 2 --warmup 1 --repeats 1 --limit 600"
@@ -107,6 +108,7 @@ def test_speed_benchmark_runs(tmp_path):
     assert "| MAF prior, MLP 1024, batch 256 |" in table and "sparse rows + LazyAdam" in table
 
 
+@pytest.mark.long
 def test_overhead_benchmark_runs(tmp_path):
     overhead = importlib.import_module("benchmarks.overhead")
     args = overhead.parse_args(
@@ -250,6 +252,7 @@ def test_examples_never_overwrite_a_run_silently(tmp_path):
     assert again["epochs"] == 1 and again["train_loss"] == first["train_loss"]
 
 
+@pytest.mark.long
 def test_an_example_rerun_answers_in_its_own_flags(tmp_path):
     """As a command, a second run into the same --out ends with exit status 2 and a message in
     the script's flags (before: a FileExistsError traceback naming resume=True and
@@ -271,6 +274,7 @@ def test_an_example_rerun_answers_in_its_own_flags(tmp_path):
     assert "--resume" in again.stderr and "--overwrite" in again.stderr
 
 
+@pytest.mark.long
 def test_distributed_benchmark_runs(tmp_path):
     bench = importlib.import_module("benchmarks.distributed")
     readme = tmp_path / "README.md"
@@ -288,6 +292,7 @@ def test_distributed_benchmark_runs(tmp_path):
     assert "| 2 |" in readme.read_text()
 
 
+@pytest.mark.long
 def test_compiled_zoo_benchmark_runs(tmp_path):
     """The survey's smoke run on a model that stays eager (no inductor compile here)."""
     survey = importlib.import_module("benchmarks.compiled_zoo")

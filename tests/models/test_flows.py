@@ -120,6 +120,7 @@ def banana_elbo(guide: nn.Module) -> float:
     return pv.evaluate(vae.model, vae.guide, x, num_particles=200).elbo
 
 
+@pytest.mark.long
 def test_flow_guides_fit_a_non_gaussian_posterior_better_than_a_gaussian():
     def features():
         return nn.Sequential(pv.MLP(1, 32, (32,)), nn.ReLU())

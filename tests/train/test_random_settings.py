@@ -560,6 +560,7 @@ torch.save({"loss": history.loss, "state": vae.state_dict()}, out)
 """
 
 
+@pytest.mark.long
 def test_a_run_killed_by_sigkill_resumes_exactly(tmp_path):
     """A process killed by SIGKILL in the middle of an epoch (a DataLoader with its own
     generator and a worker, a loss that guesses its plate nesting), resumed by a new process
