@@ -44,6 +44,21 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(TorchDispatchMode|OpOverload|Generator|Figure|Axes|Transform|Flow)"),
 ]
 
+smartquotes = False  # "--inference" stays two hyphens (not an en dash) in the prose
+
 html_theme = "furo"
 html_title = f"pyro_vae {version}"
 html_static_path = ["_static"]
+html_css_files = ["tables.css"]
+
+
+def _no_torch_init_docstring(app, what, name, obj, options, lines) -> None:
+    """A class's ``__init__`` shows its signature, not the docstring it inherits from
+    ``torch.nn.Module.__init__`` ("Initialize internal Module state...", 18 times on the
+    models page before): the class's docstring says what its arguments are."""
+    if name.endswith(".__init__") and lines and lines[0].startswith("Initialize internal Module"):
+        lines.clear()
+
+
+def setup(app) -> None:
+    app.connect("autodoc-process-docstring", _no_torch_init_docstring)

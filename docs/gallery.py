@@ -70,6 +70,48 @@ EXAMPLES: dict[str, tuple[str, str, bool]] = {
 }
 
 
+CAPTIONS = {  # a figure's caption, by file name (the number in a name: its setting)
+    "samples": "Samples: the means of p(x | z) at z ~ p(z), from the trained model.",
+    "reconstructions": "Reconstructions: data points (rows 1, 3, ...) and the means of "
+    "p(x | z) at z ~ q(z | x) (rows 2, 4, ...).",
+    "loss": "Training curve: the loss (negative ELBO per point, nats) by epoch.",
+    "elbo_curves": "ELBO per point by epoch, on the training points (the running mean of each "
+    "epoch) and on the held-out points.",
+    "latent": "The test points' posterior means E_q[z | x] in the 2-D latent space, coloured "
+    "by digit.",
+    "latent_cdf": "The same points through the standard normal CDF (the prior's quantiles).",
+    "manifold": "The decoded manifold: the means of p(x | z) on a grid of the prior's "
+    "quantiles.",
+    "posterior_means": "Training points coloured by their posterior mean E_q[z | x].",
+    "completions": "Completions: the known quadrants of test digits in, the rest drawn from "
+    "the model (the number: known quadrants).",
+}
+
+
+def caption(file: str) -> str:
+    """The caption of the figure ``file`` (its name without digits, looked up)."""
+    stem = Path(file).stem
+    key = stem.rstrip("0123456789")
+    text = CAPTIONS.get(key, stem.replace("_", " ").capitalize() + ".")
+    if key != stem and key != "completions":
+        text += f" (setting {stem[len(key):]})"
+    return text
+
+
+def body_markdown(body: str) -> str:
+    """An example's docstring as Markdown: its indented command lines as a bash block."""
+    lines, out, block = body.strip().splitlines(), [], []
+    for line in [*lines, ""]:
+        if line.startswith("    ") and line.strip().startswith(("python ", "torchrun ")):
+            block.append(line.strip())
+            continue
+        if block:
+            out += ["```bash", *block, "```"]
+            block = []
+        out.append(line)
+    return "\n".join(out).strip()
+
+
 def run(name: str, out: Path) -> None:
     """Runs one example with its gallery settings into ``out`` (over any earlier run)."""
     flags = EXAMPLES[name][0]
@@ -88,7 +130,7 @@ def page(name: str, out: Path) -> str:
     lines = [
         f"# `{name}`: {title.rstrip('.:')}",
         "",
-        body.strip(),
+        body_markdown(body),
         "",
         "## The run shown here",
         "",
@@ -104,7 +146,8 @@ def page(name: str, out: Path) -> str:
     ]
     for image in metrics.get("images", []):
         file = Path(image).name
-        lines += [f"![{file}]({out.relative_to(GALLERY).as_posix()}/{file})", ""]
+        path = f"{out.relative_to(GALLERY).as_posix()}/{file}"
+        lines += [f"```{{figure}} {path}", f":alt: {file}", "", caption(file), "```", ""]
     for value in metrics.values():  # a list of runs (one per setting): a table of them
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             columns = [c for c in value[0] if c != "image"]
@@ -126,11 +169,24 @@ def page(name: str, out: Path) -> str:
 
 
 def index() -> str:
+    """The gallery's index: the examples table, then each example's first figure as a
+    thumbnail linked to its page."""
     table = (GALLERY / "examples-table.md").read_text().split("\n", 1)[1]
     names = "\n".join(EXAMPLES)
+    cards = []
+    for name, (_, _, executed) in EXAMPLES.items():
+        out = GALLERY / ("built" if executed else "outputs") / name
+        images = json.loads((out / "metrics.json").read_text()).get("images", [])
+        title = (importlib.import_module(f"examples.{name}").__doc__ or name).split("\n")[0]
+        cards += [f"### [`{name}`]({name}.md)", "", title, ""]
+        if images:
+            path = f"{out.relative_to(GALLERY).as_posix()}/{Path(images[0]).name}"
+            cards += [f"```{{image}} {path}", ":width: 260px", f":alt: {name}",
+                      f":target: {name}.html", "```", ""]  # fmt: skip
     return (
         "# Gallery\n\nEvery example script, run: its command, figures and metrics.\n"
-        f"{table}\n```{{toctree}}\n:maxdepth: 1\n\n{names}\n```\n"
+        f"{table}\n## The runs\n\n" + "\n".join(cards)
+        + f"\n```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{names}\n```\n"
     )
 
 

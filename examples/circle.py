@@ -212,7 +212,6 @@ def _pictures(
             },
             pics / "elbo_curves.png",
             title=f"circle VAE, {args.inference} inference",
-            ylim=(min(min(curve_test), -history.loss[-1]) - 2.0, None),
         )
     ]
     z = vae.prior()(torch.Size((5000,)))
