@@ -80,8 +80,7 @@ CAPTIONS = {  # a figure's caption, by file name (the number in a name: its sett
     "latent": "The test points' posterior means E_q[z | x] in the 2-D latent space, coloured "
     "by digit.",
     "latent_cdf": "The same points through the standard normal CDF (the prior's quantiles).",
-    "manifold": "The decoded manifold: the means of p(x | z) on a grid of the prior's "
-    "quantiles.",
+    "manifold": "The decoded manifold: the means of p(x | z) on a grid of the prior's quantiles.",
     "posterior_means": "Training points coloured by their posterior mean E_q[z | x].",
     "completions": "Completions: the known quadrants of test digits in, the rest drawn from "
     "the model (the number: known quadrants).",
@@ -94,7 +93,7 @@ def caption(file: str) -> str:
     key = stem.rstrip("0123456789")
     text = CAPTIONS.get(key, stem.replace("_", " ").capitalize() + ".")
     if key != stem and key != "completions":
-        text += f" (setting {stem[len(key):]})"
+        text += f" (setting {stem[len(key) :]})"
     return text
 
 
@@ -185,7 +184,8 @@ def index() -> str:
                       f":target: {name}.html", "```", ""]  # fmt: skip
     return (
         "# Gallery\n\nEvery example script, run: its command, figures and metrics.\n"
-        f"{table}\n## The runs\n\n" + "\n".join(cards)
+        f"{table}\n## The runs\n\n"
+        + "\n".join(cards)
         + f"\n```{{toctree}}\n:hidden:\n:maxdepth: 1\n\n{names}\n```\n"
     )
 
