@@ -2,7 +2,8 @@
 likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`), flow guides,
 and their composition into a Pyro model and guide.
 
-Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``guides``,
+Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``counts``
+(likelihoods of counts), ``discretized`` (8-bit values), ``guides``,
 ``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
 (:class:`~pyro_vae.ConditionalVAE`), ``semisupervised`` (:class:`~pyro_vae.SemiSupervisedVAE`),
 ``hierarchical`` (two or more stochastic layers) and
@@ -11,6 +12,8 @@ Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``,
 
 from . import zoo
 from .conditional import ConditionalVAE
+from .counts import MultinomialLikelihood, NegativeBinomialLikelihood, PoissonLikelihood
+from .discretized import DiscretizedLogistic, DiscretizedLogisticLikelihood
 from .flows import IAFEncoder, PlanarEncoder, TransformedGaussianEncoder, ZukoFlowEncoder
 from .guides import (
     GaussianEncoder,
@@ -33,6 +36,8 @@ __all__ = [
     "ConditionalVAE",
     "ConvDecoder",
     "ConvEncoder",
+    "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
     "FlowPrior",
     "GaussianEncoder",
     "GaussianLikelihood",
@@ -42,8 +47,11 @@ __all__ = [
     "IAFEncoder",
     "Likelihood",
     "MAFPrior",
+    "MultinomialLikelihood",
+    "NegativeBinomialLikelihood",
     "PerDatapointGaussian",
     "PlanarEncoder",
+    "PoissonLikelihood",
     "Prior",
     "SemiAmortizedGaussian",
     "SemiSupervisedVAE",

@@ -1,0 +1,260 @@
+r"""Likelihoods of counts: :math:`p(x \mid z)` for non-negative integer data (gene expression
+counts, bag-of-words documents), as modules whose ``forward(z)`` returns a Pyro distribution
+with batch shape ``z.shape[:-1]`` and event shape ``(G,)`` (``G`` features: genes, words).
+
+* :class:`PoissonLikelihood` and :class:`NegativeBinomialLikelihood` (optionally
+  zero-inflated, the ZINB of scVI: Lopez et al. 2018, "Deep generative modeling for
+  single-cell transcriptomics", Nature Methods) give each feature a mean
+  :math:`\mu_g(z)`; with ``size_factor=True`` the mean is the data point's observed total
+  count (its library size) times proportions, :math:`\mu_g = \ell \,\mathrm{softmax}(h(z))_g`
+  with :math:`\ell = \sum_g x_g`, so that :math:`z` describes what a point is made of, not how
+  much was counted (scVI's observed-library setting; the likelihood is then
+  :math:`p(x \mid z, \ell)`).
+* :class:`MultinomialLikelihood`: the counts of a vocabulary given their total,
+  :math:`p(x \mid z, n) = \frac{n!}{\prod_g x_g!} \prod_g \mathrm{softmax}(h(z))_g^{x_g}`
+  (ProdLDA's decoder: Srivastava & Sutton 2017).
+
+Counts come as a floating tensor of integers :math:`\ge 0` (checked once per data set); when
+sampling, a likelihood with a size factor draws with the mean total of the data it was checked
+against (a buffer: saved with the weights).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution
+from torch import Tensor, nn
+from torch.distributions import constraints
+
+_SCALAR = torch.Size()
+
+__all__ = ["MultinomialLikelihood", "NegativeBinomialLikelihood", "PoissonLikelihood"]
+
+
+class _Totals(TorchDistribution):
+    """Counts whose base distribution is built from each data point's total: the base is
+    ``make(total)`` with ``total`` the observed sum over the last axis when scoring, and the
+    mean total when sampling. Batch shape ``logits.shape[:-1]``, event shape ``(G,)``."""
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, make, logits: Tensor, mean_total: Tensor, validate_args=None) -> None:
+        self.make, self.logits, self.mean_total = make, logits, mean_total
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.make(value.sum(-1, keepdim=True)).log_prob(value)
+
+    def sample(self, sample_shape: torch.Size = _SCALAR) -> Tensor:
+        return self.make(self.mean_total.expand(self.logits.shape[:-1]).unsqueeze(-1)).sample(
+            sample_shape
+        )
+
+    @property
+    def mean(self) -> Tensor:
+        return self.make(self.mean_total.expand(self.logits.shape[:-1]).unsqueeze(-1)).mean
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.event_shape
+        return _Totals(self.make_for(shape), self.logits.expand(shape), self.mean_total)
+
+    def make_for(self, shape: torch.Size):
+        return lambda total: self.make(total).expand(shape[:-1])
+
+
+class _CountLikelihood(nn.Module):
+    """A decoder to one head (or several) of ``features`` values each; the data checks."""
+
+    def __init__(self, decoder: nn.Module, features: int, heads: int) -> None:
+        super().__init__()
+        if not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive integer; got {features!r}")
+        self.decoder, self.heads = decoder, heads
+        self.event_shape = torch.Size((features,))
+        self.register_buffer("mean_total", torch.tensor(1.0))
+
+    def _decode(self, z: Tensor) -> list[Tensor]:
+        out = self.decoder(z).reshape(*z.shape[:-1], self.heads, self.event_shape[0])
+        return list(out.unbind(-2))
+
+    def in_support(self, x: Tensor) -> Tensor:
+        """Whether every value of ``x`` is an integer :math:`\\ge 0`: a 0-dim bool tensor on
+        ``x``'s device (no host read; ``fit`` checks a streamed data set's batches with it)."""
+        return ((x >= 0) & (x == x.round())).all()
+
+    def check_support(self, data: Tensor) -> None:
+        """Raises a :class:`ValueError` unless every value of ``data`` is an integer
+        :math:`\\ge 0` (called once per data set by ``fit`` and ``evaluate``), and records the
+        data's mean total count (what sampling with a size factor draws with)."""
+        if not bool(self.in_support(data)):
+            bad = data[(data < 0) | (data != data.round())][:3].tolist()
+            raise ValueError(
+                f"{type(self).__name__} scores counts (integers >= 0); got values such as "
+                f"{bad}. Pass raw counts (not normalized or log-transformed values), or use "
+                "GaussianLikelihood for continuous data"
+            )
+        with torch.no_grad():
+            self.mean_total.copy_(data.reshape(len(data), -1).sum(-1).double().mean())
+
+
+class PoissonLikelihood(_CountLikelihood):
+    r"""Poisson counts: :math:`p(x \mid z) = \prod_g \mathrm{Poisson}(x_g; \mu_g(z))`.
+
+    Args:
+        decoder: A network mapping ``(*batch, D)`` latents to ``G`` values: log-means, or
+            with ``size_factor`` the logits of the proportions.
+        features: :math:`G`.
+        size_factor: :math:`\mu_g = \ell\, \mathrm{softmax}(h(z))_g` with the observed total
+            :math:`\ell = \sum_g x_g` (else :math:`\mu_g = \exp h_g(z)`).
+
+    Example:
+        >>> lik = PoissonLikelihood(MLP(4, 30), 30, size_factor=True)
+        >>> lik(torch.zeros(8, 4)).log_prob(torch.ones(8, 30)).shape
+        torch.Size([8])
+    """
+
+    def __init__(self, decoder: nn.Module, features: int, *, size_factor: bool = False) -> None:
+        super().__init__(decoder, features, heads=1)
+        self.size_factor = size_factor
+
+    def forward(self, z: Tensor) -> dist.Distribution:
+        """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
+        (h,) = self._decode(z)
+        if not self.size_factor:
+            return dist.Poisson(h.clamp(max=30.0).exp()).to_event(1)
+        log_rho = h.log_softmax(-1)
+
+        def make(total: Tensor) -> dist.Distribution:
+            return dist.Poisson(total * log_rho.exp()).to_event(1)
+
+        return _Totals(make, log_rho, self.mean_total)
+
+
+class NegativeBinomialLikelihood(_CountLikelihood):
+    r"""Negative-binomial counts, optionally zero-inflated (scVI's NB and ZINB):
+
+    .. math::
+        \mathrm{NB}(x; \mu, \theta) = \frac{\Gamma(x + \theta)}{x!\,\Gamma(\theta)}
+        \Big(\frac{\theta}{\theta + \mu}\Big)^{\theta} \Big(\frac{\mu}{\theta + \mu}\Big)^{x},
+        \qquad \mathrm{ZINB}(x) = \pi\,[x = 0] + (1 - \pi)\,\mathrm{NB}(x; \mu, \theta)
+
+    with mean :math:`\mu_g(z)` (as :class:`PoissonLikelihood`), variance
+    :math:`\mu + \mu^2 / \theta`, inverse dispersion :math:`\theta_g` learned per feature (or
+    per data point and feature, from the decoder) and dropout probability
+    :math:`\pi_g(z) = \sigma(\cdot)` from the decoder.
+
+    Args:
+        decoder: A network mapping latents to ``heads * G`` values: the mean's head, then the
+            zero-inflation logits (``zero_inflated``), then :math:`\log\theta`
+            (``per_point_dispersion``); ``heads`` is 1 to 3 accordingly.
+        features: :math:`G`.
+        size_factor: The mean scaled by the observed total count (see
+            :class:`PoissonLikelihood`).
+        zero_inflated: The ZINB.
+        per_point_dispersion: :math:`\theta` from the decoder for each data point (else one
+            learned :math:`\theta_g` per feature).
+        dispersion: The initial :math:`\theta_g` (per-feature dispersion).
+
+    Example:
+        >>> lik = NegativeBinomialLikelihood(MLP(4, 2 * 30), 30, zero_inflated=True)
+        >>> lik(torch.zeros(8, 4)).log_prob(torch.zeros(8, 30)).shape
+        torch.Size([8])
+    """
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        features: int,
+        *,
+        size_factor: bool = False,
+        zero_inflated: bool = False,
+        per_point_dispersion: bool = False,
+        dispersion: float = 1.0,
+    ) -> None:
+        super().__init__(decoder, features, heads=1 + zero_inflated + per_point_dispersion)
+        if not dispersion > 0:
+            raise ValueError(f"dispersion must be > 0 (theta); got {dispersion!r}")
+        self.size_factor, self.zero_inflated = size_factor, zero_inflated
+        self.per_point_dispersion = per_point_dispersion
+        if not per_point_dispersion:
+            self.log_theta = nn.Parameter(torch.full(self.event_shape, math.log(dispersion)))
+
+    def forward(self, z: Tensor) -> dist.Distribution:
+        """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
+        heads = self._decode(z)
+        h = heads.pop(0)
+        gate = heads.pop(0) if self.zero_inflated else None
+        log_theta = heads.pop(0) if self.per_point_dispersion else self.log_theta
+        log_theta = log_theta.clamp(-10.0, 15.0).expand(h.shape)
+        theta = log_theta.exp()
+
+        def make_nb(log_mu: Tensor) -> dist.Distribution:
+            logits = log_mu - log_theta  # NB(total_count=θ, logits): mean θ e^logits = μ
+            if gate is None:
+                return dist.NegativeBinomial(theta, logits=logits).to_event(1)
+            return dist.ZeroInflatedNegativeBinomial(theta, logits=logits,
+                                                     gate_logits=gate).to_event(1)  # fmt: skip
+
+        if not self.size_factor:
+            return make_nb(h.clamp(max=30.0))
+        log_rho = h.log_softmax(-1)
+        return _Totals(lambda total: make_nb(total.clamp(min=1e-8).log() + log_rho), log_rho,
+                       self.mean_total)  # fmt: skip
+
+
+class _Multinomial(TorchDistribution):
+    r"""Counts given their total: :math:`\log p(x) = \log n! - \sum_g \log x_g! + \sum_g x_g
+    \log p_g` with :math:`n = \sum_g x_g` read from the value (a total per data point)."""
+
+    arg_constraints: ClassVar[dict] = {}
+    support = constraints.independent(constraints.nonnegative_integer, 1)
+
+    def __init__(self, logits: Tensor, mean_total: Tensor, validate_args=None) -> None:
+        self.logits, self.mean_total = logits.log_softmax(-1), mean_total
+        super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n = value.sum(-1)
+        coefficient = torch.lgamma(n + 1) - torch.lgamma(value + 1).sum(-1)
+        return coefficient + (value * self.logits).sum(-1)
+
+    def sample(self, sample_shape: torch.Size = _SCALAR) -> Tensor:
+        total = round(float(self.mean_total))
+        return dist.Multinomial(total, logits=self.logits).sample(sample_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        return self.mean_total * self.logits.exp()
+
+    def expand(self, batch_shape, _instance=None):
+        shape = torch.Size(batch_shape) + self.event_shape
+        return _Multinomial(self.logits.expand(shape), self.mean_total)
+
+
+class MultinomialLikelihood(_CountLikelihood):
+    r"""The counts of a vocabulary given their total (a bag of words):
+    :math:`p(x \mid z, n) = \mathrm{Multinomial}(x; n, \mathrm{softmax}(h(z)))` with
+    :math:`n = \sum_g x_g` the data point's own total.
+
+    Args:
+        decoder: A network mapping latents to ``G`` logits.
+        features: :math:`G`, the vocabulary's size.
+
+    Example:
+        >>> lik = MultinomialLikelihood(MLP(4, 50), 50)
+        >>> lik(torch.zeros(8, 4)).log_prob(torch.ones(8, 50)).shape
+        torch.Size([8])
+    """
+
+    def __init__(self, decoder: nn.Module, features: int) -> None:
+        super().__init__(decoder, features, heads=1)
+
+    def forward(self, z: Tensor) -> dist.Distribution:
+        """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
+        (h,) = self._decode(z)
+        return _Multinomial(h, self.mean_total)

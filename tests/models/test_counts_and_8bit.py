@@ -1,0 +1,253 @@
+"""Likelihoods of counts (Poisson, NB, ZINB, multinomial) and 8-bit values (the discretized
+logistic and its mixture): log-probabilities against references in float64 (torch's and
+Pyro's distributions or the formula), the zero-inflation and the 0 and 255 edges, the 256
+probabilities of a pixel summing to one, support checks that name the fix, and training and
+evaluation through fit and evaluate (bits per dimension)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pyro_vae as pv
+
+
+class Fixed(nn.Module):
+    """A "decoder" that returns fixed outputs (whatever the latent), to test the formulas."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = out
+
+    def forward(self, z):
+        return self.out.expand(*z.shape[:-1], *self.out.shape[-1:])
+
+
+G, B = 6, 5
+
+
+class Log1p(nn.Module):
+    """An encoder's first layer for counts: log(1 + x), as scVI's encoder reads them."""
+
+    def forward(self, x):
+        return x.log1p()
+
+
+class Scaled(nn.Module):
+    """An encoder's first layer for 8-bit values: x / 255."""
+
+    def forward(self, x):
+        return x / 255
+
+
+@pytest.fixture
+def counts():
+    g = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(B, G, generator=g, dtype=torch.float64) * 8)
+    x[0, :3] = 0  # zeros, the zero-inflation's edge
+    return x
+
+
+def z_of(batch=B):
+    return torch.zeros(batch, 2, dtype=torch.float64)
+
+
+def nb_log_prob(x, mu, theta):
+    return (torch.lgamma(x + theta) - torch.lgamma(theta) - torch.lgamma(x + 1)
+            + theta * (theta / (theta + mu)).log() + x * (mu / (theta + mu)).log())  # fmt: skip
+
+
+def test_poisson_against_torch(counts):
+    h = torch.randn(G, dtype=torch.float64)
+    lik = pv.PoissonLikelihood(Fixed(h), G)
+    expected = torch.distributions.Poisson(h.exp()).log_prob(counts).sum(-1)
+    torch.testing.assert_close(lik(z_of()).log_prob(counts), expected, rtol=1e-12, atol=0)
+    sized = pv.PoissonLikelihood(Fixed(h), G, size_factor=True)
+    rate = counts.sum(-1, keepdim=True) * h.softmax(-1)
+    expected = torch.distributions.Poisson(rate).log_prob(counts).sum(-1)
+    torch.testing.assert_close(sized(z_of()).log_prob(counts), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("size_factor", [False, True])
+@pytest.mark.parametrize("zero_inflated", [False, True])
+def test_negative_binomial_and_zinb_against_the_formula(counts, size_factor, zero_inflated):
+    h, gate = torch.randn(G, dtype=torch.float64), torch.randn(G, dtype=torch.float64)
+    out = torch.cat([h, gate]) if zero_inflated else h
+    options = {"size_factor": size_factor, "zero_inflated": zero_inflated, "dispersion": 2.5}
+    lik = pv.NegativeBinomialLikelihood(Fixed(out), G, **options).double()
+    mu = counts.sum(-1, keepdim=True) * h.softmax(-1) if size_factor else h.exp()
+    theta = lik.log_theta.detach().exp().expand(mu.shape)  # (2.5, as float32 made it)
+    log_nb = nb_log_prob(counts, mu, theta)
+    if zero_inflated:  # π [x = 0] + (1 - π) NB(x)
+        pi = torch.sigmoid(gate)
+        mixed = torch.where(counts == 0, (pi + (1 - pi) * log_nb.exp()).log(),
+                            (1 - pi).log() + log_nb)  # fmt: skip
+        expected = mixed.sum(-1)
+    else:
+        expected = log_nb.sum(-1)
+    torch.testing.assert_close(lik(z_of()).log_prob(counts), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_per_point_dispersion_comes_from_the_decoder(counts):
+    h, log_theta = torch.randn(G, dtype=torch.float64), torch.randn(G, dtype=torch.float64)
+    lik = pv.NegativeBinomialLikelihood(Fixed(torch.cat([h, log_theta])), G,
+                                        per_point_dispersion=True)  # fmt: skip
+    expected = nb_log_prob(counts, h.exp(), log_theta.exp()).sum(-1)
+    torch.testing.assert_close(lik(z_of()).log_prob(counts), expected, rtol=1e-10, atol=1e-10)
+    assert not any(n == "log_theta" for n, _ in lik.named_parameters())
+
+
+def test_multinomial_against_torch(counts):
+    h = torch.randn(G, dtype=torch.float64)
+    lik = pv.MultinomialLikelihood(Fixed(h), G)
+    got = lik(z_of()).log_prob(counts)
+    for row, value in zip(counts, got, strict=True):  # each row with its own total
+        expected = torch.distributions.Multinomial(int(row.sum()), logits=h).log_prob(row)
+        torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("components", [1, 3])
+def test_the_256_probabilities_of_a_pixel_sum_to_one(components):
+    g = torch.Generator().manual_seed(1)
+    shape = (4, components)  # 4 pixels with their own parameters
+    loc = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    log_scale = torch.rand(shape, generator=g, dtype=torch.float64) * 4 - 6  # sharp to wide
+    logits = torch.randn(shape, generator=g, dtype=torch.float64)
+    d = pv.DiscretizedLogistic(loc, log_scale, logits, event_dim=0)
+    values = torch.arange(256, dtype=torch.float64)[:, None].expand(256, 4)
+    total = d.log_prob(values).exp().sum(0)
+    torch.testing.assert_close(total, torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-4)
+
+
+def test_discretized_logistic_edges_and_interior_against_the_formula():
+    m, log_s = (
+        torch.tensor([[0.1]], dtype=torch.float64),
+        torch.tensor([[-2.0]], dtype=torch.float64),
+    )
+    d = pv.DiscretizedLogistic(m, log_s, event_dim=0)
+    s, half = math.exp(-2.0), 1 / 255
+
+    def cdf(y):
+        return torch.sigmoid(torch.tensor((y - 0.1) / s, dtype=torch.float64))
+
+    for x in (0.0, 255.0, 140.0):
+        y = x / 127.5 - 1
+        if x == 0:
+            expected = cdf(y + half).log()
+        elif x == 255:
+            expected = (1 - cdf(y - half)).log()
+        else:
+            expected = (cdf(y + half) - cdf(y - half)).log()
+        got = d.log_prob(torch.tensor([x], dtype=torch.float64))
+        torch.testing.assert_close(got, expected.reshape(1), rtol=1e-9, atol=1e-12)
+
+
+def test_a_mixture_is_the_log_sum_exp_of_its_components():
+    loc = torch.tensor([[-0.5, 0.5]], dtype=torch.float64)
+    log_scale = torch.tensor([[-3.0, -1.0]], dtype=torch.float64)
+    logits = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    x = torch.tensor([70.0], dtype=torch.float64)
+    mixture = pv.DiscretizedLogistic(loc, log_scale, logits, event_dim=0).log_prob(x)
+    parts = [pv.DiscretizedLogistic(loc[:, k:k + 1], log_scale[:, k:k + 1], event_dim=0).log_prob(x)
+             for k in range(2)]  # fmt: skip
+    weights = logits.log_softmax(-1)[0]
+    expected = torch.logsumexp(torch.stack([w + p for w, p in zip(weights, parts, strict=True)]), 0)
+    torch.testing.assert_close(mixture, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_samples_are_in_the_support():
+    lik = pv.DiscretizedLogisticLikelihood(pv.MLP(2, 10 * 6), 10, components=2)
+    x = lik(torch.zeros(7, 2)).sample()
+    assert x.shape == (7, 10) and bool(lik.in_support(x))
+    counts = pv.NegativeBinomialLikelihood(pv.MLP(2, 2 * G), G, zero_inflated=True,
+                                           size_factor=True)  # fmt: skip
+    counts.check_support(torch.full((3, G), 4.0))  # mean total 24
+    y = counts(torch.zeros(7, 2)).sample()
+    assert y.shape == (7, G) and bool(counts.in_support(y))
+    # sampling with a size factor draws with the checked data's mean total (a buffer)
+    assert float(counts.mean_total) == 24.0 and "mean_total" in counts.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("lik", "data", "message"),
+    [
+        (lambda: pv.PoissonLikelihood(pv.MLP(2, G), G), torch.full((4, G), 0.5), "integers >= 0"),
+        (lambda: pv.NegativeBinomialLikelihood(pv.MLP(2, G), G), -torch.ones(4, G), "raw counts"),
+        (lambda: pv.MultinomialLikelihood(pv.MLP(2, G), G), torch.rand(4, G), "integers >= 0"),
+        (
+            lambda: pv.DiscretizedLogisticLikelihood(pv.MLP(2, 2 * G), G),
+            torch.rand(4, G),
+            r"0\.\.255.*multiply by 255",
+        ),
+        (
+            lambda: pv.DiscretizedLogisticLikelihood(pv.MLP(2, 2 * G), G),
+            torch.full((4, G), 256.0),
+            r"integers 0\.\.255",
+        ),
+    ],
+)
+def test_data_outside_the_support_are_refused_with_the_fix(lik, data, message):
+    likelihood = lik()
+    vae = pv.VAE(pv.StandardNormalPrior(2), likelihood, pv.GaussianEncoder(pv.MLP(G, 4), 2))
+    with pytest.raises(ValueError, match=message):
+        pv.fit(vae.model, vae.guide, pv.Batches(data, batch_size=2), epochs=1, device="cpu",
+               progress=False)  # fmt: skip
+
+
+def synthetic_counts(n=400, genes=20, seed=0):
+    """Counts of two cell types with their own expression profiles, library sizes varying
+    by a factor of 4: NB draws."""
+    g = torch.Generator().manual_seed(seed)
+    profiles = torch.rand(2, genes, generator=g).softmax(-1) * 0 + torch.distributions.Dirichlet(
+        torch.ones(genes)).sample((2,))  # fmt: skip
+    kind = torch.randint(0, 2, (n,), generator=g)
+    library = 200 + 600 * torch.rand(n, generator=g)
+    mu = library[:, None] * profiles[kind]
+    theta = 5.0
+    counts = torch.distributions.NegativeBinomial(theta, logits=(mu / theta).log()).sample()
+    return counts, kind
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pv.PoissonLikelihood(pv.MLP(2, 20, (16,)), 20, size_factor=True),
+        lambda: pv.NegativeBinomialLikelihood(
+            pv.MLP(2, 40, (16,)), 20, size_factor=True, zero_inflated=True
+        ),
+        lambda: pv.MultinomialLikelihood(pv.MLP(2, 20, (16,)), 20),
+    ],
+    ids=["poisson", "zinb", "multinomial"],
+)
+@pytest.mark.parametrize("per_datapoint", [False, True], ids=["amortized", "per-datapoint"])
+def test_count_vaes_train_and_evaluate(make, per_datapoint):
+    torch.manual_seed(0)
+    x, _ = synthetic_counts()
+    encoder = nn.Sequential(Log1p(), pv.MLP(20, 4, (16,)))
+    guide = pv.PerDatapointGaussian(len(x), 2) if per_datapoint else pv.GaussianEncoder(encoder, 2)
+    vae = pv.VAE(pv.StandardNormalPrior(2), make(), guide)
+    optim = pv.LazyAdam({"lr": 1e-2}, local_lr=0.05)
+    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=100), epochs=15,
+                     device="cpu", progress=False, optim=optim)  # fmt: skip
+    assert history.loss[-1] < history.loss[0]
+    result = pv.evaluate(vae.model, vae.guide, x, num_particles=8)
+    assert math.isfinite(result.log_likelihood) and result.log_likelihood < 0
+    assert result.dims == 20
+    assert result.bits_per_dim == pytest.approx(-result.log_likelihood / (20 * math.log(2)))
+
+
+def test_an_8bit_vae_trains_and_reports_bits_per_dim():
+    torch.manual_seed(0)
+    x = (torch.rand(64, 16) * 255).round()
+    vae = pv.VAE(pv.StandardNormalPrior(2),
+                 pv.DiscretizedLogisticLikelihood(pv.MLP(2, 16 * 6, (16,)), 16, components=2),
+                 pv.GaussianEncoder(nn.Sequential(Scaled(), pv.MLP(16, 4, (16,))), 2))  # fmt: skip
+    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=5,
+                     device="cpu", progress=False)  # fmt: skip
+    assert history.loss[-1] < history.loss[0]
+    result = pv.evaluate(vae.model, vae.guide, x, num_particles=8)
+    # uniform noise over 256 values: 8 bits per value at best, a little more for the model
+    assert 7.9 < result.bits_per_dim < 9.5
