@@ -26,6 +26,7 @@ PAGES = {  # page: whether it reads MNIST
     "docs/index.md": True,
     "docs/guide/quickstart.md": True,
     "docs/guide/data.md": True,
+    "docs/guide/likelihoods.md": True,
     "docs/guide/inference.md": False,
     "docs/guide/flows.md": True,
     "docs/guide/bounds.md": True,
