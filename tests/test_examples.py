@@ -132,6 +132,13 @@ def test_overhead_benchmark_runs(tmp_path):
     assert "| tiny (hidden 8, z = 2, batch 16) | fit |" in overhead.markdown(result)
 
 
+def test_counts(tmp_path):
+    _, _, metrics = run("counts", "--epochs 2 --cells 400 --genes 30 --num-particles 8", tmp_path)
+    check_outputs(tmp_path, metrics, epochs=2)
+    assert metrics["test_log_likelihood"] <= 0.0  # counts: a probability mass, at most 1
+    assert 0.0 <= metrics["type_neighbour_accuracy"] <= 1.0
+
+
 @pytest.mark.parametrize("inference", ["amortized", "per-datapoint", "semi-amortized"])
 def test_circle(inference, tmp_path):
     flags = (
