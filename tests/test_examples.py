@@ -132,6 +132,20 @@ def test_overhead_benchmark_runs(tmp_path):
     assert "| tiny (hidden 8, z = 2, batch 16) | fit |" in overhead.markdown(result)
 
 
+@pytest.mark.mnist
+def test_mnist_8bit(mnist_dir, tmp_path):
+    flags = "--epochs 1 --limit 256 --hidden 32 --latent-dim 4 --components 2 --num-particles 8"
+    _, _, metrics = run("mnist_8bit", flags, tmp_path, mnist_dir)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    history = json.loads((tmp_path / "8bit" / "history.json").read_text())
+    assert history["loss"][-1] == metrics["train_loss"] and metrics["epochs"] == 1
+    assert 0.5 < metrics["train_loss"] / -metrics["test_elbo"] < 2.0, metrics
+    for image in metrics["images"]:
+        assert (tmp_path / image).stat().st_size > 0
+    # a proper distribution over 256 values: at most 8 bits per pixel beyond its best guess
+    assert 0.0 < metrics["bits_per_dim"] < 8.0 and 0.0 < metrics["binary_bits_per_dim"] < 1.0
+
+
 def test_counts(tmp_path):
     _, _, metrics = run("counts", "--epochs 2 --cells 400 --genes 30 --num-particles 8", tmp_path)
     check_outputs(tmp_path, metrics, epochs=2)
