@@ -234,7 +234,7 @@ def _own_step(adam: torch.optim.Adam) -> Callable[[], object]:
     without the profiling wrapper (whose graph break would make ``Adam.step`` a frame of its
     own, shared by every run)."""
     raw = inspect.unwrap(type(adam).step)  # (under the profiling and the no_grad wrappers)
-    if raw is type(adam).step or getattr(adam.defaults, "differentiable", False):
+    if raw is type(adam).step or adam.defaults.get("differentiable", False):
         return fresh(adam.step)
     raw = fresh(raw)
 
