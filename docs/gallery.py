@@ -4,7 +4,8 @@ Each page shows one run of its example and says which: the command that made it 
 data size and widths), beside the command of the full run whose figures are in the Results.
 A small run's figures are never shown as the full run's.
 
-* Executed at build time (needs no data set): ``circle`` (``bash .ci/docs`` runs it).
+* Executed at build time (needs no data set): ``circle`` and ``counts`` (``bash .ci/docs``
+  runs them).
 * Recorded: the MNIST examples, run with small settings by ``python -m docs.gallery --record``
   on a machine with MNIST; their PNGs and ``metrics.json`` are committed under
   ``docs/gallery/outputs/<example>/`` (the build machine may have no MNIST).
@@ -17,11 +18,15 @@ A small run's figures are never shown as the full run's.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,34 +41,36 @@ EXAMPLES: dict[str, tuple[str, str, bool]] = {
         "--inference amortized --epochs 500",
         True,
     ),
+    "counts": ("--epochs 30 --num-particles 100", "--epochs 100", True),
     "mnist_latent2d": (
-        "--epochs 3 --limit 10000 --hidden 256 --num-particles 50",
+        "--epochs 50 --num-particles 100",
         "--epochs 50",
         False,
     ),
     "mnist_flow_prior": (
-        "--epochs 2 --limit 10000 --hidden 256 --num-particles 50",
+        "--epochs 10 --num-particles 100",
         "--epochs 64 --num-particles 1000",
         False,
     ),
     "mnist_flow_posterior": (
-        "--posterior planar --flows 4 --epochs 2 --limit 10000 --num-particles 50",
+        "--posterior planar --flows 16 --epochs 10 --num-particles 100",
         "--posterior planar --flows 16 --epochs 100",
         False,
     ),
-    "mnist_conv": ("--epochs 2 --limit 10000 --num-particles 50", "--epochs 10", False),
+    "mnist_conv": ("--epochs 10 --num-particles 100", "--epochs 10", False),
     "mnist_iwae": (
-        "--epochs 2 --limit 10000 --iw 5 --num-particles 50 --test-points 1000",
+        "--iw 5 --epochs 20 --num-particles 100 --test-points 1000",
         "--iw 5 --epochs 3280",
         False,
     ),
+    "mnist_8bit": ("--epochs 5 --num-particles 100", "--epochs 20", False),
     "mnist_cvae": (
-        "--epochs 1 --limit 10000 --hidden 128 --latent-dim 32 --num-particles 20",
+        "--epochs 5 --num-particles 20",
         "--epochs 10",
         False,
     ),
     "mnist_ssvae": (
-        "--epochs 1 --limit 10000 --labels 1000 --hidden 128 --latent-dim 20",
+        "--labels 3000 --epochs 5",
         "--labels 100 600 1000 3000 --epochs 5",
         False,
     ),
@@ -77,11 +84,19 @@ CAPTIONS = {  # a figure's caption, by file name (the number in a name: its sett
     "loss": "Training curve: the loss (negative ELBO per point, nats) by epoch.",
     "elbo_curves": "ELBO per point by epoch, on the training points (the running mean of each "
     "epoch) and on the held-out points.",
+    "latent_by_type": "Test cells' posterior means (the first two latent axes), coloured by "
+    "cell type.",
+    "latent_by_batch": "The same cells coloured by sequencing batch: the batch effect the "
+    "VAE was not told about.",
     "latent": "The test points' posterior means E_q[z | x] in the 2-D latent space, coloured "
     "by digit.",
     "latent_cdf": "The same points through the standard normal CDF (the prior's quantiles).",
     "manifold": "The decoded manifold: the means of p(x | z) on a grid of the prior's quantiles.",
     "posterior_means": "Training points coloured by their posterior mean E_q[z | x].",
+    "samples_8bit": "Samples of the 8-bit model: the mixture's means at z ~ p(z), over 255.",
+    "samples_binary": "Samples of the binarized-MNIST model with the same widths.",
+    "reconstructions_8bit": "Reconstructions of the 8-bit model: test digits (rows 1, 3, ...) "
+    "and the mixture's means at z ~ q(z | x) (rows 2, 4, ...).",
     "completions": "Completions: the known quadrants of test digits in, the rest drawn from "
     "the model (the number: known quadrants).",
 }
@@ -112,11 +127,23 @@ def body_markdown(body: str) -> str:
 
 
 def run(name: str, out: Path) -> None:
-    """Runs one example with its gallery settings into ``out`` (over any earlier run)."""
+    """Runs one example with its gallery settings into ``out`` (over any earlier run) and
+    records how: ``run.json`` (the command, the date, the hardware, the wall-clock)."""
     flags = EXAMPLES[name][0]
     cmd = [sys.executable, "-m", f"examples.{name}", *shlex.split(flags)]
     cmd += ["--out", str(out), "--overwrite", "--no-progress", "--device", "cpu"]
+    start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
+    import torch
+
+    record = {
+        "command": f"python examples/{name}.py {flags}",
+        "date": datetime.date.today().isoformat(),
+        "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads "
+        f"({os.cpu_count()} cores), torch {torch.__version__}",
+        "wall_clock_s": round(time.perf_counter() - start),
+    }
+    (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def page(name: str, out: Path) -> str:
@@ -125,22 +152,32 @@ def page(name: str, out: Path) -> str:
     title, _, body = (module.__doc__ or name).strip().partition("\n")
     flags, full, executed = EXAMPLES[name]
     metrics = json.loads((out / "metrics.json").read_text())
-    kind = "executed when the documentation was built" if executed else "recorded"
+    record = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    if executed:
+        how = f"Executed when the documentation was built, on {metrics.get('device', 'cpu')}:"
+    else:
+        how = (f"Recorded on {record.get('date', 'an earlier day')} on "
+               f"{record.get('hardware', metrics.get('device', 'the CPU'))}, "
+               f"{record.get('wall_clock_s', '?')} s in all, training and scoring:")  # fmt: skip
+    if flags.split() == full.split():
+        full_run = "It is the example's documented full setting."
+    else:
+        full_run = (f"The full run, `python examples/{name}.py {full}`, has its numbers in "
+                    "[the results](../results.md).")  # fmt: skip
     lines = [
         f"# `{name}`: {title.rstrip('.:')}",
         "",
         body_markdown(body),
         "",
-        "## The run shown here",
+        f"## The run shown here: {metrics.get('epochs', '?')} epochs",
         "",
-        f"A small run, {kind}, on {metrics.get('device', 'the CPU')}:",
+        how,
         "",
         "```bash",
         f"python examples/{name}.py {flags}",
         "```",
         "",
-        f"The full run (`python examples/{name}.py {full}`) has its numbers in "
-        "[the results](../results.md); the figures and metrics here are the small run's.",
+        "The figures and metrics below are this run's. " + full_run,
         "",
     ]
     for image in metrics.get("images", []):

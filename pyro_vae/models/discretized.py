@@ -110,7 +110,8 @@ class DiscretizedLogistic(TorchDistribution):
         y = (self.logits.exp() * self.loc).sum(-1)
         return ((y + 1.0) * 127.5).clamp(0, 255)
 
-    def expand(self, batch_shape, _instance=None):
+    def expand(self, batch_shape, _instance=None) -> DiscretizedLogistic:
+        """The same distribution with its parameters broadcast to ``batch_shape``."""
         shape = torch.Size(batch_shape) + self.event_shape + self.loc.shape[-1:]
         loc, log_scale = self.loc.expand(shape), self.log_scale.expand(shape)
         logits, event_dim = self.logits.expand(shape), len(self.event_shape)
