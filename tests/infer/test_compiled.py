@@ -370,3 +370,12 @@ def test_compiled_per_datapoint_guide(pinned_noise):
     outside[idx] = False
     assert torch.equal(after[outside], before[outside])
     assert (after[idx] != before[idx]).all()
+
+
+@pytest.mark.slow_compile
+@pytest.mark.parametrize("likelihood", ["zinb", "multinomial", "discretized-logistic"])
+def test_compiled_count_and_8bit_likelihoods_follow_eager(pinned_noise, likelihood):
+    """The likelihoods of counts (a size factor read from the data, the zero-inflation) and of
+    8-bit values (a mixture) compile with no fallback and follow the eager run."""
+    data = pv.Batches(data_for(likelihood, 40, 6), batch_size=16)
+    _compare_runs(lambda: build("normal", likelihood, "gaussian-encoder"), data, 2)
