@@ -245,10 +245,8 @@ def command(main: Callable[[argparse.Namespace], object], parse_args: Callable) 
     except FileExistsError as e:
         if "holds a run" not in str(e):
             raise
-        script = Path(sys.argv[0]).name
-        saved = str(e).split("(", 1)[1].split(")", 1)[0] if "(" in str(e) else "a run"
         print(
-            f"{script}: --out {args.out} holds a run ({saved}). Add --resume to continue it "
+            f"{Path(sys.argv[0]).name}: --out {args.out} holds a run. Add --resume to continue it "
             f"(with a larger --epochs to train more), --overwrite to start over, or choose "
             "another --out",
             file=sys.stderr,

@@ -59,12 +59,11 @@ class _Totals(TorchDistribution):
     def mean(self) -> Tensor:
         return self.make(self.mean_total.expand(self.logits.shape[:-1]).unsqueeze(-1)).mean
 
-    def expand(self, batch_shape, _instance=None):
-        shape = torch.Size(batch_shape) + self.event_shape
-        return _Totals(self.make_for(shape), self.logits.expand(shape), self.mean_total)
-
-    def make_for(self, shape: torch.Size):
-        return lambda total: self.make(total).expand(shape[:-1])
+    def expand(self, batch_shape, _instance=None) -> _Totals:
+        batch_shape = torch.Size(batch_shape)
+        logits = self.logits.expand(batch_shape + self.event_shape)
+        return _Totals(lambda total: self.make(total).expand(batch_shape), logits,
+                       self.mean_total)  # fmt: skip
 
 
 class _CountLikelihood(nn.Module):

@@ -19,7 +19,7 @@ from ..infer.scoring import evaluate
 from ._distributed import average_buffers
 from ._run import Run
 
-__all__ = ["close_epoch", "mean_loss", "read_running", "train_epoch", "validate"]
+__all__ = ["close_epoch", "mean_loss", "read_running", "show_epoch", "train_epoch", "validate"]
 
 
 def train_epoch(run: Run, epoch: int, log_every: int) -> float:
@@ -96,6 +96,18 @@ def close_epoch(run: Run, epoch: int, loss: float, elapsed: float) -> None:
     run.history.epoch.append(epoch)
     run.history.loss.append(loss)
     run.history.seconds.append(elapsed)
+
+
+def show_epoch(
+    run: Run, epoch: int, loss: float, beta: float, val_elbo: float | None, images_every: int
+) -> None:
+    """The epoch's loss on the progress bar and, with a TensorBoard writer, its scalars and
+    (every ``images_every`` epochs; 0: never) the grids of samples and reconstructions."""
+    run.bar.set_postfix(epoch=epoch, loss=f"{loss:.2f}")
+    if run.board is not None:
+        run.board.epoch(epoch, loss, beta, val_elbo)
+        if images_every and epoch % images_every == 0:
+            run.board.images(epoch, run.modules, run.data.points)
 
 
 def validate(run: Run, epoch: int, validation: Batches | Loader, particles: int) -> float:

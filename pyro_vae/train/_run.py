@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "held_out",
     "place",
     "run_folder",
+    "warn_if_finished",
 ]
 
 
@@ -84,6 +86,17 @@ def check_run_options(
         raise ValueError(f"{flag}=True needs save_dir=... (the folder of the run)")
     if log_images_every and not log_dir:
         raise ValueError("log_images_every needs log_dir=... (the TensorBoard folder)")
+
+
+def warn_if_finished(start: int, epochs: int, save_dir: object) -> None:
+    """Says when a resumed run has its ``epochs`` done already (rather than train 0 steps
+    without a word)."""
+    if start >= epochs:
+        warnings.warn(
+            f"the run in {save_dir} has done {start} epochs, epochs={epochs}: nothing to "
+            f"train. Pass epochs > {start} to continue it",
+            stacklevel=3,
+        )
 
 
 def beta_at(beta: float | Callable[[int], float], epoch: int | None) -> float:

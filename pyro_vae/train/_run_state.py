@@ -31,7 +31,7 @@ from ..infer._derivation import settle_nesting
 from . import _streams
 from ._constraints import constraint_from_data, constraint_to_data
 from ._optim_state import optim_settings, restore_optim, same_type
-from .checkpoint import CheckpointError, as_data, read_checkpoint, refuse_unsaveable
+from .checkpoint import CheckpointError, as_data, read_checkpoint, write_tmp
 
 __all__ = ["Live", "RunState", "loss_settings"]
 
@@ -114,13 +114,7 @@ class RunState:
         leaves the previous files as they were and raises an :class:`OSError` that names the
         folder."""
         path = Path(path)
-        state = self.gather(history)
-        tmp = path.with_suffix(".tmp")
-        try:
-            torch.save(state, tmp)
-        except (OSError, RuntimeError) as e:
-            tmp.unlink(missing_ok=True)
-            raise refuse_unsaveable(path, e) from e
+        tmp = write_tmp(self.gather(history), path)
         if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
             previous, link = path.with_suffix(".prev.pt"), path.with_suffix(".link")
             try:

@@ -35,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "refuse_unsaveable",
     "save_model",
+    "write_tmp",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -116,6 +117,20 @@ def as_data(value: object, where: str = "checkpoint") -> object:
         "save checkpoints that nothing can resume. Give the optimizer plain numbers (e.g. "
         "{'lr': float(lr)}) and keep objects out of its settings"
     )
+
+
+def write_tmp(state: dict, path: Path) -> Path:
+    """Writes ``state`` (as :func:`as_data` made it) beside ``path``, as ``<path>.tmp`` with
+    ``.pt`` replaced (``checkpoint.tmp``), for the caller to rename over ``path``. A write
+    that fails (e.g. a full disk) removes the partial file and raises the :class:`OSError`
+    of :func:`refuse_unsaveable`."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        torch.save(state, tmp)
+    except (OSError, RuntimeError) as e:
+        tmp.unlink(missing_ok=True)
+        raise refuse_unsaveable(path, e) from e
+    return tmp
 
 
 def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
@@ -281,10 +296,4 @@ def save_model(
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = as_data({"history": asdict(history or History()), "modules": module.state_dict()})
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-    except (OSError, RuntimeError) as e:
-        tmp.unlink(missing_ok=True)
-        raise refuse_unsaveable(path, e) from e
-    os.replace(tmp, path)
+    os.replace(write_tmp(state, path), path)

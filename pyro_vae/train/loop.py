@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 
@@ -35,7 +34,7 @@ from ..infer._compiled import limit_is_an_error
 from ..infer.elbo import LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
 from ..models.nets import modes
-from ._epoch import close_epoch, train_epoch, validate
+from ._epoch import close_epoch, show_epoch, train_epoch, validate
 from ._run import (
     Run,
     beta_at,
@@ -46,6 +45,7 @@ from ._run import (
     held_out,
     place,
     run_folder,
+    warn_if_finished,
 )
 from ._step import Step
 from .checkpoint import History
@@ -202,12 +202,7 @@ def fit(
                 stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)
             start = run.begin(resume=resume, overwrite=overwrite)
-            if start >= epochs:  # a finished run: say so rather than train 0 steps silently
-                warnings.warn(
-                    f"the run in {save_dir} has done {start} epochs, epochs={epochs}: nothing "
-                    f"to train. Pass epochs > {start} to continue it",
-                    stacklevel=2,
-                )
+            warn_if_finished(start, epochs, save_dir)
             total, quiet = (epochs - start) * len(data), not (progress and run.writes)
             run.bar = stack.enter_context(
                 tqdm(total=total, disable=quiet, desc="train", unit="step")
@@ -222,11 +217,7 @@ def fit(
                 val_elbo = None
                 if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
                     val_elbo = validate(run, epoch, validation, validation_particles)
-                run.bar.set_postfix(epoch=epoch, loss=f"{epoch_loss:.2f}")
-                if run.board is not None:
-                    run.board.epoch(epoch, epoch_loss, kl_scale.beta, val_elbo)
-                    if log_images_every and epoch % log_images_every == 0:
-                        run.board.images(epoch, modules, data.points)
+                show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
                 if callback is not None:  # before saving: a schedule it sets is checkpointed
                     callback(epoch, run.history)
                 run.save()  # the checkpoint first: history.json never ahead of it
