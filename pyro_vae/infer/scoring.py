@@ -34,6 +34,7 @@ from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
 from ..devices._placement import DeviceCheck
 from ..devices._world import all_sum, get_world
+from ..devices.precision import check_precision, use_precision
 from ..models.nets import modes
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
@@ -158,6 +159,7 @@ def evaluate(
     max_rows: int = 2**17,
     max_plate_nesting: int = 1,
     distributed: bool | None = None,
+    precision: str = "32",
 ) -> Evaluation:
     """The ELBO and the importance-sampled log-likelihood of a data set.
 
@@ -177,6 +179,8 @@ def evaluate(
         distributed: Under ``torchrun`` (an initialized process group; default ``None``:
             detect it) each rank scores a contiguous block of the points and all ranks get
             the global means; ``False`` scores everything in this process.
+        precision: ``"32"`` or ``"bf16-mixed"`` (the networks' products in bfloat16; every
+            log weight, mean and log-sum-exp in float32: :mod:`pyro_vae.devices.precision`).
 
     Returns:
         An :class:`Evaluation` with means per point.
@@ -190,6 +194,7 @@ def evaluate(
     """
     check_int("num_particles", num_particles)
     check_int("max_rows", max_rows)
+    check_precision(precision)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks
     ready = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix)
@@ -209,7 +214,10 @@ def evaluate(
             else []
         )
     num_data = ready.data.num_data if _takes_num_data(model) and _takes_num_data(guide) else None
-    with modes(ready.modules, train=False):  # BatchNorm: running statistics, left as they are
+    with (
+        modes(ready.modules, train=False),  # BatchNorm: running statistics, left as they are
+        use_precision(precision, ready.data.points),
+    ):
         elbo_sum, ll_sum, count = _score(
             model, guide, data, offset, num_particles, max_rows, max_plate_nesting, num_data,
             DeviceCheck(ready.device, ready.data.points.dtype, fix=fix),

@@ -30,6 +30,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..devices.precision import network
+
 _SCALAR = torch.Size()
 
 __all__ = ["MultinomialLikelihood", "NegativeBinomialLikelihood", "PoissonLikelihood"]
@@ -78,7 +80,7 @@ class _CountLikelihood(nn.Module):
         self.register_buffer("mean_total", torch.tensor(1.0))
 
     def _decode(self, z: Tensor) -> list[Tensor]:
-        out = self.decoder(z).reshape(*z.shape[:-1], self.heads, self.event_shape[0])
+        out = network(self.decoder, z).reshape(*z.shape[:-1], self.heads, self.event_shape[0])
         return list(out.unbind(-2))
 
     def in_support(self, x: Tensor) -> Tensor:

@@ -28,6 +28,8 @@ from pyro.distributions import TorchDistribution
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..devices.precision import network
+
 _SCALAR = torch.Size()
 
 __all__ = ["DiscretizedLogistic", "DiscretizedLogisticLikelihood"]
@@ -167,7 +169,7 @@ class DiscretizedLogisticLikelihood(nn.Module):
         """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
         k = self.components
         per_value = 2 if k == 1 else 3 * k
-        out = self.decoder(z).reshape(*z.shape[:-1], *self.event_shape, per_value)
+        out = network(self.decoder, z).reshape(*z.shape[:-1], *self.event_shape, per_value)
         if k == 1:
             loc, log_scale, logits = out[..., :1], out[..., 1:], None
         else:

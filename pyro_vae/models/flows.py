@@ -35,6 +35,7 @@ from torch.distributions import Transform
 from zuko.distributions import NormalizingFlow
 from zuko.transforms import ComposedTransform
 
+from ..devices.precision import network
 from .guides import diagonal_normal
 
 __all__ = ["IAFEncoder", "PlanarEncoder", "TransformedGaussianEncoder", "ZukoFlowEncoder"]
@@ -75,7 +76,7 @@ class TransformedGaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z \\mid x)`: batch shape ``(B,)``, event shape ``(D,)``."""
-        h = self.encoder(x)
+        h = network(self.encoder, x)
         loc, log_scale = self.base(h).chunk(2, dim=-1)
         base = diagonal_normal(loc, log_scale)
         return dist.TransformedDistribution(base, [t.condition(h) for t in self.transforms])
@@ -227,7 +228,7 @@ class ZukoFlowEncoder(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z \\mid x)`: batch shape ``(B,)``, event shape ``(D,)``."""
-        c = self.encoder(x)
+        c = network(self.encoder, x)
         # zuko's Flow.forward, with a composed transform that torch.compile can trace
         lazy = self.flow.transform
         if isinstance(lazy, zuko.lazy.LazyComposedTransform):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.functional import embedding
 
 from .._checks import check_int
+from ..devices.precision import network
 from .likelihoods import Likelihood
 from .priors import Prior
 
@@ -84,7 +85,7 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z \\mid x)`, batch shape ``(B,)``, event shape ``(D,)``."""
-        out = self.encoder(x)
+        out = network(self.encoder, x)
         if out.shape[-1] != 2 * self.latent_dim:
             raise ValueError(
                 f"the encoder must output 2 * latent_dim = {2 * self.latent_dim} features "

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import constraints
 
+from ..devices.precision import network
+
 __all__ = ["BernoulliLikelihood", "GaussianLikelihood", "Likelihood", "UnitIntervalBernoulli"]
 
 
@@ -68,7 +70,7 @@ class _DecoderLikelihood(nn.Module):
         )
 
     def _decode(self, z: Tensor) -> Tensor:
-        out = self.decoder(z)
+        out = network(self.decoder, z)
         return out.reshape(*z.shape[:-1], *self.event_shape)
 
 

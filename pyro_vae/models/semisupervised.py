@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from ..devices.precision import network
 from ._composition import check_role
 from .guides import GaussianEncoder
 from .likelihoods import Likelihood
@@ -107,7 +108,7 @@ class SemiSupervisedVAE(VAE):
             pyro.sample("x", self.likelihood(torch.cat([z, onehot], -1)), obs=x)
             if self.alpha:
                 self._register("classifier", self.classifier)
-                log_q = dist.Categorical(logits=self.classifier(x)).log_prob(y)
+                log_q = dist.Categorical(logits=network(self.classifier, x)).log_prob(y)
                 pyro.factor("classification", self.alpha * log_q * y_mask)
 
     def guide(
@@ -124,7 +125,7 @@ class SemiSupervisedVAE(VAE):
         self._register("classifier", self.classifier)
         self._register("guide", self.variational)
         with self._plate(x, idx, num_data) as ind:
-            q_y = dist.Categorical(logits=self.classifier(x))
+            q_y = dist.Categorical(logits=network(self.classifier, x))
             with poutine.mask(mask=~y_mask):
                 hidden = pyro.sample("y_hidden", q_y, infer={"enumerate": "parallel"})
             label = torch.where(y_mask, y, hidden)  # (K, B) under enumeration
@@ -164,7 +165,7 @@ class SemiSupervisedVAE(VAE):
     def classify(self, x: Tensor) -> Tensor:
         """The most probable label under :math:`q(y \\mid x)`, shape ``(B,)``; in eval mode."""
         with modes(self, train=False):
-            return self.classifier(x).argmax(-1)
+            return network(self.classifier, x).argmax(-1)
 
     def guide_layers(self) -> list[GaussianEncoder]:
         """M2's continuous latent's guide."""

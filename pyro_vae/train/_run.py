@@ -209,7 +209,7 @@ def run_folder(save_dir: str | os.PathLike | None, world: World | None) -> RunFo
 class Run:
     """What one training run shares: the model/guide pair, this process's data, the step (the
     loss and the optimizer), the networks, the device, the data-parallel world, the run folder,
-    the history, the TensorBoard writer and the progress bar.
+    the history, the TensorBoard writer, the progress bar and the precision.
 
     :func:`~pyro_vae.fit` builds one; the epoch's pass, its checks and records, validation and
     the checkpoints read it.
@@ -227,6 +227,7 @@ class Run:
     history: History = field(default_factory=History)
     board: Board | None = None
     bar: tqdm | None = None
+    precision: str = "32"
     state: RunState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -247,7 +248,7 @@ class Run:
     def live(self) -> Live:
         """The objects a checkpoint is loaded into (the pair under the step's device check)."""
         return Live(*self.step.checked, self.optim, self.modules, self.device, self.data,
-                    self.step.loss, self.step.mode)  # fmt: skip
+                    self.step.loss, self.step.mode, self.precision)  # fmt: skip
 
     def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
         """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run

@@ -47,17 +47,19 @@ class Live(NamedTuple):
     data: object = None  # the batches (their DataLoader's generators)
     loss: object = None  # the Pyro loss
     compile: str | None = None  # torch.compile's mode, None: eager
+    precision: str = "32"  # fit's precision=
 
 
-def loss_settings(loss: object, compile: str | None) -> dict:
-    """The loss's type and particle settings, and the compile mode, as a checkpoint keeps them
-    (a resumed run with other ones is told so)."""
+def loss_settings(loss: object, compile: str | None, precision: str = "32") -> dict:
+    """The loss's type and particle settings, the compile mode and the precision, as a
+    checkpoint keeps them (a resumed run with other ones is told so)."""
     cls = type(loss)
     return {
         "loss": f"{cls.__module__}.{cls.__qualname__}",
         "num_particles": getattr(loss, "num_particles", None),
         "vectorize_particles": getattr(loss, "vectorize_particles", None),
         "compile": compile,
+        "precision": precision,
     }
 
 
@@ -103,7 +105,7 @@ class RunState:
             "modules": live.modules.state_dict() if live.modules is not None else None,
             "rng": _streams.global_streams(),
             "loaders": _streams.loader_states(live.data),
-            "settings": loss_settings(live.loss, live.compile),
+            "settings": loss_settings(live.loss, live.compile, live.precision),
             "world_size": self.world_size,
         }
         return as_data(state)
@@ -233,8 +235,11 @@ class RunState:
             ) from None
 
     def _compare_settings(self, path: Path, saved: dict | None) -> None:
-        live = loss_settings(self.live.loss, self.live.compile)
-        if saved is None or saved == live:
+        live = loss_settings(self.live.loss, self.live.compile, self.live.precision)
+        if saved is None:
+            return
+        saved = {"precision": "32", **saved}  # (checkpoints from before precision=)
+        if saved == live:
             return
         changed = [f"{k}={live[k]!r} (saved: {saved.get(k)!r})" for k in live
                    if saved.get(k) != live[k]]  # fmt: skip

@@ -39,6 +39,7 @@ def infer_local(
     name: str = "local",
     progress: bool = False,
     final_lr_ratio: float = 1.0,
+    precision: str = "32",
 ) -> VAE:
     r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen
     (one per latent layer of a :class:`~pyro_vae.HierarchicalVAE`).
@@ -60,6 +61,8 @@ def infer_local(
         progress: Show a progress bar.
         final_lr_ratio: Anneal the step size geometrically to ``lr * final_lr_ratio`` over the
             epochs (e.g. 0.01), so that the local parameters settle instead of jittering.
+        precision: ``fit``'s ``precision`` (``"bf16-mixed"``: the networks' products in
+            bfloat16; the local parameters and every log-density in float32).
 
     Returns:
         A :class:`VAE` over the same model with :class:`PerDatapointGaussian` guides for
@@ -108,6 +111,7 @@ def infer_local(
         freeze_model=True,
         progress=progress,
         callback=anneal if final_lr_ratio != 1.0 else None,
+        precision=precision,
     )
     return local
 
@@ -161,6 +165,7 @@ def amortization_gap(
     lr: float = 1e-2,
     num_particles: int = 1000,
     max_rows: int = 2**17,
+    precision: str = "32",
 ) -> AmortizationGap:
     r"""Splits a trained amortized VAE's gap :math:`\log p(x) - \mathrm{ELBO}` into the
     approximation and amortization gaps on ``data``.
@@ -181,6 +186,8 @@ def amortization_gap(
         lr: Its initial step size (annealed to 1% of it).
         num_particles: :math:`K` of the importance-sampled log-likelihood.
         max_rows: Most (point, particle) pairs scored at once.
+        precision: The precision of the three runs (``"32"`` or ``"bf16-mixed"``, see
+            :func:`~pyro_vae.fit`).
 
     Returns:
         An :class:`AmortizationGap` (nats per point); a warning says when the optimum's ELBO
@@ -202,13 +209,11 @@ def amortization_gap(
         )
     # once: evaluate and infer_local take the source as it is (a tensor: in chunks)
     data = as_source(data, batch_size=max(1, max_rows // num_particles))
-    amortized = evaluate(vae.model, vae.guide, data, num_particles=num_particles, max_rows=max_rows)
-    local = infer_local(
-        vae, data, epochs=epochs, lr=lr, init=vae.guide_layers(), name="gap", final_lr_ratio=0.01
-    )
-    optimal = evaluate(
-        local.model, local.guide, data, num_particles=num_particles, max_rows=max_rows
-    )
+    scores = {"num_particles": num_particles, "max_rows": max_rows, "precision": precision}
+    amortized = evaluate(vae.model, vae.guide, data, **scores)
+    local = infer_local(vae, data, epochs=epochs, lr=lr, init=vae.guide_layers(), name="gap",
+                        final_lr_ratio=0.01, precision=precision)  # fmt: skip
+    optimal = evaluate(local.model, local.guide, data, **scores)
     if optimal.elbo < amortized.elbo:
         warnings.warn(
             f"the per-datapoint optimum's ELBO ({optimal.elbo:.3f}) is below the amortized "

@@ -30,6 +30,7 @@ from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._world import get_world, timed_out
+from ..devices.precision import check_precision, use_precision
 from ..infer._compiled import limit_is_an_error
 from ..infer.elbo import LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
@@ -79,6 +80,7 @@ def fit(
     log_dir: str | os.PathLike | None = None,
     log_images_every: int = 0,
     compile: bool | str = False,
+    precision: str = "32",
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -165,7 +167,12 @@ def fit(
             loss on the first batch. Otherwise the run stays eager, with one warning that
             says why. Compiling takes tens of seconds (cached by inductor across runs). A
             string is ``torch.compile``'s ``mode``: ``"reduce-overhead"`` records the graphs
-            as CUDA graphs on a GPU, with a capturable Adam (untested on GPU hardware).
+            as CUDA graphs on a GPU, with a capturable Adam.
+        precision: ``"32"`` (the data's dtype throughout) or ``"bf16-mixed"``: the networks'
+            matrix products and convolutions in bfloat16 (autocast), their outputs, every
+            log-density, the loss, the parameters, gradients and optimizer state in float32
+            (see :mod:`pyro_vae.devices.precision`). With ``compile`` too; the precision is
+            saved with the run (a resumed run with another one is told so).
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -182,6 +189,7 @@ def fit(
     check_int("validation_particles", validation_particles)
     check_run_options(save_dir, resume=resume, overwrite=overwrite, log_dir=log_dir,
                       log_images_every=log_images_every)  # fmt: skip
+    check_precision(precision)
     beta_at(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
@@ -194,10 +202,12 @@ def fit(
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
                 scale=kl_scale if beta != 1.0 else None, compile=compile,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
-    run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world))
+    run = Run(model, guide, data, step, optim, modules, device, world,
+              run_folder(save_dir, world), precision=precision)  # fmt: skip
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))
+            stack.enter_context(use_precision(precision, data.points))
             if step.mode is not None:  # a recompile limit reached: a warning, not a log line
                 stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)

@@ -1,0 +1,156 @@
+r"""Mixed precision: the networks' arithmetic in bfloat16, the probabilities in float32.
+
+``fit``, ``evaluate``, ``infer_local`` and ``amortization_gap`` take ``precision=``:
+
+* ``"32"`` (the default): everything in the data's floating dtype;
+* ``"bf16-mixed"``: the matrix products and convolutions of the *networks* — the decoders that
+  likelihoods call, the encoders that guides call, a semi-supervised VAE's classifier — run
+  in bfloat16 under :func:`torch.autocast` (``"cpu"`` or ``"cuda"``, by the inputs' device),
+  and each network's output is cast back to float32 before it becomes a distribution's
+  parameter (:func:`network`).
+
+What stays in float32, site by site, and why:
+
+* **log-densities and the ELBO's sums.** A data point's :math:`\log p(x \mid z)` is a sum of
+  hundreds of terms of a few nats each; in bfloat16 (8 bits of mantissa) its rounding alone
+  is :math:`2^{-9}` of the total, about 1 nat on binarized MNIST's 100-nat terms. The
+  distributions are built from float32 parameters, so every log-density and every sum
+  over them runs in float32 (nothing outside :func:`network` is autocast).
+* **flows.** The transforms of flow priors (MAF) and flow posteriors (IAF, planar, zuko's)
+  feed their log-determinants directly, which add up over transforms; their hyper-networks
+  are small beside the encoder and decoder. They are not autocast.
+* **the importance-sampled log-likelihood.** A log-sum-exp of thousands of log-weights, each
+  a float32 log-density: as above.
+* **per-datapoint parameters, all parameters, gradients and the optimizer's state**: float32
+  (autocast casts a weight to bfloat16 for each product; its gradient comes back and
+  accumulates in float32).
+
+A network's *output* is rounded to bfloat16 once (its last product), like any mixed-precision
+classifier's logits: a relative rounding of :math:`2^{-9}` per parameter, unbiased, whose
+effect on the mean ELBO and log-likelihood is measured in ``docs/guide/speed.md``.
+
+``"16-mixed"`` (float16 with a gradient scaler) is not offered: float16's range (largest
+65504, smallest normal :math:`6 \cdot 10^{-5}`) needs the loss scaled and every step checked
+for overflow and skipped, through every optimizer path (Pyro's per-parameter optimizers,
+:class:`~pyro_vae.LazyAdam`'s sparse rows, the compiled Adam), for GPUs that lack bfloat16
+(before NVIDIA's Ampere); bfloat16 has float32's range and needs none of it.
+
+Example:
+    >>> net = torch.nn.Linear(4, 3)
+    >>> with use_precision("bf16-mixed"):
+    ...     out = network(net, torch.zeros(2, 4))
+    >>> out.dtype
+    torch.float32
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PRECISIONS", "check_precision", "current_precision", "network", "use_precision"]
+
+PRECISIONS = ("32", "bf16-mixed")
+
+
+class _Active:
+    """The precision of the calls now running (set by :func:`use_precision`; read by
+    :func:`network`). A plain attribute, so that ``torch.compile`` guards on it."""
+
+    lower: torch.dtype | None = None
+
+
+def check_precision(precision: object) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: For anything else, naming the choices (and why ``"16-mixed"`` is not one).
+    """
+    if isinstance(precision, str) and precision in PRECISIONS:
+        return precision
+    why = ""
+    if precision in ("16-mixed", "fp16", "16"):
+        why = (
+            " (float16 would need a gradient scaler on every optimizer path; bfloat16 has "
+            "float32's range and needs none)"
+        )
+    raise ValueError(
+        f"precision={precision!r} is not one of {list(PRECISIONS)}: '32' computes in the "
+        f"data's dtype, 'bf16-mixed' runs the networks' products in bfloat16{why}"
+    )
+
+
+def current_precision() -> str:
+    """The precision of the calls now running: ``"32"`` or ``"bf16-mixed"``."""
+    return "32" if _Active.lower is None else "bf16-mixed"
+
+
+@contextmanager
+def use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
+    """Within: :func:`network` calls run at ``precision``; the previous one is put back after.
+
+    Args:
+        precision: One of :data:`PRECISIONS`.
+        data: A tensor of the data (optional): ``"bf16-mixed"`` is refused for data that are
+            not float32 (float64 data ask for float64 arithmetic) and on a CUDA device
+            without bfloat16.
+
+    Raises:
+        ValueError: For an unknown precision, or ``"bf16-mixed"`` with such data.
+    """
+    check_precision(precision)
+    if precision == "bf16-mixed" and data is not None:
+        _check_data(data)
+    old = _Active.lower
+    _Active.lower = torch.bfloat16 if precision == "bf16-mixed" else None
+    try:
+        yield
+    finally:
+        _Active.lower = old
+
+
+def network(net: nn.Module, *inputs: Tensor) -> Tensor:
+    """``net(*inputs)`` at the current precision: under ``"bf16-mixed"`` with its products
+    in bfloat16 (:func:`torch.autocast` on the inputs' device) and its output cast back to the
+    first input's dtype; else ``net(*inputs)`` as it is.
+
+    Likelihoods and guides call their networks through it; a hand-written likelihood or guide
+    that does the same gets the mixed precision of ``fit(precision="bf16-mixed")``.
+
+    Args:
+        net: A network.
+        *inputs: Its inputs; the first one's device picks the autocast device and its
+            floating dtype the output's (float32 for integer inputs; ``meta`` tensors have no
+            autocast and float64 ones stay float64: the call runs as it is).
+
+    Returns:
+        The network's output (a tensor, or a tuple of them, each cast back).
+    """
+    lower, first = _Active.lower, inputs[0]
+    kind = first.device.type
+    if lower is None or first.dtype == torch.float64 or kind not in ("cpu", "cuda"):
+        return net(*inputs)
+    with torch.autocast(kind, dtype=lower):
+        out = net(*inputs)
+    dtype = first.dtype if first.is_floating_point() else torch.float32
+    if isinstance(out, tuple):
+        return tuple(o.to(dtype) if o.is_floating_point() else o for o in out)
+    return out.to(dtype)
+
+
+def _check_data(data: Tensor) -> None:
+    if data.is_floating_point() and data.dtype != torch.float32:
+        raise ValueError(
+            f"precision='bf16-mixed' mixes bfloat16 into float32 arithmetic; the data are "
+            f"{data.dtype}. Convert them with .float() (and the model with .float()), or keep "
+            "precision='32'"
+        )
+    if data.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(
+            f"precision='bf16-mixed' needs bfloat16 arithmetic, which "
+            f"{torch.cuda.get_device_name(data.device)} does not have (NVIDIA GPUs have it "
+            "from the Ampere generation on): keep precision='32'"
+        )
