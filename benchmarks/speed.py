@@ -42,8 +42,11 @@ from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
 from pyro_vae._scripts import write_results
+from pyro_vae.devices.precision import use_precision
 from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
+
+BF16 = "bf16-mixed"
 
 
 def sync(device: torch.device) -> None:
@@ -75,12 +78,14 @@ def plain_epoch(vae: pv.VAE, batches, optimizer: torch.optim.Optimizer, device) 
     return time.perf_counter() - t0
 
 
-def package_epoch(vae: pv.VAE, batches: pv.Batches, optim, device, compile=False) -> float:
+def package_epoch(
+    vae: pv.VAE, batches: pv.Batches, optim, device, compile=False, precision="32"
+) -> float:
     """Seconds for one epoch of ``pyro_vae.fit`` over ``batches``."""
     sync(device)
     t0 = time.perf_counter()
     pv.fit(vae.model, vae.guide, batches, epochs=1, optim=optim, device=device, progress=False,
-           compile=compile)  # fmt: skip
+           compile=compile, precision=precision)  # fmt: skip
     sync(device)
     return time.perf_counter() - t0
 
@@ -92,39 +97,49 @@ def compare(
     torch.manual_seed(args.seed)
     pyro.clear_param_store()
     vae_pkg = build().to(device)
-    vae_ref = build().to(device)
-    vae_ref.load_state_dict(vae_pkg.state_dict())
-    vae_cmp = build().to(device)  # fit(compile=True)
-    vae_cmp.load_state_dict(vae_pkg.state_dict())
-    vae_cmp.name = "compiled"
-    optim, optim_cmp = pv.LazyAdam({"lr": 1e-3}), pv.LazyAdam({"lr": 1e-3})
+
+    def copy(name: str) -> pv.VAE:  # the same initial values, its own param-store names
+        vae = build().to(device)
+        vae.load_state_dict(vae_pkg.state_dict())
+        vae.name = name
+        return vae
+
+    vae_ref, vae_fe = copy("plain"), copy("plain_foreach")
+    vae_bf, vae_cmp, vae_cmp_bf = copy("bf16"), copy("compiled"), copy("compiled_bf16")
+    optim, optim_bf = pv.LazyAdam({"lr": 1e-3}), pv.LazyAdam({"lr": 1e-3})
+    optim_cmp, optim_cmp_bf = pv.LazyAdam({"lr": 1e-3}), pv.LazyAdam({"lr": 1e-3})
     optimizer = torch.optim.Adam(vae_ref.parameters(), lr=1e-3)
-    vae_fe = build().to(device)  # the plain loop with foreach Adam, LazyAdam's implementation
-    vae_fe.load_state_dict(vae_pkg.state_dict())
+    # the plain loop with foreach Adam, LazyAdam's implementation
     optimizer_fe = torch.optim.Adam(vae_fe.parameters(), lr=1e-3, foreach=True)
     few = pv.Batches(x[: args.steps * batch_size], batch_size=batch_size, binarize=binarize)
     warm = pv.Batches(x[: args.warmup * batch_size], batch_size=batch_size, binarize=binarize)
     package_epoch(vae_pkg, warm, optim, device)
+    package_epoch(vae_bf, warm, optim_bf, device, precision="bf16-mixed")
     plain_epoch(vae_ref, warm, optimizer, device)
     plain_epoch(vae_fe, warm, optimizer_fe, device)
     step_cmp, first, fallback = compiled_step(vae_cmp, few, optim_cmp, device)
-    pkg, ref, fe, cmp = [], [], [], []
-    for _ in range(args.repeats):  # interleaved, so all four see the same machine load
-        pkg.append(package_epoch(vae_pkg, few, optim, device) / len(few))
-        ref.append(plain_epoch(vae_ref, few, optimizer, device) / len(few))
-        fe.append(plain_epoch(vae_fe, few, optimizer_fe, device) / len(few))
-        cmp.append(step_epoch(step_cmp, few, device) / len(few))
-    result = {
-        "steps": len(few),
-        "pyro_vae_step_ms": 1e3 * min(pkg),
-        "plain_torch_step_ms": 1e3 * min(ref),
-        "plain_foreach_step_ms": 1e3 * min(fe),
-        "compiled_step_ms": 1e3 * min(cmp),
-        "compile_s": first - min(cmp) * len(few),
-        "compiled_fallback": fallback,
+    step_cmp_bf, first_bf, _ = compiled_step(vae_cmp_bf, few, optim_cmp_bf, device, "bf16-mixed")
+    timers = {  # seconds per step of each, over the same batches
+        "pyro_vae_step_ms": lambda: package_epoch(vae_pkg, few, optim, device),
+        "plain_torch_step_ms": lambda: plain_epoch(vae_ref, few, optimizer, device),
+        "plain_foreach_step_ms": lambda: plain_epoch(vae_fe, few, optimizer_fe, device),
+        "compiled_step_ms": lambda: step_epoch(step_cmp, few, device),
+        "bf16_step_ms": lambda: package_epoch(vae_bf, few, optim_bf, device, precision=BF16),
+        "compiled_bf16_step_ms": lambda: step_epoch(step_cmp_bf, few, device, BF16),
     }
+    times = {key: [] for key in timers}
+    for _ in range(args.repeats):  # interleaved, so all of them see the same machine load
+        for key, timer in timers.items():
+            times[key].append(timer() / len(few))
+    result = {"steps": len(few), **{key: 1e3 * min(t) for key, t in times.items()}}
+    result["compile_s"] = first - min(times["compiled_step_ms"]) * len(few)
+    result["compile_bf16_s"] = first_bf - min(times["compiled_bf16_step_ms"]) * len(few)
+    result["compiled_fallback"] = fallback
     result["step_ratio"] = result["pyro_vae_step_ms"] / result["plain_torch_step_ms"]
     result["compiled_step_ratio"] = result["compiled_step_ms"] / result["plain_torch_step_ms"]
+    result["compiled_bf16_step_ratio"] = (
+        result["compiled_bf16_step_ms"] / result["plain_torch_step_ms"]
+    )
     if args.epochs:
         full = pv.Batches(x, batch_size=batch_size, binarize=binarize)
         result["pyro_vae_epoch_s"] = package_epoch(vae_pkg, full, optim, device)
@@ -143,7 +158,9 @@ def compare(
         f"{name}: step {result['pyro_vae_step_ms']:.2f} ms (pyro_vae) vs "
         f"{result['plain_torch_step_ms']:.2f} ms (plain), ratio {result['step_ratio']:.3f}; "
         f"compiled {result['compiled_step_ms']:.2f} ms, ratio {result['compiled_step_ratio']:.3f}"
-        f" (compiling: {result['compile_s']:.1f} s)"
+        f" (compiling: {result['compile_s']:.1f} s); bf16-mixed {result['bf16_step_ms']:.2f} ms,"
+        f" compiled {result['compiled_bf16_step_ms']:.2f} ms, ratio "
+        f"{result['compiled_bf16_step_ratio']:.3f}"
     )
     if args.epochs:
         line += (
@@ -158,7 +175,9 @@ def compare(
     return result
 
 
-def compiled_step(vae: pv.VAE, few: pv.Batches, optim, device) -> tuple[Step, float, str | None]:
+def compiled_step(
+    vae: pv.VAE, few: pv.Batches, optim, device, precision: str = "32"
+) -> tuple[Step, float, str | None]:
     """The step ``fit(compile=True)`` takes (:class:`pyro_vae.train._step.Step` with
     ``compile=True``), the seconds of its first epoch over ``few``, which checks the derived
     estimator against the Pyro loss and compiles (its excess over a later epoch is the
@@ -167,21 +186,22 @@ def compiled_step(vae: pv.VAE, few: pv.Batches, optim, device) -> tuple[Step, fl
                 device=device, dtype=torch.float32, compile=True, modules=vae)  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        seconds = step_epoch(step, few, device)
+        seconds = step_epoch(step, few, device, precision)
     fallback = [str(w.message) for w in caught if "compile=True" in str(w.message)]
     return step, seconds, fallback[0] if fallback else None
 
 
-def step_epoch(step: Step, batches: pv.Batches, device) -> float:
+def step_epoch(step: Step, batches: pv.Batches, device, precision: str = "32") -> float:
     """Seconds for one pass of ``step`` over ``batches``, as ``fit``'s loop takes it (the
-    loss summed on the device, one host read at the end)."""
+    loss summed on the device, one host read at the end), at ``precision``."""
     sync(device)
     t0 = time.perf_counter()
     total = 0.0
-    for x, idx in batches:
-        x, idx = x.to(device, non_blocking=True), idx.to(device, non_blocking=True)
-        total = total + step(x, idx) * (x.shape[0] / batches.num_data)
-    float(total)
+    with use_precision(precision):
+        for x, idx in batches:
+            x, idx = x.to(device, non_blocking=True), idx.to(device, non_blocking=True)
+            total = total + step(x, idx) * (x.shape[0] / batches.num_data)
+        float(total)
     sync(device)
     return time.perf_counter() - t0
 
@@ -357,6 +377,27 @@ def _foreach_table(result: dict) -> list[str]:
     return lines if keys else []
 
 
+def _precision_table(result: dict) -> list[str]:
+    """The steps in bf16-mixed beside float32, eager and compiled, against the plain float32
+    loop (when the run measured them)."""
+    keys = [k for k in _LABELS if "compiled_bf16_step_ms" in result[k]]
+    lines = [
+        "",
+        "| model | plain float32 step | eager float32 | eager bf16-mixed | compiled float32 |"
+        " compiled bf16-mixed | compiled bf16-mixed vs plain float32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in keys:
+        r = result[key]
+        lines.append(
+            f"| {_LABELS[key]} | {r['plain_torch_step_ms']:.2f} ms | "
+            f"{r['pyro_vae_step_ms']:.2f} ms | {r['bf16_step_ms']:.2f} ms | "
+            f"{r['compiled_step_ms']:.2f} ms | {r['compiled_bf16_step_ms']:.2f} ms | "
+            f"{r['compiled_bf16_step_ratio']:.3f} |"
+        )
+    return lines if keys else []
+
+
 _LABELS = {
     "flow_prior": "MAF prior, MLP 1024, batch 256",
     "flow_posterior": "IAF posterior, MLP 200, batch 100",
@@ -417,6 +458,7 @@ def markdown(result: dict) -> str:
         )
     lines += compiled
     lines += _foreach_table(result)
+    lines += _precision_table(result)
     lines += [
         "",
         "| per-datapoint guide | "

@@ -41,21 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_counts(cells: int, genes: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """The synthetic data set above: counts ``(cells, genes)``, cell types, batches and
     library sizes (a private generator: the global RNG is untouched)."""
-    g = torch.Generator().manual_seed(seed)
-    centres = 2.0 * torch.randn(3, 10, generator=g)
-    weights = torch.randn(10, genes, generator=g) / math.sqrt(10)
-    shifts = 0.5 * torch.randn(2, genes, generator=g)
-    kind = torch.randint(0, 3, (cells,), generator=g)
-    batch = torch.randint(0, 2, (cells,), generator=g)
-    z = centres[kind] + 0.3 * torch.randn(cells, 10, generator=g)
-    rho = (z @ weights + shifts[batch]).softmax(-1)
-    library = (math.log(1000) + 0.4 * torch.randn(cells, generator=g)).exp()
-    mu, theta = library[:, None] * rho, 5.0
-    # ZINB: NB(θ, p) as a Poisson of a Gamma(θ, θ / μ) rate, then dropouts with π = 0.1
-    rate = torch._standard_gamma(torch.full_like(mu, theta), generator=g) * mu / theta
-    counts = torch.poisson(rate, generator=g)
-    counts[torch.rand(counts.shape, generator=g) < 0.1] = 0.0
-    return {"x": counts, "kind": kind, "batch": batch, "library": library}
+    with torch.device("cpu"):  # (the generator is the CPU's, whatever the default device)
+        g = torch.Generator().manual_seed(seed)
+        centres = 2.0 * torch.randn(3, 10, generator=g)
+        weights = torch.randn(10, genes, generator=g) / math.sqrt(10)
+        shifts = 0.5 * torch.randn(2, genes, generator=g)
+        kind = torch.randint(0, 3, (cells,), generator=g)
+        batch = torch.randint(0, 2, (cells,), generator=g)
+        z = centres[kind] + 0.3 * torch.randn(cells, 10, generator=g)
+        rho = (z @ weights + shifts[batch]).softmax(-1)
+        library = (math.log(1000) + 0.4 * torch.randn(cells, generator=g)).exp()
+        mu, theta = library[:, None] * rho, 5.0
+        # ZINB: NB(θ, p) as a Poisson of a Gamma(θ, θ / μ) rate, then dropouts with π = 0.1
+        rate = torch._standard_gamma(torch.full_like(mu, theta), generator=g) * mu / theta
+        counts = torch.poisson(rate, generator=g)
+        counts[torch.rand(counts.shape, generator=g) < 0.1] = 0.0
+        return {"x": counts, "kind": kind, "batch": batch, "library": library}
 
 
 class Log1p(nn.Module):

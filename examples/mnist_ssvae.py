@@ -46,14 +46,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def known_labels(y: torch.Tensor, count: int, seed: int) -> torch.Tensor:
     """A mask of ``count`` known labels, the same number in each class."""
-    g = torch.Generator().manual_seed(seed)
-    classes = int(y.max()) + 1
-    mask = torch.zeros(len(y), dtype=torch.bool)
-    for k in range(classes):
-        members = (y.cpu() == k).nonzero().squeeze(1)
-        chosen = members[torch.randperm(len(members), generator=g)[: count // classes]]
-        mask[chosen] = True
-    return mask.to(y.device)
+    with torch.device("cpu"):  # (the generator is the CPU's, whatever the default device)
+        g = torch.Generator().manual_seed(seed)
+        classes = int(y.max()) + 1
+        mask = torch.zeros(len(y), dtype=torch.bool)
+        for k in range(classes):
+            members = (y.cpu() == k).nonzero().squeeze(1)
+            chosen = members[torch.randperm(len(members), generator=g)[: count // classes]]
+            mask[chosen] = True
+        return mask.to(y.device)
 
 
 def run(args: argparse.Namespace, labels: int, data: tuple, device, out) -> dict:

@@ -22,6 +22,7 @@ from torch import Tensor
 from .data import batches as _batches
 from .data import datasets as _datasets
 from .devices._placement import default_device, device_name
+from .devices.precision import PRECISIONS
 from .infer.scoring import Evaluation, evaluate
 from .train.checkpoint import History
 
@@ -58,10 +59,10 @@ def parser(
     mnist: bool = True,
 ) -> argparse.ArgumentParser:
     """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed --lr
-    --num-particles --no-progress --resume --overwrite --log-dir`` (and ``--download --limit``
-    for an MNIST example); ``full`` says how many epochs the full run takes, ``particles`` the
-    default K of the test log-likelihood (a number, or a text such as ``"5000 on cuda, 100 on
-    cpu"`` for a default the example picks by device)."""
+    --num-particles --no-progress --precision --resume --overwrite --log-dir`` (and
+    ``--download --limit`` for an MNIST example); ``full`` says how many epochs the full run
+    takes, ``particles`` the default K of the test log-likelihood (a number, or a text such as
+    ``"5000 on cuda, 100 on cpu"`` for a default the example picks by device)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
     p.add_argument("--batch-size", type=int, default=batch_size)
@@ -81,6 +82,12 @@ def parser(
         p.add_argument("--limit", type=int, default=None, help="use only this many images")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="32",
+        help="bf16-mixed: the networks' products in bfloat16 (fit's precision=)",
+    )
+    p.add_argument(
         "--log-dir", default=None, help="write TensorBoard events there (pyro_vae[tensorboard])"
     )
     runs = p.add_mutually_exclusive_group()
@@ -93,8 +100,10 @@ def parser(
 
 def run_options(args: argparse.Namespace, out: Path) -> dict:
     """The keyword arguments of :func:`~pyro_vae.fit` that every example's flags set: the run
-    folder (``--out``, ``--resume``, ``--overwrite``), the progress bar, ``--log-dir``."""
+    folder (``--out``, ``--resume``, ``--overwrite``), the progress bar, ``--log-dir``,
+    ``--precision``."""
     return {
+        "precision": args.precision,
         "save_dir": out,
         "resume": args.resume,
         "overwrite": args.overwrite,

@@ -92,3 +92,20 @@ def test_quality_iwae_rows_have_the_gap_columns(mnist_dir, tmp_path):
     assert [r["epochs"] for r in rows] == [1, 3]
     for r in rows:  # (the split's values are tested against closed forms elsewhere)
         assert all(math.isfinite(v) for v in r.values()), r
+
+
+@pytest.mark.mnist
+def test_precision_trains_both_ways_and_tabulates(mnist_dir, tmp_path):
+    """benchmarks/precision.py on a few images: both precisions train and score, the float32
+    model is scored in bf16-mixed too, and the table has a row each and the difference."""
+    precision = importlib.import_module("benchmarks.precision")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:precision:start -->\n<!-- results:precision:end -->\n")
+    args = ["--epochs", "1", "--limit", "512", "--hidden", "32", "--num-particles", "4",
+            "--data-dir", str(mnist_dir), "--no-progress", "--device", "cpu",
+            "--readme", str(readme)]  # fmt: skip
+    result = precision.main(precision.parse_args(args))
+    for key in ("32", "bf16-mixed", "float32_model_scored_in_bf16"):
+        assert all(math.isfinite(v) for v in result[key].values()), key
+    text = readme.read_text()
+    assert "| 32 |" in text and "| bf16-mixed |" in text and "| bf16-mixed − 32 |" in text

@@ -91,6 +91,7 @@ def current_precision() -> str:
 @contextmanager
 def use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
     """Within: :func:`network` calls run at ``precision``; the previous one is put back after.
+    The setting is the process's (not one thread's): run one precision at a time.
 
     Args:
         precision: One of :data:`PRECISIONS`.

@@ -15,7 +15,7 @@ import warnings
 import pyro
 import pytest
 import torch
-from helpers import GUIDES, LIKELIHOODS, PRIORS, B, D, F, circle_data, data_for
+from helpers import GUIDES, LIKELIHOODS, PRIORS, B, D, F, circle_data, data_for, fit_circle
 from torch import nn
 
 import pyro_vae as pv
@@ -212,6 +212,17 @@ def test_fit_and_evaluate_in_bf16_mixed_follow_float32():
     assert abs(scores["32"].log_likelihood - scores["bf16-mixed"].log_likelihood) < 0.1
 
 
+def test_a_bf16_mixed_run_resumes_exactly(tmp_path):
+    """Stopped after one epoch and resumed, a bf16-mixed run ends where the uninterrupted one
+    does, bit for bit."""
+    whole, _ = fit_circle(tmp_path / "whole", 2, precision="bf16-mixed")
+    expected = {k: v.clone() for k, v in whole.state_dict().items()}
+    fit_circle(tmp_path / "parts", 1, precision="bf16-mixed")
+    resumed, _ = fit_circle(tmp_path / "parts", 2, precision="bf16-mixed", resume=True)
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
 def test_the_precision_is_saved_and_a_resume_under_another_is_told(tmp_path):
     pyro.clear_param_store()
     vae = pv.models.zoo.circle_vae("amortized", num_data=64)
@@ -223,3 +234,34 @@ def test_the_precision_is_saved_and_a_resume_under_another_is_told(tmp_path):
         warnings.simplefilter("error")  # the same precision: not a word
         pv.fit(vae.model, vae.guide, circle_data(), epochs=3, resume=True,
                precision="32", **run)  # fmt: skip
+
+
+class DtypeRecord(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records each dispatched op's name and its first output's dtype and device type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, torch.dtype, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        if isinstance(first, torch.Tensor):
+            self.ops.append((func.__name__, first.dtype, first.device.type))
+        return out
+
+
+def test_on_fake_cuda_the_networks_products_are_bfloat16_and_the_rest_float32(monkeypatch):
+    """Autocast "cuda" (made available on fake CUDA tensors): the loss of a MAF-prior VAE
+    runs the encoder's and decoder's 3 + 3 linear layers in bfloat16, the MAF's 3 x 3 in
+    float32, and returns a float32 loss on the device."""
+    monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    vae = pv.models.zoo.flow_prior_vae(latent_dim=4, hidden=32)
+    with pv.devices.fake_cuda(vae), mp.use_precision("bf16-mixed"), DtypeRecord() as record:
+        x = torch.rand(8, 784, device="cuda").round()
+        loss = vae.elbo_loss(x, torch.arange(8, device="cuda"), num_data=8)
+    products = [(dtype, kind) for name, dtype, kind in record.ops if name.startswith("addmm")]
+    assert products.count((torch.bfloat16, "cuda")) == 6
+    assert products.count((torch.float32, "cuda")) == 9 and len(products) == 15
+    assert loss.dtype == torch.float32 and loss.device.type == "cuda"
