@@ -109,3 +109,14 @@ def test_precision_trains_both_ways_and_tabulates(mnist_dir, tmp_path):
         assert all(math.isfinite(v) for v in result[key].values()), key
     text = readme.read_text()
     assert "| 32 |" in text and "| bf16-mixed |" in text and "| bf16-mixed − 32 |" in text
+
+
+def test_epochs_times_every_way_and_tabulates(tmp_path):
+    """benchmarks/epochs.py with 2 epochs: five timings, a row each in the table."""
+    epochs = importlib.import_module("benchmarks.epochs")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:short-epochs:start -->\n<!-- results:short-epochs:end -->\n")
+    result = epochs.main(epochs.parse_args(["--epochs", "2", "--repeats", "1",
+                                            "--readme", str(readme)]))  # fmt: skip
+    assert len(result["seconds"]) == 5 and all(s > 0 for s in result["seconds"].values())
+    assert readme.read_text().count("\n| ") == 6  # the header and five rows

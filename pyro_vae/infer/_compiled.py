@@ -134,7 +134,8 @@ class CompiledLoss:
             step collects them.
         scale: The run's :class:`~pyro_vae.LatentScale` (β), if any.
         num_particles: :math:`K` of :class:`~pyro_vae.ImportanceWeightedELBO` (1: the ELBO).
-        mode: ``torch.compile``'s mode (see :func:`compile_mode`).
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`); ``None``: the estimator
+            runs eagerly, uncompiled (``fit``'s default step for a VAE's pair).
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class CompiledLoss:
         params: tuple[list[Tensor], list[Tensor]],
         scale: LatentScale | None = None,
         num_particles: int = 1,
-        mode: str = "default",
+        mode: str | None = "default",
     ) -> None:
         self.vae, self.num_data, self.params, self.scale = vae, num_data, params, scale
         self.cuda_graphs = mode in CUDA_GRAPH_MODES
@@ -158,7 +159,10 @@ class CompiledLoss:
         # a per-datapoint guide's rows are read outside the graph (row-sparse gradients)
         self.local = vae.variational if isinstance(vae.variational, PerDatapointGaussian) else None
         target = vae.elbo_loss if self.local is None else self._from_rows
-        self.fn = torch.compile(fresh(target), fullgraph=True, dynamic=False, mode=mode)
+        if mode is None:  # the derived estimator, run eagerly (fit's default step for a VAE)
+            self.fn = target
+        else:
+            self.fn = torch.compile(fresh(target), fullgraph=True, dynamic=False, mode=mode)
 
     def _from_rows(self, x: Tensor, idx: Tensor, loc: Tensor, log_scale: Tensor, **kw) -> Tensor:
         return self.vae.elbo_loss(x, idx, q=diagonal_normal(loc, log_scale), **kw)
@@ -269,10 +273,11 @@ def compiled_loss(
     *,
     num_data: int,
     scale: LatentScale | None = None,
-    mode: str = "default",
+    mode: str | None = "default",
 ) -> CompiledLoss | None:
     """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``; or
-    ``None`` after one warning that names why the run stays eager.
+    ``None`` after one warning that names why the run stays eager (``mode=None``: the derived
+    estimator uncompiled, or ``None`` without a word: the run takes Pyro's loss).
 
     Args:
         model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
@@ -283,7 +288,7 @@ def compiled_loss(
         idx: Its indices.
         num_data: :math:`N`.
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
-        mode: ``torch.compile``'s mode (see :func:`compile_mode`).
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`), or ``None``.
     """
     reason = unsupported(model, guide, loss)
     params = None
@@ -291,7 +296,9 @@ def compiled_loss(
         params, reason = check_derivation(model, guide, loss, x, idx,
                                           num_data=num_data, scale=scale)  # fmt: skip
     if reason is not None:
-        warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)
+        if mode is not None:  # (the eager derived step was not asked for: no word)
+            warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step",
+                          stacklevel=3)  # fmt: skip
         return None
     return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
                         num_particles=num_particles(loss), mode=mode)  # fmt: skip

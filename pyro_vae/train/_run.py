@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -38,6 +39,7 @@ from .checkpoint import CheckpointError, History
 
 __all__ = [
     "Run",
+    "SaveSchedule",
     "beta_at",
     "check_options",
     "check_run_options",
@@ -228,6 +230,7 @@ class Run:
     board: Board | None = None
     bar: tqdm | None = None
     precision: str = "32"
+    schedule: SaveSchedule = field(default_factory=lambda: SaveSchedule())
     state: RunState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,7 +251,7 @@ class Run:
     def live(self) -> Live:
         """The objects a checkpoint is loaded into (the pair under the step's device check)."""
         return Live(*self.step.checked, self.optim, self.modules, self.device, self.data,
-                    self.step.loss, self.step.mode, self.precision)  # fmt: skip
+                    self.step.loss, self.step.mode, self.precision, self.step)  # fmt: skip
 
     def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
         """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run
@@ -288,10 +291,36 @@ class Run:
         self.history.svi_step = not self.step.sync_free  # which step this run takes
         return start
 
-    def save(self) -> None:
-        """Writes the checkpoint, then the history (nothing without a run folder)."""
-        if self.folder is not None:
-            self.folder.save(self.history, self.state)
+    def save(self, epoch: int, *, last: bool, training: float) -> None:
+        """Writes the checkpoint, then the history, when the schedule says so after ``epoch``
+        (``last``: the run's last epoch; ``training``: the seconds its epochs took); nothing
+        without a run folder."""
+        if self.folder is None or not self.schedule.due(epoch, last=last, training=training):
+            return
+        t0 = time.perf_counter()
+        self.folder.save(self.history, self.state)
+        self.schedule.saving += time.perf_counter() - t0
+
+
+@dataclass
+class SaveSchedule:
+    """When a run writes its checkpoint: after every ``every``-th epoch, or (``every=None``)
+    after each epoch that keeps the seconds spent saving within ``share`` of the seconds
+    spent training (every epoch unless epochs are shorter than about twenty saves: a run of many
+    short epochs then saves every few epochs); after the last epoch always. A resumed run
+    continues from whichever epoch was saved last, exactly."""
+
+    every: int | None = None
+    share: float = 0.05
+    saving: float = 0.0  # seconds spent saving so far
+
+    def due(self, epoch: int, *, last: bool, training: float) -> bool:
+        """Whether to save after ``epoch``, ``training`` seconds into the run."""
+        if last:
+            return True
+        if self.every is not None:
+            return epoch % self.every == 0
+        return self.saving <= self.share * training
 
 
 RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"

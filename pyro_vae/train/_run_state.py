@@ -48,6 +48,7 @@ class Live(NamedTuple):
     loss: object = None  # the Pyro loss
     compile: str | None = None  # torch.compile's mode, None: eager
     precision: str = "32"  # fit's precision=
+    step: object = None  # the training step (which estimator it took: saved, followed)
 
 
 def loss_settings(loss: object, compile: str | None, precision: str = "32") -> dict:
@@ -106,6 +107,7 @@ class RunState:
             "rng": _streams.global_streams(),
             "loaders": _streams.loader_states(live.data),
             "settings": loss_settings(live.loss, live.compile, live.precision),
+            "derived": bool(getattr(live.step, "derived", False)),
             "world_size": self.world_size,
         }
         return as_data(state)
@@ -150,6 +152,8 @@ class RunState:
         self._load_modules(path, state["modules"])
         restore_optim(live.optim, state["optim"], state["optim_settings"], list(self.names), path)
         self._compare_settings(path, state.get("settings"))
+        if live.step is not None:  # the estimator the saved run took (before: Pyro's loss)
+            live.step.follow(derived=state.get("derived", False))
         _streams.set_global_streams(state["rng"])
         if not _streams.set_loader_states(live.data, state.get("loaders", [])):
             warnings.warn(

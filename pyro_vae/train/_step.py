@@ -63,7 +63,11 @@ class Step:
         scale: A :class:`~pyro_vae.LatentScale` that both run under (the KL weight β).
         compile: Take the compiled step (see ``_compiled``), built at the first
             call: ``True``, or a ``torch.compile`` mode (``"reduce-overhead"``: CUDA graphs
-            on a GPU, untested on hardware).
+            on a GPU).
+        derive: Without ``compile``, take the derived estimator of a
+            :class:`~pyro_vae.VAE`'s pair eagerly (the compiled step's estimator, uncompiled:
+            no Pyro tracing per step) once it agrees with ``loss`` on the first batch; a pair
+            or loss without one, or batches with fields, take ``loss`` without a word.
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -95,12 +99,15 @@ class Step:
         modules: nn.Module | None = None,
         scale: LatentScale | None = None,
         compile: bool | str = False,
+        derive: bool = False,
     ) -> None:
         self.raw, self.scale = (model, guide), scale
         self.compiled: CompiledLoss | None = None
         self.compiled_optim: Callable[[list[Tensor]], None] | None = None
         self.mode = compile_mode(compile)  # (checked now; None: eager)
         self.to_compile = self.mode is not None  # (until the first compiled step is built)
+        self.derive = derive and self.mode is None
+        self.expect_derived = False  # (a resumed run whose saved run took it)
         if scale is not None:  # β on the latent sites of both
             model, guide = scale(model), scale(guide)
         self.check = DeviceCheck(device, dtype)
@@ -121,6 +128,18 @@ class Step:
         return self.svi is None
 
     @property
+    def derived(self) -> bool:
+        """Whether the steps take the VAE's derived estimator eagerly (see ``derive``)."""
+        return self.compiled is not None and self.mode is None
+
+    def follow(self, *, derived: bool) -> None:
+        """Takes the estimator a resumed run's saved run took (``derived``: the VAE's derived
+        one, else Pyro's loss), so that the continuation is the uninterrupted run's; a compiled
+        run compiles as before. Before the first step."""
+        if self.mode is None and self.first:
+            self.derive = self.expect_derived = derived
+
+    @property
     def names(self) -> dict[str, None]:
         """The param-store names the checked passes have seen, in order (add a resumed run's)."""
         return self.check.names
@@ -136,9 +155,19 @@ class Step:
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
                 self.compiled = self._compiled(x, idx, fields)
+            elif self.derive and not fields and self.svi is None:  # the derived step, eager
+                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
+                                              scale=self.scale, mode=None)  # fmt: skip
+                if self.compiled is None and self.expect_derived:
+                    warnings.warn(
+                        "the saved run took the VAE's derived estimator, which disagrees with "
+                        f"{type(self.loss).__name__} on this resumed run's first batch: the run "
+                        "goes on with Pyro's loss, and its continuation is not bit-exact",
+                        stacklevel=3,
+                    )
             if self.compiled is None:
                 return self._step(x, idx, fields, *self.checked, first=True)
-            lazy = isinstance(self.optim, LazyAdam)
+            lazy = isinstance(self.optim, LazyAdam) and self.mode is not None
             self.compiled_optim = CompiledAdam(self.optim, mode=self.mode) if lazy else self.optim
         if self.compiled is not None:
             return self._compiled_or_eager(x, idx, first=first)
@@ -164,7 +193,9 @@ class Step:
         before the graph runs, so the failed call updated nothing), the run goes on with the
         eager step for this batch and the rest, with a warning (with ``e_steps``, E-steps
         already taken on this batch are taken again). An error that is not the compiler's
-        comes back from the eager step."""
+        comes back from the eager step. The derived step uncompiled raises its errors."""
+        if self.mode is None:
+            return self._schedule(self._compiled_step, x, idx)
         try:
             return self._schedule(self._compiled_step, x, idx)
         except Exception as e:

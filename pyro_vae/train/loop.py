@@ -38,6 +38,7 @@ from ..models.nets import modes
 from ._epoch import close_epoch, show_epoch, train_epoch, validate
 from ._run import (
     Run,
+    SaveSchedule,
     beta_at,
     check_options,
     check_run_options,
@@ -81,6 +82,7 @@ def fit(
     log_images_every: int = 0,
     compile: bool | str = False,
     precision: str = "32",
+    save_every: int | None = None,
 ) -> History:
     r"""Trains a Pyro model/guide pair by stochastic variational inference.
 
@@ -105,7 +107,16 @@ def fit(
             with sparse updates for per-datapoint parameters).
         loss: A Pyro ELBO; default :class:`~pyro_vae.TensorTrace_ELBO` (``Trace_ELBO``'s
             estimator without per-site syncs). One without ``differentiable_loss`` is run
-            through ``SVI.step`` (joint updates only).
+            through ``SVI.step`` (joint updates only). With the default (``None``), the
+            ``model`` and ``guide`` of a :class:`~pyro_vae.VAE` are trained through the VAE's
+            derived estimator (:meth:`~pyro_vae.VAE.elbo_loss`, the one ``compile=True``
+            compiles), run eagerly: ``TensorTrace_ELBO``'s estimator without Pyro's tracing in
+            every step, checked against it on the first batch (values and every gradient,
+            with the same random numbers); a pair or batches without one (a hand-written
+            pair, batches with fields, a hierarchical VAE's per-datapoint guides) take
+            ``TensorTrace_ELBO`` itself. Pass ``loss=pv.TensorTrace_ELBO()`` for Pyro's
+            traced loss in every step (the reference). A resumed run takes the estimator its
+            saved run took.
         device: Where to train; default :func:`~pyro_vae.default_device`. The data, the
             networks (``modules``) and the param store's parameters are moved there; any other
             parameter the first step registers on another device (or in another floating
@@ -116,7 +127,8 @@ def fit(
             ``nn.Module`` whose bound methods ``model`` and ``guide`` are (e.g. the
             :class:`~pyro_vae.VAE` of ``vae.model``), if any.
         save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
-            state, module state, epoch, RNG states) are written there after every epoch.
+            state, module state, epoch, RNG states) are written there after the epochs that
+            ``save_every`` names and after the last one.
         resume: Continue from ``save_dir/checkpoint.pt`` when it exists. The checkpoint must
             come from the same model, guide and optimizer type (else a
             :class:`~pyro_vae.train.checkpoint.CheckpointError` names the first difference); new
@@ -173,6 +185,12 @@ def fit(
             log-density, the loss, the parameters, gradients and optimizer state in float32
             (see :mod:`pyro_vae.devices.precision`). With ``compile`` too; the precision is
             saved with the run (a resumed run with another one is told so).
+        save_every: With ``save_dir``: save after every ``save_every``-th epoch (and the last).
+            Default ``None``: after each epoch while the time spent saving stays within a
+            twentieth of the time spent training — every epoch, unless epochs take less than
+            about twenty saves (a run of many short epochs then saves every few epochs, and a
+            run stopped between saves resumes, exactly, from the last one); under
+            data-parallel training, every epoch.
 
     Returns:
         The :class:`History` of all epochs (those of the resumed run included).
@@ -190,6 +208,8 @@ def fit(
     check_run_options(save_dir, resume=resume, overwrite=overwrite, log_dir=log_dir,
                       log_images_every=log_images_every)  # fmt: skip
     check_precision(precision)
+    if save_every is not None:
+        check_int("save_every", save_every)
     beta_at(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
@@ -200,10 +220,11 @@ def fit(
     step = Step(model, guide, loss if loss is not None else TensorTrace_ELBO(), optim,
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
-                scale=kl_scale if beta != 1.0 else None, compile=compile,
+                scale=kl_scale if beta != 1.0 else None, compile=compile, derive=loss is None,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
-    run = Run(model, guide, data, step, optim, modules, device, world,
-              run_folder(save_dir, world), precision=precision)  # fmt: skip
+    every = save_every if save_every is not None or world is None else 1  # (ranks agree)
+    run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world),
+              precision=precision, schedule=SaveSchedule(every))  # fmt: skip
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))
@@ -230,7 +251,7 @@ def fit(
                 show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
                 if callback is not None:  # before saving: a schedule it sets is checkpointed
                     callback(epoch, run.history)
-                run.save()  # the checkpoint first: history.json never ahead of it
+                run.save(epoch, last=epoch == epochs, training=elapsed)  # (history.json after)
     except RuntimeError as e:  # a data-parallel process that did not answer: say so
         if world is not None and timed_out(e) is not None:
             raise timed_out(e) from e

@@ -362,20 +362,25 @@ def test_a_value_read_in_the_step_is_caught():
         strict_fit(vae, data, epochs=1)
 
 
-def test_a_value_read_by_the_loop_is_caught(monkeypatch):
+@pytest.mark.parametrize("loss", [None, pv.TensorTrace_ELBO()], ids=["derived", "pyro-loss"])
+def test_a_value_read_by_the_loop_is_caught(monkeypatch, loss):
+    """Planted in the step's descent: the default step (the VAE's derived estimator) and the
+    step through Pyro's loss both end there."""
     steps = sys.modules["pyro_vae.train._step"]
-    step = steps.gradient_step
+    gradients = sys.modules["pyro_vae.infer._gradient"]
+    descend = gradients.descend
 
     def reading_step(*args, **kwargs):
-        value = step(*args, **kwargs)
+        value = descend(*args, **kwargs)
         if float(value) > 1e9:  # planted: the kind of check that syncs every step
             raise FloatingPointError
         return value
 
-    monkeypatch.setattr(steps, "gradient_step", reading_step)
+    monkeypatch.setattr(steps, "descend", reading_step)  # (the derived step's)
+    monkeypatch.setattr(gradients, "descend", reading_step)  # (gradient_step's)
     data = pv.Batches(torch.rand(16, F).round(), batch_size=8)
     with pytest.raises(HostReadError, match=r"test_fake_cuda\.py:\d+ in reading_step"):
-        strict_fit(small_vae(), data, epochs=1)
+        strict_fit(small_vae(), data, epochs=1, loss=loss)
 
 
 # --- Data-parallel ------------------------------------------------------------------------

@@ -238,3 +238,60 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     with pytest.warns(UserWarning, match=r"has done 2 epochs, epochs=2: nothing to train.*> 2"):
         _, history = fit_circle(tmp_path, 2, resume=True)
     assert history.epoch == [1, 2]
+
+
+# ---- when a run saves --------------------------------------------------------------------
+
+
+def test_the_save_schedule_keeps_saving_within_a_twentieth_of_training():
+    from pyro_vae.train._run import SaveSchedule
+
+    every = SaveSchedule(every=3)
+    assert [e for e in range(1, 8) if every.due(e, last=e == 7, training=0.0)] == [3, 6, 7]
+    budget = SaveSchedule()  # saves of 1 s after epochs of 2 s: every fifth epoch or so
+    saved = []
+    for epoch in range(1, 21):
+        if budget.due(epoch, last=epoch == 20, training=2.0 * epoch):
+            saved.append(epoch)
+            budget.saving += 1.0
+    assert saved[0] == 1 and saved[-1] == 20
+    assert budget.saving <= 0.05 * 2.0 * 20 + 1.0  # within a twentieth, plus the last save
+    assert 3 <= len(saved) <= 6
+
+
+@pytest.mark.parametrize("save_every", [None, 1, 4])
+def test_short_epochs_save_on_schedule_and_resume_exactly(tmp_path, monkeypatch, save_every):
+    """Epochs far shorter than a save (a save made slow on purpose): by default the run saves
+    every few epochs and after the last; ``save_every=k`` every k-th. A run stopped after an
+    unsaved epoch resumes from the last saved one and ends where an uninterrupted run ends."""
+    import time
+
+    from pyro_vae.train._folder import RunFolder
+
+    slow, saves = RunFolder.save, []
+
+    def save(self, history, state):
+        saves.append(history.epoch[-1])
+        time.sleep(0.05)  # a save 10x longer than an epoch of this run
+        slow(self, history, state)
+
+    monkeypatch.setattr(RunFolder, "save", save)
+    whole, _ = fit_circle(tmp_path / "whole", 12, save_every=save_every)
+    expected = {"None": None, "1": list(range(1, 13)), "4": [4, 8, 12]}[str(save_every)]
+    if expected is None:
+        assert saves[0] == 1 and saves[-1] == 12 and len(saves) < 6, saves
+    else:
+        assert saves == expected
+    saves.clear()
+
+    def stop(epoch, history):  # (before that epoch's save, as a crash would)
+        if epoch == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_circle(tmp_path / "parts", 12, save_every=save_every, callback=stop)
+    assert saves[-1] < 7  # (epoch 7 was not saved)
+    resumed, history = fit_circle(tmp_path / "parts", 12, save_every=save_every, resume=True)
+    assert history.epoch == list(range(1, 13))
+    for name, value in resumed.state_dict().items():
+        assert torch.equal(value, whole.state_dict()[name]), name
