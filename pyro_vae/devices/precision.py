@@ -54,6 +54,7 @@ from torch import Tensor, nn
 __all__ = ["PRECISIONS", "check_precision", "current_precision", "network", "use_precision"]
 
 PRECISIONS = ("32", "bf16-mixed")
+"""The precisions that ``fit``, ``evaluate``, ``infer_local`` and ``amortization_gap`` take."""
 
 
 class _Active:

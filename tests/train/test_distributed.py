@@ -153,6 +153,28 @@ def kill_and_resume(rank: int, out: str) -> dict:
     }
 
 
+def zinb_run(distributed: bool) -> tuple:
+    """Two epochs of a ZINB VAE with a size factor (its mean total a buffer) on counts."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    zinb = {"size_factor": True, "zero_inflated": True}
+    vae = pv.VAE(
+        pv.StandardNormalPrior(2),
+        pv.NegativeBinomialLikelihood(pv.MLP(2, 12, (8,)), 6, **zinb),
+        pv.GaussianEncoder(pv.MLP(6, 4, (8,)), 2),
+    )
+    x = torch.poisson(5 * torch.rand(40, 6, generator=torch.Generator().manual_seed(0)))
+    pyro.set_rng_seed(0)
+    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=2, device="cpu",
+                     progress=False, distributed=distributed)  # fmt: skip
+    return vae, history
+
+
+def zinb_on_each_rank(rank: int, out: str) -> dict:
+    vae, history = zinb_run(True)
+    return {"state": vae.state_dict(), "loss": history.loss}
+
+
 # ---- tests -------------------------------------------------------------------------------------
 
 
@@ -164,6 +186,20 @@ def test_two_processes_train_the_single_process_model(tmp_path):
             torch.testing.assert_close(r["state"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     for r in ranks:  # and the global loss of every epoch
         assert r["loss"] == pytest.approx(history.loss, rel=1e-5)
+
+
+def test_a_zinb_vae_with_a_size_factor_trains_under_two_processes(tmp_path):
+    """Counts under two processes: every rank holds the same parameters, the likelihood's mean
+    total is the whole data set's (as in one process, not a rank's part's), and the global
+    loss falls. (Not the single-process numbers: each rank draws the noise of its own part of
+    a batch, so the runs differ as two seeds do.)"""
+    ranks = run_ranks(zinb_on_each_rank, tmp_path)
+    single, _ = zinb_run(False)
+    for name, value in ranks[0]["state"].items():
+        assert torch.equal(ranks[1]["state"][name], value), name
+    assert torch.equal(ranks[0]["state"]["likelihood.mean_total"],
+                       single.state_dict()["likelihood.mean_total"])  # fmt: skip
+    assert ranks[0]["loss"] == ranks[1]["loss"] and ranks[0]["loss"][1] < ranks[0]["loss"][0]
 
 
 def test_fields_are_sharded_with_their_points(tmp_path):
