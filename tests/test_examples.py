@@ -149,11 +149,14 @@ def test_mnist_8bit(mnist_dir, tmp_path):
     assert 0.0 < metrics["bits_per_dim"] < 8.0 and 0.0 < metrics["binary_bits_per_dim"] < 1.0
 
 
-def test_counts(tmp_path):
-    _, _, metrics = run("counts", "--epochs 2 --cells 400 --genes 30 --num-particles 8", tmp_path)
+@pytest.mark.parametrize("covariate", ["", " --batch-covariate"], ids=["plain", "batch-covariate"])
+def test_counts(tmp_path, covariate):
+    flags = "--epochs 2 --cells 400 --genes 30 --num-particles 8" + covariate
+    _, _, metrics = run("counts", flags, tmp_path)
     check_outputs(tmp_path, metrics, epochs=2)
     assert metrics["test_log_likelihood"] <= 0.0  # counts: a probability mass, at most 1
     assert 0.0 <= metrics["type_neighbour_accuracy"] <= 1.0
+    assert metrics["batch_covariate"] is bool(covariate)
 
 
 @pytest.mark.parametrize("inference", ["amortized", "per-datapoint", "semi-amortized"])
