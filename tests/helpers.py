@@ -237,6 +237,8 @@ PRIORS = {
     "nsf": lambda: pv.FlowPrior(zuko.flows.NSF(D, transforms=1, hidden_features=(16,))),
     # standalone here; in a VAE it reads the VAE's own encoder (see build)
     "vamp": lambda: pv.VampPrior(pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D), 4, (F,)),
+    # (D - 1) coordinates and a log library size, for the latent-library likelihood
+    "library": lambda: pv.LatentLibraryPrior(D - 1, loc=1.0, scale=0.5),
 }
 LIKELIHOODS = {
     "bernoulli": lambda: pv.BernoulliLikelihood(pv.MLP(D, F, (16,)), F),
@@ -253,12 +255,18 @@ LIKELIHOODS = {
     "discretized-logistic": lambda: pv.DiscretizedLogisticLikelihood(
         pv.MLP(D, 6 * F, (16,)), F, components=2
     ),
+    # the decoder reads D - 1 coordinates; the last is the log library size
+    "zinb-latent-library": lambda: pv.NegativeBinomialLikelihood(
+        pv.MLP(D - 1, 2 * F, (16,)), F, latent_library=True, zero_inflated=True
+    ),
 }
 # The likelihoods added after the first three meet a few priors and guides each (the whole
 # matrix would double the suite's contract cases): one of each kind of guide.
-LATER_LIKELIHOODS = ("poisson-size", "zinb", "multinomial", "discretized-logistic")
+LATER_LIKELIHOODS = ("poisson-size", "zinb", "multinomial", "discretized-logistic",
+                     "zinb-latent-library")  # fmt: skip
 LATER_PAIRS = {("normal", "gaussian-encoder"), ("maf", "per-datapoint"), ("normal", "nsf"),
-               ("nsf", "semi-amortized"), ("normal", "iaf")}  # fmt: skip
+               ("nsf", "semi-amortized"), ("normal", "iaf"), ("library", "gaussian-encoder"),
+               ("library", "per-datapoint")}  # fmt: skip
 # Guides are built from the model's prior and likelihood (the semi-amortized one reads them).
 GUIDES = {
     "gaussian-encoder": lambda p, lik: pv.GaussianEncoder(pv.MLP(F, 2 * D, (16,)), D),
@@ -328,7 +336,9 @@ COMBINATIONS = [
     for p in PRIORS
     for lik in LIKELIHOODS
     for g in GUIDES
-    if (p != "vamp" or g in VAMP_GUIDES) and (lik not in LATER_LIKELIHOODS or (p, g) in LATER_PAIRS)
+    if (p != "vamp" or g in VAMP_GUIDES)
+    and (lik not in LATER_LIKELIHOODS or (p, g) in LATER_PAIRS)
+    and (p != "library" or lik == "zinb-latent-library")  # (the library prior: for it alone)
 ]
 
 
@@ -359,3 +369,15 @@ ZOO = {
     "latent2d": lambda: zoo.latent2d_vae(),
     **{f"circle-{i}": (lambda i=i: zoo.circle_vae(i, num_data=N)) for i in zoo.INFERENCE},
 }
+
+
+def assert_bf16_scoring_agrees(vae: pv.VAE, x: torch.Tensor, *, num_particles: int) -> None:
+    """``evaluate`` of one trained model in bf16-mixed and in float32, with the same noise:
+    its ELBO and log-likelihood within 0.1 nats (issue #33's bound for scoring)."""
+    scores = {}
+    for precision in ("32", "bf16-mixed"):
+        torch.manual_seed(1)
+        scores[precision] = pv.evaluate(vae.model, vae.guide, x, num_particles=num_particles,
+                                        precision=precision)  # fmt: skip
+    assert abs(scores["32"].elbo - scores["bf16-mixed"].elbo) < 0.1
+    assert abs(scores["32"].log_likelihood - scores["bf16-mixed"].log_likelihood) < 0.1

@@ -3,8 +3,8 @@ likelihoods :math:`p(x \\mid z)`, guides :math:`q(z \\mid x)` or :math:`q(z_n)`)
 and their composition into a Pyro model and guide.
 
 Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``, ``counts``
-(likelihoods of counts), ``discretized`` (8-bit values), ``guides``,
-``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
+(likelihoods of counts), ``library`` (latent library sizes of counts), ``discretized`` (8-bit
+values), ``guides``, ``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
 (:class:`~pyro_vae.ConditionalVAE`), ``semisupervised`` (:class:`~pyro_vae.SemiSupervisedVAE`),
 ``hierarchical`` (two or more stochastic layers) and
 :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
@@ -23,6 +23,7 @@ from .guides import (
     diagonal_normal,
 )
 from .hierarchical import GuideChain, HierarchicalVAE
+from .library import LatentLibraryPrior
 from .likelihoods import BernoulliLikelihood, GaussianLikelihood, Likelihood, UnitIntervalBernoulli
 from .nets import MLP, ConvDecoder, ConvEncoder
 from .priors import FlowPrior, MAFPrior, Prior, StandardNormalPrior, VampPrior
@@ -45,6 +46,7 @@ __all__ = [
     "GuideChain",
     "HierarchicalVAE",
     "IAFEncoder",
+    "LatentLibraryPrior",
     "Likelihood",
     "MAFPrior",
     "MultinomialLikelihood",

@@ -9,7 +9,8 @@ with batch shape ``z.shape[:-1]`` and event shape ``(G,)`` (``G`` features: gene
   count (its library size) times proportions, :math:`\mu_g = \ell \,\mathrm{softmax}(h(z))_g`
   with :math:`\ell = \sum_g x_g`, so that :math:`z` describes what a point is made of, not how
   much was counted (scVI's observed-library setting; the likelihood is then
-  :math:`p(x \mid z, \ell)`).
+  :math:`p(x \mid z, \ell)`); with ``latent_library=True`` :math:`\log\ell` is the latent's
+  last coordinate instead (scVI's latent library, :mod:`~pyro_vae.models.library`).
 * :class:`MultinomialLikelihood`: the counts of a vocabulary given their total,
   :math:`p(x \mid z, n) = \frac{n!}{\prod_g x_g!} \prod_g \mathrm{softmax}(h(z))_g^{x_g}`
   (ProdLDA's decoder: Srivastava & Sutton 2017).
@@ -71,17 +72,35 @@ class _Totals(TorchDistribution):
 class _CountLikelihood(nn.Module):
     """A decoder to one head (or several) of ``features`` values each; the data checks."""
 
-    def __init__(self, decoder: nn.Module, features: int, heads: int) -> None:
+    def __init__(
+        self,
+        decoder: nn.Module,
+        features: int,
+        heads: int,
+        *,
+        size_factor: bool = False,
+        latent_library: bool = False,
+    ) -> None:
         super().__init__()
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be a positive integer; got {features!r}")
+        if size_factor and latent_library:
+            raise ValueError(
+                "size_factor=True reads the library size off the data, latent_library=True "
+                "infers it (the latent's last coordinate): pass one"
+            )
         self.decoder, self.heads = decoder, heads
+        self.size_factor, self.latent_library = size_factor, latent_library
         self.event_shape = torch.Size((features,))
         self.register_buffer("mean_total", torch.tensor(1.0))
 
     def _decode(self, z: Tensor) -> list[Tensor]:
+        """The decoder's heads; with ``latent_library`` the decoder reads ``z[..., :-1]`` and
+        the log library size ``z[..., -1:]`` comes last."""
+        log_library = z[..., -1:] if self.latent_library else None
+        z = z[..., :-1] if self.latent_library else z
         out = network(self.decoder, z).reshape(*z.shape[:-1], self.heads, self.event_shape[0])
-        return list(out.unbind(-2))
+        return [*out.unbind(-2), log_library] if self.latent_library else list(out.unbind(-2))
 
     def in_support(self, x: Tensor) -> Tensor:
         """Whether every value of ``x`` is an integer :math:`\\ge 0`: a 0-dim bool tensor on
@@ -112,6 +131,8 @@ class PoissonLikelihood(_CountLikelihood):
         features: :math:`G`.
         size_factor: :math:`\mu_g = \ell\, \mathrm{softmax}(h(z))_g` with the observed total
             :math:`\ell = \sum_g x_g` (else :math:`\mu_g = \exp h_g(z)`).
+        latent_library: The same with :math:`\log \ell` the latent's last coordinate (see
+            :class:`~pyro_vae.models.library.LatentLibraryPrior`; the decoder reads the others).
 
     Example:
         >>> lik = PoissonLikelihood(MLP(4, 30), 30, size_factor=True)
@@ -119,13 +140,22 @@ class PoissonLikelihood(_CountLikelihood):
         torch.Size([8])
     """
 
-    def __init__(self, decoder: nn.Module, features: int, *, size_factor: bool = False) -> None:
-        super().__init__(decoder, features, heads=1)
-        self.size_factor = size_factor
+    def __init__(
+        self,
+        decoder: nn.Module,
+        features: int,
+        *,
+        size_factor: bool = False,
+        latent_library: bool = False,
+    ) -> None:
+        super().__init__(decoder, features, heads=1, size_factor=size_factor,
+                         latent_library=latent_library)  # fmt: skip
 
     def forward(self, z: Tensor) -> dist.Distribution:
         """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
-        (h,) = self._decode(z)
+        h, *log_library = self._decode(z)
+        if self.latent_library:
+            return dist.Poisson((log_library[0] + h.log_softmax(-1)).exp()).to_event(1)
         if not self.size_factor:
             return dist.Poisson(h.clamp(max=30.0).exp()).to_event(1)
         log_rho = h.log_softmax(-1)
@@ -156,6 +186,8 @@ class NegativeBinomialLikelihood(_CountLikelihood):
         features: :math:`G`.
         size_factor: The mean scaled by the observed total count (see
             :class:`PoissonLikelihood`).
+        latent_library: The mean scaled by a latent library size, the latent's last
+            coordinate (see :class:`PoissonLikelihood`).
         zero_inflated: The ZINB.
         per_point_dispersion: :math:`\theta` from the decoder for each data point (else one
             learned :math:`\theta_g` per feature).
@@ -173,14 +205,16 @@ class NegativeBinomialLikelihood(_CountLikelihood):
         features: int,
         *,
         size_factor: bool = False,
+        latent_library: bool = False,
         zero_inflated: bool = False,
         per_point_dispersion: bool = False,
         dispersion: float = 1.0,
     ) -> None:
-        super().__init__(decoder, features, heads=1 + zero_inflated + per_point_dispersion)
+        super().__init__(decoder, features, heads=1 + zero_inflated + per_point_dispersion,
+                         size_factor=size_factor, latent_library=latent_library)  # fmt: skip
         if not dispersion > 0:
             raise ValueError(f"dispersion must be > 0 (theta); got {dispersion!r}")
-        self.size_factor, self.zero_inflated = size_factor, zero_inflated
+        self.zero_inflated = zero_inflated
         self.per_point_dispersion = per_point_dispersion
         if not per_point_dispersion:
             self.log_theta = nn.Parameter(torch.full(self.event_shape, math.log(dispersion)))
@@ -201,6 +235,8 @@ class NegativeBinomialLikelihood(_CountLikelihood):
             return dist.ZeroInflatedNegativeBinomial(theta, logits=logits,
                                                      gate_logits=gate).to_event(1)  # fmt: skip
 
+        if self.latent_library:
+            return make_nb(heads.pop(0) + h.log_softmax(-1))
         if not self.size_factor:
             return make_nb(h.clamp(max=30.0))
         log_rho = h.log_softmax(-1)

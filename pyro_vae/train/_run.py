@@ -207,6 +207,27 @@ def run_folder(save_dir: str | os.PathLike | None, world: World | None) -> RunFo
     return RunFolder(save_dir, rank=rank, world_size=size)
 
 
+@dataclass
+class SaveSchedule:
+    """When a run writes its checkpoint: after every ``every``-th epoch, or (``every=None``)
+    after each epoch that keeps the seconds spent saving within ``share`` of the seconds
+    spent training (every epoch unless epochs are shorter than about twenty saves: a run of many
+    short epochs then saves every few epochs); after the last epoch always. A resumed run
+    continues from whichever epoch was saved last, exactly."""
+
+    every: int | None = None
+    share: float = 0.05
+    saving: float = 0.0  # seconds spent saving so far
+
+    def due(self, epoch: int, *, last: bool, training: float) -> bool:
+        """Whether to save after ``epoch``, ``training`` seconds into the run."""
+        if last:
+            return True
+        if self.every is not None:
+            return epoch % self.every == 0
+        return self.saving <= self.share * training
+
+
 @dataclass(eq=False)
 class Run:
     """What one training run shares: the model/guide pair, this process's data, the step (the
@@ -230,7 +251,7 @@ class Run:
     board: Board | None = None
     bar: tqdm | None = None
     precision: str = "32"
-    schedule: SaveSchedule = field(default_factory=lambda: SaveSchedule())
+    schedule: SaveSchedule = field(default_factory=SaveSchedule)
     state: RunState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -300,27 +321,6 @@ class Run:
         t0 = time.perf_counter()
         self.folder.save(self.history, self.state)
         self.schedule.saving += time.perf_counter() - t0
-
-
-@dataclass
-class SaveSchedule:
-    """When a run writes its checkpoint: after every ``every``-th epoch, or (``every=None``)
-    after each epoch that keeps the seconds spent saving within ``share`` of the seconds
-    spent training (every epoch unless epochs are shorter than about twenty saves: a run of many
-    short epochs then saves every few epochs); after the last epoch always. A resumed run
-    continues from whichever epoch was saved last, exactly."""
-
-    every: int | None = None
-    share: float = 0.05
-    saving: float = 0.0  # seconds spent saving so far
-
-    def due(self, epoch: int, *, last: bool, training: float) -> bool:
-        """Whether to save after ``epoch``, ``training`` seconds into the run."""
-        if last:
-            return True
-        if self.every is not None:
-            return epoch % self.every == 0
-        return self.saving <= self.share * training
 
 
 RETRY = "a smaller step size (e.g. optim=LazyAdam({'lr': ...}))"

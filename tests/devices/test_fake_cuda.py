@@ -49,15 +49,16 @@ from pyro_vae.infer._gradient import gradient_step
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
 # guide of the contract matrix appears (each guide once, priors and the first likelihoods in
-# turn, the flow priors with flow guides too; the later likelihoods with an encoder), in 17 of
-# its combinations.
-_FLAT = [p for p in PRIORS if p != "vamp"]
+# turn, the flow priors with flow guides too; the later likelihoods with an encoder; the
+# library prior with its likelihood), in 18 of its combinations.
+_FLAT = [p for p in PRIORS if p not in ("vamp", "library")]
 _FIRST = [lik for lik in LIKELIHOODS if lik not in LATER_LIKELIHOODS]
 COVER = (
     [(_FLAT[i % len(_FLAT)], _FIRST[(i // len(_FLAT)) % len(_FIRST)], g)
      for i, g in enumerate(GUIDES)]
     + [("vamp", "bernoulli", "gaussian-encoder"), ("vamp", "gaussian-learned", "semi-amortized")]
     + [("normal", lik, "gaussian-encoder") for lik in LATER_LIKELIHOODS]
+    + [("library", "zinb-latent-library", "gaussian-encoder")]
 )  # fmt: skip
 assert set(COVER) <= set(COMBINATIONS)
 assert {c[0] for c in COVER} == set(PRIORS) and {c[2] for c in COVER} == set(GUIDES)
