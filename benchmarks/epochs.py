@@ -24,6 +24,7 @@ import pyro
 import torch
 
 import pyro_vae as pv
+from pyro_vae._baseline import plain_epoch
 from pyro_vae._scripts import write_results
 from pyro_vae.models import zoo
 
@@ -34,17 +35,7 @@ def plain(x: torch.Tensor, epochs: int, batch_size: int) -> None:
     optimizer = torch.optim.Adam(vae.parameters(), lr=3e-4)
     batches = pv.Batches(x, batch_size=batch_size)
     for _ in range(epochs):
-        total = 0.0
-        for xb, _ in batches:
-            q = vae.variational(xb, None)
-            z = q.rsample()
-            lik, prior = vae.likelihood(z).log_prob(xb), vae.prior().log_prob(z)
-            loss = -(lik + prior - q.log_prob(z)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total = total + loss.detach()
-        float(total)
+        plain_epoch(vae, batches, optimizer, "cpu")
 
 
 def with_fit(x, epochs: int, batch_size: int, folder: Path | None, **options) -> None:

@@ -53,6 +53,7 @@ import torch._inductor.config
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
+from pyro_vae._baseline import plain_loss, sync
 from pyro_vae._scripts import write_results
 from pyro_vae.devices.dispatch import DispatchWatch, launches
 from pyro_vae.infer._gradient import gradient_step
@@ -76,12 +77,6 @@ MODELS: dict[str, tuple[Callable[[int], pv.VAE], int, int, int]] = {
     "iaf": (lambda h: zoo.flow_posterior_vae("iaf", flows=2, hidden=h), 200, 64, 100),
     "tiny": (tiny_vae, 8, 8, 16),
 }
-
-
-def plain_loss(vae: pv.VAE, x: torch.Tensor) -> torch.Tensor:
-    q = vae.variational(x, None)
-    z = q()
-    return -(vae.likelihood(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)).mean()
 
 
 def stepper(loop: str, vae: pv.VAE, num_data: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
@@ -207,11 +202,6 @@ def host_ms(
             sync(device)
             best[loop] = min(best[loop], 1e3 * (time.perf_counter() - t0) / steps)
     return best
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main(args: argparse.Namespace) -> dict:

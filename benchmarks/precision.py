@@ -25,9 +25,8 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae import _scripts as scripts
+from pyro_vae.devices.precision import PRECISIONS
 from pyro_vae.models import zoo
-
-PRECISIONS = ("32", "bf16-mixed")
 
 
 def train(precision: str, train: pv.Batches, args: argparse.Namespace, device) -> tuple:

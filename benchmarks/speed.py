@@ -41,41 +41,13 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
+from pyro_vae._baseline import plain_epoch, sync
 from pyro_vae._scripts import write_results
 from pyro_vae.devices.precision import use_precision
 from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
 
 BF16 = "bf16-mixed"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def plain_loss(vae: pv.VAE, x: torch.Tensor) -> torch.Tensor:
-    """The negative ELBO per data point with one reparameterized sample, by hand."""
-    q = vae.variational(x, None)
-    z = q()  # rsample (ZukoToPyro and Pyro distributions alike)
-    return -(vae.likelihood(z).log_prob(x) + vae.prior().log_prob(z) - q.log_prob(z)).mean()
-
-
-def plain_epoch(vae: pv.VAE, batches, optimizer: torch.optim.Optimizer, device) -> float:
-    """Seconds for one pass of the plain loop over ``batches`` (pairs ``(x, _)``)."""
-    sync(device)
-    t0 = time.perf_counter()
-    total = 0.0
-    for x, _ in batches:
-        x = x.to(device, non_blocking=True)
-        loss = plain_loss(vae, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total = total + loss.detach()
-    float(total)  # one sync per epoch, like fit
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def package_epoch(

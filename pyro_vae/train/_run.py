@@ -29,6 +29,7 @@ from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._placement import default_device, move_param_store
 from ..devices._world import World, agree, check_same_data, min_max
+from ..devices.precision import check_precision
 from ..infer.optim import LazyAdam
 from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
@@ -59,14 +60,23 @@ def check_options(
     validate_every: int,
     log_images_every: int,
     freeze_model: bool,
+    *,
+    validation_particles: int = 1,
+    save_every: int | None = None,
+    precision: str = "32",
 ) -> None:
     """Refuses counts that are not positive integers (``e_steps`` and ``log_images_every``:
-    not negative) and ``e_steps`` with ``freeze_model=True``, with the fix."""
+    not negative; ``save_every``: or ``None``), an unknown precision, and ``e_steps`` with
+    ``freeze_model=True``, with the fix."""
     check_int("epochs", epochs)
     check_int("log_every", log_every)
     check_int("e_steps", e_steps, minimum=0)
     check_int("validate_every", validate_every)
     check_int("log_images_every", log_images_every, minimum=0)
+    check_int("validation_particles", validation_particles)
+    if save_every is not None:
+        check_int("save_every", save_every)
+    check_precision(precision)
     if e_steps and freeze_model:
         raise ValueError(
             "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
@@ -218,6 +228,12 @@ class SaveSchedule:
     every: int | None = None
     share: float = 0.05
     saving: float = 0.0  # seconds spent saving so far
+
+    @classmethod
+    def for_run(cls, save_every: int | None, world: World | None) -> SaveSchedule:
+        """``fit``'s schedule: ``save_every``, else the time budget; under data-parallel
+        training every epoch (the ranks' clocks would not agree on a budget)."""
+        return cls(save_every if save_every is not None or world is None else 1)
 
     def due(self, epoch: int, *, last: bool, training: float) -> bool:
         """Whether to save after ``epoch``, ``training`` seconds into the run."""

@@ -26,11 +26,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._world import get_world, timed_out
-from ..devices.precision import check_precision, use_precision
+from ..devices.precision import use_precision
 from ..infer._compiled import limit_is_an_error
 from ..infer.elbo import LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
@@ -203,13 +202,11 @@ def fit(
         >>> history.epoch, len(history.loss)
         ([1, 2], 2)
     """
-    check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model)
-    check_int("validation_particles", validation_particles)
+    check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model,
+                  validation_particles=validation_particles, save_every=save_every,
+                  precision=precision)  # fmt: skip
     check_run_options(save_dir, resume=resume, overwrite=overwrite, log_dir=log_dir,
                       log_images_every=log_images_every)  # fmt: skip
-    check_precision(precision)
-    if save_every is not None:
-        check_int("save_every", save_every)
     beta_at(beta, None)  # (a number: checked now; a schedule: every epoch)
     world = get_world(distributed)
     optim = optim if optim is not None else LazyAdam({"lr": 1e-3})
@@ -222,9 +219,8 @@ def fit(
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
                 scale=kl_scale if beta != 1.0 else None, compile=compile, derive=loss is None,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
-    every = save_every if save_every is not None or world is None else 1  # (ranks agree)
     run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world),
-              precision=precision, schedule=SaveSchedule(every))  # fmt: skip
+              precision=precision, schedule=SaveSchedule.for_run(save_every, world))  # fmt: skip
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(modes(modules, train=None if freeze_model else True))

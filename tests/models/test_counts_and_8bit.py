@@ -324,9 +324,14 @@ def true_log_likelihood(prior: nn.Module, truth: nn.Module, guide: nn.Module, he
     return pv.evaluate(local.model, local.guide, held, num_particles=2000)
 
 
-def count_vae(prior: nn.Module, likelihood: nn.Module, genes: int, latent: int) -> pv.VAE:
-    encoder = nn.Sequential(Log1p(), pv.MLP(genes, 2 * latent, (64,)))
-    return pv.VAE(prior, likelihood, pv.GaussianEncoder(encoder, latent))
+def count_vae(prior: nn.Module, genes: int, **library: bool) -> pv.VAE:
+    """A ZINB VAE over ``prior``'s latent: decoder ``D -> 64 -> 2G`` (``D`` the coordinates
+    it reads: one less with a latent library), encoder log(1 + x) -> 64 -> 2 ``prior``'s."""
+    latent = prior.latent_dim - bool(library.get("latent_library"))
+    likelihood = pv.NegativeBinomialLikelihood(pv.MLP(latent, 2 * genes, (64,)), genes,
+                                               zero_inflated=True, **library)  # fmt: skip
+    encoder = nn.Sequential(Log1p(), pv.MLP(genes, 2 * prior.latent_dim, (64,)))
+    return pv.VAE(prior, likelihood, pv.GaussianEncoder(encoder, prior.latent_dim))
 
 
 def train_counts(vae: pv.VAE, train: torch.Tensor, held: torch.Tensor, epochs: int = 50):
@@ -349,9 +354,7 @@ def test_a_zinb_vae_comes_within_a_few_nats_of_the_true_model():
     truth, sample = zinb_truth(genes, latent, torch.Generator().manual_seed(0), library="observed")
     (train, _), (held, _) = sample(3000), sample(500)
     torch.manual_seed(0)
-    zinb = {"size_factor": True, "zero_inflated": True}
-    likelihood = pv.NegativeBinomialLikelihood(pv.MLP(latent, 2 * genes, (64,)), genes, **zinb)
-    vae = count_vae(pv.StandardNormalPrior(latent), likelihood, genes, latent)
+    vae = count_vae(pv.StandardNormalPrior(latent), genes, size_factor=True)
     learned = train_counts(vae, train, held)
     exact = true_log_likelihood(pv.StandardNormalPrior(latent), truth, vae.variational, held)
     assert exact.log_likelihood - exact.elbo < 3.0  # a tight estimate of the truth
@@ -372,10 +375,8 @@ def test_a_latent_library_vae_recovers_the_library_sizes():
     truth, sample = zinb_truth(genes, latent, torch.Generator().manual_seed(1), library="latent")
     (train, _), (held, library) = sample(3000), sample(500)
     torch.manual_seed(0)
-    zinb = {"latent_library": True, "zero_inflated": True}
-    likelihood = pv.NegativeBinomialLikelihood(pv.MLP(latent, 2 * genes, (64,)), genes, **zinb)
     prior = pv.LatentLibraryPrior.from_counts(latent, train)
-    vae = count_vae(prior, likelihood, genes, latent + 1)
+    vae = count_vae(prior, genes, latent_library=True)
     learned = train_counts(vae, train, held, epochs=100)
     true_prior = pv.LatentLibraryPrior(latent, loc=math.log(500), scale=0.3)
     exact = true_log_likelihood(true_prior, truth, vae.variational, held)
