@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 
 from .._checks import check_data, check_field, check_takes_fields
 from ..devices._placement import check_module, owner_modules
-from .batches import Batches, DataSource
+from .batches import Batches, DataSource, split_batch
 from .loaders import Indexed, Loader
 
-__all__ = ["Prepared", "as_source", "find_modules", "prepare"]
+__all__ = ["Prepared", "as_source", "find_modules", "prepare", "record_statistics"]
 
 
 def as_source(data: object, *, batch_size: int | None = None) -> DataSource:
@@ -87,6 +87,7 @@ def prepare(
     modules: nn.Module | None = None,
     batch_size: int | None = None,
     fix: str = "move the model and the data to one device and dtype (e.g. vae.to(data.device))",
+    training: bool = False,
 ) -> Prepared:
     """Normalizes ``data`` (:func:`as_source`), finds the networks (:func:`find_modules`),
     puts both on one device and checks them against the data, once.
@@ -96,7 +97,9 @@ def prepare(
     networks' device as it comes, a tensor stays where it is. Then every parameter and buffer
     must be on the data's device and of its floating dtype (else a :class:`ValueError` with
     ``fix``), and each network's ``check_data`` sees the whole data set (a streamed one: its
-    first batch).
+    first batch). With ``training``, the statistics a likelihood keeps of its training set
+    (a count likelihood's ``record_mean_total``) are set from the whole of ``data``; scoring
+    leaves every module as it is.
     """
     source = as_source(data, batch_size=batch_size)
     found = find_modules(model, guide, modules)
@@ -118,9 +121,32 @@ def prepare(
     if found is not None:
         check_module(found, source.device, source.points.dtype, fix=fix)
         check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch
+        if training:
+            record_statistics(found, source)
     fields = getattr(source, "fields", {})
     for name, value in fields.items():
         check_field(name, value)
     check_takes_fields("model", model, fields)
     check_takes_fields("guide", guide, fields)
     return Prepared(source, source.device, found)
+
+
+def record_statistics(modules: nn.Module, source: DataSource) -> None:
+    """Gives each module with a ``record_mean_total`` method (the count likelihoods) the
+    training set's mean total count: of the whole tensor, or summed over one pass of a
+    streamed source (on the device, read once)."""
+    takers = [m for m in modules.modules() if callable(getattr(m, "record_mean_total", None))]
+    if not takers:
+        return
+    if isinstance(source, Loader):
+        total, count = torch.zeros((), dtype=torch.float64, device=source.device), 0
+        with torch.random.fork_rng():  # (a shuffling loader: the run's stream is kept)
+            batches = [split_batch(batch)[0] for batch in source]
+        for x in batches:
+            total, count = total + x.reshape(len(x), -1).sum(-1).double().sum(), count + len(x)
+        mean_total = total / max(count, 1)
+    else:
+        points = source.points
+        mean_total = points.reshape(len(points), -1).sum(-1).double().mean()
+    for module in takers:
+        module.record_mean_total(mean_total)

@@ -10,13 +10,20 @@ importance weights are :math:`w_k = p(x, z_k) / q(z_k \mid x)`. Then
 
 the second a stochastic lower bound that tightens to :math:`\log p(x)` as :math:`K` grows.
 Particles are vectorized by an outer ``pyro.plate("particles", K, dim=-2)`` and chunked so that
-``points × particles`` stays below ``max_rows``.
+``points × particles`` stays below ``max_rows``. Discrete sites marked for enumeration are
+summed out exactly, as ``pyro.infer.TraceEnum_ELBO`` sums them, masks apply, and training-only
+terms are left out (:mod:`pyro_vae.infer._weights`). Once per call, on the first chunk, the
+vectorized pass is checked against a pass without the particle plate and against Pyro's
+``TraceEnum_ELBO`` with the same random numbers: a model that does not broadcast over the
+particles is scored particle by particle (with a warning that says how to vectorize it), and a
+disagreement with Pyro's ELBO is an error.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
+from pyro.infer import TraceEnum_ELBO
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -36,6 +43,7 @@ from ..devices._placement import DeviceCheck
 from ..devices._world import all_sum, get_world
 from ..devices.precision import check_precision, use_precision
 from ..models.nets import modes
+from ._weights import Unscaled, pair_scores, run_pair, training_only_hidden
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
 
@@ -53,6 +61,10 @@ def log_weights(
     fields: Mapping[str, Tensor] | None = None,
 ) -> Tensor:
     r"""Log importance weights :math:`\log p(x_n, z_{kn}) - \log q(z_{kn} \mid x_n)`.
+
+    Discrete sites enumerated in the guide or the model (``infer={"enumerate": "parallel"}``)
+    are summed out inside each weight, masks apply, scales do not, and sites marked
+    ``infer={"training_only": True}`` are left out (:mod:`pyro_vae.infer._weights`).
 
     Args:
         model: A Pyro model ``model(x, idx)`` whose data plate is its only plate
@@ -80,46 +92,12 @@ def log_weights(
     """
     if idx is None:
         idx = torch.arange(x.shape[0], device=x.device)
-    try:
-        with (
-            poutine.block(),
-            pyro.plate("particles", num_particles, dim=-1 - max_plate_nesting),
-        ):
-            kwargs = {} if num_data is None else {"num_data": num_data}
-            kwargs.update(fields or {})
-            guide_trace = poutine.trace(guide).get_trace(x, idx, **kwargs)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                x, idx, **kwargs
-            )
-    except ValueError as e:
-        if "collide" not in str(e):
-            raise
-        said = next(line for line in str(e).splitlines() if line.strip())
-        raise ValueError(f"{_ONE_PLATE} (Pyro: {said.strip()})") from None
-    out: Tensor | float = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                _check_plates(name, site)
-                out = out + sign * site["fn"].log_prob(site["value"])
-    return torch.as_tensor(out, device=x.device).expand(num_particles, x.shape[0])
-
-
-_ONE_PLATE = (
-    "evaluate scores one importance weight per data point: every sample site of the model and "
-    "the guide must be in the data plate (at dim=-1) and in no other plate. A latent outside "
-    "it (a global one) couples the points, and a plate inside it needs its own sum; score "
-    "such a pair with a Pyro loss over the whole data set (e.g. pyro.infer.Trace_ELBO), or "
-    "make the inner plate an event (.to_event(1))"
-)
-
-
-def _check_plates(name: str, site: dict) -> None:
-    """Refuses a site outside the data plate or in a second plate (see ``_ONE_PLATE``)."""
-    frames = [f for f in site["cond_indep_stack"] if f.name != "particles" and f.vectorized]
-    if len(frames) != 1 or frames[0].dim != -1:
-        where = ", ".join(f"{f.name!r} (dim={f.dim})" for f in frames) or "no plate"
-        raise ValueError(f"{_ONE_PLATE}; the site {name!r} is in {where}")
+    kwargs = {} if num_data is None else {"num_data": num_data}
+    kwargs.update(fields or {})
+    traces = run_pair(model, guide, x, idx, kwargs, particles=num_particles,
+                      max_plate_nesting=max_plate_nesting)  # fmt: skip
+    return pair_scores(*traces, particles=num_particles, num_points=x.shape[0],
+                       max_plate_nesting=max_plate_nesting, fields=fields or {})[1]  # fmt: skip
 
 
 @dataclass
@@ -218,69 +196,157 @@ def evaluate(
         modes(ready.modules, train=False),  # BatchNorm: running statistics, left as they are
         use_precision(precision, ready.data.points),
     ):
-        elbo_sum, ll_sum, count = _score(
-            model, guide, data, offset, num_particles, max_rows, max_plate_nesting, num_data,
-            DeviceCheck(ready.device, ready.data.points.dtype, fix=fix),
-        )  # fmt: skip
+        scorer = _Scorer(model, guide, num_particles, max_rows, max_plate_nesting, num_data)
+        check = DeviceCheck(ready.device, ready.data.points.dtype, fix=fix)
+        elbo_sum, ll_sum, count, values = _score(scorer, data, offset, check)
     device = ready.device
     if world is not None:  # the global sums
-        elbo_sum, ll_sum, count = all_sum(
-            torch.tensor([elbo_sum, ll_sum, count], dtype=torch.float64, device=device)
-        )
-        elbo_sum, ll_sum, count = elbo_sum.item(), ll_sum.item(), int(count.item())
+        sums = torch.tensor([elbo_sum, ll_sum, count, values], dtype=torch.float64, device=device)
+        elbo_sum, ll_sum, count, values = all_sum(sums).tolist()
+        count = int(count)
     if count == 0:
         raise ValueError("evaluate got no data points: the data set is empty")
-    dims = math.prod(ready.data.points.shape[1:])
-    return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count, dims)
+    return Evaluation(elbo_sum / count, ll_sum / count, num_particles, count, values / count)
+
+
+@dataclass
+class _Scorer:
+    """One evaluation's pair and settings, and how its particles are drawn (``vectorized``:
+    under a particle plate; else one particle per pass), decided on the first chunk."""
+
+    model: Callable[..., object]
+    guide: Callable[..., object]
+    num_particles: int
+    max_rows: int
+    max_plate_nesting: int
+    num_data: int | None
+    vectorized: bool | None = None
+
+    def kwargs(self, fields: Mapping[str, Tensor]) -> dict[str, object]:
+        kwargs: dict[str, object] = {} if self.num_data is None else {"num_data": self.num_data}
+        return {**kwargs, **fields}
+
+    def scores(self, x: Tensor, idx: Tensor, fields: dict, particles: int | None) -> tuple:
+        """(ELBO terms, log weights, values scored), each ``(particles or 1, B)``."""
+        nesting = self.max_plate_nesting
+        traces = run_pair(self.model, self.guide, x, idx, self.kwargs(fields),
+                          particles=particles, max_plate_nesting=nesting)  # fmt: skip
+        return pair_scores(*traces, particles=particles, num_points=x.shape[0],
+                           max_plate_nesting=self.max_plate_nesting, fields=fields)  # fmt: skip
+
+    def chunk(self, x: Tensor, idx: Tensor, fields: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """The ``num_particles`` scores of a chunk of points, ``(K, B)`` each (the values
+        scored: ``(B,)``), in passes of at most ``max_rows`` (point, particle) pairs."""
+        if self.vectorized:
+            size = max(1, min(self.num_particles, self.max_rows // x.shape[0]))
+            sizes = [min(size, self.num_particles - s) for s in range(0, self.num_particles, size)]
+        else:
+            sizes = [None] * self.num_particles
+        parts = [self.scores(x, idx, fields, k) for k in sizes]
+        elbo, log_w = (torch.cat([p[i] for p in parts]) for i in (0, 1))
+        return elbo, log_w, parts[0][2][0]
+
+    def choose(self, x: Tensor, idx: Tensor, fields: dict) -> None:
+        """Decides, on a few points and one particle with common random numbers, whether the
+        pair broadcasts over a particle plate (the vectorized pass gives the one-particle
+        pass's scores), and checks the one-particle ELBO against ``TraceEnum_ELBO``'s."""
+        x, idx, fields = x[:32], idx[:32], {k: v[:32] for k, v in fields.items()}
+        devices = [x.device] if x.device.type == "cuda" and torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(0)
+            try:
+                vectorized, error = self.scores(x, idx, fields, 1)[:2], None
+            except (RuntimeError, IndexError) as e:  # shapes that do not broadcast
+                vectorized, error = None, e
+            torch.manual_seed(0)
+            single = self.scores(x, idx, fields, None)[:2]
+            if _no_values(x):  # meta or fake tensors: shapes only
+                self.vectorized = vectorized is not None
+                return
+            torch.manual_seed(0)
+            reference = _pyro_elbo(self, x, idx, fields)
+        if reference is not None and not _close(single[0].sum(), reference):
+            raise ValueError(
+                f"evaluate's ELBO of this pair, {single[0].sum().item():.6g} on {x.shape[0]} "
+                f"points, differs from pyro.infer.TraceEnum_ELBO's, {reference.item():.6g}, "
+                "with the same random numbers (scales set to 1 and training-only sites left "
+                "out on both sides): the pair scores something evaluate does not see. Score "
+                "it with a Pyro loss directly"
+            )
+        self.vectorized = vectorized is not None and all(
+            _close(a, b) for a, b in zip(vectorized, single, strict=True)
+        )
+        if not self.vectorized:
+            why = f" ({type(error).__name__}: {error})" if error is not None else ""
+            warnings.warn(
+                "evaluate draws this pair's particles one at a time: under a particle plate "
+                f"(pyro.plate('particles', K, dim={-1 - self.max_plate_nesting})) it did not "
+                f"give the same scores{why}. Its model or guide does not broadcast over a "
+                "dimension left of its plates, e.g. torch.cat([z, onehot(y)], -1) with z "
+                "(K, B, D) and onehot(y) (B, C): expand the second to z.shape[:-1] first "
+                "(onehot(y).expand(*z.shape[:-1], -1)) to score K particles in one pass",
+                stacklevel=4,
+            )
+
+
+def _pyro_elbo(scorer: _Scorer, x: Tensor, idx: Tensor, fields: dict) -> Tensor | None:
+    """``TraceEnum_ELBO``'s one-particle ELBO of the points (scales 1, training-only sites
+    hidden), or ``None`` where Pyro's loss cannot score the pair."""
+    elbo = TraceEnum_ELBO(max_plate_nesting=scorer.max_plate_nesting)
+    model, guide = (Unscaled()(training_only_hidden(f)) for f in (scorer.model, scorer.guide))
+    try:
+        with poutine.block(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return -elbo.differentiable_loss(model, guide, x, idx, **scorer.kwargs(fields))
+    except (RuntimeError, ValueError, NotImplementedError, IndexError):
+        return None
+
+
+def _close(a: Tensor, b: Tensor) -> bool:
+    """Equal within float32 rounding of sums over a few points' log-densities (non-finite
+    values where both are: a NaN is the caller's to report)."""
+    a, b = torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)
+    return bool(torch.isclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True).all())
+
+
+def _no_values(t: Tensor) -> bool:
+    return t.device.type == "meta" or isinstance(t, torch._subclasses.fake_tensor.FakeTensor)
 
 
 def _score(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    data: Batches | Loader | list,
-    offset: int,
-    num_particles: int,
-    max_rows: int,
-    max_plate_nesting: int,
-    num_data: int | None,
-    check: DeviceCheck,
-) -> tuple[float, float, int]:
-    """Sums of the ELBO and the log-likelihood estimates over ``data``'s points, and their
-    number: two host reads per chunk of at most ``max_rows`` (point, particle) pairs. The first
-    chunk checks the pair's shapes and runs under ``check``, validated as the user chose."""
-    elbo_sum = ll_sum = 0.0
-    count = 0
+    scorer: _Scorer, data: Batches | Loader | list, offset: int, check: DeviceCheck
+) -> tuple[float, float, int, float]:
+    """Sums of the ELBO and the log-likelihood estimates over ``data``'s points, their
+    number and the values scored, added up on the device and read once at the end. The
+    first chunk checks the pair (devices, then the sites' shapes, then how to draw the
+    particles) and runs validated as the user chose."""
+    sums, count = None, 0
     for batch in data:
         x_batch, local_idx, fields_batch = split_batch(batch)
         idx_batch = local_idx + offset
-        step = max(1, max_rows // num_particles)
+        step = max(1, scorer.max_rows // scorer.num_particles)
         names = list(fields_batch)
         parts = zip(x_batch.split(step), idx_batch.split(step),
                     *(fields_batch[k].split(step) for k in names), strict=True)  # fmt: skip
-        for x, idx, *values in parts:
-            fields = dict(zip(names, values, strict=True))
-            chunk = max(1, min(num_particles, max_rows // x.shape[0]))
-            pair = (check(model), check(guide)) if count == 0 else (model, guide)
-            if count == 0:  # once: the parameters' devices, then the sites' shapes
-                check_pair(*pair, x, idx, num_data, fields)
+        for x, idx, *field_values in parts:
+            fields = dict(zip(names, field_values, strict=True))
+            if count == 0:  # once: the parameters' devices, the sites' shapes, the particles
+                pair = scorer.model, scorer.guide
+                scorer.model, scorer.guide = check(scorer.model), check(scorer.guide)
+                check_pair(scorer.model, scorer.guide, x, idx, scorer.num_data, fields)
+                scorer.choose(x, idx, fields)
             with nullcontext() if count == 0 else pyro.validation_enabled(False):
-                parts = [
-                    log_weights(
-                        *pair,
-                        x,
-                        idx,
-                        num_particles=min(chunk, num_particles - start),
-                        max_plate_nesting=max_plate_nesting,
-                        num_data=num_data,
-                        fields=fields,
-                    )
-                    for start in range(0, num_particles, chunk)
-                ]
-            lw = torch.cat(parts)
-            elbo_sum += lw.mean(0).sum().item()
-            ll_sum += (lw.logsumexp(0) - math.log(num_particles)).sum().item()
+                elbo, lw, scored = scorer.chunk(x, idx, fields)
+            if count == 0:
+                scorer.model, scorer.guide = pair
+            ll = lw.logsumexp(0) - math.log(scorer.num_particles)
+            chunk = torch.stack([elbo.mean(0).sum(), ll.sum(), scored.sum()]).double()
+            sums = chunk if sums is None else sums + chunk
             count += x.shape[0]
-    return elbo_sum, ll_sum, count
+    if sums is None:
+        return 0.0, 0.0, 0, 0.0
+    elbo_sum, ll_sum, values = sums.tolist()
+    return elbo_sum, ll_sum, count, values
 
 
 def _takes_num_data(fn: Callable[..., object]) -> bool:

@@ -109,8 +109,8 @@ class _CountLikelihood(nn.Module):
 
     def check_support(self, data: Tensor) -> None:
         """Raises a :class:`ValueError` unless every value of ``data`` is an integer
-        :math:`\\ge 0` (called once per data set by ``fit`` and ``evaluate``), and records the
-        data's mean total count (what sampling with a size factor draws with)."""
+        :math:`\\ge 0` (called once per data set by ``fit`` and ``evaluate``; it changes
+        nothing: see :meth:`record_mean_total`)."""
         if not bool(self.in_support(data)):
             bad = data[(data < 0) | (data != data.round())][:3].tolist()
             raise ValueError(
@@ -118,8 +118,14 @@ class _CountLikelihood(nn.Module):
                 f"{bad}. Pass raw counts (not normalized or log-transformed values), or use "
                 "GaussianLikelihood for continuous data"
             )
+
+    def record_mean_total(self, mean_total: Tensor) -> None:
+        """Records the training set's mean total count (the buffer ``mean_total``, saved with
+        the model), what sampling with a size factor, and the multinomial, draw with.
+        :func:`~pyro_vae.fit` calls it once per run with the whole training set's (a streamed
+        one's too: one pass over it); scoring never does."""
         with torch.no_grad():
-            self.mean_total.copy_(data.reshape(len(data), -1).sum(-1).double().mean())
+            self.mean_total.copy_(mean_total)
 
 
 class PoissonLikelihood(_CountLikelihood):

@@ -14,7 +14,9 @@ known label is observed in the model (and not sampled in the guide); an unknown 
 guide site enumerated in parallel, so ``TraceEnum_ELBO`` sums it out exactly: the unlabelled
 points' bound is :math:`\sum_y q(y \mid x)\,[\mathcal{L}(x, y) - \log q(y \mid x)]`. Kingma et
 al.'s auxiliary classification term :math:`\alpha\,\log q(y \mid x)` on the labelled points
-trains the classifier on the labels too (a factor in the model, so that it adds to the ELBO).
+trains the classifier on the labels too (a factor in the model, so that it adds to the training
+objective). It is marked ``infer={"training_only": True}``: :func:`~pyro_vae.evaluate` leaves
+it out, since it is not part of :math:`p(x)`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from .nets import modes
 from .vae import VAE
 
 __all__ = ["SemiSupervisedVAE"]
+
+_TRAINING_ONLY = {"training_only": True, "is_auxiliary": True}
 
 
 class SemiSupervisedVAE(VAE):
@@ -109,7 +113,8 @@ class SemiSupervisedVAE(VAE):
             if self.alpha:
                 self._register("classifier", self.classifier)
                 log_q = dist.Categorical(logits=network(self.classifier, x)).log_prob(y)
-                pyro.factor("classification", self.alpha * log_q * y_mask)
+                term = dist.Unit(self.alpha * log_q * y_mask)  # (pyro.factor's site, marked)
+                pyro.sample("classification", term, obs=term.sample(), infer=_TRAINING_ONLY)
 
     def guide(
         self,

@@ -146,7 +146,7 @@ def place(
         )
     device = device if device is not None else default_device()
     fix = "convert it, e.g. vae.to(x.dtype)"
-    ready = prepare(model, guide, data, device=device, modules=modules, fix=fix)
+    ready = prepare(model, guide, data, device=device, modules=modules, fix=fix, training=True)
     move_param_store(ready.device)  # pyro.params of hand-written pairs, registered before
     if world is None:
         return ready.data, ready.device, ready.modules

@@ -165,10 +165,12 @@ def test_samples_are_in_the_support():
     assert x.shape == (7, 10) and bool(lik.in_support(x))
     counts = pv.NegativeBinomialLikelihood(pv.MLP(2, 2 * G), G, zero_inflated=True,
                                            size_factor=True)  # fmt: skip
-    counts.check_support(torch.full((3, G), 4.0))  # mean total 24
+    counts.check_support(torch.full((3, G), 4.0))  # a check: it records nothing
+    assert float(counts.mean_total) == 1.0
+    counts.record_mean_total(torch.tensor(24.0))  # (fit: the training set's)
     y = counts(torch.zeros(7, 2)).sample()
     assert y.shape == (7, G) and bool(counts.in_support(y))
-    # sampling with a size factor draws with the checked data's mean total (a buffer)
+    # sampling with a size factor draws with the training data's mean total (a buffer)
     assert float(counts.mean_total) == 24.0 and "mean_total" in counts.state_dict()
 
 
