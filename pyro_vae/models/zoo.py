@@ -282,6 +282,11 @@ def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalV
     :math:`p(x \mid z)` (200-500-500-784, Bernoulli logits; it reads :math:`z` alone, as
     Pyro's).
 
+    Where it differs from Pyro's model: Pyro's prior network reads the completion of a
+    deterministic baseline network (trained first, then frozen) where the image is unknown,
+    here the condition itself; Pyro's recognition network reads the whole image, here
+    :math:`[x, c]`.
+
     Example:
         >>> cvae = completion_cvae(latent_dim=4, hidden=16)
         >>> cvae.sample(-torch.ones(2, 784)).shape
