@@ -52,7 +52,7 @@ def train(args: argparse.Namespace, device: str) -> float:
         epochs=args.epochs,
         optim=pyro.optim.Adam({"lr": 1e-3}),
         device=device,
-        progress=False,
+        log=False,
     )
     seconds = history.seconds
     return seconds[-1] - (seconds[-2] if len(seconds) > 1 else 0.0)

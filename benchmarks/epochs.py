@@ -38,12 +38,14 @@ def plain(x: torch.Tensor, epochs: int, batch_size: int) -> None:
         plain_epoch(vae, batches, optimizer, "cpu")
 
 
-def with_fit(x, epochs: int, batch_size: int, folder: Path | None, **options) -> None:
+def with_fit(
+    x, epochs: int, batch_size: int, folder: Path | None, *, every: int | None = None, loss=None
+) -> None:
     pyro.clear_param_store()
     vae = zoo.circle_vae("amortized")
-    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=batch_size), epochs=epochs,
-           optim=pv.LazyAdam({"lr": 3e-4}), device="cpu", progress=False, save_dir=folder,
-           overwrite=folder is not None, **options)  # fmt: skip
+    save = pv.Checkpoints(folder, overwrite=True, every=every) if folder is not None else None
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=batch_size), epochs=epochs, loss=loss,
+           optim=pv.LazyAdam({"lr": 3e-4}), device="cpu", log=False, save=save)  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -58,7 +60,7 @@ def main(args: argparse.Namespace) -> dict:
         "plain loop": lambda: plain(x, e, b),
         "fit, no run folder": lambda: with_fit(x, e, b, None),
         "fit, run folder (default schedule)": lambda: with_fit(x, e, b, root / "a"),
-        "fit, run folder, save_every=1": lambda: with_fit(x, e, b, root / "b", save_every=1),
+        "fit, run folder, every=1": lambda: with_fit(x, e, b, root / "b", every=1),
         "fit with Pyro's loss, no run folder": lambda: with_fit(
             x, e, b, None, loss=pv.TensorTrace_ELBO()
         ),

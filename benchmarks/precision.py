@@ -35,9 +35,14 @@ def train(precision: str, train: pv.Batches, args: argparse.Namespace, device) -
     vae = zoo.flow_prior_vae(hidden=args.hidden)
     vae.name = f"vae_{precision}"  # its own param-store names
     t0 = time.perf_counter()
-    history = pv.fit(vae.model, vae.guide, train, epochs=args.epochs, device=device,
-                     progress=not args.no_progress, compile=args.compile,
-                     precision=precision)  # fmt: skip
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=args.epochs,
+        device=pv.Compute(device, compile=args.compile, precision=precision),
+        log=pv.Logging(progress=not args.no_progress),
+    )
     return vae.eval(), history, time.perf_counter() - t0
 
 

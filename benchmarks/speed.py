@@ -56,8 +56,15 @@ def package_epoch(
     """Seconds for one epoch of ``pyro_vae.fit`` over ``batches``."""
     sync(device)
     t0 = time.perf_counter()
-    pv.fit(vae.model, vae.guide, batches, epochs=1, optim=optim, device=device, progress=False,
-           compile=compile, precision=precision)  # fmt: skip
+    pv.fit(
+        vae.model,
+        vae.guide,
+        batches,
+        epochs=1,
+        optim=optim,
+        device=pv.Compute(device, compile=compile, precision=precision),
+        log=False,
+    )
     sync(device)
     return time.perf_counter() - t0
 

@@ -86,24 +86,22 @@ class TestCurve:
             guide = pv.PerDatapointGaussian(test.num_data, 1, init_scale=args.init_scale)
             self.held_out = vae.with_guide(guide.to(test.device), name="test")
 
-    def fit_options(self) -> dict:
-        """``fit``'s callback (per-datapoint) or validation options (amortized)."""
+    def validation(self) -> pv.Validation | None:
+        """``fit``'s validation (amortized; per-datapoint: ``None``, the callback scores)."""
         if self.local:
-            return {"callback": self}
-        return {
-            "validation": self.test,
-            "validate_every": self.args.eval_every,
-            "validation_particles": self.args.num_particles,
-        }
+            return None
+        return pv.Validation(
+            self.test, every=self.args.eval_every, num_particles=self.args.num_particles
+        )
 
     def evaluate(self, e_epochs: int) -> pv.Evaluation:
         """The held-out ELBO after ``e_epochs`` more E-step epochs (per-datapoint)."""
         e_epochs *= max(1, self.args.e_steps)  # as many E-steps as a training point got
         model, guide = self.held_out.model, self.held_out.guide
         if self.local and e_epochs:
-            optim = pv.LazyAdam({"lr": self.args.local_lr})
-            pv.fit(model, guide, self.test, epochs=e_epochs, freeze_model=True, optim=optim,
-                   device=self.test.device, progress=False)  # fmt: skip
+            self.held_out = pv.infer_local(self.vae, self.test, epochs=e_epochs,
+                                           lr=self.args.local_lr, local=self.held_out)  # fmt: skip
+            model, guide = self.held_out.model, self.held_out.guide
         return pv.evaluate(model, guide, self.test, num_particles=self.args.num_particles)
 
     def __call__(self, epoch: int, history: pv.History) -> None:
@@ -155,10 +153,9 @@ def main(args: argparse.Namespace) -> dict:
         train,
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}, local_lr=args.local_lr),
-        device=device,
-        **scripts.run_options(args, out),
+        **scripts.run_options(args, out, device, callback=curve if local else None),
         e_steps=args.e_steps if local else 0,
-        **curve.fit_options(),
+        validation=curve.validation(),
     )
     seconds = time.perf_counter() - t0
     vae.eval()

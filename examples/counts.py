@@ -105,8 +105,8 @@ def main(args: argparse.Namespace) -> dict:
                       **{k: v[split:] for k, v in fields.items()})  # fmt: skip
     vae = count_vae(args.genes, batches=2 if args.batch_covariate else 0)
     optim = pv.LazyAdam({"lr": args.lr})
-    history = pv.fit(vae.model, vae.guide, train, epochs=args.epochs, device=device,
-                     optim=optim, **scripts.run_options(args, out))  # fmt: skip
+    history = pv.fit(vae.model, vae.guide, train, epochs=args.epochs,
+                     optim=optim, **scripts.run_options(args, out, device))  # fmt: skip
     vae.eval()
     result = pv.evaluate(vae.model, vae.guide, test, num_particles=args.num_particles)
     with torch.no_grad():

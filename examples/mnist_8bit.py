@@ -72,8 +72,8 @@ def main(args: argparse.Namespace) -> dict:
     ]:  # fmt: skip
         folder = out / kind
         history = pv.fit(vae.model, vae.guide, pv.Batches(train, batch_size=args.batch_size),
-                         epochs=args.epochs, device=device, optim=pv.LazyAdam({"lr": args.lr}),
-                         **scripts.run_options(args, folder))  # fmt: skip
+                         epochs=args.epochs, optim=pv.LazyAdam({"lr": args.lr}),
+                         **scripts.run_options(args, folder, device))  # fmt: skip
         vae.eval()
         result = scripts.score_test_set(vae.model, vae.guide, pv.Batches(test, batch_size=1000,
                                         shuffle=False), device, args.num_particles)  # fmt: skip

@@ -50,9 +50,8 @@ def main(args: argparse.Namespace) -> dict:
         train,
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
-        device=device,
-        **scripts.run_options(args, out),
-        beta=args.beta,
+        loss=pv.BetaELBO(args.beta),
+        **scripts.run_options(args, out, device),
     )
     vae.eval()  # BatchNorm: running statistics from here on
     result = scripts.score_test_set(

@@ -82,8 +82,9 @@ def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) 
     cvae = zoo.completion_cvae(latent_dim=args.latent_dim, hidden=args.hidden)
     t0 = time.perf_counter()
     history = pv.fit(cvae.model, cvae.guide, train, epochs=args.epochs,
-                     optim=pv.LazyAdam({"lr": args.lr}), device=device,
-                     **scripts.run_options(args, out / f"quadrants{quadrants}"))  # fmt: skip
+                     optim=pv.LazyAdam({"lr": args.lr}),
+                     **scripts.run_options(args, out / f"quadrants{quadrants}",
+                                           device))  # fmt: skip
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
     result = scripts.score_test_set(cvae.model, cvae.guide, test, device, args.num_particles,
                                     particles=(1000, 100))  # fmt: skip

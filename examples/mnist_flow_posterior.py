@@ -59,8 +59,7 @@ def main(args: argparse.Namespace) -> dict:
         train,
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
-        device=device,
-        **scripts.run_options(args, out),
+        **scripts.run_options(args, out, device),
     )
     vae.eval()
     result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)

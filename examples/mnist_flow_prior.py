@@ -46,8 +46,7 @@ def main(args: argparse.Namespace) -> dict:
         train,
         epochs=args.epochs,
         optim=pyro.optim.Adam({"lr": args.lr}),
-        device=device,
-        **scripts.run_options(args, out),
+        **scripts.run_options(args, out, device),
     )
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
 

@@ -67,6 +67,8 @@ def main(args: argparse.Namespace) -> dict:
         if args.iw > 1
         else pv.TensorTrace_ELBO(max_plate_nesting=1)
     )
+    if args.warmup:  # KL warm-up: β rises linearly to 1
+        loss = pv.BetaELBO(lambda epoch: min(1.0, epoch / args.warmup), loss=loss)
     history = pv.fit(
         vae.model,
         vae.guide,
@@ -74,9 +76,7 @@ def main(args: argparse.Namespace) -> dict:
         epochs=args.epochs,
         loss=loss,
         optim=pv.LazyAdam({"lr": args.lr}),
-        beta=(lambda epoch: min(1.0, epoch / args.warmup)) if args.warmup else 1.0,
-        device=device,
-        **scripts.run_options(args, out),
+        **scripts.run_options(args, out, device),
     )
     vae.eval()
     result = scripts.score_test_set(vae.model, vae.guide, test, device, args.num_particles)

@@ -53,11 +53,9 @@ def main(args: argparse.Namespace) -> dict:
         train,
         epochs=args.epochs,
         optim=pv.LazyAdam({"lr": args.lr}),
-        device=device,
-        **scripts.run_options(args, out),
-        beta=beta,
+        loss=pv.BetaELBO(beta),
+        **scripts.run_options(args, out, device),
         validation=test,  # the validation loss, as trained: one sample, after every epoch
-        validation_particles=1,
     )
     val_loss = [-elbo for elbo in history.val_elbo]
     vae.eval()

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace, labels: int, data: tuple, device, out) -> dict
     t0 = time.perf_counter()
     history = pv.fit(m2.model, m2.guide, train, epochs=args.epochs,
                      loss=TraceEnum_ELBO(max_plate_nesting=1),
-                     optim=pv.LazyAdam({"lr": args.lr}), device=device,
-                     **scripts.run_options(args, out / f"labels{labels}"))  # fmt: skip
+                     optim=pv.LazyAdam({"lr": args.lr}),
+                     **scripts.run_options(args, out / f"labels{labels}", device))  # fmt: skip
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
     predicted = torch.cat([m2.classify(x) for x in x_test.split(1000)])
     error = 100.0 * (predicted != y_test).double().mean().item()

@@ -27,13 +27,14 @@ the bottom up (each imports only those before it):
   :class:`ConvEncoder`, :class:`ConvDecoder`); standard architectures:
   :mod:`pyro_vae.models.zoo`;
 * :mod:`pyro_vae.infer`: :class:`TensorTrace_ELBO`, :class:`ImportanceWeightedELBO`,
-  :class:`LatentScale`, :class:`LazyAdam`, :func:`evaluate`, :class:`Evaluation`,
+  :class:`BetaELBO`, :class:`LatentScale`, :class:`LazyAdam`, :func:`evaluate`, :class:`Evaluation`,
   :func:`log_weights`;
 * :mod:`pyro_vae.plots`: :func:`plot_curves`, :func:`plot_scatter`, :func:`save_grid`,
   :func:`save_reconstructions`;
-* :mod:`pyro_vae.train`: :func:`fit`, :class:`History`, :func:`load_checkpoint`, :func:`save_model`,
-  :class:`CheckpointError`, :func:`infer_local`, :func:`amortization_gap`,
-  :class:`AmortizationGap`.
+* :mod:`pyro_vae.train`: :func:`fit` and its options (:class:`Compute`, :class:`Checkpoints`,
+  :class:`Validation`, :class:`Logging`), :class:`History`, :func:`load_checkpoint`,
+  :func:`save_model`, :class:`CheckpointError`, :func:`infer_local`,
+  :func:`amortization_gap`, :class:`AmortizationGap`.
 
 Modules whose names begin with an underscore are the machinery behind these names.
 """
@@ -48,6 +49,7 @@ from . import data, devices, infer, models, plots, train
 from .data import Batches, Indexed, Loader, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .infer import (
+    BetaELBO,
     Evaluation,
     ImportanceWeightedELBO,
     LatentScale,
@@ -94,7 +96,11 @@ from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .train import (
     AmortizationGap,
     CheckpointError,
+    Checkpoints,
+    Compute,
     History,
+    Logging,
+    Validation,
     amortization_gap,
     fit,
     infer_local,
@@ -110,7 +116,10 @@ __all__ = [
     "AmortizationGap",
     "Batches",
     "BernoulliLikelihood",
+    "BetaELBO",
     "CheckpointError",
+    "Checkpoints",
+    "Compute",
     "ConditionalVAE",
     "ConvDecoder",
     "ConvEncoder",
@@ -132,6 +141,7 @@ __all__ = [
     "LazyAdam",
     "Likelihood",
     "Loader",
+    "Logging",
     "MAFPrior",
     "MultinomialLikelihood",
     "NegativeBinomialLikelihood",
@@ -145,6 +155,7 @@ __all__ = [
     "TensorTrace_ELBO",
     "TransformedGaussianEncoder",
     "UnitIntervalBernoulli",
+    "Validation",
     "VampPrior",
     "ZukoFlowEncoder",
     "amortization_gap",

@@ -25,6 +25,7 @@ from .devices._placement import default_device, device_name
 from .devices.precision import PRECISIONS
 from .infer.scoring import Evaluation, evaluate
 from .train.checkpoint import History
+from .train.options import Checkpoints, Compute, Logging
 
 __all__ = [
     "ACTIVATIONS",
@@ -98,17 +99,20 @@ def parser(
     return p
 
 
-def run_options(args: argparse.Namespace, out: Path) -> dict:
-    """The keyword arguments of :func:`~pyro_vae.fit` that every example's flags set: the run
-    folder (``--out``, ``--resume``, ``--overwrite``), the progress bar, ``--log-dir``,
-    ``--precision``."""
+def run_options(
+    args: argparse.Namespace,
+    out: Path,
+    device: torch.device,
+    *,
+    callback: Callable[[int, History], None] | None = None,
+) -> dict:
+    """The options of :func:`~pyro_vae.fit` that every example's flags set: the device and
+    ``--precision``, the run folder (``--out``, ``--resume``, ``--overwrite``), the progress
+    bar and ``--log-dir`` (with ``callback`` after each epoch)."""
     return {
-        "precision": args.precision,
-        "save_dir": out,
-        "resume": args.resume,
-        "overwrite": args.overwrite,
-        "progress": not args.no_progress,
-        "log_dir": args.log_dir,
+        "device": Compute(device, precision=args.precision),
+        "save": Checkpoints(out, resume=args.resume, overwrite=args.overwrite),
+        "log": Logging(progress=not args.no_progress, tensorboard=args.log_dir, callback=callback),
     }
 
 

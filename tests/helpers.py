@@ -179,21 +179,58 @@ def circle_data(n: int = 64) -> pv.Batches:
     return pv.Batches(pv.make_circle(n)[0], batch_size=16)
 
 
+_GROUPS = {
+    "save": ("save_dir", "resume", "overwrite", "save_every"),
+    "validation": ("validation", "validate_every", "validation_particles"),
+    "log": ("progress", "log_every", "log_dir", "log_images_every", "callback"),
+    "device": ("device", "precision", "compile", "distributed"),
+}
+
+
+def grouped(**flat) -> dict:
+    """``fit``'s options from the flat names the tests vary one at a time (``resume=True``,
+    ``beta=0.5``, ``log_dir=...``): each group as its object (:mod:`pyro_vae.train.options`),
+    ``beta`` as a :class:`~pyro_vae.BetaELBO` around ``loss``."""
+    out = {k: v for k, v in flat.items() if all(k not in names for names in _GROUPS.values())}
+    if "beta" in out:
+        out["loss"] = pv.BetaELBO(out.pop("beta"), loss=out.pop("loss", None))
+    got = {k: v for k, v in flat.items() if k in _GROUPS["save"]}
+    if got.get("save_dir") is not None or got.get("resume") or got.get("overwrite"):
+        out["save"] = pv.Checkpoints(got.pop("save_dir"), resume=got.get("resume", False),
+                                     overwrite=got.get("overwrite", False),
+                                     every=got.get("save_every"))  # fmt: skip
+    got = {k: v for k, v in flat.items() if k in _GROUPS["validation"]}
+    if got.get("validation") is not None:
+        every, particles = got.get("validate_every", 1), got.get("validation_particles", 1)
+        out["validation"] = pv.Validation(got["validation"], every=every, num_particles=particles)
+    got = {k: v for k, v in flat.items() if k in _GROUPS["log"]}
+    if got:
+        out["log"] = pv.Logging(progress=got.get("progress", True), every=got.get("log_every", 50),
+                                tensorboard=got.get("log_dir"),
+                                images_every=got.get("log_images_every", 0),
+                                callback=got.get("callback"))  # fmt: skip
+    got = {k: v for k, v in flat.items() if k in _GROUPS["device"]}
+    if got:
+        out["device"] = pv.Compute(got.get("device"), precision=got.get("precision", "32"),
+                                   compile=got.get("compile", False),
+                                   distributed=got.get("distributed"))  # fmt: skip
+    return out
+
+
 def fit_circle(save_dir, epochs, *, hidden=8, seed=0, optim=None, **options):
     """A fresh :func:`circle_vae` (initial weights from ``seed``) fitted on :func:`circle_data`
-    for ``epochs`` on the CPU, saved in ``save_dir``; returns the VAE and its history."""
+    for ``epochs`` on the CPU, saved in ``save_dir``; returns the VAE and its history. The
+    options take the flat names of :func:`grouped`."""
     pyro.clear_param_store()
     torch.manual_seed(seed)
     vae = circle_vae(hidden=(hidden,))
     pyro.set_rng_seed(0)
+    options = grouped(save_dir=save_dir, progress=False, device="cpu", **options)
     history = pv.fit(
         vae.model,
         vae.guide,
         circle_data(),
         epochs=epochs,
-        device="cpu",
-        save_dir=save_dir,
-        progress=False,
         optim=optim if optim is not None else pv.LazyAdam({"lr": 1e-2}),
         **options,
     )

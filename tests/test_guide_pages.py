@@ -11,6 +11,7 @@ imports, the names, the calls and their arguments — is the page's.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def budget(monkeypatch, tmp_path, request):
         return tuple(t[:SMALL] for t in real["load_mnist"](*args, **kwargs))
 
     def fit(*args, **kwargs):
-        kwargs.update(epochs=1, progress=False, compile=False)
+        device, log = kwargs.get("device"), kwargs.get("log")
+        if isinstance(device, pv.Compute):
+            kwargs["device"] = dataclasses.replace(device, compile=False)
+        quiet = dataclasses.replace(log, progress=False) if isinstance(log, pv.Logging) else False
+        kwargs.update(epochs=1, log=quiet)
         return real["fit"](*args, **kwargs)
 
     def evaluate(*args, num_particles=1000, **kwargs):

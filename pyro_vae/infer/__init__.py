@@ -6,11 +6,12 @@ Modules: ``elbo`` (objectives), ``optim`` (:class:`~pyro_vae.LazyAdam`), ``scori
 :mod:`pyro_vae.train`.
 """
 
-from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
+from .elbo import BetaELBO, ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 from .optim import LazyAdam
 from .scoring import Evaluation, evaluate, log_weights
 
 __all__ = [
+    "BetaELBO",
     "Evaluation",
     "ImportanceWeightedELBO",
     "LatentScale",

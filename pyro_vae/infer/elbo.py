@@ -16,6 +16,7 @@ a trace (``Trace_ELBO``, ``TraceMeanField_ELBO``, ``JitTrace_ELBO``; here
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pyro.infer import Trace_ELBO
@@ -23,7 +24,7 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 from pyro.poutine.messenger import Messenger
 
-__all__ = ["ImportanceWeightedELBO", "LatentScale", "TensorTrace_ELBO"]
+__all__ = ["BetaELBO", "ImportanceWeightedELBO", "LatentScale", "TensorTrace_ELBO"]
 
 
 class TensorTrace_ELBO(Trace_ELBO):
@@ -239,3 +240,29 @@ class LatentScale(Messenger):
     def _process_message(self, msg: dict) -> None:
         if msg["type"] == "sample" and not msg["is_observed"] and self.beta != 1.0:
             msg["scale"] = msg["scale"] * self.beta
+
+
+class BetaELBO:
+    r"""A loss for :func:`~pyro_vae.fit` whose KL term weighs :math:`\beta`:
+    :math:`\mathbb{E}_q[\log p(x \mid z)] - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`, the
+    :math:`\beta`-VAE objective (Higgins et al. 2017) or, with :math:`\beta` rising from 0 to
+    1, KL warm-up (Bowman et al. 2016; Sønderby et al. 2016). ``fit`` runs ``loss`` under
+    :class:`LatentScale` with :math:`\beta` for the epoch; the history records the
+    :math:`\beta`-weighted loss, and validation scores with :math:`\beta = 1`.
+
+    Args:
+        beta: :math:`\beta \ge 0`, or a function of the epoch (from 1), e.g.
+            ``lambda epoch: min(1.0, epoch / 10)``.
+        loss: The estimator (a Pyro ELBO); default ``None``: ``fit``'s default.
+
+    Example:
+        >>> warm_up = BetaELBO(lambda epoch: min(1.0, epoch / 10))
+        >>> warm_up.beta(5)
+        0.5
+    """
+
+    def __init__(self, beta: float | Callable[[int], float], loss: object = None) -> None:
+        self.beta, self.loss = beta, loss
+
+    def __repr__(self) -> str:
+        return f"BetaELBO(beta={self.beta!r}, loss={self.loss!r})"

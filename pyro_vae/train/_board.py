@@ -1,4 +1,4 @@
-"""TensorBoard logging for :func:`~pyro_vae.fit` (``fit(..., log_dir=...)``).
+"""TensorBoard logging for :func:`~pyro_vae.fit` (``log=pv.Logging(tensorboard=...)``).
 
 Needs the optional extra: ``pip install 'pyro_vae[tensorboard]'``.
 """
@@ -14,7 +14,7 @@ from ..plots import _as_images
 
 __all__ = ["Board"]
 
-MISSING = "fit(log_dir=...) needs TensorBoard: pip install 'pyro_vae[tensorboard]'"
+MISSING = "Logging(tensorboard=...) needs TensorBoard: pip install 'pyro_vae[tensorboard]'"
 
 
 class Board:

@@ -70,7 +70,7 @@ class RunFolder:
         if key in _HELD:
             raise RuntimeError(
                 f"the run folder {self.path} is in use by another run ({_HELD[key]}: another "
-                "fit in this process); wait for it to end or use another save_dir"
+                "fit in this process); wait for it to end or use another run folder"
             )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ class RunFolder:
         except OSError as e:
             raise PermissionError(
                 f"cannot write to the run folder {self.path} ({e.strerror}): choose a writable "
-                "save_dir"
+                "run folder"
             ) from None
         if fcntl is not None:
             try:
@@ -88,7 +88,7 @@ class RunFolder:
                 os.close(fd)
                 raise RuntimeError(
                     f"the run folder {self.path} is in use by another run ({holder}); wait for "
-                    "it to end or use another save_dir (overwrite=True does not take it over)"
+                    "it to end or use another run folder (overwrite=True does not take it over)"
                 ) from None
         os.ftruncate(fd, 0)
         me = f"process {os.getpid()} on {socket.gethostname()}"
@@ -101,13 +101,13 @@ class RunFolder:
         for folder in (self.path, *self.path.parents):
             if folder.exists() and not folder.is_dir():
                 raise NotADirectoryError(
-                    f"save_dir {self.path} cannot be a folder: {folder} is a file. Choose "
-                    "another save_dir"
+                    f"the run folder {self.path} cannot be a folder: {folder} is a file. Choose "
+                    "another run folder"
                 )
         if self.lock.is_dir():
             raise IsADirectoryError(
                 f"{self.lock} is a folder, where the run folder's lock file goes: remove it "
-                "(fit keeps nothing of a run in it) or choose another save_dir"
+                "(fit keeps nothing of a run in it) or choose another run folder"
             )
 
     def release(self) -> None:
@@ -149,7 +149,7 @@ class RunFolder:
                 raise FileExistsError(
                     f"{self.path} holds a run ({what}). Pass resume=True to continue it, "
                     "overwrite=True to start over (its checkpoints and history are deleted), "
-                    "or another save_dir"
+                    "or another run folder"
                 )
             for path in (self.checkpoint, self.previous):
                 path.unlink(missing_ok=True)
@@ -159,7 +159,7 @@ class RunFolder:
         if resume and self.writes_history and self.history.exists() and len(saved) == 1:
             raise CheckpointError(
                 f"{self.path} holds {HISTORY} but no checkpoint: that run cannot be continued. "
-                "Start over with overwrite=True, or use another save_dir"
+                "Start over with overwrite=True, or use another run folder"
             )
         if exists and not self.checkpoint.exists() and self.previous.exists():
             warnings.warn(

@@ -143,7 +143,7 @@ def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
         space = "its free space unknown"
     return OSError(
         f"could not write the checkpoint {path} ({detail}; {space}): free space or choose "
-        "another save_dir, then continue with resume=True (the previous checkpoint is intact)"
+        "another run folder, then continue with resume=True (the previous checkpoint is intact)"
     )
 
 
@@ -206,7 +206,7 @@ def load_checkpoint(
     ``fit``, no code run from the file (it is read with ``weights_only=True``).
 
     Args:
-        path: A ``checkpoint.pt`` written by ``fit`` (``save_dir/checkpoint.pt``).
+        path: A ``checkpoint.pt`` written by ``fit`` (``<folder>/checkpoint.pt``).
         module: The networks ``fit`` trained, built with the same architecture.
         map_location: Where the loaded tensors go first (then into ``module``'s own).
 
@@ -225,7 +225,7 @@ def load_checkpoint(
         >>> with tempfile.TemporaryDirectory() as run:
         ...     trained = tiny()
         ...     _ = fit(trained.model, trained.guide, Batches(torch.rand(32, 6).round(),
-        ...             batch_size=8), epochs=2, save_dir=run, progress=False, device="cpu")
+        ...             batch_size=8), epochs=2, save=run, log=False, device="cpu")
         ...     vae = tiny()  # e.g. in another script
         ...     history = load_checkpoint(f"{run}/checkpoint.pt", vae)
         >>> history.epoch, torch.equal(vae.likelihood.decoder[0].weight,
@@ -269,7 +269,7 @@ def save_model(
 ) -> None:
     """Writes a trained module's weights and buffers (and its history, if given) to ``path``,
     as data that :func:`load_checkpoint` reads back: the way to keep a model trained without
-    ``save_dir`` (a ``fit`` checkpoint holds the same, with the optimizer's state to resume).
+    the run folder (a ``fit`` checkpoint holds the same, with the optimizer's state to resume).
 
     Args:
         path: The file to write (its folder is created); written atomically.

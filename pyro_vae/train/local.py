@@ -1,8 +1,8 @@
 r"""Local inference under a trained model: per-datapoint E-steps on new data and the
 amortization gap.
 
-Both *fit* a per-datapoint guide with the model frozen (:func:`~pyro_vae.fit` with
-``freeze_model=True``) and then *score* it (:func:`~pyro_vae.evaluate`), so this module sits
+Both *fit* a per-datapoint guide with the model frozen (the loop of :func:`~pyro_vae.fit`,
+E-steps only) and then *score* it (:func:`~pyro_vae.evaluate`), so this module sits
 above the training loop and the scoring below it.
 """
 
@@ -24,7 +24,7 @@ from ..infer.optim import LazyAdam
 from ..infer.scoring import evaluate
 from ..models.guides import PerDatapointGaussian
 from ..models.vae import VAE
-from .loop import fit
+from .loop import train
 
 __all__ = ["AmortizationGap", "amortization_gap", "infer_local"]
 
@@ -40,6 +40,7 @@ def infer_local(
     progress: bool = False,
     final_lr_ratio: float = 1.0,
     precision: str = "32",
+    local: VAE | None = None,
 ) -> VAE:
     r"""Fits a per-datapoint Gaussian guide to ``data`` with the model's parameters frozen
     (one per latent layer of a :class:`~pyro_vae.HierarchicalVAE`).
@@ -63,6 +64,8 @@ def infer_local(
             epochs (e.g. 0.01), so that the local parameters settle instead of jittering.
         precision: ``fit``'s ``precision`` (``"bf16-mixed"``: the networks' products in
             bfloat16; the local parameters and every log-density in float32).
+        local: A VAE an earlier ``infer_local`` returned for the same ``data``: its local
+            parameters take ``epochs`` more E-steps (``init`` and ``name`` do not apply).
 
     Returns:
         A :class:`VAE` over the same model with :class:`PerDatapointGaussian` guides for
@@ -93,7 +96,8 @@ def infer_local(
     check_module(
         vae, data.device, data.points.dtype, fix="move the VAE to the data's device (vae.to(...))"
     )
-    local = vae.with_guide(_local_guides(vae, data, init), name=name)
+    if local is None:
+        local = vae.with_guide(_local_guides(vae, data, init), name=name)
     optim = LazyAdam({"lr": lr})
 
     def anneal(epoch: int, history: object) -> None:  # lr → lr · final_lr_ratio, geometrically
@@ -101,7 +105,7 @@ def infer_local(
             for group in optimizer.param_groups:
                 group["lr"] = lr * final_lr_ratio ** (epoch / epochs)
 
-    fit(
+    train(
         local.model,
         local.guide,
         data,

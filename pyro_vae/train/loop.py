@@ -26,12 +26,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices._world import get_world, timed_out
 from ..devices.precision import use_precision
 from ..infer._compiled import limit_is_an_error
-from ..infer.elbo import LatentScale, TensorTrace_ELBO
+from ..infer.elbo import BetaELBO, LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
 from ..models.nets import modes
 from ._epoch import close_epoch, show_epoch, train_epoch, validate
@@ -50,11 +51,105 @@ from ._run import (
 )
 from ._step import Step
 from .checkpoint import History
+from .options import Checkpoints, Compute, Logging, Validation, flat_options
 
 __all__ = ["fit"]
 
 
 def fit(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Batches | Loader | DataLoader,
+    *,
+    epochs: int,
+    optim: pyro.optim.PyroOptim | None = None,
+    loss: ELBO | BetaELBO | None = None,
+    device: torch.device | str | Compute | None = None,
+    modules: nn.Module | None = None,
+    e_steps: int = 0,
+    save: str | os.PathLike | Checkpoints | None = None,
+    validation: Batches | Loader | DataLoader | Tensor | Validation | None = None,
+    log: Logging | bool | None = None,
+) -> History:
+    r"""Trains a Pyro model/guide pair by stochastic variational inference.
+
+    Each step does what ``pyro.infer.SVI(model, guide, optim, loss).step(x, idx,
+    num_data=N)`` does — the ELBO's gradient on a minibatch, one step of the Pyro optimizer on
+    the parameters the step traced — through the differentiable-loss interface, without the
+    host synchronizations of ``SVI.step`` (the loss stays a device tensor; the progress bar
+    reads it every ``Logging.every`` steps). The loss, scaled to the whole data set by the
+    model's subsampled plate, is divided by ``N``: the history holds the mean negative ELBO
+    per point.
+
+    Args:
+        model: A Pyro model ``model(x, idx, num_data=N)`` (``**fields`` as keywords when the
+            batches carry fields).
+        guide: A Pyro guide with the same signature.
+        data: The training minibatches: :class:`~pyro_vae.Batches` (a tensor on the
+            device: the fast path), or a :class:`torch.utils.data.DataLoader` (e.g. over
+            :class:`~pyro_vae.Indexed` with workers and ``pin_memory=True``) or any
+            :class:`~pyro_vae.Loader` of ``(x, idx)``: batches are moved to the device as they
+            come, and the data checks see the first batch only.
+        epochs: Train until this many epochs are done (counting those of a resumed run).
+        optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
+            with sparse updates for per-datapoint parameters).
+        loss: A Pyro ELBO, or a :class:`~pyro_vae.BetaELBO` (a weight on the KL term, or a
+            warm-up). Default ``None``: the ``model`` and ``guide`` of a
+            :class:`~pyro_vae.VAE` train through the VAE's derived estimator
+            (:meth:`~pyro_vae.VAE.elbo_loss`, the one ``Compute(compile=True)`` compiles),
+            run eagerly: ``TensorTrace_ELBO``'s estimator without Pyro's tracing in every
+            step, checked against it on the first batch (values and every gradient, with the
+            same random numbers); other pairs, and batches with fields, take
+            :class:`~pyro_vae.TensorTrace_ELBO`. Pass ``loss=pv.TensorTrace_ELBO()`` for
+            Pyro's traced loss in every step. A loss without ``differentiable_loss`` is run
+            through ``SVI.step`` (joint updates only). A resumed run takes the estimator its
+            saved run took.
+        device: Where to train (default :func:`~pyro_vae.default_device`), or a
+            :class:`~pyro_vae.Compute` with the precision, compiling and data-parallel
+            processes too. The data, the networks (``modules``) and the param store's
+            parameters are moved there; any other parameter the first step registers on
+            another device (or in another floating dtype than the data) stops training with a
+            :class:`ValueError` that names it.
+        modules: The networks behind ``model`` and ``guide``: moved to the device, put in
+            train mode while training and back in the mode each was in at the end, and saved
+            in checkpoints with their buffers. Default: the ``nn.Module`` whose bound methods
+            ``model`` and ``guide`` are (e.g. the :class:`~pyro_vae.VAE` of ``vae.model``),
+            if any.
+        e_steps: The schedule. ``0``: joint stochastic updates of the model's parameters
+            :math:`\theta` and the guide's :math:`\lambda` (one ``SVI.step`` per batch).
+            ``k > 0``: variational EM: per batch, ``k`` updates of the guide's parameters
+            with :math:`\theta` fixed (E-step), then one update of :math:`\theta` with the
+            guide fixed (M-step). (E-steps alone, under a trained model:
+            :func:`~pyro_vae.infer_local`.)
+        save: A folder for the run (``history.json`` and ``checkpoint.pt``), or a
+            :class:`~pyro_vae.Checkpoints` that resumes or overwrites a run there, and says
+            how often to save.
+        validation: Held-out data scored every epoch (one particle), or a
+            :class:`~pyro_vae.Validation` that says how often and with how many particles.
+        log: ``False``: no progress bar; or a :class:`~pyro_vae.Logging` (the bar,
+            TensorBoard, a callback after every epoch). Default: the bar.
+
+    Returns:
+        The :class:`History` of all epochs (those of the resumed run included).
+
+    Example:
+        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
+        ...           GaussianEncoder(MLP(10, 4), 2))
+        >>> data = Batches(torch.rand(64, 10).round(), batch_size=16)
+        >>> history = fit(vae.model, vae.guide, data, epochs=2, device="cpu", log=False)
+        >>> history.epoch, len(history.loss)
+        ([1, 2], 2)
+    """
+    check_int("e_steps", e_steps, minimum=0)
+    beta = 1.0
+    if isinstance(loss, BetaELBO):
+        beta, loss = loss.beta, loss.loss
+    options = flat_options(device, save, validation, log)
+    return train(model, guide, data, epochs=epochs, optim=optim, loss=loss, modules=modules,
+                 e_steps=e_steps, beta=beta, **options)  # fmt: skip
+
+
+def train(
     model: Callable[..., object],
     guide: Callable[..., object],
     data: Batches | Loader | DataLoader,
@@ -83,125 +178,8 @@ def fit(
     precision: str = "32",
     save_every: int | None = None,
 ) -> History:
-    r"""Trains a Pyro model/guide pair by stochastic variational inference.
-
-    Each step does what ``pyro.infer.SVI(model, guide, optim, loss).step(x, idx,
-    num_data=N)`` does — the ELBO's gradient on a minibatch, one step of the Pyro optimizer on
-    the parameters the step traced — through the differentiable-loss interface, without the
-    host synchronizations of ``SVI.step`` (the loss stays a device tensor; the progress bar
-    reads it every ``log_every`` steps). The loss, scaled to the whole data set by the model's
-    subsampled plate, is divided by ``N``: the history holds the mean negative ELBO per point.
-
-    Args:
-        model: A Pyro model ``model(x, idx, num_data=N)`` (``**fields`` as keywords when the
-            batches carry fields).
-        guide: A Pyro guide with the same signature.
-        data: The training minibatches: :class:`~pyro_vae.Batches` (a tensor on the
-            device: the fast path), or a :class:`torch.utils.data.DataLoader` (e.g. over
-            :class:`~pyro_vae.Indexed` with workers and ``pin_memory=True``) or any
-            :class:`~pyro_vae.Loader` of ``(x, idx)``: batches are moved to the device as they
-            come, and the data checks see the first batch only.
-        epochs: Train until this many epochs are done (counting those of a resumed run).
-        optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
-            with sparse updates for per-datapoint parameters).
-        loss: A Pyro ELBO; default :class:`~pyro_vae.TensorTrace_ELBO` (``Trace_ELBO``'s
-            estimator without per-site syncs). One without ``differentiable_loss`` is run
-            through ``SVI.step`` (joint updates only). With the default (``None``), the
-            ``model`` and ``guide`` of a :class:`~pyro_vae.VAE` are trained through the VAE's
-            derived estimator (:meth:`~pyro_vae.VAE.elbo_loss`, the one ``compile=True``
-            compiles), run eagerly: ``TensorTrace_ELBO``'s estimator without Pyro's tracing in
-            every step, checked against it on the first batch (values and every gradient,
-            with the same random numbers); a pair or batches without one (a hand-written
-            pair, batches with fields, a hierarchical VAE's per-datapoint guides) take
-            ``TensorTrace_ELBO`` itself. Pass ``loss=pv.TensorTrace_ELBO()`` for Pyro's
-            traced loss in every step (the reference). A resumed run takes the estimator its
-            saved run took.
-        device: Where to train; default :func:`~pyro_vae.default_device`. The data, the
-            networks (``modules``) and the param store's parameters are moved there; any other
-            parameter the first step registers on another device (or in another floating
-            dtype than the data) stops training with a :class:`ValueError` that names it.
-        modules: The networks behind ``model`` and ``guide``: moved to ``device``, put in
-            train mode while training (not with ``freeze_model``) and back in the mode each
-            was in at the end, and saved in checkpoints with their buffers. Default: the
-            ``nn.Module`` whose bound methods ``model`` and ``guide`` are (e.g. the
-            :class:`~pyro_vae.VAE` of ``vae.model``), if any.
-        save_dir: If given, ``history.json`` and ``checkpoint.pt`` (param store, optimizer
-            state, module state, epoch, RNG states) are written there after the epochs that
-            ``save_every`` names and after the last one.
-        resume: Continue from ``save_dir/checkpoint.pt`` when it exists. The checkpoint must
-            come from the same model, guide and optimizer type (else a
-            :class:`~pyro_vae.train.checkpoint.CheckpointError` names the first difference); new
-            optimizer settings (e.g. another ``lr``) replace the saved ones, with a warning.
-        overwrite: Start over in a ``save_dir`` that holds a run (its checkpoints are deleted).
-            Without it (and without ``resume``) an existing checkpoint is never overwritten:
-            :class:`FileExistsError`.
-        progress: Show a tqdm bar with the running loss.
-        callback: Called as ``callback(epoch, history)`` after every epoch (e.g. to evaluate).
-        e_steps: The schedule. ``0``: joint stochastic updates of the model's parameters
-            :math:`\theta` and the guide's :math:`\lambda` (one ``SVI.step`` per batch).
-            ``k > 0``: variational EM with alternating steps: per batch, ``k`` updates of the
-            guide's parameters with :math:`\theta` fixed (E-step), then one update of
-            :math:`\theta` with the guide fixed (M-step).
-        freeze_model: Update only the guide's parameters (an E-step over the data), e.g. to
-            fit a per-datapoint guide to held-out data under a trained model.
-        beta: Weight :math:`\beta` of the KL term (see :class:`LatentScale`), or a function
-            of the epoch (from 1) for a warm-up, e.g. ``lambda e: min(1.0, e / 10)``. The
-            history then records the :math:`\beta`-weighted loss.
-        log_every: Steps between progress-bar updates (each reads the loss: a host sync).
-        validation: Held-out batches whose mean ELBO per point (``β = 1``, the networks in
-            eval mode) is recorded in ``History.val_elbo`` every ``validate_every`` epochs
-            and after the last one. For amortized guides (a per-datapoint guide has no
-            parameters for new points: use :func:`~pyro_vae.infer_local`).
-        validate_every: Epochs between validations.
-        validation_particles: Guide samples per validation point.
-        distributed: Data-parallel training under ``torchrun`` (default ``None``: when a
-            process group is initialized or ``WORLD_SIZE > 1``; ``False``: one process).
-            ``data.batch_size`` is then the global batch; each rank trains on its part and
-            the gradients are combined into the single-process gradient (rank r's with
-            weight b_r / b); a per-datapoint guide is partitioned by rank. The
-            history's loss is global; rank 0 shows the bar and writes ``history.json``; each
-            rank writes its own checkpoint (``checkpoint.pt`` on rank 0,
-            ``checkpoint.rank<r>.pt`` on the others) and resumes from it, with the same number
-            of processes. ``callback`` runs on every rank.
-        log_dir: If given, TensorBoard event files are written there (rank 0 only; needs
-            ``pip install 'pyro_vae[tensorboard]'``): ``train/loss_running`` at every loss
-            read (global step), and per epoch ``train/loss``, ``train/beta`` and
-            ``validation/elbo``.
-        log_images_every: Epochs between image grids in ``log_dir`` (``0``: never): 16
-            samples and reconstructions of the first 8 training points, for a
-            :class:`~pyro_vae.VAE` of images (``event_shape`` 784 or ``(C, H, W)``); drawn
-            with their own random numbers (the training run is unchanged).
-        compile: Run the steps as compiled graphs (``torch.compile`` of the
-            VAE's derived estimator :meth:`~pyro_vae.VAE.elbo_loss`, one graph forward and
-            one backward): for a :class:`~pyro_vae.VAE`'s pair
-            with ``TensorTrace_ELBO``/``Trace_ELBO`` (one particle), checked once against the
-            loss on the first batch. Otherwise the run stays eager, with one warning that
-            says why. Compiling takes tens of seconds (cached by inductor across runs). A
-            string is ``torch.compile``'s ``mode``: ``"reduce-overhead"`` records the graphs
-            as CUDA graphs on a GPU, with a capturable Adam.
-        precision: ``"32"`` (the data's dtype throughout) or ``"bf16-mixed"``: the networks'
-            matrix products and convolutions in bfloat16 (autocast), their outputs, every
-            log-density, the loss, the parameters, gradients and optimizer state in float32
-            (see :mod:`pyro_vae.devices.precision`). With ``compile`` too; the precision is
-            saved with the run (a resumed run with another one is told so).
-        save_every: With ``save_dir``: save after every ``save_every``-th epoch (and the last).
-            Default ``None``: after each epoch while the time spent saving stays within a
-            twentieth of the time spent training — every epoch, unless epochs take less than
-            about twenty saves (a run of many short epochs then saves every few epochs, and a
-            run stopped between saves resumes, exactly, from the last one); under
-            data-parallel training, every epoch.
-
-    Returns:
-        The :class:`History` of all epochs (those of the resumed run included).
-
-    Example:
-        >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
-        ...           GaussianEncoder(MLP(10, 4), 2))
-        >>> data = Batches(torch.rand(64, 10).round(), batch_size=16)
-        >>> history = fit(vae.model, vae.guide, data, epochs=2, device="cpu", progress=False)
-        >>> history.epoch, len(history.loss)
-        ([1, 2], 2)
-    """
+    """:func:`fit` with its options flat (and ``freeze_model``: E-steps only, as
+    :func:`~pyro_vae.infer_local` runs them); see :mod:`pyro_vae.train.options` for each."""
     check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model,
                   validation_particles=validation_particles, save_every=save_every,
                   precision=precision)  # fmt: skip

@@ -34,7 +34,7 @@ def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_
     vae = pv.models.zoo.conv_vae(latent_dim=4)
     test = DataLoader(dataset, batch_size=16)
     history = pv.fit(
-        vae.model, vae.guide, train, epochs=2, device="cpu", progress=False, validation=test
+        vae.model, vae.guide, train, epochs=2, device="cpu", log=False, validation=test
     )
     assert history.val_epoch == [1, 2] and all(map(math.isfinite, history.val_elbo))
     assert history.epoch == [1, 2] and all(math.isfinite(loss) for loss in history.loss)
@@ -49,7 +49,7 @@ def test_a_per_datapoint_guide_reads_the_rows_of_the_loaders_indices():
     before = vae.variational.loc.detach().clone()
     seen = list(range(10, 20))  # the loader visits these 10 points only
     loader = DataLoader(pv.Indexed(TensorDataset(x)), batch_size=5, sampler=seen)
-    pv.fit(vae.model, vae.guide, loader, epochs=2, device="cpu", progress=False)
+    pv.fit(vae.model, vae.guide, loader, epochs=2, device="cpu", log=False)
     moved = (vae.variational.loc.detach() != before).any(-1)
     assert moved[10:20].all() and not moved[:10].any() and not moved[20:].any()
     with pytest.raises(ValueError, match=r"wrap the dataset in pv\.Indexed"):
@@ -71,9 +71,8 @@ def test_resume_through_a_dataloader_is_exact(tmp_path):
             loader,
             epochs=epochs,
             device="cpu",
-            progress=False,
-            save_dir=save_dir,
-            resume=resume,
+            log=False,
+            save=pv.Checkpoints(save_dir, resume=resume),
         )
         return vae, history
 

@@ -78,7 +78,7 @@ def test_one_training_step_and_one_evaluation_on_cuda(prior_name, likelihood_nam
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
     x = binary_data(N, F)
     data = pv.Batches(x, batch_size=N)  # one batch: one step
-    history = pv.fit(vae.model, vae.guide, data, epochs=1, device=DEVICE, progress=False)
+    history = pv.fit(vae.model, vae.guide, data, epochs=1, device=DEVICE, log=False)
     assert len(history.loss) == 1 and math.isfinite(history.loss[0])
     assert on_device(vae, DEVICE)
     after = dict(vae.named_parameters())
@@ -98,9 +98,7 @@ def test_fit_and_evaluate_on_cuda():
         pv.GaussianEncoder(pv.MLP(20, 8, (32,)), 4),
     )
     data = pv.Batches(torch.rand(512, 20), batch_size=64, binarize="dynamic")
-    history = pv.fit(
-        vae.model, vae.guide, data, epochs=3, modules=vae, device=DEVICE, progress=False
-    )
+    history = pv.fit(vae.model, vae.guide, data, epochs=3, modules=vae, device=DEVICE, log=False)
     assert on_device(vae, DEVICE)
     assert history.loss[-1] < history.loss[0]
     x = binary_data(256, 20)
@@ -159,9 +157,8 @@ def test_checkpoint_written_on_cuda_resumes_on_the_cpu(tmp_path):
             data,
             epochs=epochs,
             device=device,
-            save_dir=tmp_path,
-            resume=resume,
-            progress=False,
+            save=pv.Checkpoints(tmp_path, resume=resume),
+            log=False,
         )
         return vae, history
 
@@ -190,7 +187,7 @@ def test_fit_without_modules_or_device_trains_the_vae_on_the_gpu():
     )
     before = {k: v.detach().clone() for k, v in vae.named_parameters()}
     data = pv.Batches(binary_data(N, F), batch_size=32)  # on the CPU
-    pv.fit(vae.model, vae.guide, data, epochs=1, progress=False)  # no modules=, no device=
+    pv.fit(vae.model, vae.guide, data, epochs=1, log=False)  # no modules=, no device=
     assert pv.default_device().type == "cuda"
     assert on_device(vae, DEVICE)
     for name, p in vae.named_parameters():
@@ -220,8 +217,16 @@ def test_compiled_fit_follows_eager_on_cuda(mode):
             torch._inductor.config.patch(fallback_random=True),
         ):
             warnings.simplefilter("always")
-            history = pv.fit(vae.model, vae.guide, data, epochs=3, modules=vae, device=DEVICE,
-                             optim=optim, progress=False, compile=compile)  # fmt: skip
+            history = pv.fit(
+                vae.model,
+                vae.guide,
+                data,
+                epochs=3,
+                modules=vae,
+                device=pv.Compute(DEVICE, compile=compile),
+                optim=optim,
+                log=False,
+            )
         assert not [w for w in caught if "compile=" in str(w.message)]  # no fallback
         runs.append(history.loss)
         if compile == "reduce-overhead":
@@ -246,8 +251,14 @@ def test_bf16_mixed_trains_and_scores_on_cuda(compile):
             vae.variational.encoder.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            history = pv.fit(vae.model, vae.guide, data, epochs=3, device=DEVICE, progress=False,
-                             compile=compile, precision=precision)  # fmt: skip
+            history = pv.fit(
+                vae.model,
+                vae.guide,
+                data,
+                epochs=3,
+                device=pv.Compute(DEVICE, compile=compile, precision=precision),
+                log=False,
+            )
         assert not [w for w in caught if "compile=" in str(w.message)]  # no fallback
         runs[precision] = history.loss
     assert compile or (torch.bfloat16 in seen and torch.float32 in seen)

@@ -39,6 +39,7 @@ from helpers import (
     N,
     bernoulli_vae,
     build,
+    grouped,
 )
 from pyro.infer.util import is_validation_enabled
 
@@ -46,6 +47,7 @@ import pyro_vae as pv
 from pyro_vae.devices._placement import fake_cuda
 from pyro_vae.devices.dispatch import DeviceMixError, DispatchWatch, HostReadError
 from pyro_vae.infer._gradient import gradient_step
+from pyro_vae.train.loop import train
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
 # guide of the contract matrix appears (each guide once, priors and the first likelihoods in
@@ -204,8 +206,12 @@ def reads_of_fit(epochs: int, guide: str = "encoder", **options) -> DispatchWatc
     vae = small_vae(guide)
     data = pv.Batches(torch.rand(32, F).round(), batch_size=8)
     with DispatchWatch(root=vae) as watch:
-        pv.fit(vae.model, vae.guide, data, epochs=epochs, device="meta", progress=False,
-               log_every=3, **options)  # fmt: skip
+        if options.pop("freeze_model", False):  # infer_local's loop: E-steps only
+            train(vae.model, vae.guide, data, epochs=epochs, device="meta", progress=False,
+                  log_every=3, freeze_model=True, **options)  # fmt: skip
+        else:
+            pv.fit(vae.model, vae.guide, data, epochs=epochs,
+                   **grouped(device="meta", progress=False, log_every=3, **options))  # fmt: skip
     assert not watch.mixes, watch.mixes
     return watch
 
@@ -252,7 +258,7 @@ def strict_fit(vae: pv.VAE, data: pv.Batches, **options) -> DispatchWatch:
         pyro.validation_enabled(False),
         DispatchWatch(strict=True, allow=FIT_READS | DATA_CHECKS | MOVES, root=vae) as watch,
     ):
-        pv.fit(vae.model, vae.guide, data, device="meta", progress=False, **options)
+        pv.fit(vae.model, vae.guide, data, **grouped(device="meta", progress=False, **options))
     return watch
 
 
@@ -423,8 +429,14 @@ def test_the_data_parallel_step_adds_no_read(one_process_group, guide):
             strict=True, allow=FIT_READS | DATA_CHECKS | MOVES | DISTRIBUTED_READS, root=vae
         ) as watch,
     ):
-        pv.fit(vae.model, vae.guide, data, epochs=2, device="meta", progress=False,
-               log_every=3, distributed=True)  # fmt: skip
+        pv.fit(
+            vae.model,
+            vae.guide,
+            data,
+            epochs=2,
+            device=pv.Compute("meta", distributed=True),
+            log=pv.Logging(progress=False, every=3),
+        )
     once = DATA_CHECKS | {"check_same_data"}
     scalars = Counter(e.key for e in watch.allowed if is_read(e) and e.key not in once)
     # per epoch: 2 global loss reads (steps 0 and 3 of 4), the epoch's, the finite check

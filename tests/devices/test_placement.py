@@ -11,6 +11,7 @@ from helpers import bernoulli_vae
 from torch import nn
 
 import pyro_vae as pv
+from pyro_vae.train.loop import train
 
 ON_META = r"'encoder\$\$\$weight' is on meta but the data are on cpu"
 FLOAT64 = r"of VAE is torch\.float64 but the data are torch\.float32"
@@ -42,19 +43,19 @@ def test_fit_names_a_parameter_on_another_device():
     pair = MetaEncoderPair()
     data = pv.Batches(torch.rand(16, 6), batch_size=8)
     with pytest.raises(ValueError, match=ON_META):
-        pv.fit(pair.model, pair.guide, data, epochs=1, device="cpu", progress=False)
+        pv.fit(pair.model, pair.guide, data, epochs=1, device="cpu", log=False)
 
 
 def test_fit_names_a_parameter_of_another_dtype():
     vae = tiny_vae().double()  # float64 networks, float32 data
     data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
     with pytest.raises(ValueError, match=r"is torch\.float64 but the data are torch\.float32"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", progress=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
     # A prior's buffers count too (they have no pyro.param site).
     vae = tiny_vae()
     vae.prior.double()
     with pytest.raises(ValueError, match=r"buffer 'prior\.loc' of VAE is torch\.float64"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", progress=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
 
 
 def test_evaluate_and_infer_local_check_the_model_against_the_data():
@@ -85,10 +86,8 @@ def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_pa
             pv.Batches(torch.rand(64, 6).round(), batch_size=16),
             epochs=epochs,
             device="cpu",
-            save_dir=tmp_path,
-            resume=resume,
-            overwrite=overwrite,
-            progress=False,
+            save=pv.Checkpoints(tmp_path, resume=resume, overwrite=overwrite),
+            log=False,
         )
         return vae, history
 
@@ -128,17 +127,18 @@ def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_pa
     ],
 )
 def test_fit_options_are_validated(options, message):
+    """(Through the loop ``fit`` and ``infer_local`` share, which takes the options flat.)"""
     vae = tiny_vae()
     data = pv.Batches(torch.rand(8, 6).round(), batch_size=4)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        pv.fit(vae.model, vae.guide, data, device="cpu", progress=False, **options)
+        train(vae.model, vae.guide, data, device="cpu", progress=False, **options)
 
 
 def test_e_steps_and_freeze_model_messages_say_what_to_do():
     vae = tiny_vae()
     data = pv.Batches(torch.rand(8, 6).round(), batch_size=4)
     with pytest.raises(ValueError) as info:
-        pv.fit(vae.model, vae.guide, data, epochs=1, e_steps=2, freeze_model=True)
+        train(vae.model, vae.guide, data, epochs=1, e_steps=2, freeze_model=True)
     assert "freeze_model=True runs E-steps only" in str(info.value)
     assert "pass e_steps=k and leave freeze_model=False" in str(info.value)
 

@@ -193,8 +193,14 @@ def test_bad_precisions_are_refused_with_the_choices():
                  pv.GaussianEncoder(pv.MLP(2, 2), 1)).double()  # fmt: skip
     x = torch.randn(16, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"the data are torch\.float64.*precision='32'"):
-        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1,
-               progress=False, precision="bf16-mixed", device="cpu")  # fmt: skip
+        pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(x, batch_size=8),
+            epochs=1,
+            log=False,
+            device=pv.Compute("cpu", precision="bf16-mixed"),
+        )
     with pytest.raises(ValueError, match="not one of"):
         pv.evaluate(vae.model, vae.guide, x, precision="bf16")
 
@@ -207,8 +213,14 @@ def test_fit_and_evaluate_in_bf16_mixed_follow_float32():
         pyro.clear_param_store()
         torch.manual_seed(0)
         vae = pv.models.zoo.circle_vae("amortized", num_data=64)
-        history = pv.fit(vae.model, vae.guide, circle_data(), epochs=3, progress=False,
-                         device="cpu", precision=precision)  # fmt: skip
+        history = pv.fit(
+            vae.model,
+            vae.guide,
+            circle_data(),
+            epochs=3,
+            log=False,
+            device=pv.Compute("cpu", precision=precision),
+        )
         losses[precision] = history.loss
     assert max(abs(a - b) for a, b in zip(*losses.values(), strict=True)) < 0.05
     # the bound for scoring (seen: 0.03 nats): the decoder's mean is rounded to
@@ -230,14 +242,14 @@ def test_a_bf16_mixed_run_resumes_exactly(tmp_path):
 def test_the_precision_is_saved_and_a_resume_under_another_is_told(tmp_path):
     pyro.clear_param_store()
     vae = pv.models.zoo.circle_vae("amortized", num_data=64)
-    run = {"device": "cpu", "progress": False, "save_dir": tmp_path}
-    pv.fit(vae.model, vae.guide, circle_data(), epochs=1, precision="bf16-mixed", **run)
+    bf16, resume = pv.Compute("cpu", precision="bf16-mixed"), pv.Checkpoints(tmp_path, resume=True)
+    pv.fit(vae.model, vae.guide, circle_data(), epochs=1, device=bf16, save=tmp_path, log=False)
     with pytest.warns(UserWarning, match=r"precision='32' \(saved: 'bf16-mixed'\)"):
-        pv.fit(vae.model, vae.guide, circle_data(), epochs=2, resume=True, **run)
+        pv.fit(vae.model, vae.guide, circle_data(), epochs=2, device="cpu", save=resume, log=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same precision: not a word
-        pv.fit(vae.model, vae.guide, circle_data(), epochs=3, resume=True,
-               precision="32", **run)  # fmt: skip
+        pv.fit(vae.model, vae.guide, circle_data(), epochs=3, save=resume, log=False,
+               device=pv.Compute("cpu", precision="32"))  # fmt: skip
 
 
 class DtypeRecord(torch.utils._python_dispatch.TorchDispatchMode):

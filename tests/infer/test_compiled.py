@@ -14,7 +14,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 import zuko
-from helpers import COMBINATIONS, ZOO, DeltaPair, N, bernoulli_vae, build, data_for
+from helpers import COMBINATIONS, ZOO, DeltaPair, N, bernoulli_vae, build, data_for, grouped
 
 import pyro_vae as pv
 from pyro_vae.infer._compiled import compile_mode
@@ -103,7 +103,7 @@ class OwnModel(pv.VAE):
 
 def _fit(vae_or_pair, data, **options):
     model, guide = vae_or_pair.model, vae_or_pair.guide
-    return pv.fit(model, guide, data, epochs=2, device="cpu", progress=False, **options)
+    return pv.fit(model, guide, data, epochs=2, **grouped(device="cpu", progress=False, **options))
 
 
 @pytest.mark.parametrize(
@@ -183,8 +183,9 @@ def _compare_runs(make, data, epochs, lazy=None, mode=True, make_loss=None, **op
             options["optim"] = pv.LazyAdam(lazy["optim_args"], local_lr=lazy["local_lr"])
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
-            history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device="cpu",
-                             progress=False, compile=compile, **options)  # fmt: skip
+            history = pv.fit(vae.model, vae.guide, data, epochs=epochs,
+                             **grouped(device="cpu", progress=False, compile=compile,
+                                       **options))  # fmt: skip
         runs.append(history.loss)
         params.append([p.detach().clone() for p in vae.parameters()])
     assert runs[1] == pytest.approx(runs[0], rel=1e-5)
@@ -294,9 +295,15 @@ def test_compiled_fit_resumes_exactly(tmp_path):
             pyro.clear_param_store()
             torch.manual_seed(i)  # the resumed run: other initial weights, other RNG state
             vae = bernoulli_vae()
-            history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device="cpu",
-                             progress=False, compile=True, save_dir=folder,
-                             resume=True)  # fmt: skip
+            history = pv.fit(
+                vae.model,
+                vae.guide,
+                data,
+                epochs=epochs,
+                device=pv.Compute("cpu", compile=True),
+                log=False,
+                save=pv.Checkpoints(folder, resume=True),
+            )
         losses.append(history.loss)
         weights.append(vae.state_dict())
     assert losses[0] == losses[1]

@@ -143,7 +143,7 @@ def test_fit_trains_on_the_sync_free_step_with_e_steps():
         epochs=30,
         loss=loss,
         e_steps=1,
-        progress=False,
+        log=False,
         optim=pv.LazyAdam({"lr": 0.02}),
     )
     assert not history.svi_step  # the differentiable-loss step, not SVI.step

@@ -94,9 +94,8 @@ def per_datapoint_run(save_dir, epochs: int, *, resume: bool = False, init_seed:
         epochs=epochs,
         optim=optim,
         device="cpu",
-        save_dir=save_dir,
-        resume=resume,
-        progress=False,
+        save=pv.Checkpoints(save_dir, resume=resume),
+        log=False,
     )
     state = {  # the optimizer's state by parameter name, read while the names are registered
         name: {k: torch.as_tensor(v).clone() for k, v in per_param["state"].get(0, {}).items()}

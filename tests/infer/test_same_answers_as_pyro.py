@@ -336,8 +336,9 @@ def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
     def fit(vae):
         data = pv.Batches(x, batch_size=16, shuffle=False)  # one step
         optim, loss = pyro.optim.SGD({"lr": 0.1}), EVERY_LOSS[name]()
-        pv.fit(vae.model, vae.guide, data, epochs=1, optim=optim, loss=loss, device="cpu",
-               progress=False)  # fmt: skip
+        pv.fit(
+            vae.model, vae.guide, data, epochs=1, optim=optim, loss=loss, device="cpu", log=False
+        )
 
     expected, actual = trained(svi), trained(fit)
     assert actual.keys() == expected.keys()
@@ -352,9 +353,7 @@ def test_every_pyro_loss_trains_through_fit_and_says_which_step(name):
     vae = pv.models.zoo.circle_vae("amortized")
     data = pv.Batches(pv.make_circle(200)[0], batch_size=50)
     optim = pv.LazyAdam({"lr": 1e-2})
-    history = pv.fit(
-        vae.model, vae.guide, data, epochs=15, loss=make(), optim=optim, progress=False
-    )
+    history = pv.fit(vae.model, vae.guide, data, epochs=15, loss=make(), optim=optim, log=False)
     assert history.loss[-1] < history.loss[0] - 20, history.loss  # ~60 → below 10 nats
     assert history.svi_step is svi_step  # SVI.step: a host sync per step
 
@@ -369,7 +368,7 @@ def test_an_enumerated_discrete_site_trains_through_fit():
         epochs=30,
         loss=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
         optim=pv.LazyAdam({"lr": 0.05}),
-        progress=False,
+        log=False,
         device="cpu",
     )
     assert not history.svi_step and history.loss[-1] < history.loss[0]
@@ -404,7 +403,7 @@ def test_fit_takes_the_steps_of_a_plain_svi_loop(setup):
 
     pair = start()
     history = pv.fit(
-        pair.model, pair.guide, data, epochs=3, optim=make_optim(), device="cpu", progress=False
+        pair.model, pair.guide, data, epochs=3, optim=make_optim(), device="cpu", log=False
     )
     fitted = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -37,7 +38,8 @@ def pyro_elbo(model, guide, x, *, particles: int, **fields) -> float:
     loss = TraceEnum_ELBO(max_plate_nesting=1, num_particles=particles, vectorize_particles=True)
     pair = (Unscaled()(training_only_hidden(f)) for f in (model, guide))
     idx = torch.arange(x.shape[0])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # (no site to enumerate: Trace_ELBO's)
         return -loss.loss(*pair, x, idx, num_data=x.shape[0], **fields) / x.shape[0]
 
 
@@ -308,8 +310,7 @@ def test_a_size_factor_keeps_the_whole_training_sets_mean_total(through):
     else:
         dataset = pv.Indexed(TensorDataset(counts))
         data = DataLoader(dataset, batch_size=10, shuffle=True)
-    pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", progress=False,
-           validation=counts[:5] * 0)  # fmt: skip
+    pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False, validation=counts[:5] * 0)
     wanted = counts.sum(-1).mean().item()
     assert float(lik.mean_total) == pytest.approx(wanted, rel=1e-6)
     pv.evaluate(vae.model, vae.guide, counts[:3], num_particles=2)  # a test set's totals
@@ -343,8 +344,9 @@ class PyroStyleCVAE(nn.Module):
 def test_a_model_without_a_particle_dimension_is_scored_particle_by_particle():
     pair = PyroStyleCVAE()
     x, y = torch.rand(8, 6).round(), torch.randint(0, 3, (8,))
-    pv.fit(pair.model, pair.guide, pv.Batches(x, y=y, batch_size=8), epochs=1, device="cpu",
-           progress=False)  # fmt: skip
+    pv.fit(
+        pair.model, pair.guide, pv.Batches(x, y=y, batch_size=8), epochs=1, device="cpu", log=False
+    )
     with pytest.warns(UserWarning, match=r"(?s)one at a time.*expand"):
         ours = pv.evaluate(pair.model, pair.guide, pv.Batches(x, y=y, batch_size=8),
                            num_particles=400)  # fmt: skip

@@ -94,8 +94,15 @@ def test_a_conditional_vae_trains_through_fit_and_draws_from_its_conditions():
         pv.BernoulliLikelihood(pv.MLP(D + C, F, (16,)), F),
         pv.GaussianEncoder(pv.MLP(F + C, 2 * D, (16,)), D),
     )
-    history = pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=50), epochs=15,
-                     device="cpu", progress=False, optim=pv.LazyAdam({"lr": 1e-2}))  # fmt: skip
+    history = pv.fit(
+        cvae.model,
+        cvae.guide,
+        pv.Batches(x, c=c, batch_size=50),
+        epochs=15,
+        device="cpu",
+        log=False,
+        optim=pv.LazyAdam({"lr": 1e-2}),
+    )
     assert history.loss[-1] < history.loss[0] and all(map(math.isfinite, history.loss))
     assert cvae.sample(c[:5]).shape == (5, F)
     assert cvae.reconstruct(x[:5], c=c[:5]).shape == (5, F)
@@ -109,10 +116,9 @@ def test_a_conditional_vae_names_the_fields_it_reads():
     cvae, _ = linear_cvae(torch.float32)
     x, c = torch.randn(16, F), torch.randn(16, C)
     with pytest.raises(TypeError, match=r"reads the field\(s\) \['c'\] of the batches; got \[\]"):
-        pv.fit(cvae.model, cvae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, batch_size=8), epochs=1, log=False)
     with pytest.raises(TypeError, match=r"reads the field\(s\) \['c'\].*got \['cond'\]"):
-        pv.fit(cvae.model, cvae.guide, pv.Batches(x, cond=c, batch_size=8), epochs=1,
-               progress=False)  # fmt: skip
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, cond=c, batch_size=8), epochs=1, log=False)
 
 
 def test_local_inference_and_the_amortization_gap_read_the_condition():

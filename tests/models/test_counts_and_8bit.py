@@ -196,8 +196,9 @@ def test_data_outside_the_support_are_refused_with_the_fix(lik, data, message):
     likelihood = lik()
     vae = pv.VAE(pv.StandardNormalPrior(2), likelihood, pv.GaussianEncoder(pv.MLP(G, 4), 2))
     with pytest.raises(ValueError, match=message):
-        pv.fit(vae.model, vae.guide, pv.Batches(data, batch_size=2), epochs=1, device="cpu",
-               progress=False)  # fmt: skip
+        pv.fit(
+            vae.model, vae.guide, pv.Batches(data, batch_size=2), epochs=1, device="cpu", log=False
+        )
 
 
 def synthetic_counts(n=400, genes=20, seed=0):
@@ -232,8 +233,15 @@ def test_count_vaes_train_and_evaluate(make, per_datapoint):
     guide = pv.PerDatapointGaussian(len(x), 2) if per_datapoint else pv.GaussianEncoder(encoder, 2)
     vae = pv.VAE(pv.StandardNormalPrior(2), make(), guide)
     optim = pv.LazyAdam({"lr": 1e-2}, local_lr=0.05)
-    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=100), epochs=15,
-                     device="cpu", progress=False, optim=optim)  # fmt: skip
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        pv.Batches(x, batch_size=100),
+        epochs=15,
+        device="cpu",
+        log=False,
+        optim=optim,
+    )
     assert history.loss[-1] < history.loss[0]
     result = pv.evaluate(vae.model, vae.guide, x, num_particles=8)
     assert math.isfinite(result.log_likelihood) and result.log_likelihood < 0
@@ -253,8 +261,9 @@ def test_an_8bit_vae_trains_and_reports_bits_per_dim():
     vae = pv.VAE(pv.StandardNormalPrior(2),
                  pv.DiscretizedLogisticLikelihood(pv.MLP(2, 16 * 6, (16,)), 16, components=2),
                  pv.GaussianEncoder(nn.Sequential(Scaled(), pv.MLP(16, 4, (16,))), 2))  # fmt: skip
-    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=5,
-                     device="cpu", progress=False)  # fmt: skip
+    history = pv.fit(
+        vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=5, device="cpu", log=False
+    )
     assert history.loss[-1] < history.loss[0]
     result = pv.evaluate(vae.model, vae.guide, x, num_particles=8)
     # uniform noise over 256 values: 8 bits per value at best, a little more for the model
@@ -274,8 +283,15 @@ def test_a_zinb_run_resumes_exactly(tmp_path):
         encoder = nn.Sequential(Log1p(), pv.MLP(20, 4, (8,)))
         vae = pv.VAE(pv.StandardNormalPrior(2), likelihood, pv.GaussianEncoder(encoder, 2))
         pyro.set_rng_seed(seed)
-        history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=40), epochs=epochs,
-                         device="cpu", progress=False, save_dir=folder, resume=True)  # fmt: skip
+        history = pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(x, batch_size=40),
+            epochs=epochs,
+            device="cpu",
+            log=False,
+            save=pv.Checkpoints(folder, resume=True),
+        )
         return vae, history
 
     full, full_history = train(tmp_path / "full", 3, 0)
@@ -338,8 +354,15 @@ def count_vae(prior: nn.Module, genes: int, **library: bool) -> pv.VAE:
 
 def train_counts(vae: pv.VAE, train: torch.Tensor, held: torch.Tensor, epochs: int = 50):
     """``vae`` trained on ``train`` (LazyAdam 3e-3, batches of 128); its held-out scores."""
-    pv.fit(vae.model, vae.guide, pv.Batches(train, batch_size=128), epochs=epochs, device="cpu",
-           optim=pv.LazyAdam({"lr": 3e-3}), progress=False)  # fmt: skip
+    pv.fit(
+        vae.model,
+        vae.guide,
+        pv.Batches(train, batch_size=128),
+        epochs=epochs,
+        device="cpu",
+        optim=pv.LazyAdam({"lr": 3e-3}),
+        log=False,
+    )
     torch.manual_seed(1)
     return pv.evaluate(vae.model, vae.guide, held, num_particles=500)
 

@@ -115,7 +115,7 @@ def banana_elbo(guide: nn.Module) -> float:
         epochs=150,
         device="cpu",
         optim=pv.LazyAdam({"lr": 1e-2}),
-        progress=False,
+        log=False,
     )
     return pv.evaluate(vae.model, vae.guide, x, num_particles=200).elbo
 

@@ -180,9 +180,14 @@ def two_layer_run(save_dir, epochs, *, resume=False, seed=0):
     pyro.set_rng_seed(0)
     loss = pv.ImportanceWeightedELBO(3, max_plate_nesting=1)
     history = pv.fit(
-        vae.model, vae.guide, data, epochs=epochs, loss=loss, save_dir=save_dir,
-        resume=resume, progress=False,
-    )  # fmt: skip
+        vae.model,
+        vae.guide,
+        data,
+        epochs=epochs,
+        loss=loss,
+        save=pv.Checkpoints(save_dir, resume=resume),
+        log=False,
+    )
     return vae, history
 
 
@@ -246,7 +251,7 @@ def test_vamp_shares_weights_once_and_trains_everything():
     vae = pv.VAE(prior, pv.BernoulliLikelihood(pv.MLP(3, 6, (8,)), 6), encoder)
     data = pv.Batches(torch.rand(40, 6).round(), batch_size=10)
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
-    pv.fit(vae.model, vae.guide, data, epochs=2, progress=False)
+    pv.fit(vae.model, vae.guide, data, epochs=2, log=False)
     tensors = [t for _, t in pyro.get_param_store().items()]
     assert len({id(t) for t in tensors}) == len(tensors) == len(before)  # each tensor once
     for name, p in vae.named_parameters():

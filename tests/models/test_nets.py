@@ -30,7 +30,7 @@ def test_batchnorm_eval_mode_makes_evaluation_deterministic():
     vae = conv_vae()
     x = torch.rand(16, 1, 28, 28)
     data = pv.Batches(x, batch_size=8)
-    pv.fit(vae.model, vae.guide, data, epochs=2, modules=vae, device="cpu", progress=False)
+    pv.fit(vae.model, vae.guide, data, epochs=2, modules=vae, device="cpu", log=False)
     assert vae.training  # fit trains in train mode
 
     # In train mode BatchNorm normalizes with the batch's statistics: a point's reconstruction

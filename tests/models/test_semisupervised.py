@@ -56,8 +56,16 @@ def test_the_enumerated_bound_of_a_mixed_minibatch_is_the_hand_computed_one(alph
     y = torch.tensor([0, 2, 1, 0, 1, 2])
     known = torch.tensor([True, False, True, False, False, True])
     data = pv.Batches(x, y=y, y_mask=known, batch_size=6, shuffle=False)
-    history = pv.fit(m2.model, m2.guide, data, epochs=1, loss=TraceEnum_ELBO(max_plate_nesting=1),
-                     optim=pyro.optim.SGD({"lr": 0.0}), device="cpu", progress=False)  # fmt: skip
+    history = pv.fit(
+        m2.model,
+        m2.guide,
+        data,
+        epochs=1,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        optim=pyro.optim.SGD({"lr": 0.0}),
+        device="cpu",
+        log=False,
+    )
     with torch.no_grad():
         log_q_y = m2.classifier(x).log_softmax(-1)  # (6, K)
         elbo = 0.0
@@ -94,9 +102,16 @@ def test_m2_learns_a_classifier_from_a_few_labels():
         num_classes=2,
         alpha=0.1 * n,
     )
-    history = pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=50),
-                     epochs=20, loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu",
-                     optim=pv.LazyAdam({"lr": 1e-2}), progress=False)  # fmt: skip
+    history = pv.fit(
+        m2.model,
+        m2.guide,
+        pv.Batches(x, y=y, y_mask=known, batch_size=50),
+        epochs=20,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        device="cpu",
+        optim=pv.LazyAdam({"lr": 1e-2}),
+        log=False,
+    )
     assert all(map(math.isfinite, history.loss))
     y_test = torch.randint(0, 2, (200,), generator=g)
     x_test = (torch.randn(200, 4, generator=g) + 3.0 * (2 * y_test[:, None] - 1)).sigmoid()
@@ -135,9 +150,9 @@ def test_m2_trains_from_a_dataloader_and_resumes_exactly(tmp_path):
         )
         pyro.set_rng_seed(0)
         loader = DataLoader(dataset, batch_size=20, shuffle=True)
-        folder = {"save_dir": tmp_path / "run", "resume": resume, "overwrite": not resume}
-        return pv.fit(m2.model, m2.guide, loader, epochs=epochs, device="cpu", progress=False,
-                      loss=TraceEnum_ELBO(max_plate_nesting=1), **folder).loss  # fmt: skip
+        folder = pv.Checkpoints(tmp_path / "run", resume=resume, overwrite=not resume)
+        return pv.fit(m2.model, m2.guide, loader, epochs=epochs, device="cpu", log=False,
+                      loss=TraceEnum_ELBO(max_plate_nesting=1), save=folder).loss  # fmt: skip
 
     straight = run(3, resume=False, seed=0)
     run(1, resume=False, seed=0)

@@ -9,7 +9,7 @@ import sys
 import pyro
 import pytest
 import torch
-from helpers import HandWritten, circle_data, circle_vae, fit_circle
+from helpers import HandWritten, circle_data, circle_vae, fit_circle, grouped
 
 import pyro_vae as pv
 
@@ -35,8 +35,8 @@ def train(loss, epochs=3, **options):
     torch.manual_seed(0)
     vae = circle_vae()
     pyro.set_rng_seed(1)
-    history = pv.fit(vae.model, vae.guide, circle_data(), epochs=epochs, device="cpu",
-                     progress=False, loss=loss, **options)  # fmt: skip
+    history = pv.fit(vae.model, vae.guide, circle_data(), epochs=epochs,
+                     **grouped(device="cpu", progress=False, loss=loss, **options))  # fmt: skip
     return vae, history
 
 
@@ -53,7 +53,7 @@ def test_the_default_step_is_the_derived_one_and_follows_pyros_loss(pyro_steps, 
 
 def test_a_hand_written_pair_takes_pyros_loss(pyro_steps):
     pair = HandWritten(features=2, latent=1)
-    pv.fit(pair.model, pair.guide, circle_data(), epochs=1, device="cpu", progress=False)
+    pv.fit(pair.model, pair.guide, circle_data(), epochs=1, device="cpu", log=False)
     assert pyro_steps
 
 

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as tdist
-from helpers import DeltaPair, ShiftedDeltaPair, circle_vae, run_ranks
+from helpers import DeltaPair, ShiftedDeltaPair, circle_vae, grouped, run_ranks
 from torch import nn
 
 import pyro_vae as pv
@@ -35,12 +35,11 @@ def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaP
     history = pv.fit(
         pair.model,
         pair.guide,
-        pv.Batches(pv.make_circle(40)[0], batch_size=7),  # parts of 4 and 3 points, 3 and 2
+        pv.Batches(pv.make_circle(40)[0], batch_size=7),
         epochs=epochs,
-        device="cpu",
-        progress=False,
-        distributed=distributed,
-        save_dir=save_dir,
+        device=pv.Compute("cpu", distributed=distributed),
+        log=False,
+        save=save_dir,
         optim=pv.LazyAdam({"lr": 0.05}),
     )
     return pair, history
@@ -71,8 +70,15 @@ def shifted_run(distributed: bool) -> list[float]:
     data = pv.Batches(pv.make_circle(40)[0], shift=shift, batch_size=7)
     pyro.set_rng_seed(0)
     optim = pv.LazyAdam({"lr": 0.05})
-    history = pv.fit(pair.model, pair.guide, data, epochs=3, device="cpu", progress=False,
-                     distributed=distributed, optim=optim)  # fmt: skip
+    history = pv.fit(
+        pair.model,
+        pair.guide,
+        data,
+        epochs=3,
+        device=pv.Compute("cpu", distributed=distributed),
+        log=False,
+        optim=optim,
+    )
     return history.loss
 
 
@@ -132,9 +138,8 @@ def kill_and_resume(rank: int, out: str) -> dict:
             vae.guide,
             pv.Batches(pv.make_circle(40)[0], batch_size=8, binarize=None),
             epochs=epochs,
-            save_dir=save_dir,
-            resume=resume,
-            progress=False,
+            save=pv.Checkpoints(save_dir, resume=resume),
+            log=False,
         )
         return vae, history
 
@@ -165,8 +170,14 @@ def zinb_run(distributed: bool) -> tuple:
     )
     x = torch.poisson(5 * torch.rand(40, 6, generator=torch.Generator().manual_seed(0)))
     pyro.set_rng_seed(0)
-    history = pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=2, device="cpu",
-                     progress=False, distributed=distributed)  # fmt: skip
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        pv.Batches(x, batch_size=8),
+        epochs=2,
+        device=pv.Compute("cpu", distributed=distributed),
+        log=False,
+    )
     return vae, history
 
 
@@ -249,9 +260,8 @@ def test_kill_and_resume_under_two_processes(tmp_path):
             vae.guide,
             pv.Batches(pv.make_circle(40)[0], batch_size=8),
             epochs=4,
-            save_dir=tmp_path / "full",
-            resume=True,
-            progress=False,
+            save=pv.Checkpoints(tmp_path / "full", resume=True),
+            log=False,
             device="cpu",
         )
 
@@ -307,11 +317,8 @@ def delta_fit(distributed, *, n=40, batch=8, epochs=2, norm=False, **options):
         pair.guide,
         pv.Batches(pv.make_circle(n)[0], batch_size=batch),
         epochs=epochs,
-        device="cpu",
-        progress=False,
-        distributed=distributed,
         optim=pv.LazyAdam({"lr": 0.05}),
-        **options,
+        **grouped(device="cpu", progress=False, distributed=distributed, **options),
     )
     return pair, history
 
@@ -327,9 +334,8 @@ def local_fit(distributed: bool) -> torch.Tensor:
         pair.guide,
         pv.Batches(pv.make_circle(4)[0], batch_size=4, shuffle=False),
         epochs=1,
-        device="cpu",
-        progress=False,
-        distributed=distributed,
+        device=pv.Compute("cpu", distributed=distributed),
+        log=False,
         optim=pyro.optim.SGD({"lr": 0.01}),
     )
     return pair.local.loc.detach().clone()
@@ -370,8 +376,14 @@ def other_data(rank: int, out: str):
         x = pv.make_circle(n, seed=seed)[0]
         pair = DeltaPair()
         try:
-            pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, device="cpu",
-                   progress=False, distributed=True)  # fmt: skip
+            pv.fit(
+                pair.model,
+                pair.guide,
+                pv.Batches(x, batch_size=8),
+                epochs=1,
+                device=pv.Compute("cpu", distributed=True),
+                log=False,
+            )
             results[case] = "trained"
         except ValueError as e:
             results[case] = str(e)
@@ -393,9 +405,8 @@ def validation_without_distributed(rank: int, out: str):
         pair.guide,
         pv.Batches(pv.make_circle(40, seed=rank)[0], batch_size=8),
         epochs=1,
-        device="cpu",
-        progress=False,
-        distributed=False,
+        device=pv.Compute("cpu", distributed=False),
+        log=False,
         validation=held_out,
     )
     own = pv.evaluate(pair.model, pair.guide, held_out, num_particles=1, distributed=False)
@@ -420,7 +431,7 @@ def shared_sparse_parameter(rank: int, out: str):
             pv.Batches(pv.make_circle(16)[0], batch_size=8),
             epochs=1,
             device="cpu",
-            progress=False,
+            log=False,
             optim=pv.LazyAdam({"lr": 0.05}),
             modules=pair,
         )

@@ -11,6 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import grouped
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
@@ -56,8 +57,8 @@ class Conditional(nn.Module):
 
 
 def fit(pair, data, epochs, **options):
-    options = {"device": "cpu", "progress": False, **options}
-    return pv.fit(pair.model, pair.guide, data, epochs=epochs, **options)
+    return pv.fit(pair.model, pair.guide, data, epochs=epochs,
+                  **grouped(device="cpu", progress=False, **options))  # fmt: skip
 
 
 def test_fields_reach_the_model_and_guide_through_fit_and_evaluate():
@@ -166,8 +167,9 @@ def test_a_partially_observed_label_is_enumerated_exactly():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # (Pyro: the guide has no site)
         loss, optim = TraceEnum_ELBO(max_plate_nesting=1), pyro.optim.SGD({"lr": 0.0})
-        history = pv.fit(model, guide, data, epochs=1, loss=loss, optim=optim, device="cpu",
-                         progress=False)  # fmt: skip
+        history = pv.fit(
+            model, guide, data, epochs=1, loss=loss, optim=optim, device="cpu", log=False
+        )
     w = torch.tensor([0.3, 0.7], dtype=torch.float64)
     joint = w.log() + dist.Normal(locs0.double(), 1.0).log_prob(x.double()[:, None])  # (12, 2)
     observed = joint.gather(1, y[:, None]).squeeze(1)

@@ -23,9 +23,7 @@ def test_training_on_mnist_lowers_the_loss(mnist_dir):
     held_out = pv.load_mnist(mnist_dir, train=False)[0][:256].round()
     vae = small_vae()
     before = pv.evaluate(vae.model, vae.guide, held_out, num_particles=4).elbo
-    history = pv.fit(
-        vae.model, vae.guide, train, epochs=2, modules=vae, device="cpu", progress=False
-    )
+    history = pv.fit(vae.model, vae.guide, train, epochs=2, modules=vae, device="cpu", log=False)
     after = pv.evaluate(vae.model, vae.guide, held_out, num_particles=4).elbo
     assert history.epoch == [1, 2] and len(history.loss) == 2
     assert history.loss[1] < history.loss[0] - 20  # from ~540 nats per image at the start
@@ -48,7 +46,7 @@ def test_hand_written_pyro_program_trains():
         epochs=30,
         optim=pyro.optim.Adam({"lr": 0.03}),
         device="cpu",
-        progress=False,
+        log=False,
     )
     assert history.loss[-1] < history.loss[0] - 3, history.loss
     assert pyro.param("scale").item() < 0.5  # from 1.0 toward the noise level
@@ -72,9 +70,8 @@ def _train(tmp_path, epochs, *, resume=False, init_seed=0):
         epochs=epochs,
         modules=vae,
         device="cpu",
-        save_dir=tmp_path / "vae",
-        resume=resume,
-        progress=False,
+        save=pv.Checkpoints(tmp_path / "vae", resume=resume),
+        log=False,
     )
     pyro.clear_param_store()
     torch.manual_seed(init_seed)
@@ -86,9 +83,8 @@ def _train(tmp_path, epochs, *, resume=False, init_seed=0):
         data,
         epochs=epochs,
         device="cpu",
-        save_dir=tmp_path / "hand",
-        resume=resume,
-        progress=False,
+        save=pv.Checkpoints(tmp_path / "hand", resume=resume),
+        log=False,
     )
     store = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     return vae, history, hand, store
@@ -118,7 +114,7 @@ def test_fit_without_device_trains_on_the_default_device():
     vae = small_vae(features=6, latent=2, hidden=8)
     before = {k: v.detach().cpu().clone() for k, v in vae.named_parameters()}
     data = pv.Batches(torch.rand(64, 6).round(), batch_size=32)  # on the CPU
-    history = pv.fit(vae.model, vae.guide, data, epochs=2, progress=False)
+    history = pv.fit(vae.model, vae.guide, data, epochs=2, log=False)
     assert history.epoch == [1, 2]
     devices = {p.device.type for p in vae.parameters()} | {b.device.type for b in vae.buffers()}
     assert devices == {expected}
@@ -153,5 +149,5 @@ def test_kl_warm_up_schedule_reaches_the_training_loop():
         seen.append(epoch)
         return min(1.0, epoch / 3)
 
-    pv.fit(vae.model, vae.guide, data, epochs=4, beta=beta, device="cpu", progress=False)
+    pv.fit(vae.model, vae.guide, data, epochs=4, loss=pv.BetaELBO(beta), device="cpu", log=False)
     assert seen == [1, 2, 3, 4]

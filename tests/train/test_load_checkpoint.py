@@ -23,8 +23,8 @@ def test_a_trained_vae_is_restored_for_inference(tmp_path):
         trained.guide,
         pv.Batches(x, batch_size=16),
         epochs=2,
-        save_dir=tmp_path,
-        progress=False,
+        save=tmp_path,
+        log=False,
         device="cpu",
     )
     pyro.clear_param_store()
@@ -47,8 +47,8 @@ def test_another_architecture_is_named(tmp_path):
         vae.guide,
         pv.Batches(torch.rand(16, 784), batch_size=8),
         epochs=1,
-        save_dir=tmp_path,
-        progress=False,
+        save=tmp_path,
+        log=False,
         device="cpu",
     )
     with pytest.raises(

@@ -17,6 +17,7 @@ from pyro.infer import Trace_ELBO
 
 import pyro_vae as pv
 from pyro_vae.train import local as local_module
+from pyro_vae.train.loop import train
 
 
 def circle_vae(guide) -> pv.VAE:
@@ -155,7 +156,7 @@ def test_switching_inference_is_one_argument():
             vae.guide,
             data,
             epochs=15,
-            progress=False,
+            log=False,
             device="cpu",
             optim=pv.LazyAdam({"lr": 1e-2}),
         )
@@ -173,14 +174,7 @@ def test_variational_em_schedule_and_frozen_e_step():
     vae = circle_vae(pv.PerDatapointGaussian(n, 1))
     optim = RecordingLazyAdam({"lr": 1e-2})
     history = pv.fit(
-        vae.model,
-        vae.guide,
-        data,
-        epochs=10,
-        e_steps=3,
-        device="cpu",
-        optim=optim,
-        progress=False,
+        vae.model, vae.guide, data, epochs=10, e_steps=3, device="cpu", optim=optim, log=False
     )
     assert history.loss[-1] < history.loss[0] - 5
     # The schedule: per batch, 3 steps on the guide's parameters alone, then 1 on the model's.
@@ -193,7 +187,7 @@ def test_variational_em_schedule_and_frozen_e_step():
     # An E-step never changes the model's parameters.
     theta = snapshot(vae.likelihood)
     lam = snapshot(vae.variational)
-    pv.fit(
+    train(  # infer_local's loop: E-steps under the model
         vae.model,
         vae.guide,
         data,
@@ -224,7 +218,7 @@ def test_e_step_error_messages():
     vae = circle_vae(pv.PerDatapointGaussian(10, 1))
     data = pv.Batches(pv.make_circle(10)[0], batch_size=5)
     with pytest.raises(ValueError, match="cannot be combined"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, e_steps=2, freeze_model=True)
+        train(vae.model, vae.guide, data, epochs=1, e_steps=2, freeze_model=True)
     with pytest.raises(ValueError, match="dataset indices"):
         vae.variational(torch.zeros(5, 2), None)
 
@@ -236,7 +230,7 @@ def test_per_datapoint_inference_recovers_the_exact_ppca_posterior():
     # Full batches, so dense gradients and a decaying step size (ClippedAdam's lrd) are fine.
     local = vae.with_guide(pv.PerDatapointGaussian(n, D, sparse=False).double(), name="local")
     theta = snapshot(vae)
-    pv.fit(
+    train(  # infer_local's loop (E-steps only), with a loss and optimizer of the test's own
         local.model,
         local.guide,
         pv.Batches(x, batch_size=n, shuffle=False),

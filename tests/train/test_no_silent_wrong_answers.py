@@ -27,7 +27,7 @@ vae = pv.VAE(pv.StandardNormalPrior(2), pv.BernoulliLikelihood(pv.MLP(2, 6), 6),
              pv.GaussianEncoder(pv.MLP(6, 4), 2))
 for bad in (torch.rand(32, 6) * 2 - 1, torch.rand(32, 6) * 255):
     try:
-        pv.fit(vae.model, vae.guide, pv.Batches(bad, batch_size=8), epochs=1, progress=False)
+        pv.fit(vae.model, vae.guide, pv.Batches(bad, batch_size=8), epochs=1, log=False)
     except ValueError as e:
         assert "expects data in [0, 1]" in str(e), e
     else:
@@ -52,12 +52,12 @@ def test_non_finite_data_are_refused_once():
     x = pv.make_circle(32)[0]
     x[5, 1] = float("nan")
     with pytest.raises(ValueError, match=r"non-finite values \(e\.g\. nan at index \[5, 1\]\)"):
-        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, log=False)
 
 
 def test_a_fresh_vae_trains_from_its_own_weights_whatever_ran_before():
     first = circle_vae(hidden=(16,))
-    pv.fit(first.model, first.guide, circle_data(), epochs=2, device="cpu", progress=False)
+    pv.fit(first.model, first.guide, circle_data(), epochs=2, device="cpu", log=False)
     torch.manual_seed(1)
     second = circle_vae(hidden=(32,))  # the same names in the param store, other shapes
     initial = {k: v.clone() for k, v in second.state_dict().items()}
@@ -65,7 +65,7 @@ def test_a_fresh_vae_trains_from_its_own_weights_whatever_ran_before():
     pyro.infer.Trace_ELBO().differentiable_loss(second.model, second.guide, pv.make_circle(4)[0])
     for name, p in second.named_parameters():
         assert p is own[name] and torch.equal(p, initial[name]), name  # not taken over
-    pv.fit(second.model, second.guide, circle_data(), epochs=1, device="cpu", progress=False)
+    pv.fit(second.model, second.guide, circle_data(), epochs=1, device="cpu", log=False)
     assert second.likelihood.decoder[0].weight.shape == (32, 1)
     # And back: the first VAE again uses its own tensors, not the second's.
     trained = {k: v.clone() for k, v in first.state_dict().items()}
@@ -76,12 +76,12 @@ def test_a_fresh_vae_trains_from_its_own_weights_whatever_ran_before():
 
 def test_a_per_datapoint_vae_refuses_new_data():
     vae = circle_vae().with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
-    pv.fit(vae.model, vae.guide, circle_data(64), epochs=1, device="cpu", progress=False)
+    pv.fit(vae.model, vae.guide, circle_data(64), epochs=1, device="cpu", log=False)
     new = pv.make_circle(20, seed=1)[0]
     with pytest.raises(ValueError, match=r"N = 64 points but the data set has 20.*infer_local"):
         pv.evaluate(vae.model, vae.guide, new, num_particles=2)
     with pytest.raises(ValueError, match=r"validation= scores held-out points"):
-        pv.fit(vae.model, vae.guide, circle_data(64), epochs=2, validation=new, progress=False)
+        pv.fit(vae.model, vae.guide, circle_data(64), epochs=2, validation=new, log=False)
 
 
 class MismatchedPair:
@@ -112,7 +112,7 @@ def test_a_guide_and_a_model_of_different_latent_sizes_are_refused():
     with pytest.raises(ValueError, match=message):
         pv.evaluate(pair.model, pair.guide, x, num_particles=2)
     with pytest.raises(ValueError, match=message):
-        pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+        pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, log=False)
 
 
 def test_evaluate_scores_in_eval_mode_and_leaves_the_statistics_and_the_mode():
@@ -132,7 +132,7 @@ def test_evaluate_scores_in_eval_mode_and_leaves_the_statistics_and_the_mode():
         assert torch.equal(value, before[name]), name
     # fit leaves each network's mode as it found it, a frozen BatchNorm included
     vae.variational.encoder[1].eval()
-    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=1, progress=False)
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=1, log=False)
     assert vae.training and not vae.variational.encoder[1].training
 
 
@@ -154,7 +154,7 @@ def test_beta_is_a_finite_non_negative_number(beta, message):
     vae = bernoulli_vae()
     data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
     with pytest.raises(ValueError, match=message):
-        pv.fit(vae.model, vae.guide, data, epochs=1, beta=beta, progress=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, loss=pv.BetaELBO(beta), log=False)
 
 
 class ConventionPair:
@@ -181,9 +181,14 @@ def test_a_pair_that_needs_num_data_is_evaluated_and_validated():
     result = pv.evaluate(pair.model, pair.guide, x, num_particles=4)
     assert result.num_data == 32 and result.elbo < 0
     history = pv.fit(
-        pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=1, validation=x[:8],
-        device="cpu", progress=False,
-    )  # fmt: skip
+        pair.model,
+        pair.guide,
+        pv.Batches(x, batch_size=8),
+        epochs=1,
+        validation=x[:8],
+        device="cpu",
+        log=False,
+    )
     assert history.val_epoch == [1] and history.val_elbo[0] < 0
 
 
@@ -195,7 +200,7 @@ def test_networks_are_found_through_pyro_wrappers(tmp_path):
     with pytest.raises(ValueError, match=r"expected data of shape \(N, 6\)"):
         pv.fit(model, guide, pv.Batches(torch.rand(8, 5), batch_size=4), epochs=1)
     data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
-    pv.fit(model, guide, data, epochs=1, save_dir=tmp_path, device="cpu", progress=False)
+    pv.fit(model, guide, data, epochs=1, save=tmp_path, device="cpu", log=False)
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["modules"]
     assert saved is not None and saved.keys() == vae.state_dict().keys()
 
@@ -208,7 +213,7 @@ def test_integer_data_get_an_error_with_the_fix(dtype):
     x = torch.rand(16, 6).round().to(dtype)
     message = rf"the data are {dtype}; .*x\.float\(\)"
     with pytest.raises(ValueError, match=message):
-        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, progress=False)
+        pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, log=False)
     with pytest.raises(ValueError, match=message):
         pv.evaluate(vae.model, vae.guide, x, num_particles=2)
     with pytest.raises(ValueError, match=message):  # (a sibling: the per-datapoint E-steps)
@@ -231,7 +236,7 @@ def test_bad_inputs_get_clear_errors():
             circle_data(64),
             epochs=1,
             optim=pyro.optim.Adam({"lr": 1e-2}),
-            progress=False,
+            log=False,
         )
 
 
@@ -275,7 +280,7 @@ def test_a_dataloader_without_indices_is_refused():
     vae = bernoulli_vae(guide=pv.PerDatapointGaussian(64, 2))
     message = r"DataLoader over TensorDataset .* taken for the points' indices: .*pv\.Indexed"
     for call in (
-        lambda: pv.fit(vae.model, vae.guide, loader, epochs=1, progress=False),
+        lambda: pv.fit(vae.model, vae.guide, loader, epochs=1, log=False),
         lambda: pv.evaluate(vae.model, vae.guide, loader, num_particles=2),
         lambda: pv.infer_local(vae, loader, epochs=1),
     ):
@@ -295,7 +300,14 @@ def test_a_bad_value_in_a_later_streamed_batch_is_named(bad):
     vae = bernoulli_vae()
     message = r"a batch among steps 2 to 8 of epoch 1 has values that are not finite or not in"
     with pytest.raises(ValueError, match=message):
-        pv.fit(vae.model, vae.guide, loader, epochs=1, log_every=50, device="cpu", progress=False)
+        pv.fit(
+            vae.model,
+            vae.guide,
+            loader,
+            epochs=1,
+            log=pv.Logging(every=50, progress=False),
+            device="cpu",
+        )
 
 
 def test_a_numpy_learning_rate_leaves_a_checkpoint_that_loads(tmp_path):
@@ -314,16 +326,20 @@ def test_options_that_would_be_ignored_or_contradict_are_refused(tmp_path):
     import numpy as np
 
     vae, data = circle_vae(), circle_data()
-    fit = lambda **options: pv.fit(vae.model, vae.guide, data, progress=False, **options)
-    with pytest.raises(ValueError, match=r"resume=True needs save_dir"):
-        fit(epochs=1, resume=True)
+    fit = lambda **options: pv.fit(vae.model, vae.guide, data, **{"log": False, **options})
+    with pytest.raises(ValueError, match=r"Checkpoints needs the run's folder"):
+        fit(epochs=1, save=pv.Checkpoints(None, resume=True))
     with pytest.raises(ValueError, match=r"resume=True continues .* overwrite=True deletes it"):
-        fit(epochs=1, save_dir=tmp_path, resume=True, overwrite=True)
-    with pytest.raises(ValueError, match=r"log_images_every needs log_dir"):
-        fit(epochs=1, log_images_every=1)
-    with pytest.raises(ValueError, match=r"validation_particles must be a positive integer"):
-        fit(epochs=1, validation=data, validation_particles=0)
-    history = fit(epochs=np.int64(2), log_every=np.int32(5))  # numpy integers are integers
+        fit(epochs=1, save=pv.Checkpoints(tmp_path, resume=True, overwrite=True))
+    with pytest.raises(ValueError, match=r"images_every needs tensorboard"):
+        fit(epochs=1, log=pv.Logging(images_every=1))
+    with pytest.raises(ValueError, match=r"num_particles must be a positive integer"):
+        fit(epochs=1, validation=pv.Validation(data, num_particles=0))
+    with pytest.raises(TypeError, match=r"log must be a pv.Logging or False"):
+        pv.fit(vae.model, vae.guide, data, epochs=1, log="quiet")
+    history = fit(
+        epochs=np.int64(2), log=pv.Logging(every=np.int32(5))
+    )  # numpy integers are integers
     assert history.epoch == [1, 2]
     with pytest.raises(ValueError, match=r"final_lr_ratio must be a number > 0"):
         pv.infer_local(vae, data, epochs=1, final_lr_ratio=-0.5)
@@ -335,7 +351,7 @@ def test_validation_with_a_per_datapoint_guide_is_refused():
     vae = circle_vae(pv.PerDatapointGaussian(64, 1))
     data = circle_data()
     with pytest.raises(ValueError, match=r"validation= scores held-out points.*infer_local"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, validation=circle_data(), progress=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, validation=circle_data(), log=False)
 
 
 def test_a_guide_site_the_model_lacks_is_refused():
@@ -357,7 +373,7 @@ def test_a_guide_site_the_model_lacks_is_refused():
     x = torch.rand(8, 2).round()
     for call in (
         lambda: pv.evaluate(model, guide, x, num_particles=4),
-        lambda: pv.fit(model, guide, pv.Batches(x, batch_size=4), epochs=1, progress=False),
+        lambda: pv.fit(model, guide, pv.Batches(x, batch_size=4), epochs=1, log=False),
     ):
         with pytest.raises(ValueError, match=r"the guide samples 'zz', which the model has no"):
             call()
@@ -371,7 +387,7 @@ def test_a_dataloader_without_a_batch_is_refused_with_the_fix():
     dataset = pv.Indexed(torch.utils.data.TensorDataset(pv.make_circle(10)[0]))
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, drop_last=True)
     with pytest.raises(ValueError, match=r"the loader yields no batch .*drop_last=True"):
-        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", progress=False)
+        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", log=False)
 
 
 def test_float16_is_refused_with_the_fix():
@@ -379,8 +395,14 @@ def test_float16_is_refused_with_the_fix():
     smaller step size."""
     vae = circle_vae().half()
     with pytest.raises(ValueError, match=r"float16 .*x\.float\(\), vae\.float\(\)"):
-        pv.fit(vae.model, vae.guide, pv.Batches(pv.make_circle(32)[0].half(), batch_size=16),
-               epochs=1, device="cpu", progress=False)  # fmt: skip
+        pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(pv.make_circle(32)[0].half(), batch_size=16),
+            epochs=1,
+            device="cpu",
+            log=False,
+        )
     with pytest.raises(ValueError, match="float16"):
         pv.evaluate(vae.model, vae.guide, pv.make_circle(32)[0].half(), num_particles=2)
 
@@ -393,7 +415,7 @@ def test_a_dataloader_without_a_batch_size_is_refused_with_the_fix():
     loader = DataLoader(pv.Indexed(TensorDataset(pv.make_circle(32)[0])), batch_size=None)
     vae = circle_vae()
     with pytest.raises(ValueError, match=r"batch_size=None.*single items.*batch_size=256"):
-        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", progress=False)
+        pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu", log=False)
 
 
 class GlobalLatent(torch.nn.Module):
@@ -425,8 +447,7 @@ def test_evaluate_refuses_a_pair_without_per_point_weights(nesting):
     """Before: Pyro's "plates collide" (nesting 1) or a shape error (nesting 2), neither
     saying what evaluate needs."""
     pair, x = GlobalLatent(), pv.make_circle(32)[0]
-    pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=16), epochs=1, device="cpu",
-           progress=False)  # fmt: skip
+    pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=16), epochs=1, device="cpu", log=False)
     with pytest.raises(ValueError, match=r"one importance weight per data point.*Trace_ELBO"):
         pv.evaluate(pair.model, pair.guide, x, num_particles=3, max_plate_nesting=nesting)
 
@@ -435,8 +456,14 @@ def test_float64_data_are_told_both_fixes():
     """Before: a float64 data set was told to upcast the model only."""
     vae = circle_vae()
     with pytest.raises(ValueError, match=r"float64: convert the data .*x\.float\(\).*vae\.double"):
-        pv.fit(vae.model, vae.guide, pv.Batches(pv.make_circle(32)[0].double(), batch_size=16),
-               epochs=1, device="cpu", progress=False)  # fmt: skip
+        pv.fit(
+            vae.model,
+            vae.guide,
+            pv.Batches(pv.make_circle(32)[0].double(), batch_size=16),
+            epochs=1,
+            device="cpu",
+            log=False,
+        )
 
 
 def test_save_grid_of_other_images_names_image_shape(tmp_path):

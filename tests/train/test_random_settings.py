@@ -44,12 +44,13 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
-from helpers import circle_vae
+from helpers import circle_vae, grouped
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 import pyro_vae as pv
+from pyro_vae.train.loop import train
 
 CI = settings(
     max_examples=25,
@@ -292,10 +293,7 @@ def run(
         if cfg.validation:
             data = make_data(cfg, cfg.validation, cfg.seed + 1)
             validation = pv.Batches(data, batch_size=2, binarize=cfg.binarize)
-        outcome.history = pv.fit(
-            model,
-            vae.guide,
-            make_batches(cfg),
+        flat = dict(
             epochs=epochs,
             optim=optim,
             loss=make_loss(cfg),
@@ -306,12 +304,15 @@ def run(
             progress=False,
             callback=callback,
             e_steps=cfg.e_steps,
-            freeze_model=cfg.freeze_model,
             beta=cfg.beta_arg(),
             log_every=cfg.log_every,
             validation=validation,
             validate_every=cfg.validate_every,
         )
+        if cfg.freeze_model:  # E-steps only: infer_local's loop
+            outcome.history = train(model, vae.guide, make_batches(cfg), freeze_model=True, **flat)
+        else:
+            outcome.history = pv.fit(model, vae.guide, make_batches(cfg), **grouped(**flat))
     except ALLOWED as e:  # anything else is a bug and fails the test
         outcome.error = e
     else:  # the optimizer's state names parameters by the param store: read it now
@@ -440,7 +441,7 @@ def test_dynamic_binarization_of_values_outside_the_unit_interval_is_a_value_err
     )
     with pytest.raises(ValueError, match="binarize"):
         data = pv.Batches(torch.tensor([[2.0, -1.0]]), batch_size=1, binarize="dynamic")
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", progress=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
 
 
 def infinite_gradient_model(x, idx, num_data):
@@ -458,19 +459,17 @@ def test_a_step_that_makes_parameters_nan_is_neither_returned_nor_saved():
     FloatingPointError naming the parameter, so the NaN parameters are neither returned as a
     success nor saved in the checkpoint from which the error says to resume."""
     data = pv.Batches(torch.zeros(4, 1), batch_size=4)
-    kwargs = {"device": "cpu", "progress": False}
     with tempfile.TemporaryDirectory() as save_dir:
         with pytest.raises(FloatingPointError, match="'w'"):
-            pv.fit(
-                infinite_gradient_model, empty_guide, data, epochs=2, save_dir=save_dir, **kwargs
-            )
+            pv.fit(infinite_gradient_model, empty_guide, data, epochs=2, device="cpu",
+                   save=save_dir, log=False)  # fmt: skip
         path = Path(save_dir) / "checkpoint.pt"
         if path.exists():
             saved = torch.load(path, weights_only=True)["params"]
             assert all(bool(v.isfinite().all()) for v in saved.values()), saved
     pyro.clear_param_store()
     with pytest.raises(FloatingPointError, match="'w'"):
-        pv.fit(infinite_gradient_model, empty_guide, data, epochs=1, **kwargs)
+        pv.fit(infinite_gradient_model, empty_guide, data, epochs=1, device="cpu", log=False)
 
 
 def test_a_nan_validation_elbo_is_an_error():
@@ -490,9 +489,7 @@ def test_a_nan_validation_elbo_is_an_error():
     data = pv.Batches(torch.zeros(4, 1), batch_size=4)
     optim = pv.LazyAdam({"lr": 100.0})
     with pytest.raises(FloatingPointError, match="validation ELBO"):
-        pv.fit(
-            model, guide, data, epochs=1, optim=optim, validation=data, device="cpu", progress=False
-        )
+        pv.fit(model, guide, data, epochs=1, optim=optim, validation=data, device="cpu", log=False)
 
 
 def small_vae() -> pv.VAE:
@@ -517,12 +514,10 @@ def test_a_run_stopped_by_epochs_resumes_exactly_with_validation():
             data,
             epochs=epochs,
             optim=pv.LazyAdam({"lr": 1e-2}),
-            validation=validation,
-            validate_every=3,
-            save_dir=save_dir,
-            resume=resume,
+            validation=pv.Validation(validation, every=3),
+            save=pv.Checkpoints(save_dir, resume=resume),
             device="cpu",
-            progress=False,
+            log=False,
         ).loss
 
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
@@ -554,7 +549,7 @@ g = torch.Generator().manual_seed(3)
 loader = DataLoader(pv.Indexed(TensorDataset(pv.make_circle(64)[0])), batch_size=16,
                     shuffle=True, generator=g, num_workers=1)
 history = pv.fit(model, vae.guide, loader, epochs=4, device="cpu", modules=vae,
-                 save_dir=save_dir, resume=True, progress=False,
+                 save=pv.Checkpoints(save_dir, resume=True), log=False,
                  loss=pv.ImportanceWeightedELBO(2))
 torch.save({"loss": history.loss, "state": vae.state_dict()}, out)
 """

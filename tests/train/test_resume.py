@@ -8,7 +8,7 @@ import os
 import pyro
 import pytest
 import torch
-from helpers import circle_data, circle_vae, fit_circle
+from helpers import circle_data, circle_vae, fit_circle, grouped
 
 import pyro_vae as pv
 from pyro_vae.train.checkpoint import CheckpointError
@@ -69,7 +69,13 @@ def test_resume_refuses_another_guide(tmp_path):
     vae = circle_vae()
     vae = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
     with pytest.raises(CheckpointError, match=r"has no parameter 'vae\.guide\$\$\$loc'"):
-        pv.fit(vae.model, vae.guide, circle_data(), epochs=2, save_dir=tmp_path, resume=True)
+        pv.fit(
+            vae.model,
+            vae.guide,
+            circle_data(),
+            epochs=2,
+            save=pv.Checkpoints(tmp_path, resume=True),
+        )
 
 
 def test_resume_refuses_another_optimizer_type(tmp_path):
@@ -120,10 +126,7 @@ def test_lazy_adam_new_local_lr_on_resume(tmp_path):
             circle_data(),
             epochs=epochs,
             optim=optim,
-            save_dir=save_dir,
-            device="cpu",
-            progress=False,
-            **options,
+            **grouped(save_dir=save_dir, device="cpu", progress=False, **options),
         )
 
     per_datapoint(tmp_path, 1, pv.LazyAdam({"lr": 1e-2}, local_lr=0.1))

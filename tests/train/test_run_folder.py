@@ -204,9 +204,9 @@ def test_a_non_finite_loss_stops_at_the_next_read_and_keeps_the_checkpoint(tmp_p
     pyro.enable_validation(False)  # a NaN from the parameters, not from validated inputs
     pair = NaNAfter(bad_step=100 + 3)  # 100 steps an epoch: the third step of epoch 2
     batches = pv.Batches(pv.make_circle(1000)[0], batch_size=10)
-    kwargs = {"device": "cpu", "progress": False, "save_dir": tmp_path}
+    options = {"device": "cpu", "save": tmp_path, "log": pv.Logging(progress=False, every=5)}
     with pytest.raises(FloatingPointError) as info:
-        pv.fit(pair.model, pair.guide, batches, epochs=3, log_every=5, **kwargs)
+        pv.fit(pair.model, pair.guide, batches, epochs=3, **options)
     message = str(info.value)
     assert "in epoch 2 by step 6" in message  # the first read after the NaN (steps 1, 6, ...)
     assert "resume=True" in message and "smaller step size" in message

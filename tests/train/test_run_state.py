@@ -74,9 +74,16 @@ def test_parameters_created_after_the_first_step_are_saved_and_resumed(tmp_path)
         torch.manual_seed(0)
         pair = LateParams()
         pyro.set_rng_seed(1)
-        history = pv.fit(pair.model, pair.guide, pv.Batches(x, batch_size=8), epochs=epochs,
-                         device="cpu", save_dir=save_dir, resume=resume, progress=False,
-                         optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+        history = pv.fit(
+            pair.model,
+            pair.guide,
+            pv.Batches(x, batch_size=8),
+            epochs=epochs,
+            device="cpu",
+            save=pv.Checkpoints(save_dir, resume=resume),
+            log=False,
+            optim=pyro.optim.Adam({"lr": 0.05}),
+        )
         stores[save_dir, epochs] = {n: v.detach().clone()
                                     for n, v in pyro.get_param_store().items()}  # fmt: skip
         return pair, history
@@ -119,9 +126,16 @@ def test_a_dataloader_with_its_own_generator_resumes_exactly(tmp_path, where):
         torch.manual_seed(0)
         vae = circle_vae()
         pyro.set_rng_seed(0)
-        history = pv.fit(vae.model, vae.guide, loader, epochs=epochs, device="cpu",
-                         save_dir=save_dir, resume=resume, progress=False,
-                         optim=pv.LazyAdam({"lr": 1e-2}))  # fmt: skip
+        history = pv.fit(
+            vae.model,
+            vae.guide,
+            loader,
+            epochs=epochs,
+            device="cpu",
+            save=pv.Checkpoints(save_dir, resume=resume),
+            log=False,
+            optim=pv.LazyAdam({"lr": 1e-2}),
+        )
         return vae, history
 
     resumed_equals_uninterrupted(train, tmp_path)

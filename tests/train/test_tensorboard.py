@@ -30,12 +30,9 @@ def test_fit_writes_scalars_and_images(tmp_path):
         pv.Batches(x, batch_size=16),
         epochs=3,
         device="cpu",
-        progress=False,
-        log_every=2,
-        beta=lambda epoch: epoch / 4,
+        log=pv.Logging(progress=False, every=2, tensorboard=tmp_path, images_every=1),
+        loss=pv.BetaELBO(lambda epoch: epoch / 4),
         validation=pv.Batches(x[:32], batch_size=16),
-        log_dir=tmp_path,
-        log_images_every=1,
     )
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
@@ -71,9 +68,7 @@ def test_logging_leaves_training_unchanged(tmp_path):
             pv.Batches(x, batch_size=16),
             epochs=2,
             device="cpu",
-            progress=False,
-            log_dir=log_dir,
-            log_images_every=1 if log_dir else 0,  # (images without a log_dir are refused)
+            log=pv.Logging(progress=False, tensorboard=log_dir, images_every=1 if log_dir else 0),
         )
         losses.append(history.loss)
     assert losses[0] == losses[1]
@@ -89,6 +84,5 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
             pv.Batches(torch.rand(16, 784).round(), batch_size=8),
             epochs=1,
             device="cpu",
-            progress=False,
-            log_dir=tmp_path,
+            log=pv.Logging(progress=False, tensorboard=tmp_path),
         )

@@ -8,6 +8,7 @@ import torch
 from helpers import ppca
 
 import pyro_vae as pv
+from pyro_vae.train.loop import train
 
 
 def test_validation_elbo_is_recorded_at_the_promised_epochs_and_is_exact():
@@ -22,10 +23,8 @@ def test_validation_elbo_is_recorded_at_the_promised_epochs_and_is_exact():
         epochs=5,
         optim=pyro.optim.Adam({"lr": 0.0}),
         device="cpu",
-        progress=False,
-        validation=x,
-        validate_every=2,
-        validation_particles=3,
+        log=False,
+        validation=pv.Validation(x, every=2, num_particles=3),
     )
     assert history.val_epoch == [2, 4, 5]
     assert history.val_elbo == pytest.approx([log_px.mean().item()] * 3, abs=1e-10)
@@ -36,7 +35,7 @@ def test_validation_tracks_a_worse_guide_and_survives_save_and_load(tmp_path):
     vae, x, log_px, _ = ppca()
     with torch.no_grad():  # a shifted encoder: its ELBO is below log p(x), then improves
         vae.variational.encoder.bias[:2] += 1.0
-    history = pv.fit(
+    history = train(  # infer_local's loop (E-steps only), with validation
         vae.model,
         vae.guide,
         pv.Batches(x, batch_size=16),
