@@ -26,8 +26,12 @@ import torch._dynamo
 import torch._inductor.config
 
 import pyro_vae as pv
-from pyro_vae._scripts import write_results
 from pyro_vae.models import zoo
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 N, BATCH = 32, 11
 
@@ -78,7 +82,7 @@ def main(args: argparse.Namespace) -> dict:
             row = {"compiled": reason is None, "reason": reason, "rel_diff": diff}
             result["models"][name] = row | {"seconds": seconds}
             print(f"{name:24s} {'compiled' if reason is None else reason} {diff:.1e}", flush=True)
-    return write_results(result, args, markdown)
+    return _common.write_results(result, args, markdown)
 
 
 def markdown(result: dict) -> str:
@@ -109,6 +113,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     args = parse_args()
     if args.from_json:
-        write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
+        _common.write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
     else:
         main(args)

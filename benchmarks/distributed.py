@@ -26,7 +26,11 @@ import torch.distributed as tdist
 import torch.multiprocessing as mp
 
 import pyro_vae as pv
-from pyro_vae._scripts import replace_block
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 
 def load(args: argparse.Namespace) -> tuple[torch.Tensor, str]:
@@ -109,7 +113,7 @@ def main(args: argparse.Namespace) -> dict:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
     if args.readme:
-        replace_block(Path(args.readme), "distributed", markdown(result))
+        _common.replace_block(Path(args.readme), "distributed", markdown(result))
     print(json.dumps(result, indent=1))
     return result
 

@@ -24,9 +24,12 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae._baseline import plain_epoch
-from pyro_vae._scripts import write_results
 from pyro_vae.models import zoo
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 
 def plain(x: torch.Tensor, epochs: int, batch_size: int) -> None:
@@ -35,7 +38,7 @@ def plain(x: torch.Tensor, epochs: int, batch_size: int) -> None:
     optimizer = torch.optim.Adam(vae.parameters(), lr=3e-4)
     batches = pv.Batches(x, batch_size=batch_size)
     for _ in range(epochs):
-        plain_epoch(vae, batches, optimizer, "cpu")
+        _common.plain_epoch(vae, batches, optimizer, "cpu")
 
 
 def with_fit(
@@ -50,7 +53,7 @@ def with_fit(
 
 def main(args: argparse.Namespace) -> dict:
     if args.from_json:
-        return write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
+        return _common.write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
     pyro.enable_validation(False)
     torch.manual_seed(args.seed)
     x, _ = pv.make_circle(15000)
@@ -78,7 +81,7 @@ def main(args: argparse.Namespace) -> dict:
               "epochs": e, "steps_per_epoch": 15, "seconds": best}  # fmt: skip
     for name, seconds in best.items():
         print(f"{name}: {seconds:.2f} s", flush=True)
-    return write_results(result, args, markdown)
+    return _common.write_results(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

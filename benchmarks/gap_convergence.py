@@ -19,8 +19,12 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -32,8 +36,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--data-dir", default=pv.default_data_dir())
     args = p.parse_args(argv)
     run = json.loads((args.run / "metrics.json").read_text())
-    activation = scripts.ACTIVATIONS[run.get("activation", "tanh")]
-    _, test = scripts.binarized_mnist(args.data_dir, torch.device("cpu"), test_points=args.points)
+    activation = _common.ACTIVATIONS[run.get("activation", "tanh")]
+    _, test = _common.binarized_mnist(args.data_dir, torch.device("cpu"), test_points=args.points)
     rows = []
     for epochs in args.epochs:
         pyro.clear_param_store()

@@ -53,12 +53,15 @@ import torch._inductor.config
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae._baseline import plain_loss, sync
-from pyro_vae._scripts import write_results
 from pyro_vae.devices.dispatch import DispatchWatch, launches
-from pyro_vae.infer._gradient import gradient_step
 from pyro_vae.models import zoo
+from pyro_vae.train._gradient import gradient_step
 from pyro_vae.train._step import Step
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 LOOPS = ("fit", "fit with Pyro's loss", "SVI.step", "plain", "compiled")
 
@@ -88,8 +91,8 @@ def stepper(loop: str, vae: pv.VAE, num_data: int) -> Callable[[torch.Tensor, to
         )
     if loop in ("fit", "compiled"):
         device = next(vae.parameters()).device
-        return Step(vae.model, vae.guide, pv.TensorTrace_ELBO(), pv.LazyAdam({"lr": 1e-3,
-                    "foreach": True}), num_data=num_data, device=device,
+        return Step(vae.model, vae.guide, pv.LazyAdam({"lr": 1e-3, "foreach": True}),
+                    pv.TensorTrace_ELBO(), num_data=num_data, device=device,
                     dtype=torch.float32, compile=loop == "compiled", derive=True,
                     modules=vae)  # fmt: skip
     if loop == "SVI.step":
@@ -100,7 +103,7 @@ def stepper(loop: str, vae: pv.VAE, num_data: int) -> Callable[[torch.Tensor, to
     optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, foreach=True)
 
     def plain(x: torch.Tensor, idx: torch.Tensor) -> None:
-        loss = plain_loss(vae, x)
+        loss = _common.plain_loss(vae, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -195,18 +198,18 @@ def host_ms(
         for loop, (step, (x, idx)) in runs.items():
             for _ in range(3):
                 step(x, idx)  # warm up
-            sync(device)
+            _common.sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(x, idx)
-            sync(device)
+            _common.sync(device)
             best[loop] = min(best[loop], 1e3 * (time.perf_counter() - t0) / steps)
     return best
 
 
 def main(args: argparse.Namespace) -> dict:
     if args.from_json:  # the table of a saved run, without measuring again
-        return write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
+        return _common.write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
     pyro.enable_validation(False)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -227,7 +230,7 @@ def main(args: argparse.Namespace) -> dict:
             rows[loop] = row
             print(f"{name:5s} {loop:9s} " + "  ".join(f"{k} {v}" for k, v in row.items()))
         result["models"][name] = rows
-    return write_results(result, args, markdown)
+    return _common.write_results(result, args, markdown)
 
 
 def markdown(result: dict) -> str:

@@ -24,9 +24,13 @@ import pyro
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.devices.precision import PRECISIONS
 from pyro_vae.models import zoo
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 
 def train(precision: str, train: pv.Batches, args: argparse.Namespace, device) -> tuple:
@@ -57,10 +61,10 @@ def score(vae: pv.VAE, test: pv.Batches, args: argparse.Namespace, precision: st
 def main(args: argparse.Namespace) -> dict:
     if args.from_json:
         runs = [json.loads(Path(path).read_text()) for path in args.from_json]
-        return scripts.write_results(runs, args, markdown)
+        return _common.write_results(runs, args, markdown)
     device = torch.device(args.device) if args.device else pv.default_device()
     pyro.clear_param_store()
-    x_train, _, x_test, _ = scripts.mnist_tensors(args, device)
+    x_train, _, x_test, _ = _common.mnist_tensors(args, device)
     train_set = pv.Batches(x_train, batch_size=256, binarize="threshold")
     test = pv.Batches(x_test, batch_size=1000, binarize="threshold", shuffle=False)
     result = {"device": pv.device_name(device), "threads": torch.get_num_threads(),
@@ -76,7 +80,7 @@ def main(args: argparse.Namespace) -> dict:
         print(precision, result[precision], flush=True)
     result["float32_model_scored_in_bf16"] = score(models["32"], test, args, "bf16-mixed")
     print("float32 model, bf16-mixed scoring:", result["float32_model_scored_in_bf16"])
-    return scripts.write_results(result, args, lambda r: markdown([r]))
+    return _common.write_results(result, args, lambda r: markdown([r]))
 
 
 KEYS = ("train_loss", "test_elbo", "test_log_likelihood")

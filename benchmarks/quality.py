@@ -31,7 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyro_vae as pv
-from pyro_vae._scripts import replace_block
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 BURDA = "Burda et al. 2016, Table 1"
 
@@ -217,7 +221,7 @@ def main(argv: list[str] | None = None) -> str:
     results = {name: run(name, args) for name in args.configs}
     text = table(results)
     if args.readme is not None:
-        replace_block(args.readme, args.block, text)
+        _common.replace_block(args.readme, args.block, text)
     print(text)
     return text
 

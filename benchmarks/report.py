@@ -15,7 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-from pyro_vae._scripts import replace_block
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
+
 
 COLUMNS = (
     "run",
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> str:
     references = dict(r.split("=", 1) for r in args.reference)
     text = table(args.runs, references, args.extra)
     if args.readme is not None:
-        replace_block(args.readme, args.block, text)
+        _common.replace_block(args.readme, args.block, text)
     print(text)
     return text
 

@@ -15,7 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from pyro_vae._scripts import replace_block
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 
 def budget(metrics: dict) -> str:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(json.loads((Path(args.run) / "metrics.json").read_text()))
     print(text)
     if args.readme:
-        replace_block(Path(args.readme), args.block, text)
+        _common.replace_block(Path(args.readme), args.block, text)
 
 
 if __name__ == "__main__":

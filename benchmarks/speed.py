@@ -41,11 +41,14 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae._baseline import plain_epoch, sync
-from pyro_vae._scripts import write_results
-from pyro_vae.devices.precision import use_precision
+from pyro_vae.devices.precision import _use_precision
 from pyro_vae.models import zoo
 from pyro_vae.train._step import Step
+
+try:
+    from . import _common
+except ImportError:  # run as a file: python benchmarks/<name>.py
+    import _common
 
 BF16 = "bf16-mixed"
 
@@ -54,7 +57,7 @@ def package_epoch(
     vae: pv.VAE, batches: pv.Batches, optim, device, compile=False, precision="32"
 ) -> float:
     """Seconds for one epoch of ``pyro_vae.fit`` over ``batches``."""
-    sync(device)
+    _common.sync(device)
     t0 = time.perf_counter()
     pv.fit(
         vae.model,
@@ -65,7 +68,7 @@ def package_epoch(
         device=pv.Compute(device, compile=compile, precision=precision),
         log=False,
     )
-    sync(device)
+    _common.sync(device)
     return time.perf_counter() - t0
 
 
@@ -94,14 +97,14 @@ def compare(
     warm = pv.Batches(x[: args.warmup * batch_size], batch_size=batch_size, binarize=binarize)
     package_epoch(vae_pkg, warm, optim, device)
     package_epoch(vae_bf, warm, optim_bf, device, precision="bf16-mixed")
-    plain_epoch(vae_ref, warm, optimizer, device)
-    plain_epoch(vae_fe, warm, optimizer_fe, device)
+    _common.plain_epoch(vae_ref, warm, optimizer, device)
+    _common.plain_epoch(vae_fe, warm, optimizer_fe, device)
     step_cmp, first, fallback = compiled_step(vae_cmp, few, optim_cmp, device)
     step_cmp_bf, first_bf, _ = compiled_step(vae_cmp_bf, few, optim_cmp_bf, device, "bf16-mixed")
     timers = {  # seconds per step of each, over the same batches
         "pyro_vae_step_ms": lambda: package_epoch(vae_pkg, few, optim, device),
-        "plain_torch_step_ms": lambda: plain_epoch(vae_ref, few, optimizer, device),
-        "plain_foreach_step_ms": lambda: plain_epoch(vae_fe, few, optimizer_fe, device),
+        "plain_torch_step_ms": lambda: _common.plain_epoch(vae_ref, few, optimizer, device),
+        "plain_foreach_step_ms": lambda: _common.plain_epoch(vae_fe, few, optimizer_fe, device),
         "compiled_step_ms": lambda: step_epoch(step_cmp, few, device),
         "bf16_step_ms": lambda: package_epoch(vae_bf, few, optim_bf, device, precision=BF16),
         "compiled_bf16_step_ms": lambda: step_epoch(step_cmp_bf, few, device, BF16),
@@ -122,13 +125,13 @@ def compare(
     if args.epochs:
         full = pv.Batches(x, batch_size=batch_size, binarize=binarize)
         result["pyro_vae_epoch_s"] = package_epoch(vae_pkg, full, optim, device)
-        result["plain_torch_epoch_s"] = plain_epoch(vae_ref, full, optimizer, device)
+        result["plain_torch_epoch_s"] = _common.plain_epoch(vae_ref, full, optimizer, device)
         result["epoch_ratio"] = result["pyro_vae_epoch_s"] / result["plain_torch_epoch_s"]
         # (its last, smaller batch compiles once more: counted here)
         result["compiled_epoch_s"] = package_epoch(vae_cmp, full, optim_cmp, device, compile=True)
         result["compiled_epoch_ratio"] = result["compiled_epoch_s"] / result["plain_torch_epoch_s"]
         if tutorial is not None:
-            result["zuko_tutorial_pipeline_epoch_s"] = plain_epoch(
+            result["zuko_tutorial_pipeline_epoch_s"] = _common.plain_epoch(
                 vae_ref, tutorial, optimizer, device
             )
         if loader is not None:  # fit through a DataLoader over the same files
@@ -161,7 +164,7 @@ def compiled_step(
     ``compile=True``), the seconds of its first epoch over ``few``, which checks the derived
     estimator against the Pyro loss and compiles (its excess over a later epoch is the
     once-per-run cost), and the warning of a pair that fell back to the eager step."""
-    step = Step(vae.model, vae.guide, pv.TensorTrace_ELBO(), optim, num_data=few.num_data,
+    step = Step(vae.model, vae.guide, optim, pv.TensorTrace_ELBO(), num_data=few.num_data,
                 device=device, dtype=torch.float32, compile=True, modules=vae)  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -173,15 +176,15 @@ def compiled_step(
 def step_epoch(step: Step, batches: pv.Batches, device, precision: str = "32") -> float:
     """Seconds for one pass of ``step`` over ``batches``, as ``fit``'s loop takes it (the
     loss summed on the device, one host read at the end), at ``precision``."""
-    sync(device)
+    _common.sync(device)
     t0 = time.perf_counter()
     total = 0.0
-    with use_precision(precision):
+    with _use_precision(precision):
         for x, idx in batches:
             x, idx = x.to(device, non_blocking=True), idx.to(device, non_blocking=True)
             total = total + step(x, idx) * (x.shape[0] / batches.num_data)
         float(total)
-    sync(device)
+    _common.sync(device)
     return time.perf_counter() - t0
 
 
@@ -250,17 +253,17 @@ def per_datapoint_step(
     batches = (batch for _ in iter(int, 1) for batch in data)  # epochs without end
     for _ in range(warmup):
         svi.step(*next(batches), num_data=n)
-    sync(device)
+    _common.sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         svi.step(*next(batches), num_data=n)
-    sync(device)
+    _common.sync(device)
     return (time.perf_counter() - t0) / steps
 
 
 def main(args: argparse.Namespace) -> dict:
     if args.from_json:  # the tables of a saved run, without measuring again
-        return write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
+        return _common.write_results(json.loads(Path(args.from_json).read_text()), args, markdown)
     device = torch.device(args.device) if args.device else pv.default_device()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -334,7 +337,7 @@ def main(args: argparse.Namespace) -> dict:
         print(
             f"per-datapoint guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True
         )
-    return write_results(result, args, markdown)
+    return _common.write_results(result, args, markdown)
 
 
 def _foreach_table(result: dict) -> list[str]:

@@ -28,8 +28,12 @@ import time
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         out="runs/circle",
         full="500",
         lr=3e-4,
-        particles=1000,
+        default_particles=1000,
         mnist=False,
     )
     p.add_argument("--inference", choices=zoo.INFERENCE, default="amortized")

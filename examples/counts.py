@@ -29,12 +29,16 @@ import torch
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(__doc__, epochs=30, batch_size=128, out="runs/counts", full="100",
-                       lr=1e-3, particles=200, mnist=False)  # fmt: skip
+                       lr=1e-3, default_particles=200, mnist=False)  # fmt: skip
     p.add_argument("--batch-covariate", action="store_true",
                    help="give the VAE the batch (scVI's covariate: a ConditionalVAE)")  # fmt: skip
     p.add_argument("--cells", type=int, default=6000, help="cells (a quarter held out)")

@@ -22,12 +22,16 @@ import torch
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(__doc__, epochs=5, batch_size=128, out="runs/mnist_8bit", full="20",
-                       particles=100)  # fmt: skip
+                       default_particles=100)  # fmt: skip
     p.add_argument("--components", type=int, default=5, help="logistics per pixel")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--latent-dim", type=int, default=32)

@@ -18,8 +18,12 @@ from __future__ import annotations
 import argparse
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         out="runs/mnist_conv",
         full="10",
         lr=2e-3,
-        particles="1000 on cuda, 5 on cpu",
+        default_particles="1000 on cuda, 5 on cpu",
     )
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")
@@ -60,7 +64,7 @@ def main(args: argparse.Namespace) -> dict:
         test,
         device,
         args.num_particles,
-        particles=(1000, 5),
+        default_particles=(1000, 5),
         max_rows=(2**16, 2**13),
     )
     x = test.data[:64]

@@ -27,8 +27,12 @@ import time
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 PYRO_CVAE = {1: 71.8, 2: 51.0, 3: 24.2}
 """Pyro's tutorial: the CVAE's negative ELBO of the unknown pixels (nats per image; its
@@ -40,7 +44,7 @@ one completion of the unknown pixels, nats per image)."""
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__, epochs=2, batch_size=128, out="runs/mnist_cvae", full="10", particles=100
+        __doc__, epochs=2, batch_size=128, out="runs/mnist_cvae", full="10", default_particles=100
     )
     p.add_argument("--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=(1, 2, 3))
     p.add_argument("--latent-dim", type=int, default=200)
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) 
                                            device))  # fmt: skip
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
     result = scripts.score_test_set(cvae.model, cvae.guide, test, device, args.num_particles,
-                                    particles=(1000, 100))  # fmt: skip
+                                    default_particles=(1000, 100))  # fmt: skip
     image = completions(cvae, test, scripts.pictures(out) / f"completions{quadrants}.png")
     return {
         "quadrants": quadrants,

@@ -31,8 +31,12 @@ import argparse
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

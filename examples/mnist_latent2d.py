@@ -22,13 +22,22 @@ import pathlib
 import torch
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__, epochs=5, batch_size=100, out="runs/mnist_latent2d", full="50", particles=1000
+        __doc__,
+        epochs=5,
+        batch_size=100,
+        out="runs/mnist_latent2d",
+        full="50",
+        default_particles=1000,
     )
     p.add_argument("--hidden", type=int, default=400)
     p.add_argument("--likelihood", choices=zoo.LIKELIHOODS, default="bernoulli")

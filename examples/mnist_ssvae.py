@@ -23,8 +23,12 @@ import torch
 from pyro.infer import TraceEnum_ELBO
 
 import pyro_vae as pv
-from pyro_vae import _scripts as scripts
 from pyro_vae.models import zoo
+
+try:
+    from . import _common as scripts
+except ImportError:  # run as a file: python examples/<name>.py
+    import _common as scripts
 
 KINGMA_M2 = {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92}
 """Kingma et al. (2014), Table 1: M2's test error (%) by number of labels."""
@@ -32,7 +36,7 @@ KINGMA_M2 = {100: 11.97, 600: 4.94, 1000: 3.60, 3000: 3.92}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = scripts.parser(
-        __doc__, epochs=2, batch_size=200, out="runs/mnist_ssvae", full="50", particles=10
+        __doc__, epochs=2, batch_size=200, out="runs/mnist_ssvae", full="50", default_particles=10
     )
     p.add_argument("--labels", type=int, nargs="+", default=[3000], help="known labels")
     p.add_argument("--alpha-scale", type=float, default=0.1, help="alpha = scale * N / labels")

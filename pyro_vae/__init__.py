@@ -9,8 +9,9 @@ The names below are flat, as ``pyro.infer`` and ``torch.distributions`` export t
 ``import pyro_vae as pv`` reaches them all); each lives in one of the subpackages, listed from
 the bottom up (each imports only those before it):
 
-* :mod:`pyro_vae.devices`: :func:`default_device`, :func:`device_name`, ``fake_cuda`` and the
-  dispatch watch (:mod:`pyro_vae.devices.dispatch`);
+* :mod:`pyro_vae.devices`: :func:`default_device`, :func:`device_name`, ``fake_cuda``, the
+  dispatch watch (:mod:`pyro_vae.devices.dispatch`) and the networks' precision
+  (:mod:`pyro_vae.devices.precision`);
 * :mod:`pyro_vae.data`: :class:`Batches`, :class:`Loader`, :class:`Indexed`,
   :func:`load_mnist`, :func:`make_circle`, :func:`default_data_dir`;
 * :mod:`pyro_vae.models`: :class:`VAE`, :class:`ConditionalVAE`, :class:`SemiSupervisedVAE`,
@@ -45,7 +46,7 @@ import torch as _torch
 # (Distribution.set_default_validate_args(False)); the package leaves the flag as it found it.
 _validate_args = _torch.distributions.Distribution._validate_args
 
-from . import data, devices, infer, models, plots, train
+from . import data, devices, infer, models, plots, train  # noqa: F401 (the subpackages)
 from .data import Batches, Indexed, Loader, default_data_dir, load_mnist, make_circle
 from .devices import default_device, device_name
 from .infer import (
@@ -90,7 +91,6 @@ from .models import (
     UnitIntervalBernoulli,
     VampPrior,
     ZukoFlowEncoder,
-    diagonal_normal,
 )
 from .plots import plot_curves, plot_scatter, save_grid, save_reconstructions
 from .train import (
@@ -159,28 +159,21 @@ __all__ = [
     "VampPrior",
     "ZukoFlowEncoder",
     "amortization_gap",
-    "data",
     "default_data_dir",
     "default_device",
     "device_name",
-    "devices",
-    "diagonal_normal",
     "evaluate",
     "fit",
-    "infer",
     "infer_local",
     "load_checkpoint",
     "load_mnist",
     "log_weights",
     "make_circle",
-    "models",
     "plot_curves",
     "plot_scatter",
-    "plots",
     "save_grid",
     "save_model",
     "save_reconstructions",
-    "train",
 ]
 
 __version__ = "0.1.0"

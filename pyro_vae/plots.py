@@ -6,27 +6,15 @@ example's ``metrics.json``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from ._images import as_images
+
 __all__ = ["plot_curves", "plot_scatter", "save_grid", "save_reconstructions"]
-
-
-def _as_images(x: Tensor, image_shape: Sequence[int]) -> Tensor:
-    size = math.prod(image_shape)
-    per_image = math.prod(x.shape[1:]) if x.dim() > 1 else x.numel()
-    if per_image != size:
-        side = math.isqrt(per_image)
-        guess = f"(1, {side}, {side})" if side * side == per_image else "(C, H, W)"
-        raise ValueError(
-            f"images of {per_image} values each cannot be drawn as image_shape="
-            f"{tuple(image_shape)} ({size} values): pass image_shape={guess}"
-        )
-    return x.detach().float().cpu().reshape(-1, *image_shape).clamp(0, 1)
 
 
 def save_grid(
@@ -55,7 +43,7 @@ def save_grid(
     """
     from torchvision.utils import save_image
 
-    save_image(_as_images(images, image_shape), os.fspath(path), nrow=nrow, padding=2)
+    save_image(as_images(images, image_shape), os.fspath(path), nrow=nrow, padding=2)
     return os.path.basename(os.fspath(path))
 
 
@@ -82,8 +70,8 @@ def save_reconstructions(
         ...     save_reconstructions(x, x.round(), f"{tmp}/reconstructions.png")
         'reconstructions.png'
     """
-    a = _as_images(originals, image_shape)
-    b = _as_images(reconstructions, image_shape)
+    a = as_images(originals, image_shape)
+    b = as_images(reconstructions, image_shape)
     n = (a.shape[0] // nrow) * nrow or a.shape[0]
     rows = [t for i in range(0, n, nrow) for t in (a[i : i + nrow], b[i : i + nrow])]
     return save_grid(torch.cat(rows), path, image_shape=image_shape, nrow=nrow)

@@ -410,7 +410,7 @@ ZOO = {
 
 def assert_bf16_scoring_agrees(vae: pv.VAE, x: torch.Tensor, *, num_particles: int) -> None:
     """``evaluate`` of one trained model in bf16-mixed and in float32, with the same noise:
-    its ELBO and log-likelihood within 0.1 nats (issue #33's bound for scoring)."""
+    its ELBO and log-likelihood within 0.1 nats (the bound bf16-mixed scoring is held to)."""
     scores = {}
     for precision in ("32", "bf16-mixed"):
         torch.manual_seed(1)

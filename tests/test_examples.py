@@ -282,8 +282,8 @@ def test_examples_never_overwrite_a_run_silently(tmp_path):
 @pytest.mark.long
 def test_an_example_rerun_answers_in_its_own_flags(tmp_path):
     """As a command, a second run into the same --out ends with exit status 2 and a message in
-    the script's flags (before: a FileExistsError traceback naming resume=True and
-    overwrite=True, Python arguments); a run ends by printing where its outputs are."""
+    the script's flags (not a traceback naming Python arguments); a run ends by printing where
+    its outputs are."""
     import subprocess
     import sys
 

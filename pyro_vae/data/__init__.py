@@ -6,16 +6,8 @@
 Modules: ``datasets``, ``batches`` and ``loaders``.
 """
 
-from .batches import Batches, DataSource
+from .batches import Batches
 from .datasets import default_data_dir, load_mnist, make_circle
 from .loaders import Indexed, Loader
 
-__all__ = [
-    "Batches",
-    "DataSource",
-    "Indexed",
-    "Loader",
-    "default_data_dir",
-    "load_mnist",
-    "make_circle",
-]
+__all__ = ["Batches", "Indexed", "Loader", "default_data_dir", "load_mnist", "make_circle"]

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["Batches", "DataSource"]
+__all__ = ["Batches"]
 
 Binarize = Literal["threshold", "dynamic"] | None
 Fields = dict[str, Tensor]

@@ -5,7 +5,7 @@ mixes, kernel launches), and :mod:`~pyro_vae.devices.precision`, the networks' a
 bfloat16 (``precision="bf16-mixed"``).
 """
 
+from .._placement import default_device, device_name, fake_cuda
 from . import dispatch, precision
-from ._placement import default_device, device_name, fake_cuda
 
 __all__ = ["default_device", "device_name", "dispatch", "fake_cuda", "precision"]

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["DeviceMixError", "DispatchWatch", "Event", "HostReadError", "launches"]
+__all__ = ["DeviceMixError", "DispatchWatch", "HostReadError"]
 
 aten = torch.ops.aten
 
@@ -185,7 +185,7 @@ def _stand_in(func: torch._ops.OpOverload, args: tuple) -> object:
 
 class DispatchWatch(TorchDispatchMode):
     """Counts the aten ops dispatched in its context and records host reads, transfers and
-    device mixes, each as an :class:`Event`.
+    device mixes, each as an ``Event``.
 
     Args:
         allow: The functions whose host reads (and transfers) are expected, as functions or

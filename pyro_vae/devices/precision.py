@@ -38,7 +38,7 @@ for overflow and skipped, through every optimizer path (Pyro's per-parameter opt
 
 Example:
     >>> net = torch.nn.Linear(4, 3)
-    >>> with use_precision("bf16-mixed"):
+    >>> with _use_precision("bf16-mixed"):
     ...     out = network(net, torch.zeros(2, 4))
     >>> out.dtype
     torch.float32
@@ -52,20 +52,20 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "check_precision", "current_precision", "network", "use_precision"]
+__all__ = ["PRECISIONS", "network"]
 
 PRECISIONS = ("32", "bf16-mixed")
 """The precisions that ``fit``, ``evaluate``, ``infer_local`` and ``amortization_gap`` take."""
 
 
 class _Active:
-    """The precision of the calls now running (set by :func:`use_precision`; read by
+    """The precision of the calls now running (set by :func:`_use_precision`; read by
     :func:`network`). A plain attribute, so that ``torch.compile`` guards on it."""
 
     lower: torch.dtype | None = None
 
 
-def check_precision(precision: object) -> str:
+def _check_precision(precision: object) -> str:
     """``precision`` if it is one of :data:`PRECISIONS`.
 
     Raises:
@@ -85,13 +85,13 @@ def check_precision(precision: object) -> str:
     )
 
 
-def current_precision() -> str:
+def _current_precision() -> str:
     """The precision of the calls now running: ``"32"`` or ``"bf16-mixed"``."""
     return "32" if _Active.lower is None else "bf16-mixed"
 
 
 @contextmanager
-def use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
+def _use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
     """Within: :func:`network` calls run at ``precision``; the previous one is put back after.
     The setting is the process's (not one thread's): run one precision at a time.
 
@@ -104,7 +104,7 @@ def use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
     Raises:
         ValueError: For an unknown precision, or ``"bf16-mixed"`` with such data.
     """
-    check_precision(precision)
+    _check_precision(precision)
     if precision == "bf16-mixed" and data is not None:
         _check_data(data)
     old = _Active.lower

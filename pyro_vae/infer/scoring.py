@@ -12,7 +12,7 @@ the second a stochastic lower bound that tightens to :math:`\log p(x)` as :math:
 Particles are vectorized by an outer ``pyro.plate("particles", K, dim=-2)`` and chunked so that
 ``points × particles`` stays below ``max_rows``. Discrete sites marked for enumeration are
 summed out exactly, as ``pyro.infer.TraceEnum_ELBO`` sums them, masks apply, and training-only
-terms are left out (:mod:`pyro_vae.infer._weights`). Once per call, on the first chunk, the
+terms are left out (``pyro_vae.infer._weights``). Once per call, on the first chunk, the
 vectorized pass is checked against a pass without the particle plate and against Pyro's
 ``TraceEnum_ELBO`` with the same random numbers: a model that does not broadcast over the
 particles is scored particle by particle (with a warning that says how to vectorize it), and a
@@ -36,13 +36,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .._checks import check_int, check_pair
-from ..data._source import prepare
+from .._placement import DeviceCheck
+from .._source import prepare
+from .._world import all_sum, get_world
 from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
-from ..devices._placement import DeviceCheck
-from ..devices._world import all_sum, get_world
-from ..devices.precision import check_precision, use_precision
-from ..models.nets import modes
+from ..devices.precision import _check_precision, _use_precision
+from ..models.nets import training_modes
 from ._weights import Unscaled, pair_scores, run_pair, training_only_hidden
 
 __all__ = ["Evaluation", "evaluate", "log_weights"]
@@ -64,7 +64,7 @@ def log_weights(
 
     Discrete sites enumerated in the guide or the model (``infer={"enumerate": "parallel"}``)
     are summed out inside each weight, masks apply, scales do not, and sites marked
-    ``infer={"training_only": True}`` are left out (:mod:`pyro_vae.infer._weights`).
+    ``infer={"training_only": True}`` are left out (``pyro_vae.infer._weights``).
 
     Args:
         model: A Pyro model ``model(x, idx)`` whose data plate is its only plate
@@ -172,7 +172,7 @@ def evaluate(
     """
     check_int("num_particles", num_particles)
     check_int("max_rows", max_rows)
-    check_precision(precision)
+    _check_precision(precision)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks
     ready = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix)
@@ -193,8 +193,8 @@ def evaluate(
         )
     num_data = ready.data.num_data if _takes_num_data(model) and _takes_num_data(guide) else None
     with (
-        modes(ready.modules, train=False),  # BatchNorm: running statistics, left as they are
-        use_precision(precision, ready.data.points),
+        training_modes(ready.modules, train=False),  # BatchNorm: its statistics, left as they are
+        _use_precision(precision, ready.data.points),
     ):
         scorer = _Scorer(model, guide, num_particles, max_rows, max_plate_nesting, num_data)
         check = DeviceCheck(ready.device, ready.data.points.dtype, fix=fix)

@@ -20,7 +20,6 @@ from .guides import (
     Guide,
     PerDatapointGaussian,
     SemiAmortizedGaussian,
-    diagonal_normal,
 )
 from .hierarchical import GuideChain, HierarchicalVAE
 from .library import LatentLibraryPrior
@@ -62,6 +61,5 @@ __all__ = [
     "UnitIntervalBernoulli",
     "VampPrior",
     "ZukoFlowEncoder",
-    "diagonal_normal",
     "zoo",
 ]

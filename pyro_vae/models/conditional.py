@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ._composition import check_role, takes
 from .guides import Guide
 from .likelihoods import Likelihood
-from .nets import modes
+from .nets import training_modes
 from .vae import VAE
 
 __all__ = ["ConditionalVAE"]
@@ -172,7 +172,7 @@ class ConditionalVAE(VAE):
         """The mean of :math:`p(x \\mid z, c)` at :math:`z \\sim p(z \\mid c)`, one per row of
         ``c``: shape ``(B, *event_shape)``; in eval mode."""
         c = c.flatten(1)
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             prior = self._prior(c)
             z = prior() if self.conditional_prior else prior(torch.Size((c.shape[0],)))
             return self._likelihood(z, c, None).mean
@@ -182,7 +182,7 @@ class ConditionalVAE(VAE):
         """The mean of :math:`p(x \\mid z, c)` at the guide's mean; shape of ``x``."""
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             z = self.variational(self.guide_input(x, {self.condition: c}), idx).mean
             c = c.flatten(1)
             return self._likelihood(z, c, None).mean

@@ -27,7 +27,6 @@ __all__ = [
     "Guide",
     "PerDatapointGaussian",
     "SemiAmortizedGaussian",
-    "diagonal_normal",
 ]
 
 

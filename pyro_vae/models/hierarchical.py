@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ._composition import batch_scale, check_role, log_density, negative_bound, particles
 from .guides import Guide
 from .likelihoods import Likelihood
-from .nets import modes
+from .nets import training_modes
 from .priors import Prior
 from .vae import VAE
 
@@ -221,7 +221,7 @@ class HierarchicalVAE(VAE):
     @torch.no_grad()
     def sample(self, num_samples: int) -> Tensor:
         """Ancestral samples of the latents; returns the mean of :math:`p(x \\mid z_1)`."""
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             z = self.prior()(torch.Size((num_samples,)))
             for conditional in reversed(self.conditionals):
                 z = conditional(z).sample()
@@ -232,5 +232,5 @@ class HierarchicalVAE(VAE):
         """The mean of :math:`p(x \\mid z_1)` at :math:`z_1 = \\mathbb{E}[q(z_1 \\mid x)]`."""
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             return self.likelihood(self.variational[0](x, idx).mean).mean

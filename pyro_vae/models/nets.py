@@ -168,14 +168,14 @@ class ConvDecoder(nn.Module):
 
 
 @contextmanager
-def modes(modules: nn.Module | None, *, train: bool | None) -> Iterator[None]:
+def training_modes(modules: nn.Module | None, *, train: bool | None) -> Iterator[None]:
     """The block runs with ``modules`` in train (``True``) or eval (``False``) mode, or as they
     are (``None``); after it, every submodule is back in its own mode (a BatchNorm a user froze
     in eval mode inside a training model stays frozen).
 
     Example:
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval()
-        >>> with modes(net, train=True):
+        >>> with training_modes(net, train=True):
         ...     net[1].training
         True
         >>> net[1].training

@@ -31,7 +31,7 @@ from ..devices.precision import network
 from ._composition import check_role
 from .guides import GaussianEncoder
 from .likelihoods import Likelihood
-from .nets import modes
+from .nets import training_modes
 from .vae import VAE
 
 __all__ = ["SemiSupervisedVAE"]
@@ -153,7 +153,7 @@ class SemiSupervisedVAE(VAE):
     def sample(self, y: Tensor) -> Tensor:
         r"""The mean of :math:`p(x \mid z, y)` at :math:`z \sim \mathcal{N}(0, I)`, one per
         label in ``y`` ``(B,)``: digits of the given classes; in eval mode."""
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             z = torch.randn(y.shape[0], self.latent_dim, device=y.device)
             z = z.to(next(self.likelihood.parameters()).dtype)
             return self.likelihood(torch.cat([z, self._onehot(y, z)], -1)).mean
@@ -161,7 +161,7 @@ class SemiSupervisedVAE(VAE):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, idx: Tensor | None = None, *, y: Tensor) -> Tensor:
         r"""The mean of :math:`p(x \mid z, y)` at the mean of :math:`q(z \mid x, y)`."""
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             inputs = torch.cat([x.flatten(1), self._onehot(y, x)], -1)
             z = self.variational(inputs, idx).mean
             return self.likelihood(torch.cat([z, self._onehot(y, z)], -1)).mean
@@ -169,7 +169,7 @@ class SemiSupervisedVAE(VAE):
     @torch.no_grad()
     def classify(self, x: Tensor) -> Tensor:
         """The most probable label under :math:`q(y \\mid x)`, shape ``(B,)``; in eval mode."""
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             return network(self.classifier, x).argmax(-1)
 
     def guide_layers(self) -> list[GaussianEncoder]:

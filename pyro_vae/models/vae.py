@@ -23,7 +23,7 @@ from .._checks import LocalParameters, check_floating
 from ._composition import batch_scale, check_role, log_density, negative_bound, particles
 from .guides import Guide
 from .likelihoods import Likelihood
-from .nets import modes
+from .nets import training_modes
 from .priors import Prior
 
 __all__ = ["VAE"]
@@ -304,7 +304,7 @@ class VAE(nn.Module):
         shape ``(num_samples, *event_shape)`` (pixel probabilities for a Bernoulli).
 
         Runs in eval mode (BatchNorm uses its running statistics) and restores the mode."""
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             z = self.prior()(torch.Size((num_samples,)))
             return self.likelihood(z).mean
 
@@ -315,7 +315,7 @@ class VAE(nn.Module):
         """
         if idx is None:
             idx = torch.arange(x.shape[0], device=x.device)
-        with modes(self, train=False):
+        with training_modes(self, train=False):
             q = self.variational(x, idx)
             try:
                 z = q.mean

@@ -37,17 +37,6 @@ from .semisupervised import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
-    "INFERENCE",
-    "IWAE_PRIORS",
-    "LIKELIHOODS",
-    "MNIST_SHAPE",
-    "POSTERIORS",
-    "PRIORS",
-    "IWAEPriorName",
-    "InferenceName",
-    "LikelihoodName",
-    "PosteriorName",
-    "PriorName",
     "circle_vae",
     "completion_cvae",
     "conv_vae",
@@ -146,7 +135,8 @@ def flow_posterior_vae(
     * ``"nsf"``: a zuko neural spline flow with ``flows`` transforms and context h(x).
 
     Args:
-        posterior: The posterior, one of :data:`POSTERIORS`.
+        posterior: The posterior, one of ``zoo.POSTERIORS`` (``"none"``, ``"planar"``,
+            ``"iaf"``, ``"nsf"``).
         flows: K, the number of flow maps (unused for ``"none"``).
         prior: ``"normal"`` (N(0, I)) or ``"maf"`` (:class:`~pyro_vae.MAFPrior`, defaults).
         latent_dim: z.
@@ -259,7 +249,7 @@ def conv_vae(*, likelihood: LikelihoodName = "bernoulli", latent_dim: int = 32) 
         latent_dim: z.
 
     Returns:
-        The VAE (data: images of shape :data:`MNIST_SHAPE`).
+        The VAE (data: images of shape ``(1, 28, 28)``, ``zoo.MNIST_SHAPE``).
 
     Example:
         >>> import torch
@@ -381,7 +371,8 @@ def circle_vae(
       gradient steps of size ``refine_lr`` (:class:`~pyro_vae.SemiAmortizedGaussian`).
 
     Args:
-        inference: One of :data:`INFERENCE`.
+        inference: One of ``zoo.INFERENCE`` (``"amortized"``, ``"per-datapoint"``,
+            ``"semi-amortized"``).
         num_data: N, the number of training points (needed for ``"per-datapoint"``).
         init_scale: Initial σ_n of the per-datapoint guide.
         refine_steps: Refinement steps of the semi-amortized guide.

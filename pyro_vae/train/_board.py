@@ -10,7 +10,7 @@ import os
 import torch
 from torch import Tensor, nn
 
-from ..plots import _as_images
+from .._images import as_images
 
 __all__ = ["Board"]
 
@@ -84,7 +84,7 @@ class Board:
             ("images/samples", samples, 4),
             ("images/reconstructions", torch.cat([x.to(recon.dtype), recon]), 8),
         ):
-            self.writer.add_image(tag, make_grid(_as_images(images, shape), nrow=rows), epoch)
+            self.writer.add_image(tag, make_grid(as_images(images, shape), nrow=rows), epoch)
 
     def close(self) -> None:
         """Flushes and closes the event file."""

@@ -26,8 +26,8 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from .._checks import LocalParameters
+from .._world import World, host_sum
 from ..data.batches import Batches
-from ..devices._world import World, host_sum
 
 __all__ = ["ShardedBatches"]
 

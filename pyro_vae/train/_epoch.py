@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from .._checks import BatchChecked, check_finite_params
+from .._world import World, agree, global_mean
 from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
-from ..devices._world import World, agree, global_mean
 from ..infer.scoring import evaluate
 from ._distributed import average_buffers
 from ._run import Run

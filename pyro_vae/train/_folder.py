@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 from . import _run_state
-from .checkpoint import CHECKPOINT, HISTORY, CheckpointError, History
+from .checkpoint import _CHECKPOINT, _HISTORY, CheckpointError, History
 
 __all__ = ["RunFolder"]
 
@@ -52,8 +52,8 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike, *, rank: int = 0, world_size: int = 1) -> None:
         self.path = Path(path)
         self.rank, self.world_size = rank, world_size
-        self.checkpoint = self.path / (CHECKPOINT if rank == 0 else f"checkpoint.rank{rank}.pt")
-        self.history = self.path / HISTORY
+        self.checkpoint = self.path / (_CHECKPOINT if rank == 0 else f"checkpoint.rank{rank}.pt")
+        self.history = self.path / _HISTORY
         self.previous = self.checkpoint.with_suffix(".prev.pt")
         self.writes_history = rank == 0
         self.lock = self.path / (".lock" if rank == 0 else f".lock.rank{rank}")
@@ -158,7 +158,7 @@ class RunFolder:
             return False
         if resume and self.writes_history and self.history.exists() and len(saved) == 1:
             raise CheckpointError(
-                f"{self.path} holds {HISTORY} but no checkpoint: that run cannot be continued. "
+                f"{self.path} holds {_HISTORY} but no checkpoint: that run cannot be continued. "
                 "Start over with overwrite=True, or use another run folder"
             )
         if exists and not self.checkpoint.exists() and self.previous.exists():

@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._checks import LocalParameters, check_int
-from ..data._source import find_modules, prepare
+from .._placement import default_device, move_param_store
+from .._source import find_modules, prepare
+from .._world import World, agree, check_same_data, min_max
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices._placement import default_device, move_param_store
-from ..devices._world import World, agree, check_same_data, min_max
-from ..devices.precision import check_precision
+from ..devices.precision import _check_precision
 from ..infer.optim import LazyAdam
 from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
@@ -76,7 +76,7 @@ def check_options(
     check_int("validation_particles", validation_particles)
     if save_every is not None:
         check_int("save_every", save_every)
-    check_precision(precision)
+    _check_precision(precision)
     if e_steps and freeze_model:
         raise ValueError(
             "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "
@@ -138,6 +138,8 @@ def place(
     """The training data and networks on the training device, checked (see
     ``prepare``), Pyro's parameters moved there too; under
     data-parallel training, this rank's part of the data."""
+    if isinstance(data, Tensor):  # as evaluate and infer_local take it
+        data = Batches(data, batch_size=min(len(data), 256))
     if not isinstance(data, (Batches, Loader, DataLoader)):
         raise TypeError(
             f"fit needs minibatches with their indices; got {type(data).__name__}. Wrap a "
@@ -288,7 +290,7 @@ class Run:
     def live(self) -> Live:
         """The objects a checkpoint is loaded into (the pair under the step's device check)."""
         return Live(*self.step.checked, self.optim, self.modules, self.device, self.data,
-                    self.step.loss, self.step.mode, self.precision, self.step)  # fmt: skip
+                    self.step.loss, self.step.compile_mode, self.precision, self.step)  # fmt: skip
 
     def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
         """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run

@@ -7,7 +7,7 @@ loaded from a checkpoint and not yet used) and settings, every random stream (to
 Python's, numpy's, the DataLoader's generators), the loss's and compiler's settings, the epoch
 (in the history) and the number of data-parallel processes. Everything gathered is checked to
 read back with ``torch.load(weights_only=True)`` *before* the file is written
-(:func:`~pyro_vae.train.checkpoint.as_data`). How a checkpoint is read as data:
+(:func:`~pyro_vae.train.checkpoint._as_data`). How a checkpoint is read as data:
 :mod:`pyro_vae.train.checkpoint`.
 """
 
@@ -27,11 +27,11 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..data.batches import split_batch
-from ..infer._derivation import settle_nesting
 from . import _streams
 from ._constraints import constraint_from_data, constraint_to_data
+from ._derivation import settle_nesting
 from ._optim_state import optim_settings, restore_optim, same_type
-from .checkpoint import CheckpointError, as_data, read_checkpoint, write_tmp
+from .checkpoint import CheckpointError, _as_data, _read_checkpoint, _write_tmp
 
 __all__ = ["Live", "RunState", "loss_settings"]
 
@@ -110,7 +110,7 @@ class RunState:
             "derived": bool(getattr(live.step, "derived", False)),
             "world_size": self.world_size,
         }
-        return as_data(state)
+        return _as_data(state)
 
     def save(self, path: str | os.PathLike, history: dict) -> None:
         """Writes the state atomically (``checkpoint.tmp`` renamed over ``path``), keeping the
@@ -118,7 +118,7 @@ class RunState:
         leaves the previous files as they were and raises an :class:`OSError` that names the
         folder."""
         path = Path(path)
-        tmp = write_tmp(self.gather(history), path)
+        tmp = _write_tmp(self.gather(history), path)
         if path.exists():  # keep the last good checkpoint: checkpoint.pt stays valid throughout
             previous, link = path.with_suffix(".prev.pt"), path.with_suffix(".link")
             try:
@@ -152,7 +152,7 @@ class RunState:
         self._load_modules(path, state["modules"])
         restore_optim(live.optim, state["optim"], state["optim_settings"], list(self.names), path)
         self._compare_settings(path, state.get("settings"))
-        if live.step is not None:  # the estimator the saved run took (before: Pyro's loss)
+        if live.step is not None:  # the estimator the saved run took
             live.step.follow(derived=state.get("derived", False))
         _streams.set_global_streams(state["rng"])
         if not _streams.set_loader_states(live.data, state.get("loaders", [])):
@@ -174,7 +174,7 @@ class RunState:
                 f"processes than this one's {self.world_size}; resume with that number, or "
                 "start over with overwrite=True"
             )
-        state = read_checkpoint(path, self.live.device)
+        state = _read_checkpoint(path, self.live.device)
         saved = state.get("world_size", 1)
         if saved != self.world_size:
             raise CheckpointError(
@@ -242,7 +242,7 @@ class RunState:
         live = loss_settings(self.live.loss, self.live.compile, self.live.precision)
         if saved is None:
             return
-        saved = {"precision": "32", **saved}  # (checkpoints from before precision=)
+        saved = {"precision": "32", **saved}  # (a checkpoint without a precision: float32)
         if saved == live:
             return
         changed = [f"{k}={live[k]!r} (saved: {saved.get(k)!r})" for k in live

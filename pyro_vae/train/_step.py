@@ -12,7 +12,7 @@ A :class:`Step` holds the model, the guide, the loss and the optimizer, and the 
   updates only; it reads the loss, a host sync per step).
 
 With ``compile=True`` every step of a :class:`~pyro_vae.VAE`'s pair runs its derived
-estimator as a compiled graph (``infer._compiled``), after a once-only check against
+estimator as a compiled graph (``train._derived``), after a once-only check against
 the loss; what cannot be compiled stays on the steps above, with one warning.
 
 The first call runs the pair under a ``DeviceCheck`` (every parameter checked as it is
@@ -32,13 +32,13 @@ from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
 from .._checks import check_pair
+from .._placement import DeviceCheck
 from ..data.batches import Fields
-from ..devices._placement import DeviceCheck
-from ..infer._compiled import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
-from ..infer._gradient import descend, gradient_step
 from ..infer.elbo import LatentScale
 from ..infer.optim import LazyAdam
-from ..models.nets import modes
+from ..models.nets import training_modes
+from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
+from ._gradient import descend, gradient_step
 
 __all__ = ["Step"]
 
@@ -49,8 +49,8 @@ class Step:
     Args:
         model: A Pyro model ``model(x, idx, num_data=N)``.
         guide: The matching guide.
+        optim: A Pyro optimizer (``SVI``'s order: model, guide, optim, loss).
         loss: A Pyro ELBO.
-        optim: A Pyro optimizer.
         num_data: :math:`N`.
         device: Where the parameters must be (checked at the first step).
         dtype: The data's floating dtype (checked at the first step).
@@ -76,7 +76,7 @@ class Step:
     Example:
         >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 6), 6),
         ...           GaussianEncoder(MLP(6, 4), 2))
-        >>> step = Step(vae.model, vae.guide, TensorTrace_ELBO(), LazyAdam({"lr": 1e-3}),
+        >>> step = Step(vae.model, vae.guide, LazyAdam({"lr": 1e-3}), TensorTrace_ELBO(),
         ...             num_data=8, device="cpu", dtype=torch.float32)
         >>> loss = step(torch.rand(8, 6).round(), torch.arange(8))
         >>> step.sync_free, loss.shape, len(step.names) > 0
@@ -87,8 +87,8 @@ class Step:
         self,
         model: Callable[..., object],
         guide: Callable[..., object],
-        loss: ELBO,
         optim: pyro.optim.PyroOptim,
+        loss: ELBO,
         *,
         num_data: int,
         device: torch.device | str,
@@ -104,9 +104,9 @@ class Step:
         self.raw, self.scale = (model, guide), scale
         self.compiled: CompiledLoss | None = None
         self.compiled_optim: Callable[[list[Tensor]], None] | None = None
-        self.mode = compile_mode(compile)  # (checked now; None: eager)
-        self.to_compile = self.mode is not None  # (until the first compiled step is built)
-        self.derive = derive and self.mode is None
+        self.compile_mode = compile_mode(compile)  # (checked now; None: eager)
+        self.to_compile = self.compile_mode is not None  # (until the first compiled step is built)
+        self.derive = derive and self.compile_mode is None
         self.expect_derived = False  # (a resumed run whose saved run took it)
         if scale is not None:  # β on the latent sites of both
             model, guide = scale(model), scale(guide)
@@ -130,13 +130,13 @@ class Step:
     @property
     def derived(self) -> bool:
         """Whether the steps take the VAE's derived estimator eagerly (see ``derive``)."""
-        return self.compiled is not None and self.mode is None
+        return self.compiled is not None and self.compile_mode is None
 
     def follow(self, *, derived: bool) -> None:
         """Takes the estimator a resumed run's saved run took (``derived``: the VAE's derived
         one, else Pyro's loss), so that the continuation is the uninterrupted run's; a compiled
         run compiles as before. Before the first step."""
-        if self.mode is None and self.first:
+        if self.compile_mode is None and self.first:
             self.derive = self.expect_derived = derived
 
     @property
@@ -150,7 +150,7 @@ class Step:
         fields = fields or {}
         first, self.first = self.first, False
         if first:  # validates as the user chose; the data were checked before
-            with modes(self.modules, train=False):  # (a BatchNorm's statistics stay as they are)
+            with training_modes(self.modules, train=False):  # (a BatchNorm's statistics stay)
                 check_pair(*self.checked, x, idx, self.num_data, fields)  # devices, then shapes
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
@@ -167,8 +167,9 @@ class Step:
                     )
             if self.compiled is None:
                 return self._step(x, idx, fields, *self.checked, first=True)
-            lazy = isinstance(self.optim, LazyAdam) and self.mode is not None
-            self.compiled_optim = CompiledAdam(self.optim, mode=self.mode) if lazy else self.optim
+            lazy = isinstance(self.optim, LazyAdam) and self.compile_mode is not None
+            optim = self.optim
+            self.compiled_optim = CompiledAdam(optim, mode=self.compile_mode) if lazy else optim
         if self.compiled is not None:
             return self._compiled_or_eager(x, idx, first=first)
         with pyro.validation_enabled(False):
@@ -179,13 +180,14 @@ class Step:
         (the derived estimator reads ``x`` alone: batches with fields stay eager)."""
         if fields:
             warnings.warn(
-                f"{option(self.mode)}: the batches carry fields ({', '.join(fields)}), and the "
+                f"{option(self.compile_mode)}: the batches carry fields ({', '.join(fields)}), "
+                "and the "
                 "compiled estimator reads x alone; this run takes the eager step",
                 stacklevel=4,
             )
             return None
         return compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
-                             scale=self.scale, mode=self.mode)  # fmt: skip
+                             scale=self.scale, mode=self.compile_mode)  # fmt: skip
 
     def _compiled_or_eager(self, x: Tensor, idx: Tensor, *, first: bool) -> Tensor:
         """The compiled step. Where compiling fails (a graph break, no C++ compiler, a
@@ -194,7 +196,7 @@ class Step:
         eager step for this batch and the rest, with a warning (with ``e_steps``, E-steps
         already taken on this batch are taken again). An error that is not the compiler's
         comes back from the eager step. The derived step uncompiled raises its errors."""
-        if self.mode is None:
+        if self.compile_mode is None:
             return self._schedule(self._compiled_step, x, idx)
         try:
             return self._schedule(self._compiled_step, x, idx)
@@ -210,7 +212,7 @@ class Step:
                     "it, or call torch.compiler.reset() between runs"
                 )
             warnings.warn(
-                f"{option(self.mode)}: torch.compile failed ({type(e).__name__}: "
+                f"{option(self.compile_mode)}: torch.compile failed ({type(e).__name__}: "
                 f"{first_line}); this run takes the eager step",
                 stacklevel=3,
             )

@@ -28,19 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = [
-    "CheckpointError",
-    "History",
-    "as_data",
-    "load_checkpoint",
-    "refuse_unsaveable",
-    "save_model",
-    "write_tmp",
-]
+__all__ = ["CheckpointError", "History", "load_checkpoint", "save_model"]
 
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint.prev.pt"
-HISTORY = "history.json"
+_CHECKPOINT = "checkpoint.pt"
+_PREVIOUS = "checkpoint.prev.pt"
+_HISTORY = "history.json"
 _KEYS = ("history", "params", "optim", "optim_settings", "modules", "rng")
 
 
@@ -91,7 +83,7 @@ class CheckpointError(ValueError):
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.Size)
 
 
-def as_data(value: object, where: str = "checkpoint") -> object:
+def _as_data(value: object, where: str = "checkpoint") -> object:
     """``value`` as a checkpoint holds it: numpy scalars as Python numbers and numpy arrays as
     tensors, through dicts, lists and tuples (a learning rate given as ``np.float64``, or set
     by a schedule with ``np.cos``, would otherwise be pickled as a numpy object that
@@ -102,9 +94,9 @@ def as_data(value: object, where: str = "checkpoint") -> object:
             back (named by its place in the checkpoint), when saving, not when loading.
     """
     if isinstance(value, dict):
-        return {k: as_data(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {k: _as_data(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(as_data(v, f"{where}[{i}]") for i, v in enumerate(value))
+        return type(value)(_as_data(v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -119,21 +111,21 @@ def as_data(value: object, where: str = "checkpoint") -> object:
     )
 
 
-def write_tmp(state: dict, path: Path) -> Path:
-    """Writes ``state`` (as :func:`as_data` made it) beside ``path``, as ``<path>.tmp`` with
+def _write_tmp(state: dict, path: Path) -> Path:
+    """Writes ``state`` (as :func:`_as_data` made it) beside ``path``, as ``<path>.tmp`` with
     ``.pt`` replaced (``checkpoint.tmp``), for the caller to rename over ``path``. A write
     that fails (e.g. a full disk) removes the partial file and raises the :class:`OSError`
-    of :func:`refuse_unsaveable`."""
+    of :func:`_refuse_unsaveable`."""
     tmp = path.with_suffix(".tmp")
     try:
         torch.save(state, tmp)
     except (OSError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
-        raise refuse_unsaveable(path, e) from e
+        raise _refuse_unsaveable(path, e) from e
     return tmp
 
 
-def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
+def _refuse_unsaveable(path: Path, error: BaseException) -> OSError:
     """The error for a checkpoint that could not be written (``error``: what torch raised)."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     try:
@@ -147,7 +139,7 @@ def refuse_unsaveable(path: Path, error: BaseException) -> OSError:
     )
 
 
-def read_checkpoint(
+def _read_checkpoint(
     path: str | os.PathLike, device: torch.device | str = "cpu", *, keys: tuple[str, ...] = _KEYS
 ) -> dict:
     """Reads a checkpoint as data (``weights_only=True``) and checks that it is complete.
@@ -233,7 +225,7 @@ def load_checkpoint(
         ([1, 2], True)
     """
     path = Path(path)
-    state = read_checkpoint(path, map_location, keys=("history", "modules"))
+    state = _read_checkpoint(path, map_location, keys=("history", "modules"))
     saved = state["modules"]
     if saved is None:
         raise CheckpointError(
@@ -295,5 +287,5 @@ def save_model(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = as_data({"history": asdict(history or History()), "modules": module.state_dict()})
-    os.replace(write_tmp(state, path), path)
+    state = _as_data({"history": asdict(history or History()), "modules": module.state_dict()})
+    os.replace(_write_tmp(state, path), path)

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .._checks import check_floating
-from ..data._source import as_source
+from .._placement import check_module
+from .._source import as_source
 from ..data.batches import Batches, split_batch
 from ..data.loaders import Loader
-from ..devices._placement import check_module
 from ..infer.optim import LazyAdam
 from ..infer.scoring import evaluate
 from ..models.guides import PerDatapointGaussian
@@ -177,9 +177,8 @@ def amortization_gap(
     The per-datapoint optimum :math:`q^*` is found by :func:`infer_local` started from the
     encoder's outputs, with the step size annealed to 1% of ``lr`` so that it converges.
     Check that ``epochs`` suffice: too few leave :math:`q^*` short of the optimum and move
-    part of the amortization gap into the approximation gap. On MNIST (200 points in batches
-    of 100, the README's tanh VAE) the amortization gap was 2.40 nats after 100 epochs, 3.40
-    after 300, 3.78 after 1000 and 3.83 after 3000 (benchmarks/gap_convergence.py).
+    part of the amortization gap into the approximation gap (``benchmarks/gap_convergence.py``
+    measures how the gap settles as ``epochs`` grow).
 
     Args:
         vae: A trained VAE with an amortized guide (an encoder; a per-datapoint guide is

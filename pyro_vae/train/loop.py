@@ -27,14 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .._checks import check_int
+from .._world import get_world, timed_out
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices._world import get_world, timed_out
-from ..devices.precision import use_precision
-from ..infer._compiled import limit_is_an_error
+from ..devices.precision import _use_precision
 from ..infer.elbo import BetaELBO, LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
-from ..models.nets import modes
+from ..models.nets import training_modes
+from ._derived import limit_is_an_error
 from ._epoch import close_epoch, show_epoch, train_epoch, validate
 from ._run import (
     Run,
@@ -59,7 +59,7 @@ __all__ = ["fit"]
 def fit(
     model: Callable[..., object],
     guide: Callable[..., object],
-    data: Batches | Loader | DataLoader,
+    data: Batches | Loader | DataLoader | Tensor,
     *,
     epochs: int,
     optim: pyro.optim.PyroOptim | None = None,
@@ -86,7 +86,9 @@ def fit(
             batches carry fields).
         guide: A Pyro guide with the same signature.
         data: The training minibatches: :class:`~pyro_vae.Batches` (a tensor on the
-            device: the fast path), or a :class:`torch.utils.data.DataLoader` (e.g. over
+            device: the fast path; a tensor ``(N, *event_shape)`` is taken as shuffled
+            ``Batches`` of up to 256, as :func:`~pyro_vae.infer_local` takes it), or a
+            :class:`torch.utils.data.DataLoader` (e.g. over
             :class:`~pyro_vae.Indexed` with workers and ``pin_memory=True``) or any
             :class:`~pyro_vae.Loader` of ``(x, idx)``: batches are moved to the device as they
             come, and the data checks see the first batch only.
@@ -192,7 +194,7 @@ def train(
     validation = held_out(model, guide, validation, validation_particles, device, modules)
     check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
-    step = Step(model, guide, loss if loss is not None else TensorTrace_ELBO(), optim,
+    step = Step(model, guide, optim, loss if loss is not None else TensorTrace_ELBO(),
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
                 scale=kl_scale if beta != 1.0 else None, compile=compile, derive=loss is None,
@@ -201,9 +203,9 @@ def train(
               precision=precision, schedule=SaveSchedule.for_run(save_every, world))  # fmt: skip
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
-            stack.enter_context(modes(modules, train=None if freeze_model else True))
-            stack.enter_context(use_precision(precision, data.points))
-            if step.mode is not None:  # a recompile limit reached: a warning, not a log line
+            stack.enter_context(training_modes(modules, train=None if freeze_model else True))
+            stack.enter_context(_use_precision(precision, data.points))
+            if step.compile_mode is not None:  # a recompile limit: a warning, not a log line
                 stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)
             start = run.begin(resume=resume, overwrite=overwrite)

@@ -4,18 +4,15 @@ r"""What :func:`~pyro_vae.fit` takes beside Pyro's own arguments, one object per
 rest of a run is four ideas, each one argument that takes a plain value for the common case
 and a small object for the rest:
 
-============  =========================================  ==========================================
-argument      plain value                                object
-============  =========================================  ==========================================
-``device``    ``"cuda"``, ``"cpu"``, a ``torch.device``  :class:`Compute`: precision, compiling,
-                                                         data-parallel processes
-``save``      a folder (a new run; an existing one is    :class:`Checkpoints`: resume, overwrite,
-              refused)                                   how often
-``validation`` held-out data (checked every epoch, one    :class:`Validation`: how often, how many
-              particle)                                  particles
-``log``       ``False``: no progress bar                 :class:`Logging`: the bar, TensorBoard,
-                                                         a callback
-============  =========================================  ==========================================
+- ``device``: ``"cuda"``, ``"cpu"`` or a ``torch.device``; or :class:`~pyro_vae.Compute`,
+  with the precision, compiling and data-parallel processes too.
+- ``save``: a folder (a new run: a folder that holds one is refused); or
+  :class:`~pyro_vae.Checkpoints`, which resumes or overwrites a run there and says how often
+  to save.
+- ``validation``: held-out data (scored every epoch, one particle); or
+  :class:`~pyro_vae.Validation`, with how often and how many particles.
+- ``log``: ``False`` (no progress bar); or :class:`~pyro_vae.Logging`: the bar, TensorBoard,
+  a callback.
 
 Example:
     >>> vae = VAE(StandardNormalPrior(2), BernoulliLikelihood(MLP(2, 10), 10),
@@ -40,7 +37,7 @@ from torch.utils.data import DataLoader
 from .._checks import check_int
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices.precision import check_precision
+from ..devices.precision import _check_precision
 from .checkpoint import History
 
 __all__ = ["Checkpoints", "Compute", "Logging", "Validation"]
@@ -78,7 +75,7 @@ class Compute:
     distributed: bool | None = None
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
+        _check_precision(self.precision)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,9 @@ def test_data_folder_lookup_order(tmp_path, monkeypatch):
 
 
 def test_missing_data_folder(tmp_path, monkeypatch):
-    """A folder given as ``root`` is the only one looked in, and the error says so (before: it
-    advised setting $PYRO_VAE_DATA, which the argument overrides); without ``root`` the error
-    names the lookup order and the ways to point elsewhere."""
+    """A folder given as ``root`` is the only one looked in, and the error says so (it does not
+    advise $PYRO_VAE_DATA, which the argument overrides); without ``root`` the error names the
+    lookup order and the ways to point elsewhere."""
     missing = tmp_path / "nowhere"
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "set"))
     with pytest.raises(FileNotFoundError) as info:

@@ -44,9 +44,10 @@ from helpers import (
 from pyro.infer.util import is_validation_enabled
 
 import pyro_vae as pv
-from pyro_vae.devices._placement import fake_cuda
+from pyro_vae._placement import fake_cuda
 from pyro_vae.devices.dispatch import DeviceMixError, DispatchWatch, HostReadError
-from pyro_vae.infer._gradient import gradient_step
+from pyro_vae.models.guides import diagonal_normal
+from pyro_vae.train._gradient import gradient_step
 from pyro_vae.train.loop import train
 
 # A device bug lives in a piece, whatever it is combined with: every prior, likelihood and
@@ -164,7 +165,7 @@ def test_the_cuda_graph_mode_makes_adam_capturable_on_fake_cuda():
     """``fit(compile="reduce-overhead")``'s Adam: after the eager step that registers the
     parameters, the dense Adam is capturable (its step counters on the
     device), and its step (what a CUDA graph records) reads nothing from the device."""
-    from pyro_vae.infer._compiled import CompiledAdam
+    from pyro_vae.train._derived import CompiledAdam
 
     net = pv.MLP(3, 4, (8,))
     optim = pv.LazyAdam({"lr": 1e-3, "foreach": True})
@@ -320,7 +321,7 @@ class HostLikelihood(pv.GaussianLikelihood):
 class HostEncoder(pv.GaussianEncoder):
     def forward(self, x, idx=None):
         q = super().forward(x, idx)
-        return pv.diagonal_normal(q.mean, torch.zeros(self.latent_dim))  # planted: no device=
+        return diagonal_normal(q.mean, torch.zeros(self.latent_dim))  # planted: no device=
 
 
 class PeekingEncoder(pv.GaussianEncoder):
@@ -375,7 +376,7 @@ def test_a_value_read_by_the_loop_is_caught(monkeypatch, loss):
     """Planted in the step's descent: the default step (the VAE's derived estimator) and the
     step through Pyro's loss both end there."""
     steps = sys.modules["pyro_vae.train._step"]
-    gradients = sys.modules["pyro_vae.infer._gradient"]
+    gradients = sys.modules["pyro_vae.train._gradient"]
     descend = gradients.descend
 
     def reading_step(*args, **kwargs):

@@ -17,8 +17,8 @@ import zuko
 from helpers import COMBINATIONS, ZOO, DeltaPair, N, bernoulli_vae, build, data_for, grouped
 
 import pyro_vae as pv
-from pyro_vae.infer._compiled import compile_mode
 from pyro_vae.models import zoo
+from pyro_vae.train._derived import compile_mode
 from pyro_vae.train._step import Step
 
 B = 8
@@ -266,7 +266,7 @@ def test_the_cuda_graph_mode_reaches_torch_compile(monkeypatch):
     monkeypatch.setattr(torch, "compile", recorder)
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     vae = bernoulli_vae()
-    step = Step(vae.model, vae.guide, pv.TensorTrace_ELBO(), pv.LazyAdam({"lr": 1e-2}),
+    step = Step(vae.model, vae.guide, pv.LazyAdam({"lr": 1e-2}), pv.TensorTrace_ELBO(),
                 num_data=32, device="cpu", dtype=torch.float32, compile="reduce-overhead",
                 modules=vae)  # fmt: skip
     x, idx = torch.rand(8, 6).round(), torch.arange(8)
@@ -337,7 +337,7 @@ def test_the_check_accepts_batchnorm_and_trains_nothing():
     """A convolution's bias before a BatchNorm has a gradient that cancels to rounding noise
     on both sides: the check compares it against the largest gradient too. The check runs
     in eval mode, so the running statistics stay as they were."""
-    from pyro_vae.infer._compiled import compiled_loss
+    from pyro_vae.train._derived import compiled_loss
 
     torch.manual_seed(0)
     vae = zoo.conv_vae(latent_dim=4)
@@ -365,7 +365,7 @@ def test_compiled_per_datapoint_guide(pinned_noise):
     _compare_runs(make, data, 2, e_steps=1, optim=None, lazy=optim)
     vae = make()
     optim = pv.LazyAdam({"lr": 1e-2})
-    step = Step(vae.model, vae.guide, pv.TensorTrace_ELBO(), optim, num_data=40, device="cpu",
+    step = Step(vae.model, vae.guide, optim, pv.TensorTrace_ELBO(), num_data=40, device="cpu",
                 dtype=torch.float32, compile=True, modules=vae)  # fmt: skip
     before = vae.variational.loc.detach().clone()
     idx = torch.tensor([3, 7, 11, 20])

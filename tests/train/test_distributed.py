@@ -22,8 +22,8 @@ from helpers import DeltaPair, ShiftedDeltaPair, circle_vae, grouped, run_ranks
 from torch import nn
 
 import pyro_vae as pv
-from pyro_vae.infer._gradient import gradient_step
 from pyro_vae.train._distributed import combine_gradients
+from pyro_vae.train._gradient import gradient_step
 from pyro_vae.train.checkpoint import CheckpointError
 
 
@@ -277,7 +277,7 @@ def test_without_a_process_group_fit_runs_in_one_process():
 
 class DeltaLocal(nn.Module):
     """A noise-free per-datapoint guide (one point mass per point, dense gradients) that
-    :func:`pyro_vae.devices._world.shard_local_guides` shards like PerDatapointGaussian."""
+    :func:`pyro_vae.train._distributed.shard_local_guides` shards like PerDatapointGaussian."""
 
     def __init__(self, num_data: int) -> None:
         super().__init__()

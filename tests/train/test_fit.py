@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from helpers import HandWritten, bernoulli_vae
+from helpers import HandWritten, bernoulli_vae, circle_vae
 
 import pyro_vae as pv
 
@@ -151,3 +151,36 @@ def test_kl_warm_up_schedule_reaches_the_training_loop():
 
     pv.fit(vae.model, vae.guide, data, epochs=4, loss=pv.BetaELBO(beta), device="cpu", log=False)
     assert seen == [1, 2, 3, 4]
+
+
+def test_fit_takes_a_tensor_as_evaluate_does():
+    """A plain tensor is shuffled minibatches of up to 256, as infer_local takes it."""
+    vae = bernoulli_vae()
+    history = pv.fit(vae.model, vae.guide, torch.rand(300, 6).round(), epochs=1, device="cpu",
+                     log=False)  # fmt: skip
+    assert history.epoch == [1]
+
+
+def test_each_concept_is_one_argument():
+    """fit keeps SVI's arguments first and has at most 12 parameters; each option object
+    refuses a contradiction when it is built."""
+    import inspect
+
+    names = list(inspect.signature(pv.fit).parameters)
+    assert names[:3] == ["model", "guide", "data"] and len(names) <= 12
+    assert names.index("optim") < names.index("loss")  # (SVI's order)
+    with pytest.raises(ValueError, match="pass one"):
+        pv.Checkpoints("runs/x", resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="images_every needs tensorboard"):
+        pv.Logging(images_every=2)
+    with pytest.raises(ValueError, match="precision"):
+        pv.Compute(precision="16")
+
+
+def test_infer_local_continues_the_local_guide_it_returned():
+    vae = circle_vae(pv.PerDatapointGaussian(64, 1))
+    test = pv.Batches(pv.make_circle(40, seed=3)[0], batch_size=20, shuffle=False)
+    first = pv.infer_local(vae, test, epochs=2, lr=5e-2)
+    loc = first.variational.loc.detach().clone()
+    again = pv.infer_local(vae, test, epochs=2, lr=5e-2, local=first)
+    assert again is first and not torch.equal(loc, again.variational.loc)

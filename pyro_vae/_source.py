@@ -7,7 +7,7 @@ source of ``(x, idx)`` minibatches (:func:`as_source`), finds the ``nn.Module`` 
 pair, puts the data and the networks on one device, and runs the checks that read values
 once per data set (``check_data``) and the device and dtype check of
 every parameter and buffer. What is checked per parameter *site* happens in the first step
-(:class:`~pyro_vae.devices._placement.DeviceCheck`).
+(:class:`~pyro_vae._placement.DeviceCheck`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .._checks import check_data, check_field, check_takes_fields
-from ..devices._placement import check_module, owner_modules
-from .batches import Batches, DataSource, split_batch
-from .loaders import Indexed, Loader
+from ._checks import check_data, check_field, check_takes_fields
+from ._placement import check_module, owner_modules
+from .data.batches import Batches, DataSource, split_batch
+from .data.loaders import Indexed, Loader
 
 __all__ = ["Prepared", "as_source", "find_modules", "prepare", "record_statistics"]
 

@@ -22,9 +22,9 @@ warning that says why.
 
 ``compile=True`` is ``torch.compile``'s default mode; ``compile="reduce-overhead"`` (any of
 its modes is taken, :func:`compile_mode`) records the graphs as CUDA graphs on a GPU, with a
-capturable Adam (followed the eager run's losses within 1e-4 on an NVIDIA H200,
-``tests/devices/test_cuda.py``; every CI run checks on the CPU what it can,
-``tests/infer/test_compiled.py`` and ``tests/devices/test_fake_cuda.py``).
+capturable Adam (``tests/devices/test_cuda.py`` checks on a GPU that it follows the eager
+run's losses; ``tests/infer/test_compiled.py`` and ``tests/devices/test_fake_cuda.py`` check
+on the CPU what can be checked there).
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ import torch
 from pyro.infer import ELBO
 from torch import Tensor
 
+from ..infer.elbo import LatentScale
+from ..infer.optim import LazyAdam
 from ..models.guides import PerDatapointGaussian, diagonal_normal
 from ..models.vae import VAE
 from ._derivation import check_derivation, num_particles, unsupported
-from .elbo import LatentScale
-from .optim import LazyAdam
 
 __all__ = [
     "CompiledAdam",
@@ -126,8 +126,8 @@ class CompiledLoss:
     each graph as a CUDA graph on a GPU and replays it (cudagraph trees: the parameters are
     static inputs, the batch is copied into the graph's static input buffer at each replay);
     every call marks a new step (``torch.compiler.cudagraph_mark_step_begin``). On the CPU
-    inductor runs the same graphs without CUDA graphs. Run on an NVIDIA H200 by
-    ``tests/devices/test_cuda.py`` (two sessions).
+    inductor runs the same graphs without CUDA graphs (``tests/devices/test_cuda.py`` runs
+    it on a GPU).
 
     Args:
         vae: The VAE.
@@ -206,8 +206,7 @@ class CompiledAdam:
     are tensors on the device and bias corrections are computed there: no host value
     in the graph), so its compiled step can be recorded as a CUDA graph. That is the one
     change to the user's optimizer (``LazyAdam.capturable``; ``LazyAdam`` ignores
-    ``capturable`` when it loads a checkpoint, so the run resumes anywhere). Run on an NVIDIA
-    H200 by ``tests/devices/test_cuda.py``.
+    ``capturable`` when it loads a checkpoint, so the run resumes anywhere).
 
     Args:
         optim: The run's ``LazyAdam``.

@@ -1,7 +1,7 @@
 """The plain-PyTorch loop that the benchmarks measure ``fit`` against (``benchmarks/speed.py``,
 ``overhead.py``, ``epochs.py``): the same modules and distribution objects, the negative ELBO
-written out by hand, ``torch.optim`` and one host read per epoch. Not part of the modelling
-API; it lives in the package so that the benchmarks, run as files, import it alike.
+written out by hand, ``torch.optim`` and one host read per epoch. Imported through
+``benchmarks/_common.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 import torch
 from torch import Tensor
 
-from .models.vae import VAE
+from pyro_vae import VAE
 
 __all__ = ["plain_epoch", "plain_loss", "sync"]
 

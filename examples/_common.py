@@ -1,9 +1,8 @@
-"""The command-line scaffolding of the examples and benchmarks: standard flags, set-up,
-MNIST binarized for the benchmarks, the test-set scores, ``metrics.json`` and the README's
-result blocks.
-
-It lives in the package so that ``python examples/x.py`` and ``python -m benchmarks.x`` import
-it like any other module (no path tricks); it is not part of the modelling API.
+"""The command-line scaffolding of the examples (and of the benchmarks that train them):
+standard flags, set-up, MNIST binarized, the test-set scores, ``metrics.json`` and the docs
+pages' result blocks. It uses the package's public names only. An example imports it as
+``from . import _common`` (``python -m examples.x``) or ``import _common`` (``python
+examples/x.py``).
 """
 
 from __future__ import annotations
@@ -19,13 +18,20 @@ import pyro
 import torch
 from torch import Tensor
 
-from .data import batches as _batches
-from .data import datasets as _datasets
-from .devices._placement import default_device, device_name
-from .devices.precision import PRECISIONS
-from .infer.scoring import Evaluation, evaluate
-from .train.checkpoint import History
-from .train.options import Checkpoints, Compute, Logging
+from pyro_vae import (
+    Batches,
+    Checkpoints,
+    Compute,
+    Evaluation,
+    History,
+    Logging,
+    default_data_dir,
+    default_device,
+    device_name,
+    evaluate,
+    load_mnist,
+)
+from pyro_vae.devices.precision import PRECISIONS
 
 __all__ = [
     "ACTIVATIONS",
@@ -56,28 +62,28 @@ def parser(
     out: str,
     full: str,
     lr: float = 1e-3,
-    particles: int | str = "5000 on cuda, 100 on cpu",
+    default_particles: int | str = "5000 on cuda, 100 on cpu",
     mnist: bool = True,
 ) -> argparse.ArgumentParser:
     """An argument parser with ``--epochs --batch-size --device --data-dir --out --seed --lr
     --num-particles --no-progress --precision --resume --overwrite --log-dir`` (and
     ``--download --limit`` for an MNIST example); ``full`` says how many epochs the full run
-    takes, ``particles`` the default K of the test log-likelihood (a number, or a text such as
-    ``"5000 on cuda, 100 on cpu"`` for a default the example picks by device)."""
+    takes, ``default_particles`` the default K of the test log-likelihood (a number, or a text
+    such as ``"5000 on cuda, 100 on cpu"`` for a default the example picks by device)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--epochs", type=int, default=epochs, help=f"{full} for the full run")
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--data-dir", default=_datasets.default_data_dir(), help="folder with MNIST/raw")
+    p.add_argument("--data-dir", default=default_data_dir(), help="folder with MNIST/raw")
     p.add_argument("--out", default=out)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=lr, help="Adam step size")
     k = "K for the test log-likelihood"
-    if isinstance(particles, str):
-        k = f"{k} (default: {particles})"
+    if isinstance(default_particles, str):
+        k = f"{k} (default: {default_particles})"
         p.add_argument("--num-particles", type=int, default=None, help=k)
     else:
-        p.add_argument("--num-particles", type=int, default=particles, help=k)
+        p.add_argument("--num-particles", type=int, default=default_particles, help=k)
     if mnist:
         p.add_argument("--download", action="store_true", help="let torchvision download MNIST")
         p.add_argument("--limit", type=int, default=None, help="use only this many images")
@@ -118,7 +124,7 @@ def run_options(
 
 def mnist_from_args(
     args: argparse.Namespace, device: torch.device, *, test_points: int | None
-) -> tuple[_batches.Batches, _batches.Batches]:
+) -> tuple[Batches, Batches]:
     """:func:`binarized_mnist` with an example's flags (``--data-dir``, ``--batch-size``,
     ``--limit``, ``--download``)."""
     return binarized_mnist(
@@ -137,8 +143,8 @@ def mnist_tensors(
     """MNIST's training images and labels, test images and labels, on ``device``, with an
     example's flags (``--data-dir``, ``--download``, ``--limit``: the first images of each)."""
     kw = {"device": device, "download": args.download, "flatten": flatten}
-    x_train, y_train = _datasets.load_mnist(args.data_dir, train=True, **kw)
-    x_test, y_test = _datasets.load_mnist(args.data_dir, train=False, **kw)
+    x_train, y_train = load_mnist(args.data_dir, train=True, **kw)
+    x_test, y_test = load_mnist(args.data_dir, train=False, **kw)
     n = args.limit
     return x_train[:n], y_train[:n], x_test[:n], y_test[:n]
 
@@ -161,32 +167,32 @@ def binarized_mnist(
     limit: int | None = None,
     test_points: int | None = None,
     download: bool = False,
-) -> tuple[_batches.Batches, _batches.Batches]:
+) -> tuple[Batches, Batches]:
     """Dynamically binarized training batches (the first ``limit`` images, ``batch_size``) and
     the test set binarized once with a fixed seed (its first ``test_points`` images)."""
-    x_train, _ = _datasets.load_mnist(data_dir, train=True, device=device, download=download)
-    x_test, _ = _datasets.load_mnist(data_dir, train=False, device=device, download=download)
+    x_train, _ = load_mnist(data_dir, train=True, device=device, download=download)
+    x_test, _ = load_mnist(data_dir, train=False, device=device, download=download)
     g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
     x_test = torch.bernoulli(x_test, generator=g)
-    train = _batches.Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
-    return train, _batches.Batches(x_test[:test_points], batch_size=1000, shuffle=False)
+    train = Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
+    return train, Batches(x_test[:test_points], batch_size=1000, shuffle=False)
 
 
 def score_test_set(
     model: Callable[..., object],
     guide: Callable[..., object],
-    test: _batches.Batches,
+    test: Batches,
     device: torch.device,
     num_particles: int | None,
     *,
-    particles: tuple[int, int] = (5000, 100),
+    default_particles: tuple[int, int] = (5000, 100),
     max_rows: tuple[int, int] = (2**20, 2**16),
 ) -> Evaluation:
     """:func:`~pyro_vae.evaluate` on the test set with an example's budget: ``num_particles``
-    (``--num-particles``), else ``particles[0]`` on CUDA and ``particles[1]`` on the CPU;
-    ``max_rows`` likewise."""
+    (``--num-particles``), else ``default_particles[0]`` on CUDA and ``default_particles[1]``
+    on the CPU; ``max_rows`` likewise."""
     cuda = device.type == "cuda"
-    k = num_particles or particles[0 if cuda else 1]
+    k = num_particles or default_particles[0 if cuda else 1]
     return evaluate(model, guide, test, num_particles=k, max_rows=max_rows[0 if cuda else 1])
 
 

@@ -16,10 +16,10 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 
+from ..infer.elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 from ..models.guides import PerDatapointGaussian
-from ..models.nets import modes
+from ..models.nets import training_modes
 from ..models.vae import VAE
-from .elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 
 __all__ = ["check_derivation", "num_particles", "settle_nesting", "unsupported"]
 
@@ -122,7 +122,7 @@ def check_derivation(
     # Pyro's guess of the plate nesting, where the loss makes one, as at the eager first step
     # (on the run's random stream, in the networks' mode): not among the common numbers
     settle_nesting(loss, model, guide, x, idx, num_data=num_data)
-    with torch.random.fork_rng(devices=devices), modes(vae, train=False):
+    with torch.random.fork_rng(devices=devices), training_modes(vae, train=False):
         torch.manual_seed(seed)
         with poutine.trace(param_only=True) as in_model:
             poutine.trace(model).get_trace(x, idx, num_data=num_data)

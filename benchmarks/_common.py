@@ -1,0 +1,34 @@
+"""What the benchmarks share: the examples' scaffolding (``examples/_common.py``: flags, MNIST,
+result blocks) and the plain-PyTorch baseline (``_baseline.py``). A benchmark imports it as
+``from . import _common`` (``python -m benchmarks.x``) or ``import _common`` (``python
+benchmarks/x.py``, which puts the repository root on the path here).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:  # run as a file: the examples' package beside this one
+    sys.path.insert(0, _ROOT)
+
+from benchmarks._baseline import plain_epoch, plain_loss, sync  # noqa: E402
+from examples._common import (  # noqa: E402
+    ACTIVATIONS,
+    binarized_mnist,
+    mnist_tensors,
+    replace_block,
+    write_results,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "binarized_mnist",
+    "mnist_tensors",
+    "plain_epoch",
+    "plain_loss",
+    "replace_block",
+    "sync",
+    "write_results",
+]
