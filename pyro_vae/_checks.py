@@ -94,19 +94,37 @@ def check_floating(data: Tensor) -> None:
         )
 
 
-def check_data(modules: nn.Module, data: Tensor, *, num_data: int | None = None) -> None:
+def check_data(
+    modules: nn.Module,
+    data: Tensor,
+    *,
+    num_data: int | None = None,
+    fields: dict[str, Tensor] | None = None,
+) -> None:
     """Runs the ``check_data(data, num_data=N)`` method of every module in ``modules`` that has
     one (e.g. :meth:`pyro_vae.VAE.check_data`: shape, finite values, the likelihood's support,
     a per-datapoint guide's N) on a whole data set, or on the first batch of a streamed one
-    (then ``num_data`` is the data set's size)."""
+    (then ``num_data`` is the data set's size), and ``check_fields(fields)`` of those that
+    read fields (e.g. M2's labels)."""
     for module in modules.modules():
         if isinstance(module, DataChecked):
             module.check_data(data, num_data=num_data)
+        check_fields = getattr(module, "check_fields", None)
+        if callable(check_fields) and fields is not None:
+            check_fields(fields)
 
 
-def check_field(name: str, value: Tensor) -> None:
-    """Refuses a field of the data (a label, condition or mask) with non-finite values, naming
-    it: missing values go in a mask field, not as NaN."""
+def check_field(name: str, value: Tensor, dtype: torch.dtype | None = None) -> None:
+    """Refuses a field of the data (a label, condition or mask) with non-finite values, or
+    with floating values of another dtype than the data's (``dtype``: a float64 condition
+    from numpy meets float32 networks), naming it: missing values go in a mask field, not as
+    NaN."""
+    if dtype is not None and value.is_floating_point() and value.dtype != dtype:
+        raise ValueError(
+            f"the field {name!r} holds {value.dtype} values and the data {dtype}: the networks "
+            f"that read it compute in {dtype}. Convert it, e.g. {name}={name}.to({dtype}) "
+            "(a numpy array becomes float64: torch.as_tensor(a, dtype=torch.float32))"
+        )
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise ValueError(
             f"the field {name!r} has values that are not finite (NaN or inf): mark missing "

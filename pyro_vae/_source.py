@@ -120,12 +120,14 @@ def prepare(
         )
     if found is not None:
         check_module(found, source.device, source.points.dtype, fix=fix)
-        check_data(found, source.points, num_data=source.num_data)  # a loader: its first batch
+        fields = getattr(source, "fields", {})
+        check_data(found, source.points, num_data=source.num_data, fields=fields)  # (streamed:
+        # its first batch)
         if training:
             record_statistics(found, source)
     fields = getattr(source, "fields", {})
     for name, value in fields.items():
-        check_field(name, value)
+        check_field(name, value, source.points.dtype)
     check_takes_fields("model", model, fields)
     check_takes_fields("guide", guide, fields)
     return Prepared(source, source.device, found)

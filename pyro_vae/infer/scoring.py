@@ -172,6 +172,7 @@ def evaluate(
     """
     check_int("num_particles", num_particles)
     check_int("max_rows", max_rows)
+    num_particles, max_rows = int(num_particles), int(max_rows)  # (numpy integers too)
     _check_precision(precision)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks

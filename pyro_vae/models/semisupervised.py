@@ -101,6 +101,7 @@ class SemiSupervisedVAE(VAE):
         self._register("likelihood", self.likelihood)
         with self._plate(x, idx, num_data):
             uniform = dist.Categorical(logits=x.new_zeros(self.num_classes))
+            y = torch.where(y_mask, y, 0)  # (an unknown label may hold any value, e.g. -1)
             with poutine.mask(mask=y_mask):
                 pyro.sample("y", uniform, obs=y)
             with poutine.mask(mask=~y_mask):
@@ -129,6 +130,7 @@ class SemiSupervisedVAE(VAE):
         :math:`q(z \\mid x, y)`; same arguments as :meth:`model`."""
         self._register("classifier", self.classifier)
         self._register("guide", self.variational)
+        y = torch.where(y_mask, y, 0)  # (as the model reads it)
         with self._plate(x, idx, num_data) as ind:
             q_y = dist.Categorical(logits=network(self.classifier, x))
             with poutine.mask(mask=~y_mask):
@@ -141,13 +143,42 @@ class SemiSupervisedVAE(VAE):
     field_names = ("y", "y_mask")
     """The fields of the batches the model and guide read."""
 
+    def check_fields(self, fields: dict[str, Tensor]) -> None:
+        """Refuses labels and masks M2 cannot read, naming the field and the fix (called once
+        per data set by ``fit`` and ``evaluate``): ``y_mask`` booleans, ``y`` integer class
+        indices, the known ones in ``0 .. num_classes - 1`` (an unknown one: any value)."""
+        y, y_mask = fields.get("y"), fields.get("y_mask")
+        if y is None or y_mask is None:
+            return  # (the call names what is missing)
+        if y_mask.dtype != torch.bool:
+            raise ValueError(
+                f"the field 'y_mask' must hold booleans (True where the label is known); got "
+                f"{y_mask.dtype}: pass y_mask=y_mask.bool()"
+            )
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(
+                f"the field 'y' must hold integer class indices; got {y.dtype}: pass y=y.long()"
+            )
+        known = y[y_mask]
+        wrong = known[(known < 0) | (known >= self.num_classes)]
+        if len(wrong):
+            raise ValueError(
+                f"the field 'y' has known labels outside 0..{self.num_classes - 1} (e.g. "
+                f"{wrong[:3].tolist()}) for num_classes={self.num_classes}: fix the labels, "
+                "or mark them unknown in y_mask"
+            )
+
+    no_local_inference = (
+        "SemiSupervisedVAE has no per-datapoint guide: q(z | x, y) reads the label, which is "
+        "enumerated where unknown; infer_local and amortization_gap do not apply (score M2 "
+        "with pv.evaluate)"
+    )
+    """Why :func:`~pyro_vae.infer_local` and :func:`~pyro_vae.amortization_gap` refuse M2."""
+
     def with_guide(self, guide: object, *, name: str) -> VAE:
         """Not available: the guide of :math:`z` reads the enumerated label, which a
         per-datapoint guide cannot (local inference and the amortization gap need one)."""
-        raise NotImplementedError(
-            "SemiSupervisedVAE has no per-datapoint guide: q(z | x, y) reads the label, which "
-            "is enumerated where unknown; infer_local and amortization_gap do not apply"
-        )
+        raise NotImplementedError(self.no_local_inference)
 
     @torch.no_grad()
     def sample(self, y: Tensor) -> Tensor:

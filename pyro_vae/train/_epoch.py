@@ -55,6 +55,12 @@ def train_epoch(run: Run, epoch: int, log_every: int) -> float:
             if run.board is not None:
                 run.board.running((epoch - 1) * len(data) + i, running)
         run.bar.update()
+    if count == 0:  # (a loader read once already, or one that yields nothing)
+        raise ValueError(
+            f"the data yielded no batch in epoch {epoch}: a one-shot iterable (a generator, an "
+            "iterator) can be read only once, and a loader can be empty (e.g. drop_last=True "
+            "with a batch_size larger than the data set). Pass a DataLoader, or pv.Batches"
+        )
     return mean_loss(total, count, world, step.check.device)
 
 

@@ -81,6 +81,7 @@ def infer_local(
         >>> evaluate(local.model, local.guide, held_out, num_particles=10).num_data
         32
     """
+    _check_local(vae)
     if not final_lr_ratio > 0:
         raise ValueError(
             f"final_lr_ratio must be a number > 0 (the step size ends at lr * final_lr_ratio); "
@@ -210,6 +211,7 @@ def amortization_gap(
             "optimum; this VAE's guide is PerDatapointGaussian, already per-datapoint: score it "
             "with pv.evaluate, or pass a VAE with an encoder"
         )
+    _check_local(vae)  # (before a whole evaluation)
     # once: evaluate and infer_local take the source as it is (a tensor: in chunks)
     data = as_source(data, batch_size=max(1, max_rows // num_particles))
     scores = {"num_particles": num_particles, "max_rows": max_rows, "precision": precision}
@@ -232,6 +234,14 @@ def amortization_gap(
         approximation_gap=log_px - optimal.elbo,
         amortization_gap=optimal.elbo - amortized.elbo,
     )
+
+
+def _check_local(vae: VAE) -> None:
+    """Refuses a VAE whose guide cannot be replaced by per-datapoint parameters, with its own
+    reason (M2's guide of z reads the enumerated label)."""
+    why = getattr(vae, "no_local_inference", None)
+    if why:
+        raise NotImplementedError(why)
 
 
 def _guide_inputs(vae: VAE, data: Batches | Loader) -> Tensor | Iterator[tuple[Tensor, Tensor]]:

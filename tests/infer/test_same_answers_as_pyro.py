@@ -15,6 +15,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
+from pyro_vae.train._gradient import gradient_step
 
 X = torch.tensor([0.5, -1.0, 2.0])
 
@@ -227,9 +228,7 @@ def test_a_step_equals_svi_step(case):
     expected = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    loss = pv.infer._gradient.gradient_step(
-        model, guide, pv.TensorTrace_ELBO(**options), pv.LazyAdam({"lr": 0.1})
-    )
+    loss = gradient_step(model, guide, pv.TensorTrace_ELBO(**options), pv.LazyAdam({"lr": 0.1}))
     assert float(loss) == pytest.approx(expected_loss, rel=1e-6, abs=1e-6)
     actual = {k: v.detach() for k, v in pyro.get_param_store().items()}
     assert actual.keys() == expected.keys()
@@ -438,9 +437,7 @@ def run_optimizer(optims, steps: int) -> list[dict]:
     snapshots, optim = [], None
     for step in range(steps):
         optim = optims.get(step, optim)
-        pv.infer._gradient.gradient_step(
-            lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim
-        )
+        gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     return snapshots
 
@@ -470,9 +467,7 @@ def test_lazy_adam_and_pyro_adam_take_the_same_steps_and_hand_over_their_state(f
     for step in range(12):
         if step == 4:
             optim = handover(optim, second, args)
-        pv.infer._gradient.gradient_step(
-            lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim
-        )
+        gradient_step(lambda s=step: growing_model(s), empty, pv.TensorTrace_ELBO(), optim)
         snapshots.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
     for ref, got in zip(reference, snapshots, strict=True):
         for name in ref:

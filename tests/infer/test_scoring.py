@@ -366,3 +366,11 @@ def test_a_disagreement_with_pyros_elbo_is_an_error(monkeypatch):
     vae = build("normal", "bernoulli", "gaussian-encoder")
     with pytest.raises(ValueError, match=r"differs from pyro\.infer\.TraceEnum_ELBO"):
         pv.evaluate(vae.model, vae.guide, torch.rand(8, 6).round(), num_particles=2)
+
+
+def test_numpy_integers_are_particle_counts():
+    import numpy as np
+
+    vae = build("normal", "bernoulli", "gaussian-encoder")
+    result = pv.evaluate(vae.model, vae.guide, torch.rand(8, 6).round(), num_particles=np.int32(10))
+    assert result.num_particles == 10 and isinstance(result.num_particles, int)

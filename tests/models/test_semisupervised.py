@@ -157,3 +157,45 @@ def test_m2_trains_from_a_dataloader_and_resumes_exactly(tmp_path):
     straight = run(3, resume=False, seed=0)
     run(1, resume=False, seed=0)
     assert run(3, resume=True, seed=7) == straight
+
+
+def test_m2_local_inference_is_refused_before_any_work():
+    """amortization_gap on M2 says why at once (no evaluation first, no shape error)."""
+    m2 = pv.SemiSupervisedVAE(pv.MLP(6, 3), pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3)  # fmt: skip
+    x = torch.rand(8, 6).round()
+    data = pv.Batches(x, y=torch.zeros(8, dtype=torch.long), y_mask=torch.ones(8, dtype=bool),
+                      batch_size=8)  # fmt: skip
+    for call in (pv.amortization_gap, pv.infer_local):
+        with pytest.raises(NotImplementedError, match=r"q\(z \| x, y\) reads the label"):
+            call(m2, data, epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda y, m: (y, m.long()), r"'y_mask' must hold booleans.*y_mask.bool\(\)"),
+        (lambda y, m: (y.float(), m), r"'y' must hold integer class indices.*y.long\(\)"),
+        (lambda y, m: (torch.where(m, 3, y), m), r"'y' has known labels outside 0..2"),
+    ],
+    ids=["integer-mask", "float-labels", "label-too-large"],
+)
+def test_m2_labels_that_cannot_be_read_are_named(change, message):
+    m2 = pv.SemiSupervisedVAE(pv.MLP(6, 3), pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3)  # fmt: skip
+    x, y, known = torch.rand(8, 6).round(), torch.randint(0, 3, (8,)), torch.arange(8) < 4
+    y, known = change(y, known)
+    with pytest.raises(ValueError, match=message):
+        pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8), epochs=1,
+               loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu", log=False)  # fmt: skip
+
+
+def test_m2_takes_minus_one_for_an_unknown_label():
+    m2 = pv.SemiSupervisedVAE(pv.MLP(6, 3), pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3)  # fmt: skip
+    x, known = torch.rand(8, 6).round(), torch.arange(8) < 4
+    y = torch.where(known, torch.randint(0, 3, (8,)), -1)
+    history = pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8),
+                     epochs=1, loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu",
+                     log=False)  # fmt: skip
+    assert math.isfinite(history.loss[0])

@@ -267,9 +267,9 @@ def test_kill_and_resume_under_two_processes(tmp_path):
 
 
 def test_without_a_process_group_fit_runs_in_one_process():
-    assert pv.devices._world.get_world() is None
+    assert pv._world.get_world() is None
     with pytest.raises(ValueError, match="launch with torchrun"):
-        pv.devices._world.get_world(True)
+        pv._world.get_world(True)
 
 
 # ---- edge cases of the data-parallel path ------------------------------------------------------
@@ -501,9 +501,9 @@ def test_fit_starts_its_process_group_with_a_collective_timeout(monkeypatch):
     monkeypatch.setattr(tdist, "init_process_group", lambda *a, **k: calls.append(k))
     monkeypatch.setattr(tdist, "get_rank", lambda: 0)
     monkeypatch.setattr(tdist, "get_world_size", lambda: 2)
-    assert pv.devices._world.get_world() == (0, 2)
-    assert calls == [{"timeout": pv.devices._world.COLLECTIVE_TIMEOUT}]
-    assert pv.devices._world.COLLECTIVE_TIMEOUT.total_seconds() <= 600
+    assert pv._world.get_world() == (0, 2)
+    assert calls == [{"timeout": pv._world.COLLECTIVE_TIMEOUT}]
+    assert pv._world.COLLECTIVE_TIMEOUT.total_seconds() <= 600
 
 
 def test_a_collective_that_times_out_says_what_happened(monkeypatch, tmp_path):

@@ -199,3 +199,18 @@ def test_fields_that_do_not_fit_are_refused_with_the_fix():
         pv.Batches(x, y=y[:-1], batch_size=16)
     with pytest.raises(ValueError, match=r"cannot have a field named 'num_data'"):
         pv.Batches(x, num_data=y, batch_size=16)
+
+
+def test_a_float64_condition_is_refused_by_name():
+    """A condition from numpy (float64) beside float32 data: the field is named, with the fix
+    (not torch's "mat1 and mat2 must have the same dtype" from inside an MLP)."""
+    x, y = labelled_data()
+    cvae = pv.ConditionalVAE(pv.GaussianEncoder(pv.MLP(3, 2), 1),
+                             pv.GaussianLikelihood(pv.MLP(1 + 3, F), F),
+                             pv.GaussianEncoder(pv.MLP(F + 3, 2), 1))  # fmt: skip
+    c = torch.nn.functional.one_hot(y, 3).double()
+    with pytest.raises(
+        ValueError, match=r"field 'c' holds torch.float64 .*c=c.to\(torch.float32\)"
+    ):
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=1, device="cpu",
+               log=False)  # fmt: skip

@@ -184,3 +184,25 @@ def test_infer_local_continues_the_local_guide_it_returned():
     loc = first.variational.loc.detach().clone()
     again = pv.infer_local(vae, test, epochs=2, lr=5e-2, local=first)
     assert again is first and not torch.equal(loc, again.variational.loc)
+
+
+def test_a_one_shot_loader_is_refused_by_name():
+    """An iterable that is read once (its iterator, not a new one per pass) leaves a later
+    epoch without batches: an error that says so, not a ZeroDivisionError."""
+
+    class OneShot:
+        def __init__(self, items):
+            self.items, self.n = iter(items), len(items)
+
+        def __len__(self):
+            return self.n
+
+        def __iter__(self):
+            return self.items
+
+    vae = bernoulli_vae()
+    x = torch.rand(24, 6).round()
+    batches = OneShot([(x[i : i + 8], torch.arange(i, i + 8)) for i in (0, 8, 16)])
+    with pytest.raises(ValueError, match="no batch in epoch 2: a one-shot iterable"):
+        pv.fit(vae.model, vae.guide, pv.Loader(batches, num_data=24), epochs=2, device="cpu",
+               log=False)  # fmt: skip
