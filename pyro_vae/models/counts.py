@@ -167,7 +167,9 @@ class PoissonLikelihood(_CountLikelihood):
         log_rho = h.log_softmax(-1)
 
         def make(total: Tensor) -> dist.Distribution:
-            return dist.Poisson(total * log_rho.exp()).to_event(1)
+            # an all-zero row (total 0) has probability 1 whatever the proportions; a rate of
+            # exactly 0 would make its gradient 0/0: its total counts as 1e-6 (1e-6 nats)
+            return dist.Poisson(total.clamp_min(1e-6) * log_rho.exp()).to_event(1)
 
         return _Totals(make, log_rho, self.mean_total)
 
