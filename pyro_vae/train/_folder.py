@@ -58,6 +58,7 @@ class RunFolder:
         self.writes_history = rank == 0
         self.lock = self.path / (".lock" if rank == 0 else f".lock.rank{rank}")
         self._held: int | None = None  # the lock file's descriptor while held
+        self._replaces = False  # overwrite: the old run's files go at the new run's first save
 
     def hold(self) -> None:
         """Creates the folder, checks that it is writable and holds it for this run: a second
@@ -127,7 +128,8 @@ class RunFolder:
         """Prepares the folder for a run and returns whether there is one to resume.
 
         A saved run — a checkpoint, or only the previous one, or only a history — is resumed
-        with ``resume``, deleted with ``overwrite``, and otherwise protected
+        with ``resume``, replaced with ``overwrite`` (when the new run first saves: a new run
+        that fails before that leaves the old one whole), and otherwise protected
         (:class:`FileExistsError`); it is never started over silently. When the latest
         checkpoint is gone and the previous one survives, ``resume`` continues from the
         previous one, with a warning. ``anywhere(flag)`` (data-parallel runs) makes every rank
@@ -148,13 +150,10 @@ class RunFolder:
                 what = ", ".join(p.name for p in saved) or "another process's checkpoint"
                 raise FileExistsError(
                     f"{self.path} holds a run ({what}). Pass resume=True to continue it, "
-                    "overwrite=True to start over (its checkpoints and history are deleted), "
-                    "or another run folder"
+                    "overwrite=True to start over (its files are replaced when the new run "
+                    "first saves), or another run folder"
                 )
-            for path in (self.checkpoint, self.previous):
-                path.unlink(missing_ok=True)
-            if self.writes_history:
-                self.history.unlink(missing_ok=True)
+            self._replaces = True
             return False
         if resume and self.writes_history and self.history.exists() and len(saved) == 1:
             raise CheckpointError(
@@ -195,11 +194,14 @@ class RunFolder:
     def save(self, history: History, state: _run_state.RunState) -> None:
         """Writes this rank's checkpoint (``state`` gathered), then (rank 0) the history."""
         state.save(self.checkpoint, asdict(history))
+        if self._replaces:  # the new run's checkpoint is in place: the old run's files go
+            self.previous.unlink(missing_ok=True)
+            self._replaces = False
         if self.writes_history:
             history.save(self.history)
 
     def hint(self, retry: str) -> str:
         """What to do after a failed epoch: continue from the checkpoint when there is one."""
-        if self.checkpoint.exists():
+        if self.checkpoint.exists() and not self._replaces:
             return f"{self.checkpoint} is untouched: continue from it with resume=True and {retry}"
         return f"train again with {retry}"

@@ -295,3 +295,21 @@ def test_short_epochs_save_on_schedule_and_resume_exactly(tmp_path, monkeypatch,
     assert history.epoch == list(range(1, 13))
     for name, value in resumed.state_dict().items():
         assert torch.equal(value, whole.state_dict()[name]), name
+
+
+def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(tmp_path):
+    """A new run that fails in its first epoch leaves the old run whole (it resumes); one that
+    saves replaces it entirely (no checkpoint of the old run left as the previous one)."""
+    _, old = fit_circle(tmp_path, 2)
+
+    def stop(epoch, history):
+        raise RuntimeError("stopped in the first epoch")
+
+    with pytest.raises(RuntimeError, match="stopped in the first epoch"):
+        fit_circle(tmp_path, 3, overwrite=True, callback=stop)
+    assert pv.History.load(tmp_path / "history.json") == old
+    _, resumed = fit_circle(tmp_path, 3, resume=True)
+    assert resumed.loss[:2] == old.loss
+    _, new = fit_circle(tmp_path, 1, overwrite=True, seed=1)
+    assert pv.History.load(tmp_path / "history.json") == new
+    assert not (tmp_path / "checkpoint.prev.pt").exists()
