@@ -48,7 +48,7 @@ EXAMPLES: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "mnist_flow_prior": (
-        "--epochs 10 --num-particles 100",
+        "--epochs 64 --num-particles 1000",
         "--epochs 64 --num-particles 1000",
         False,
     ),
@@ -160,7 +160,8 @@ def page(name: str, out: Path) -> str:
     else:
         how = (f"Recorded on {record.get('date', 'an earlier day')} on "
                f"{record.get('hardware', metrics.get('device', 'the CPU'))}, "
-               f"{record.get('wall_clock_s', '?')} s in all, training and scoring:")  # fmt: skip
+               f"{record.get('wall_clock_s', '?')} s in all, training and scoring"
+               f"{' (' + record['note'] + ')' if record.get('note') else ''}:")  # fmt: skip
     measured = name not in NOT_MEASURED
     if flags.split() == full.split():
         full_run = "It is the example's documented full setting."
