@@ -143,6 +143,19 @@ class SemiSupervisedVAE(VAE):
     field_names = ("y", "y_mask")
     """The fields of the batches the model and guide read."""
 
+    def check_data(self, data: Tensor, *, num_data: int | None = None) -> None:
+        """:meth:`VAE.check_data`, and the classifier's width: ``num_classes`` logits (a
+        classifier with fewer outputs trains and never predicts the classes it lacks)."""
+        super().check_data(data, num_data=num_data)
+        with torch.no_grad(), training_modes(self, train=False):
+            width = network(self.classifier, data[:1]).shape[-1]
+        if width != self.num_classes:
+            raise ValueError(
+                f"the classifier q(y | x) gives {width} logits per point but num_classes="
+                f"{self.num_classes}: build it with {self.num_classes} outputs (e.g. "
+                f"pv.MLP(features, {self.num_classes}, ...))"
+            )
+
     def check_fields(self, fields: dict[str, Tensor]) -> None:
         """Refuses labels and masks M2 cannot read, naming the field and the fix (called once
         per data set by ``fit`` and ``evaluate``): ``y_mask`` booleans, ``y`` integer class

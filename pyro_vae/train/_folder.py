@@ -12,6 +12,7 @@ never ahead of it; both are written atomically; see :mod:`pyro_vae.train.checkpo
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -84,7 +85,14 @@ class RunFolder:
         if fcntl is not None:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EAGAIN):  # not held: not supported
+                    os.close(fd)
+                    raise RuntimeError(
+                        f"the file system of {self.path} does not support file locks "
+                        f"({e.strerror}), which keep two runs out of one folder: use a run "
+                        "folder on a local disk (and copy it where you want it afterwards)"
+                    ) from None
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise RuntimeError(

@@ -199,3 +199,12 @@ def test_m2_takes_minus_one_for_an_unknown_label():
                      epochs=1, loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu",
                      log=False)  # fmt: skip
     assert math.isfinite(history.loss[0])
+
+
+def test_a_classifier_of_the_wrong_width_is_refused():
+    m2 = pv.SemiSupervisedVAE(pv.MLP(6, 2), pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3)  # fmt: skip
+    x, y, known = torch.rand(8, 6).round(), torch.randint(0, 3, (8,)), torch.arange(8) < 4
+    with pytest.raises(ValueError, match=r"gives 2 logits per point but num_classes=3"):
+        pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8), epochs=1,
+               loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu", log=False)  # fmt: skip

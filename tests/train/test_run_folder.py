@@ -313,3 +313,17 @@ def test_overwrite_replaces_the_old_run_only_when_the_new_one_saves(tmp_path):
     _, new = fit_circle(tmp_path, 1, overwrite=True, seed=1)
     assert pv.History.load(tmp_path / "history.json") == new
     assert not (tmp_path / "checkpoint.prev.pt").exists()
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    """lockf failing with ENOLCK (an NFS mount without a lock daemon): the message says the
+    file system does not support locks, not that another run holds the folder."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    with pytest.raises(RuntimeError, match=r"does not support file locks \(No locks available\)"):
+        fit_circle(tmp_path, 1)
