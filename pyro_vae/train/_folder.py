@@ -104,6 +104,19 @@ class RunFolder:
         os.pwrite(fd, me.encode(), 0)
         self._held, _HELD[key] = fd, me
 
+    def _check_writable(self) -> None:
+        """Writes and removes a file in the folder before the first epoch, so that a folder
+        the run cannot save in (read-only, or full) is named now, not after an epoch."""
+        probe = self.path / f".write-probe-{os.getpid()}"
+        try:
+            probe.write_bytes(b"probe")
+            probe.unlink()
+        except OSError as e:
+            raise PermissionError(
+                f"cannot write to the run folder {self.path} ({e.strerror}): the run could "
+                "not save its checkpoints there. Choose a folder you can write to"
+            ) from None
+
     def _check_in_the_way(self) -> None:
         """A file where the folder (or a folder above it) should be, or a folder where the
         lock file should be: errors that say so (not a permission problem)."""
@@ -145,6 +158,7 @@ class RunFolder:
         """
         if self._held is None:
             self.hold()
+        self._check_writable()
         for tmp in (self.checkpoint.with_suffix(".tmp"), self.checkpoint.with_suffix(".link")):
             tmp.unlink(missing_ok=True)  # left by a killed process
         saved = [p for p in (self.checkpoint, self.previous) if p.exists()]

@@ -327,3 +327,22 @@ def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(fcntl, "lockf", no_locks)
     with pytest.raises(RuntimeError, match=r"does not support file locks \(No locks available\)"):
         fit_circle(tmp_path, 1)
+
+
+def test_a_folder_the_run_cannot_write_is_named_before_the_first_epoch(tmp_path, monkeypatch):
+    """(The tests run as root, who writes anywhere: the write fails by a patch.) The error
+    names the folder and says permission, before any epoch is trained."""
+    from pathlib import Path
+
+    real = Path.write_bytes
+
+    def read_only(self, data):
+        if self.name.startswith(".write-probe"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    calls = []
+    with pytest.raises(PermissionError, match=r"cannot write to the run folder .*Permission"):
+        fit_circle(tmp_path, 1, callback=lambda epoch, history: calls.append(epoch))
+    assert calls == []
