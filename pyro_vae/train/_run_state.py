@@ -27,7 +27,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..data.batches import split_batch
-from . import _streams
+from . import _configuration, _streams
 from ._constraints import constraint_from_data, constraint_to_data
 from ._derivation import settle_nesting
 from ._optim_state import optim_settings, restore_optim, same_type
@@ -108,6 +108,7 @@ class RunState:
             "loaders": _streams.loader_states(live.data),
             "settings": loss_settings(live.loss, live.compile, live.precision),
             "derived": bool(getattr(live.step, "derived", False)),
+            "network_settings": _configuration.settings(live.modules),
             "world_size": self.world_size,
         }
         return _as_data(state)
@@ -148,8 +149,11 @@ class RunState:
         settle_nesting(live.loss, live.model, live.guide, x, idx, num_data=num_data, **fields)
         names = list(capture.trace.nodes)
         late = state.get("late", {})
+        if state["modules"] is not None:  # before the checkpoint writes over them
+            _configuration.check_fixed_values(path, state["modules"], live.modules)
         self._load_params(path, state["params"], names, late)
         self._load_modules(path, state["modules"])
+        _configuration.warn_changed_settings(path, state.get("network_settings"), live.modules)
         restore_optim(live.optim, state["optim"], state["optim_settings"], list(self.names), path)
         self._compare_settings(path, state.get("settings"))
         if live.step is not None:  # the estimator the saved run took

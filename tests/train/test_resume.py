@@ -4,11 +4,13 @@ RNG) and refuses what it is not; checkpoints are read as data, never as code."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import pyro
 import pytest
 import torch
 from helpers import circle_data, circle_vae, fit_circle, grouped
+from pyro.infer import TraceEnum_ELBO
 
 import pyro_vae as pv
 from pyro_vae.train.checkpoint import CheckpointError
@@ -194,3 +196,42 @@ def test_a_bad_previous_checkpoint_does_not_point_to_an_older_one(tmp_path):
     with pytest.raises(CheckpointError, match=r"cannot be read as data.*start over") as info:
         pv.load_checkpoint(tmp_path / "checkpoint.prev.pt", vae)
     assert "prev.prev" not in str(info.value)
+
+
+def test_a_changed_fixed_value_is_refused_on_resume(tmp_path):
+    """A Gaussian likelihood's fixed scale 0.5 resumed as 0.1: the checkpoint would put 0.5
+    back without a word; the resume is refused, naming the value."""
+
+    def run(scale, **options):
+        pyro.clear_param_store()
+        vae = pv.VAE(pv.StandardNormalPrior(1), pv.GaussianLikelihood(pv.MLP(1, 2), 2, scale=scale),
+                     pv.GaussianEncoder(pv.MLP(2, 2), 1))  # fmt: skip
+        return pv.fit(vae.model, vae.guide, circle_data(), epochs=2, device="cpu", log=False,
+                      **options)  # fmt: skip
+
+    run(0.5, save=tmp_path)
+    message = r"likelihood.log_scale = \[-0.6931, -0.6931\].*\[-2.303, -2.303\]"
+    with pytest.raises(pv.CheckpointError, match=message):
+        run(0.1, save=pv.Checkpoints(tmp_path, resume=True))
+
+
+def test_changed_settings_are_listed_on_resume(tmp_path):
+    """M2's alpha 0 → 5: the run continues with 5, and says so (its history mixes both)."""
+    x, y = torch.rand(32, 6).round(), torch.randint(0, 3, (32,))
+
+    def run(alpha, epochs, **options):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        m2 = pv.SemiSupervisedVAE(pv.MLP(6, 3), pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                                  pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3,
+                                  alpha=alpha)  # fmt: skip
+        data = pv.Batches(x, y=y, y_mask=torch.arange(32) < 8, batch_size=16)
+        return pv.fit(m2.model, m2.guide, data, epochs=epochs, device="cpu", log=False,
+                      loss=TraceEnum_ELBO(max_plate_nesting=1), **options)  # fmt: skip
+
+    run(0.0, 1, save=tmp_path)
+    with pytest.warns(UserWarning, match=r"alpha=5\.0 \(saved: 0\.0\)"):
+        run(5.0, 2, save=pv.Checkpoints(tmp_path, resume=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same settings: not a word
+        run(5.0, 3, save=pv.Checkpoints(tmp_path, resume=True))
