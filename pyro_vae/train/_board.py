@@ -6,6 +6,7 @@ Needs the optional extra: ``pip install 'pyro_vae[tensorboard]'``.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +49,7 @@ class Board:
         except ImportError as e:
             raise ImportError(MISSING) from e
         self.writer = SummaryWriter(log_dir=os.fspath(log_dir))
+        self._told = False  # (that the image grids asked for cannot be drawn)
 
     def running(self, step: int, value: float) -> None:
         """Logs the running loss ``value`` read at global ``step``."""
@@ -67,12 +69,13 @@ class Board:
         or ``(C, H, W)``; does nothing otherwise. Draws its own random numbers: the caller's
         RNG stream is unchanged."""
         if not (hasattr(modules, "sample") and hasattr(modules, "reconstruct")):
-            return
+            return self._skip(f"{type(modules).__name__} has no sample and reconstruct")
         if getattr(modules, "field_names", ()):  # its pictures need the batches' fields
-            return
+            fields = ", ".join(modules.field_names)
+            return self._skip(f"its samples and reconstructions need the fields ({fields})")
         shape = _image_shape(getattr(modules, "event_shape", None))
         if shape is None:
-            return
+            return self._skip("its data points are not images (784 values or (C, H, W))")
         from torchvision.utils import make_grid
 
         devices = [data.device] if data.device.type == "cuda" else []
@@ -80,11 +83,21 @@ class Board:
             samples = modules.sample(16)
             x = data[:8]
             recon = modules.reconstruct(x, torch.arange(x.shape[0], device=x.device))
+        # 8-bit values (0..255, e.g. a discretized logistic likelihood) shown as grey values
+        scale = 255.0 if float(x.max()) > 1.0 else 1.0
         for tag, images, rows in (
             ("images/samples", samples, 4),
             ("images/reconstructions", torch.cat([x.to(recon.dtype), recon]), 8),
         ):
-            self.writer.add_image(tag, make_grid(as_images(images, shape), nrow=rows), epoch)
+            grid = make_grid(as_images(images / scale, shape), nrow=rows)
+            self.writer.add_image(tag, grid, epoch)
+
+    def _skip(self, why: str) -> None:
+        """Says once that the image grids asked for are not drawn, and why."""
+        if not self._told:
+            warnings.warn(f"images_every: no TensorBoard images for this model: {why}",
+                          stacklevel=4)  # fmt: skip
+            self._told = True
 
     def close(self) -> None:
         """Flushes and closes the event file."""

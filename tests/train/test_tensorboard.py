@@ -1,4 +1,5 @@
-"""fit(log_dir=...): TensorBoard scalars and images, read back from the event file."""
+"""fit(log=pv.Logging(tensorboard=...)): TensorBoard scalars and images, read back from the
+event file."""
 
 from __future__ import annotations
 
@@ -86,3 +87,43 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
             device="cpu",
             log=pv.Logging(progress=False, tensorboard=tmp_path),
         )
+
+
+def test_8bit_images_are_shown_as_grey_values(tmp_path):
+    """A discretized-logistic VAE of 0..255 values: its grids are the values / 255, not
+    clamped to [0, 1] (which made most pixels white)."""
+    import io
+
+    from PIL import Image
+
+    torch.manual_seed(0)
+    x = (torch.rand(16, 784) * 255).round()
+    lik = pv.DiscretizedLogisticLikelihood(pv.MLP(2, 784 * 6, (8,)), 784, components=2)
+
+    class Scaled(torch.nn.Module):  # the encoder reads grey values, x / 255
+        def __init__(self):
+            super().__init__()
+            self.net = pv.MLP(784, 4, (8,))
+
+        def forward(self, x):
+            return self.net(x / 255)
+
+    vae = pv.VAE(pv.StandardNormalPrior(2), lik, pv.GaussianEncoder(Scaled(), 2))
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, device="cpu",
+           log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    png = events.Images("images/reconstructions")[0].encoded_image_string
+    pixels = torch.tensor(list(Image.open(io.BytesIO(png)).convert("L").getdata())).float()
+    assert (pixels >= 250).float().mean() < 0.5  # (uniform grey values: ~2 % near white)
+
+
+def test_a_model_without_pictures_says_so_once(tmp_path):
+    x, c = torch.rand(32, 784).round(), torch.rand(32, 3)
+    cvae = pv.ConditionalVAE(pv.GaussianEncoder(pv.MLP(3, 4), 2),
+                             pv.BernoulliLikelihood(pv.MLP(2 + 3, 784), 784),
+                             pv.GaussianEncoder(pv.MLP(784 + 3, 4), 2))  # fmt: skip
+    with pytest.warns(UserWarning, match=r"no TensorBoard images .*need the fields \(c\)") as got:
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=2, device="cpu",
+               log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
+    assert len([w for w in got if "TensorBoard images" in str(w.message)]) == 1
