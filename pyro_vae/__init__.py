@@ -22,8 +22,8 @@ the bottom up (each imports only those before it):
   :class:`UnitIntervalBernoulli`, :class:`GaussianLikelihood`, :class:`PoissonLikelihood`,
   :class:`NegativeBinomialLikelihood`, :class:`MultinomialLikelihood`,
   :class:`DiscretizedLogisticLikelihood`, :class:`DiscretizedLogistic`); guides (:class:`Guide`,
-  :class:`GaussianEncoder`, :class:`PerDatapointGaussian`, :class:`SemiAmortizedGaussian`,
-  :func:`diagonal_normal`); flow guides (:class:`PlanarEncoder`, :class:`IAFEncoder`,
+  :class:`GaussianEncoder`, :class:`PerDatapointGaussian`, :class:`SemiAmortizedGaussian`);
+  flow guides (:class:`PlanarEncoder`, :class:`IAFEncoder`,
   :class:`ZukoFlowEncoder`, :class:`TransformedGaussianEncoder`); networks (:class:`MLP`,
   :class:`ConvEncoder`, :class:`ConvDecoder`); standard architectures:
   :mod:`pyro_vae.models.zoo`;

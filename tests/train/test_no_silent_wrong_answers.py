@@ -227,7 +227,7 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="drop_last=True with batch_size 64 > N = 10"):
         pv.Batches(torch.zeros(10, 2), batch_size=64, drop_last=True)
     with pytest.raises(TypeError, match=r"Wrap a tensor: pv\.Batches\(x, batch_size=256\)"):
-        pv.fit(vae.model, vae.guide, torch.zeros(10, 2), epochs=1)
+        pv.fit(vae.model, vae.guide, [torch.zeros(10, 2)], epochs=1)  # (a tensor is taken)
     per_datapoint = vae.with_guide(pv.PerDatapointGaussian(64, 1), name="vae")
     with pytest.raises(ValueError, match=r"use optim=pv\.LazyAdam"):
         pv.fit(
