@@ -67,8 +67,8 @@ class DataSource(Protocol):
     dict of the batch's other fields) of a data set of ``num_data`` points, ``len()`` of them
     per pass, on ``device``. ``points`` (and ``fields``, where a source has them) are what the
     once-per-data-set checks see: the whole set (:class:`~pyro_vae.Batches`), or a stream's
-    first batch (:class:`~pyro_vae.Loader`). ``to(device)`` gives the same source on another
-    device.
+    first batch (:class:`~pyro_vae.Loader`), with their data-set indices ``point_indices``.
+    ``to(device)`` gives the same source on another device.
     ``as_source`` turns a tensor or a ``DataLoader`` into one.
 
     Example:
@@ -80,6 +80,7 @@ class DataSource(Protocol):
     batch_size: int | None
     device: torch.device
     points: Tensor
+    point_indices: Tensor
 
     def __iter__(self) -> Iterator[tuple]: ...
 
@@ -167,6 +168,11 @@ class Batches:
     def points(self) -> Tensor:
         """The whole data set, ``data``, which the once-per-data-set checks see."""
         return self.data
+
+    @property
+    def point_indices(self) -> Tensor:
+        """The data-set indices of :attr:`points`: ``0 .. N - 1``."""
+        return torch.arange(self.num_data, device=self.data.device)
 
     def to(self, device: torch.device | str) -> Batches:
         """The same batches with the data on ``device`` (no copy when already there)."""

@@ -169,8 +169,8 @@ class Loader:
         """The same batches, moved to ``device`` as they come."""
         new = Loader(self.batches, num_data=self.num_data, device=device)
         if self._first is not None:  # the probe is not read again
-            x, fields = self._first
-            new._first = x.to(device), {k: v.to(device) for k, v in fields.items()}
+            x, fields, idx = self._first
+            new._first = x.to(device), {k: v.to(device) for k, v in fields.items()}, idx.to(device)
         return new
 
     def __len__(self) -> int:
@@ -187,6 +187,12 @@ class Loader:
         """The first batch's fields (``{}`` without), as :attr:`points`."""
         return self._probe()[1]
 
+    @property
+    def point_indices(self) -> Tensor:
+        """The data-set indices of :attr:`points` (a shuffled loader's first batch: not
+        ``0, 1, ...``)."""
+        return self._probe()[2]
+
     def _probe(self) -> tuple[Tensor, Fields]:
         if self._first is None:
             with torch.random.fork_rng():
@@ -197,8 +203,8 @@ class Loader:
                     "drop_last=True with a batch_size larger than the data set): use a smaller "
                     "batch_size or drop_last=False"
                 )
-            x, _, fields = split_batch(first)
-            self._first = x, fields
+            x, idx, fields = split_batch(first)
+            self._first = x, fields, idx
         return self._first
 
     def __iter__(self) -> Iterator[tuple]:

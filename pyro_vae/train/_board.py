@@ -63,8 +63,9 @@ class Board:
             self.writer.add_scalar("validation/elbo", val_elbo, epoch)
         self.writer.flush()
 
-    def images(self, epoch: int, modules: nn.Module | None, data: Tensor) -> None:
-        """Logs 16 samples and reconstructions of ``data[:8]`` when ``modules`` is a VAE
+    def images(self, epoch: int, modules: nn.Module | None, data: Tensor, idx: Tensor) -> None:
+        """Logs 16 samples and reconstructions of ``data[:8]`` (their data-set indices
+        ``idx[:8]``, which a per-datapoint guide reads) when ``modules`` is a VAE
         (has ``sample`` and ``reconstruct``) of images: ``event_shape`` 784 (shown 1×28×28)
         or ``(C, H, W)``; does nothing otherwise. Draws its own random numbers: the caller's
         RNG stream is unchanged."""
@@ -82,7 +83,7 @@ class Board:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             samples = modules.sample(16)
             x = data[:8]
-            recon = modules.reconstruct(x, torch.arange(x.shape[0], device=x.device))
+            recon = modules.reconstruct(x, idx[:8].to(x.device))
         # 8-bit values (0..255, e.g. a discretized logistic likelihood) shown as grey values
         scale = 255.0 if float(x.max()) > 1.0 else 1.0
         for tag, images, rows in (

@@ -203,6 +203,11 @@ class ShardedBatches:
         return self.data
 
     @property
+    def point_indices(self) -> Tensor:
+        """The data-set indices of :attr:`points`: ``0 .. N - 1``."""
+        return self.batches.point_indices
+
+    @property
     def fields(self) -> dict[str, Tensor]:
         """The whole set's other fields (every rank holds them)."""
         return self.batches.fields

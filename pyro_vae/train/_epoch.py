@@ -113,7 +113,7 @@ def show_epoch(
     if run.board is not None:
         run.board.epoch(epoch, loss, beta, val_elbo)
         if images_every and epoch % images_every == 0:
-            run.board.images(epoch, run.modules, run.data.points)
+            run.board.images(epoch, run.modules, run.data.points, run.data.point_indices)
 
 
 def validate(run: Run, epoch: int, validation: Batches | Loader, particles: int) -> float:

@@ -127,3 +127,26 @@ def test_a_model_without_pictures_says_so_once(tmp_path):
         pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=2, device="cpu",
                log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
     assert len([w for w in got if "TensorBoard images" in str(w.message)]) == 1
+
+
+def test_reconstructions_read_the_latents_of_their_own_points(tmp_path, monkeypatch):
+    """A shuffled DataLoader and a per-datapoint guide: the grid's points are the loader's
+    first batch, and the guide is asked for those points' latents (their indices), not for
+    points 0..7."""
+    torch.manual_seed(0)
+    x = torch.rand(32, 784).round()
+    vae = bernoulli_vae(784, guide=pv.PerDatapointGaussian(32, 2))
+    asked = []
+    real = pv.VAE.reconstruct
+
+    def reconstruct(self, points, idx=None):
+        asked.append((points.clone(), idx.clone()))
+        return real(self, points, idx)
+
+    monkeypatch.setattr(pv.VAE, "reconstruct", reconstruct)
+    loader = torch.utils.data.DataLoader(pv.Indexed(x), batch_size=8, shuffle=True)
+    pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu",
+           optim=pv.LazyAdam({"lr": 1e-3}),
+           log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
+    points, idx = asked[-1]
+    assert torch.equal(points, x[idx])
