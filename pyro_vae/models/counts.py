@@ -16,8 +16,13 @@ with batch shape ``z.shape[:-1]`` and event shape ``(G,)`` (``G`` features: gene
   (ProdLDA's decoder: Srivastava & Sutton 2017).
 
 Counts come as a floating tensor of integers :math:`\ge 0` (checked once per data set); when
-sampling, a likelihood with a size factor draws with the mean total of the data it was checked
-against (a buffer: saved with the weights).
+sampling, a likelihood with a size factor draws with the mean total of its training data (a
+buffer that ``fit`` sets and the weights' state saves).
+
+The log-densities are computed in float64 and returned in the parameters' dtype: at large
+counts their terms (:math:`\log x!`, :math:`x \log \mu`) are large and cancel, which float32
+does not survive (a Poisson at counts near :math:`10^5` was 1.9 nats per point off, a
+multinomial 56).
 """
 
 from __future__ import annotations
@@ -36,6 +41,41 @@ from ..devices.precision import network
 _SCALAR = torch.Size()
 
 __all__ = ["MultinomialLikelihood", "NegativeBinomialLikelihood", "PoissonLikelihood"]
+
+
+class _Poisson(dist.Poisson):
+    """``Poisson`` whose log-density is computed in float64 (module docstring)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        rate, v = self.rate.double(), value.double()
+        return (torch.xlogy(v, rate) - rate - torch.lgamma(v + 1)).to(self.rate.dtype)
+
+
+class _NegativeBinomial(dist.NegativeBinomial):
+    """``NegativeBinomial`` whose log-density is computed in float64 (module docstring)."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        exact = dist.NegativeBinomial(self.total_count.double(), logits=self.logits.double(),
+                                      validate_args=False)  # fmt: skip
+        return exact.log_prob(value.double()).to(self.logits.dtype)
+
+
+class _ZeroInflatedNegativeBinomial(dist.ZeroInflatedNegativeBinomial):
+    """``ZeroInflatedNegativeBinomial`` whose log-density is computed in float64."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        nb = self.base_dist
+        exact = dist.ZeroInflatedNegativeBinomial(
+            nb.total_count.double(), logits=nb.logits.double(),
+            gate_logits=self.gate_logits.double(), validate_args=False,
+        )  # fmt: skip
+        return exact.log_prob(value.double()).to(nb.logits.dtype)
 
 
 class _Totals(TorchDistribution):
@@ -161,15 +201,15 @@ class PoissonLikelihood(_CountLikelihood):
         """Returns :math:`p(x \\mid z)`, batch shape ``z.shape[:-1]``."""
         h, *log_library = self._decode(z)
         if self.latent_library:
-            return dist.Poisson((log_library[0] + h.log_softmax(-1)).exp()).to_event(1)
+            return _Poisson((log_library[0] + h.log_softmax(-1)).exp()).to_event(1)
         if not self.size_factor:
-            return dist.Poisson(h.clamp(max=30.0).exp()).to_event(1)
+            return _Poisson(h.clamp(max=30.0).exp()).to_event(1)
         log_rho = h.log_softmax(-1)
 
         def make(total: Tensor) -> dist.Distribution:
             # an all-zero row (total 0) has probability 1 whatever the proportions; a rate of
             # exactly 0 would make its gradient 0/0: its total counts as 1e-6 (1e-6 nats)
-            return dist.Poisson(total.clamp_min(1e-6) * log_rho.exp()).to_event(1)
+            return _Poisson(total.clamp_min(1e-6) * log_rho.exp()).to_event(1)
 
         return _Totals(make, log_rho, self.mean_total)
 
@@ -239,9 +279,9 @@ class NegativeBinomialLikelihood(_CountLikelihood):
         def make_nb(log_mu: Tensor) -> dist.Distribution:
             logits = log_mu - log_theta  # NB(total_count=θ, logits): mean θ e^logits = μ
             if gate is None:
-                return dist.NegativeBinomial(theta, logits=logits).to_event(1)
-            return dist.ZeroInflatedNegativeBinomial(theta, logits=logits,
-                                                     gate_logits=gate).to_event(1)  # fmt: skip
+                return _NegativeBinomial(theta, logits=logits).to_event(1)
+            return _ZeroInflatedNegativeBinomial(theta, logits=logits,
+                                                 gate_logits=gate).to_event(1)  # fmt: skip
 
         if self.latent_library:
             return make_nb(heads.pop(0) + h.log_softmax(-1))
@@ -260,13 +300,14 @@ class _Multinomial(TorchDistribution):
     support = constraints.independent(constraints.nonnegative_integer, 1)
 
     def __init__(self, logits: Tensor, mean_total: Tensor, validate_args=None) -> None:
-        self.logits, self.mean_total = logits.log_softmax(-1), mean_total
+        self.raw, self.logits, self.mean_total = logits, logits.log_softmax(-1), mean_total
         super().__init__(logits.shape[:-1], logits.shape[-1:], validate_args=validate_args)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        n = value.sum(-1)
-        coefficient = torch.lgamma(n + 1) - torch.lgamma(value + 1).sum(-1)
-        return coefficient + (value * self.logits).sum(-1)
+        v = value.double()  # (float64: the terms of large counts cancel; module docstring)
+        coefficient = torch.lgamma(v.sum(-1) + 1) - torch.lgamma(v + 1).sum(-1)
+        log_p = self.raw.double().log_softmax(-1)  # (x_g times its rounding: not in float32)
+        return (coefficient + (v * log_p).sum(-1)).to(self.logits.dtype)
 
     def sample(self, sample_shape: torch.Size = _SCALAR) -> Tensor:
         total = round(float(self.mean_total))
@@ -278,7 +319,7 @@ class _Multinomial(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape) + self.event_shape
-        return _Multinomial(self.logits.expand(shape), self.mean_total)
+        return _Multinomial(self.raw.expand(shape), self.mean_total)
 
 
 class MultinomialLikelihood(_CountLikelihood):
