@@ -47,6 +47,14 @@ def train_epoch(run: Run, epoch: int, log_every: int) -> float:
                     "scaling); only the first batch of a DataLoader is checked in full"
                 )
             bad, since = None, i + 1
+            if not math.isfinite(running) and epoch == 1 and i == 0 and not run.history.epoch:
+                raise FloatingPointError(
+                    f"the loss is {running} at the initial weights (the first step's, before "
+                    "any update): no step size causes that. A log-density is not finite there: "
+                    "check that the data are what the networks and the likelihood expect (e.g. "
+                    "raw counts or 0..255 values read by an encoder: give it log1p(x) or x / "
+                    "255) and that no parameter starts at an extreme value"
+                )
             if not math.isfinite(running):
                 raise FloatingPointError(
                     f"the loss became {running} in epoch {epoch} by step {i + 1}; {run.hint()}"

@@ -206,3 +206,17 @@ def test_a_one_shot_loader_is_refused_by_name():
     with pytest.raises(ValueError, match="no batch in epoch 2: a one-shot iterable"):
         pv.fit(vae.model, vae.guide, pv.Loader(batches, num_data=24), epochs=2, device="cpu",
                log=False)  # fmt: skip
+
+
+def test_a_loss_that_is_not_finite_at_the_initial_weights_is_not_a_step_size_problem():
+    def model(x, idx=None, num_data=None):
+        log_scale = pyro.param("log_scale", torch.tensor(1000.0))  # exp: inf
+        with pyro.plate("data", num_data, subsample=idx):
+            pyro.sample("x", pyro.distributions.Normal(0.0, log_scale.exp()), obs=x)
+
+    def guide(x, idx=None, num_data=None):
+        pass
+
+    with pytest.raises(FloatingPointError, match=r"at the initial weights .* no step size"):
+        pv.fit(model, guide, pv.Batches(torch.randn(8), batch_size=4), epochs=1, device="cpu",
+               log=False)  # fmt: skip
