@@ -18,6 +18,7 @@ c)`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import pyro
@@ -93,6 +94,39 @@ class ConditionalVAE(VAE):
     def field_names(self) -> tuple[str, ...]:
         """The fields of the batches the model and guide read."""
         return (self.condition, self.mask) if self.mask else (self.condition,)
+
+    def check_fields(self, fields: dict[str, Tensor]) -> None:
+        """Runs each piece once on inputs of the width it will read (called once per data set
+        by ``fit`` and ``evaluate``): a network built for another width is named with the
+        piece and what it reads, not as a shape error from inside it."""
+        if self.condition not in fields:
+            return  # (the call names what is missing)
+        c = fields[self.condition][:1].flatten(1)
+        like = next(self.parameters(), c)
+        c = c.to(like.dtype)
+        features, d = math.prod(self.event_shape), self.variational.latent_dim
+        zeros = c.new_zeros
+        pieces = [("guide q(z | x, c)", "[x, c]", features, c.shape[1],
+                   lambda: self.variational(zeros(1, features + c.shape[1]),
+                                            torch.zeros(1, dtype=torch.long, device=c.device))),
+                  ("likelihood p(x | z, c)", "[z, c]" if self.decode_condition else "z", d,
+                   c.shape[1] if self.decode_condition else 0,
+                   lambda: self.likelihood(zeros(1, d + (c.shape[1] if self.decode_condition
+                                                        else 0))))]  # fmt: skip
+        if self.conditional_prior:
+            pieces.append(("prior p(z | c)", "c", 0, c.shape[1], lambda: self.prior(c)))
+        with torch.no_grad(), training_modes(self, train=False):
+            for role, reads, first, second, run in pieces:
+                try:
+                    run()
+                except (ValueError, RuntimeError) as e:
+                    width = first + second
+                    parts = f" ({first} + {second} of the field {self.condition!r})" if (
+                        first and second) else ""  # fmt: skip
+                    raise ValueError(
+                        f"this ConditionalVAE's {role} reads {reads}: {width} features{parts}; "
+                        f"its network does not take that ({e}). Build it for {width} inputs"
+                    ) from None
 
     def with_guide(self, guide: Guide | Sequence[Guide], *, name: str) -> ConditionalVAE:
         """The same prior and likelihood (shared modules) with another guide (e.g. a

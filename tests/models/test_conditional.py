@@ -135,3 +135,16 @@ def test_local_inference_and_the_amortization_gap_read_the_condition():
     gap = pv.amortization_gap(cvae, data, epochs=50, lr=0.05, num_particles=500)
     assert gap.elbo_optimal >= gap.elbo_amortized - 0.05
     assert gap.log_likelihood >= gap.elbo_optimal - 0.05
+
+
+def test_a_network_of_the_wrong_width_is_named_with_its_piece():
+    """A likelihood decoder built for z alone in a CVAE that decodes [z, c]: the error says
+    which piece, what it reads and how wide that is."""
+    x, c = torch.rand(16, 6).round(), torch.randn(16, 3)
+    cvae = pv.ConditionalVAE(pv.GaussianEncoder(pv.MLP(3, 4), 2),
+                             pv.BernoulliLikelihood(pv.MLP(2, 6), 6),  # reads [z, c]: 5
+                             pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2))  # fmt: skip
+    message = r"likelihood p\(x \| z, c\) reads \[z, c\]: 5 features \(2 \+ 3 of the field 'c'\)"
+    with pytest.raises(ValueError, match=message):
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=8), epochs=1, device="cpu",
+               log=False)  # fmt: skip
