@@ -301,6 +301,15 @@ def m2_vae(
     :math:`p(x \mid z, y)` (60-500-784, Bernoulli logits); ``alpha`` weighs the auxiliary
     classification term per labelled point.
 
+    Where it differs from Pyro's model and its training: ReLU after the hidden layers (Pyro's:
+    softplus), logits into the categorical and Bernoulli distributions (Pyro's: probabilities
+    through an epsilon-clipped softmax and sigmoid), PyTorch's default initialisation (the
+    same), and, in ``examples/mnist_ssvae.py``, Adam at 1e-3 (Pyro's: 3e-4), the auxiliary
+    term inside the ELBO's step (Pyro's: a second SVI objective on the labelled batches),
+    labelled and unlabelled points mixed in every minibatch (Pyro's: a labelled batch every
+    N / labels batches) and all 60000 training images for training, no validation set (Pyro's:
+    10000 held out, the test error reported at the best validation accuracy).
+
     Example:
         >>> m2 = m2_vae(latent_dim=4, hidden=16)
         >>> m2.classify(torch.rand(3, 784)).shape
