@@ -101,6 +101,13 @@ class ConditionalVAE(VAE):
         piece and what it reads, not as a shape error from inside it."""
         if self.condition not in fields:
             return  # (the call names what is missing)
+        mask = fields.get(self.mask) if self.mask else None
+        if mask is not None and tuple(mask.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(
+                f"the mask field {self.mask!r} has rows of shape {tuple(mask.shape[1:])}; it "
+                f"marks the features the likelihood scores, so its rows take the data points' "
+                f"shape {tuple(self.event_shape)}"
+            )
         c = fields[self.condition][:1].flatten(1)
         like = next(self.parameters(), c)
         c = c.to(like.dtype)

@@ -14,9 +14,10 @@ package's :class:`~pyro_vae.VAE` does; so can a hand-written pair). Batches with
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import pyro
 import pyro.optim
@@ -182,6 +183,39 @@ def train(
 ) -> History:
     """:func:`fit` with its options flat (and ``freeze_model``: E-steps only, as
     :func:`~pyro_vae.infer_local` runs them); see :mod:`pyro_vae.train.options` for each."""
+    with _one_thread():
+        return _train(**locals())
+
+
+def _train(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    data: Batches | Loader | DataLoader,
+    *,
+    epochs: int,
+    optim: pyro.optim.PyroOptim | None,
+    loss: ELBO | None,
+    device: torch.device | str | None,
+    modules: nn.Module | None,
+    save_dir: str | os.PathLike | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    callback: Callable[[int, History], None] | None,
+    e_steps: int,
+    freeze_model: bool,
+    beta: float | Callable[[int], float],
+    log_every: int,
+    validation: Batches | Loader | DataLoader | Tensor | None,
+    validate_every: int,
+    validation_particles: int,
+    distributed: bool | None,
+    log_dir: str | os.PathLike | None,
+    log_images_every: int,
+    compile: bool | str,
+    precision: str,
+    save_every: int | None,
+) -> History:
     check_options(epochs, log_every, e_steps, validate_every, log_images_every, freeze_model,
                   validation_particles=validation_particles, save_every=save_every,
                   precision=precision)  # fmt: skip
@@ -233,3 +267,29 @@ def train(
             raise timed_out(e) from e
         raise
     return run.history
+
+
+_OWNER: list[int] = []  # the thread whose fit runs (its nested calls: the same thread again)
+_OWNER_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Lets one thread of the process train at a time (calls nested in it, e.g. from a
+    callback, included): Pyro's handlers and param store are global to a process, so two
+    threads' fits would see each other's plates ("duplicate plate")."""
+    me = threading.get_ident()
+    with _OWNER_LOCK:
+        if _OWNER and _OWNER[0] != me:
+            raise RuntimeError(
+                "fit is already training in another thread of this process: Pyro's handlers "
+                "and param store are global to a process, so two fits in threads would see "
+                "each other's plates and parameters. Run them one after the other, or in "
+                "separate processes (e.g. multiprocessing or torch.multiprocessing)"
+            )
+        _OWNER.append(me)
+    try:
+        yield
+    finally:
+        with _OWNER_LOCK:
+            _OWNER.pop()

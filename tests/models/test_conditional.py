@@ -148,3 +148,13 @@ def test_a_network_of_the_wrong_width_is_named_with_its_piece():
     with pytest.raises(ValueError, match=message):
         pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=8), epochs=1, device="cpu",
                log=False)  # fmt: skip
+
+
+def test_a_mask_field_of_the_wrong_shape_is_named():
+    x, c = torch.rand(16, 6).round(), torch.randn(16, 3)
+    cvae = pv.ConditionalVAE(pv.GaussianEncoder(pv.MLP(3, 4), 2),
+                             pv.BernoulliLikelihood(pv.MLP(2 + 3, 6), 6),
+                             pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), mask="m")  # fmt: skip
+    data = pv.Batches(x, c=c, m=torch.ones(16, 3, dtype=torch.bool), batch_size=8)
+    with pytest.raises(ValueError, match=r"mask field 'm' has rows of shape \(3,\).*\(6,\)"):
+        pv.fit(cvae.model, cvae.guide, data, epochs=1, device="cpu", log=False)

@@ -220,3 +220,38 @@ def test_a_loss_that_is_not_finite_at_the_initial_weights_is_not_a_step_size_pro
     with pytest.raises(FloatingPointError, match=r"at the initial weights .* no step size"):
         pv.fit(model, guide, pv.Batches(torch.randn(8), batch_size=4), epochs=1, device="cpu",
                log=False)  # fmt: skip
+
+
+def test_a_second_thread_is_refused_while_a_fit_trains():
+    """Pyro's handlers are global to a process: a fit in another thread while one trains is
+    refused with the reason (it failed with "duplicate plate"); a fit after it runs."""
+    import threading
+
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(epoch, history):
+        started.set()
+        release.wait(30)
+
+    def first():
+        try:
+            vae = bernoulli_vae()
+            pv.fit(vae.model, vae.guide, torch.rand(16, 6).round(), epochs=1, device="cpu",
+                   log=pv.Logging(progress=False, callback=hold))  # fmt: skip
+        except Exception as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert started.wait(30)
+    try:
+        other = bernoulli_vae()
+        with pytest.raises(RuntimeError, match="already training in another thread"):
+            pv.fit(other.model, other.guide, torch.rand(16, 6).round(), epochs=1, device="cpu",
+                   log=False)  # fmt: skip
+    finally:
+        release.set()
+        thread.join(30)
+    assert not errors
+    again = bernoulli_vae()
+    pv.fit(again.model, again.guide, torch.rand(16, 6).round(), epochs=1, device="cpu", log=False)
