@@ -95,7 +95,21 @@ class Indexed(torch.utils.data.Dataset):
                 "the elements the dataset's items hold"
             )
         named = zip(self.fields, rest[: len(self.fields)], strict=True)
-        return x, index, {name: torch.as_tensor(v) for name, v in named}
+        return x, index, {name: self._field(name, v, index) for name, v in named}
+
+    def _field(self, name: str, value: object, index: int) -> Tensor:
+        """A field's value as a tensor, or a :class:`TypeError` naming the field and item."""
+        try:
+            if value is None or isinstance(value, str):
+                raise TypeError(f"{type(value).__name__} values are not numbers")
+            return torch.as_tensor(value)
+        except (TypeError, RuntimeError, ValueError) as e:
+            raise TypeError(
+                f"the field {name!r} of item {index} of {type(self.dataset).__name__} is "
+                f"{value!r} ({e}): fields are numbers (a label, a condition, a mask); encode "
+                "it as one in the dataset (e.g. a class index for a name, a mask for a missing "
+                "value)"
+            ) from None
 
     def _binarized(self, x: Tensor, index: int) -> Tensor:
         """``x`` thresholded or drawn, once its values are checked to be probabilities."""

@@ -82,3 +82,21 @@ def test_resume_through_a_dataloader_is_exact(tmp_path):
     assert resumed.loss == full.loss
     for a, b in zip(full_vae.state_dict().values(), resumed_vae.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad", ["cat", None])
+def test_a_field_that_is_not_a_number_is_named(bad):
+    """Items holding a string or None where a field is named: the field, the item and the
+    fix, not torch's dtype error."""
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.zeros(3), bad if i == 2 else 1
+
+    data = pv.Indexed(Items(), fields=("y",))
+    data[0]
+    with pytest.raises(TypeError, match=r"the field 'y' of item 2 of Items is .*encode it"):
+        data[2]
