@@ -110,11 +110,10 @@ def pair_scores(
     particles: int | None,
     num_points: int,
     max_plate_nesting: int,
-    fields: Mapping[str, Tensor] = {},
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per point and particle: the ELBO term, the log importance weight (module docstring)
-    and the number of data values scored (observed sites other than the batch's fields,
-    masks applied), each of shape ``(particles or 1, num_points)``."""
+    and the number of values scored (of every observed site, masks applied: a known label
+    is one), each of shape ``(particles or 1, num_points)``."""
     log_p = log_q = log_qe = log_weight = counted = None
     model_dims, guide_dims = set(), set()
     for name, site in _scored_sites(model_trace):
@@ -125,7 +124,7 @@ def pair_scores(
         else:
             log_prob = scale_and_mask(log_prob, mask=site["mask"])
         log_p = _plus(log_p, log_prob)
-        if site["is_observed"] and not any(site["value"] is v for v in fields.values()):
+        if site["is_observed"]:
             counted = _plus(counted, _values_scored(site))
     for _, site in _scored_sites(guide_trace):
         unmasked = site["fn"].log_prob(site["value"])

@@ -12,8 +12,9 @@ the second a stochastic lower bound that tightens to :math:`\log p(x)` as :math:
 Particles are vectorized by an outer ``pyro.plate("particles", K, dim=-2)`` and chunked so that
 ``points × particles`` stays below ``max_rows``. Discrete sites marked for enumeration are
 summed out exactly, as ``pyro.infer.TraceEnum_ELBO`` sums them, masks apply, and training-only
-terms are left out (``pyro_vae.infer._weights``). Once per call, on the first chunk, the
-vectorized pass is checked against a pass without the particle plate and against Pyro's
+terms are left out (``pyro_vae.infer._weights``); ``dims`` counts the values scored. Once per
+call, on the first chunk, the vectorized pass is checked against a pass without the particle
+plate and against Pyro's
 ``TraceEnum_ELBO`` with the same random numbers: a model that does not broadcast over the
 particles is scored particle by particle (with a warning that says how to vectorize it), and a
 disagreement with Pyro's ELBO is an error.
@@ -97,7 +98,7 @@ def log_weights(
     traces = run_pair(model, guide, x, idx, kwargs, particles=num_particles,
                       max_plate_nesting=max_plate_nesting)  # fmt: skip
     return pair_scores(*traces, particles=num_particles, num_points=x.shape[0],
-                       max_plate_nesting=max_plate_nesting, fields=fields or {})[1]  # fmt: skip
+                       max_plate_nesting=max_plate_nesting)[1]  # fmt: skip
 
 
 @dataclass
@@ -109,20 +110,23 @@ class Evaluation:
         log_likelihood: Mean importance-sampled estimate of :math:`\\log p(x)`.
         num_particles: :math:`K`, the guide samples per data point.
         num_data: Data points evaluated.
-        dims: Values per data point (the product of its event shape).
+        dims: Values scored per data point, on average: the observed values the model
+            scores (masks applied; e.g. 784 for an MNIST image, the unknown pixels only for a
+            masked completion, and one more for a point whose label is observed).
     """
 
     elbo: float
     log_likelihood: float
     num_particles: int
     num_data: int
-    dims: int | None = None
+    dims: float | None = None
 
     @property
     def bits_per_dim(self) -> float:
         r"""The importance-sampled negative log-likelihood in bits per value of a data point,
-        :math:`-\log p(x) / (D \ln 2)` (``D = dims``, e.g. 784 for an MNIST image): the
-        measure of discrete data such as 8-bit images (with a discretized likelihood)."""
+        :math:`-\log p(x) / (D \ln 2)` (``D = dims``, the values scored, e.g. 784 for an
+        MNIST image): the measure of discrete data such as 8-bit images (with a discretized
+        likelihood)."""
         if not self.dims:
             raise ValueError("bits_per_dim needs dims, the number of values of a data point")
         return -self.log_likelihood / (self.dims * math.log(2))
@@ -233,7 +237,7 @@ class _Scorer:
         traces = run_pair(self.model, self.guide, x, idx, self.kwargs(fields),
                           particles=particles, max_plate_nesting=nesting)  # fmt: skip
         return pair_scores(*traces, particles=particles, num_points=x.shape[0],
-                           max_plate_nesting=self.max_plate_nesting, fields=fields)  # fmt: skip
+                           max_plate_nesting=self.max_plate_nesting)  # fmt: skip
 
     def chunk(self, x: Tensor, idx: Tensor, fields: dict) -> tuple[Tensor, Tensor, Tensor]:
         """The ``num_particles`` scores of a chunk of points, ``(K, B)`` each (the values
