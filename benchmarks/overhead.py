@@ -55,8 +55,7 @@ from pyro.infer import SVI, Trace_ELBO
 import pyro_vae as pv
 from pyro_vae.devices.dispatch import DispatchWatch, launches
 from pyro_vae.models import zoo
-from pyro_vae.train._gradient import gradient_step
-from pyro_vae.train._step import Step
+from pyro_vae.train.step import Step, gradient_step
 
 try:
     from . import _common

@@ -43,7 +43,7 @@ from pyro.infer import SVI, Trace_ELBO
 import pyro_vae as pv
 from pyro_vae.devices.precision import _use_precision
 from pyro_vae.models import zoo
-from pyro_vae.train._step import Step
+from pyro_vae.train.step import Step
 
 try:
     from . import _common
@@ -160,7 +160,7 @@ def compare(
 def compiled_step(
     vae: pv.VAE, few: pv.Batches, optim, device, precision: str = "32"
 ) -> tuple[Step, float, str | None]:
-    """The step ``fit(compile=True)`` takes (:class:`pyro_vae.train._step.Step` with
+    """The step ``fit(compile=True)`` takes (:class:`pyro_vae.train.step.Step` with
     ``compile=True``), the seconds of its first epoch over ``few``, which checks the derived
     estimator against the Pyro loss and compiles (its excess over a later epoch is the
     once-per-run cost), and the warning of a pair that fell back to the eager step."""

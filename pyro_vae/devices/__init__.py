@@ -6,6 +6,6 @@ bfloat16 (``precision="bf16-mixed"``).
 """
 
 from .._placement import default_device, device_name, fake_cuda
-from . import dispatch, precision
+from . import dispatch, precision  # noqa: F401 (the modules, attributes)
 
-__all__ = ["default_device", "device_name", "dispatch", "fake_cuda", "precision"]
+__all__ = ["default_device", "device_name", "fake_cuda"]  # (and the modules dispatch, precision)

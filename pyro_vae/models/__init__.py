@@ -10,7 +10,7 @@ values), ``guides``, ``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE
 :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
 """
 
-from . import zoo
+from . import zoo  # noqa: F401 (the module, an attribute)
 from .conditional import ConditionalVAE
 from .counts import MultinomialLikelihood, NegativeBinomialLikelihood, PoissonLikelihood
 from .discretized import DiscretizedLogistic, DiscretizedLogisticLikelihood
@@ -61,5 +61,4 @@ __all__ = [
     "UnitIntervalBernoulli",
     "VampPrior",
     "ZukoFlowEncoder",
-    "zoo",
 ]

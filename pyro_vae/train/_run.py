@@ -35,8 +35,8 @@ from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
 from ._folder import RunFolder
 from ._run_state import Live, RunState
-from ._step import Step
 from .checkpoint import CheckpointError, History
+from .step import Step
 
 __all__ = [
     "Run",

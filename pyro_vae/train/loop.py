@@ -50,9 +50,9 @@ from ._run import (
     run_folder,
     warn_if_finished,
 )
-from ._step import Step
 from .checkpoint import History
 from .options import Checkpoints, Compute, Logging, Validation, flat_options
+from .step import Step
 
 __all__ = ["fit"]
 

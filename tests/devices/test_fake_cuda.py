@@ -375,7 +375,7 @@ def test_a_value_read_in_the_step_is_caught():
 def test_a_value_read_by_the_loop_is_caught(monkeypatch, loss):
     """Planted in the step's descent: the default step (the VAE's derived estimator) and the
     step through Pyro's loss both end there."""
-    steps = sys.modules["pyro_vae.train._step"]
+    steps = sys.modules["pyro_vae.train.step"]
     gradients = sys.modules["pyro_vae.train._gradient"]
     descend = gradients.descend
 

@@ -19,7 +19,7 @@ from helpers import COMBINATIONS, ZOO, DeltaPair, N, bernoulli_vae, build, data_
 import pyro_vae as pv
 from pyro_vae.models import zoo
 from pyro_vae.train._derived import compile_mode
-from pyro_vae.train._step import Step
+from pyro_vae.train.step import Step
 
 B = 8
 

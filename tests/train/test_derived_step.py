@@ -13,7 +13,7 @@ from helpers import HandWritten, circle_data, circle_vae, fit_circle, grouped
 
 import pyro_vae as pv
 
-steps = sys.modules["pyro_vae.train._step"]
+steps = sys.modules["pyro_vae.train.step"]
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-r"""The training step: what :func:`~pyro_vae.fit` does with one minibatch, chosen once per run.
+r"""The training step: what :func:`~pyro_vae.fit` does with one minibatch, chosen once per run,
+public for a loop of one's own (the benchmarks time it against a plain PyTorch loop).
 
 A :class:`Step` holds the model, the guide, the loss and the optimizer, and the schedule:
 
@@ -40,7 +41,7 @@ from ..models.nets import training_modes
 from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
 from ._gradient import descend, gradient_step
 
-__all__ = ["Step"]
+__all__ = ["Step", "gradient_step"]
 
 
 class Step:
