@@ -48,7 +48,7 @@ def delta_run(distributed: bool, save_dir=None, epochs: int = 3) -> tuple[DeltaP
 def per_datapoint_options() -> dict:
     return {
         "epochs": 20,
-        "progress": False,
+        "log": False,
         "optim": pv.LazyAdam({"lr": 1e-2}, local_lr=0.05),
     }
 
