@@ -359,10 +359,10 @@ def test_a_model_without_a_particle_dimension_is_scored_particle_by_particle():
 def test_a_disagreement_with_pyros_elbo_is_an_error(monkeypatch):
     """The once-only check against ``TraceEnum_ELBO`` (here told a value 1 nat away) stops
     the evaluation instead of reporting a number Pyro would not give."""
-    from pyro_vae.infer import scoring
+    from pyro_vae.infer import _scorer
 
-    real = scoring._pyro_elbo
-    monkeypatch.setattr(scoring, "_pyro_elbo", lambda *a: real(*a) + 1.0)
+    real = _scorer._pyro_elbo
+    monkeypatch.setattr(_scorer, "_pyro_elbo", lambda *a: real(*a) + 1.0)
     vae = build("normal", "bernoulli", "gaussian-encoder")
     with pytest.raises(ValueError, match=r"differs from pyro\.infer\.TraceEnum_ELBO"):
         pv.evaluate(vae.model, vae.guide, torch.rand(8, 6).round(), num_particles=2)
