@@ -8,6 +8,7 @@ Each check raises an error that names the problem, the value seen, and what to d
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
@@ -171,7 +172,7 @@ def check_pair(
     idx: Tensor,
     num_data: int | None = None,
     fields: dict[str, Tensor] | None = None,
-) -> None:
+) -> object:
     """Runs ``guide`` and ``model`` once on ``(x, idx)``, with the batch's ``fields`` as
     keywords (no gradients, nothing recorded, the random streams restored), and raises a
     :class:`ValueError` naming the first latent site where the guide's sample does not have
@@ -211,6 +212,27 @@ def check_pair(
             "enter the ELBO and the importance weights without a model term (a wrong number); "
             "give the model's site the same name, or mark the guide's "
             "infer={'is_auxiliary': True}"
+        )
+    return model_trace
+
+
+def check_minibatch_scale(model_trace: object, batch_size: int, num_data: int) -> None:
+    """Warns when a minibatch of ``batch_size < num_data`` points enters the model unscaled
+    (every site's scale 1): its plate ignores ``num_data``, so the loss ``fit`` reports (the
+    data set's, divided by :math:`N`) would be the minibatch's divided by :math:`N`."""
+    from pyro.poutine.util import site_is_subsample
+
+    if batch_size >= num_data:
+        return
+    scales = [site["scale"] for site in model_trace.nodes.values()
+              if site["type"] == "sample" and not site_is_subsample(site)]  # fmt: skip
+    if scales and all(isinstance(s, (int, float)) and s == 1.0 for s in scales):
+        warnings.warn(
+            f"the model scores a minibatch of {batch_size} of the {num_data} points without "
+            f"scaling it (its plate ignores num_data): the loss fit reports is the data set's "
+            f"divided by N only when the plate scales the batch by N / B. Write "
+            "pyro.plate('data', num_data, subsample=idx) (fit passes num_data=N)",
+            stacklevel=4,
         )
 
 

@@ -32,7 +32,7 @@ import torch
 from pyro.infer import ELBO, SVI
 from torch import Tensor, nn
 
-from .._checks import check_pair
+from .._checks import check_minibatch_scale, check_pair
 from .._placement import DeviceCheck
 from ..data.batches import Fields
 from ..infer.elbo import LatentScale
@@ -152,7 +152,8 @@ class Step:
         first, self.first = self.first, False
         if first:  # validates as the user chose; the data were checked before
             with training_modes(self.modules, train=False):  # (a BatchNorm's statistics stay)
-                check_pair(*self.checked, x, idx, self.num_data, fields)  # devices, then shapes
+                traced = check_pair(*self.checked, x, idx, self.num_data, fields)  # devices, shapes
+            check_minibatch_scale(traced, x.shape[0], self.num_data)
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
                 self.compiled = self._compiled(x, idx, fields)

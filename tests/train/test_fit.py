@@ -255,3 +255,20 @@ def test_a_second_thread_is_refused_while_a_fit_trains():
     assert not errors
     again = bernoulli_vae()
     pv.fit(again.model, again.guide, torch.rand(16, 6).round(), epochs=1, device="cpu", log=False)
+
+
+def test_a_plate_that_ignores_num_data_is_told():
+    """A minibatch scored unscaled: the loss fit reports would be the batch's / N (1.05 where
+    the data set's mean was 4.16 in the issue); fit says how to write the plate."""
+
+    def model(x, idx=None, num_data=None):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):  # (num_data ignored)
+            pyro.sample("x", pyro.distributions.Normal(loc, 1.0), obs=x)
+
+    def guide(x, idx=None, num_data=None):
+        pass
+
+    with pytest.warns(UserWarning, match=r"minibatch of 4 of the 16 points without scaling"):
+        pv.fit(model, guide, pv.Batches(torch.randn(16), batch_size=4), epochs=1, device="cpu",
+               log=False)  # fmt: skip
