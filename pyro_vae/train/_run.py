@@ -270,6 +270,7 @@ class Run:
     bar: tqdm | None = None
     precision: str = "32"
     schedule: SaveSchedule = field(default_factory=SaveSchedule)
+    beta: float | str = 1.0  # the KL weight, or "a schedule" (compared on resume)
     state: RunState = field(init=False)
 
     def __post_init__(self) -> None:
@@ -290,7 +291,8 @@ class Run:
     def live(self) -> Live:
         """The objects a checkpoint is loaded into (the pair under the step's device check)."""
         return Live(*self.step.checked, self.optim, self.modules, self.device, self.data,
-                    self.step.loss, self.step.compile_mode, self.precision, self.step)  # fmt: skip
+                    self.step.loss, self.step.compile_mode, self.precision, self.step,
+                    self.beta)  # fmt: skip
 
     def open(self, stack: ExitStack, log_dir: str | os.PathLike | None) -> None:
         """Opens the TensorBoard writer (``log_dir``, on the writing process) and holds the run

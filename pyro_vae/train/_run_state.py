@@ -49,11 +49,14 @@ class Live(NamedTuple):
     compile: str | None = None  # torch.compile's mode, None: eager
     precision: str = "32"  # fit's precision=
     step: object = None  # the training step (which estimator it took: saved, followed)
+    beta: float | str = 1.0  # the KL weight, or "a schedule"
 
 
-def loss_settings(loss: object, compile: str | None, precision: str = "32") -> dict:
-    """The loss's type and particle settings, the compile mode and the precision, as a
-    checkpoint keeps them (a resumed run with other ones is told so)."""
+def loss_settings(
+    loss: object, compile: str | None, precision: str = "32", beta: float | str = 1.0
+) -> dict:
+    """The loss's type and particle settings, its KL weight, the compile mode and the
+    precision, as a checkpoint keeps them (a resumed run with other ones is told so)."""
     cls = type(loss)
     return {
         "loss": f"{cls.__module__}.{cls.__qualname__}",
@@ -61,6 +64,7 @@ def loss_settings(loss: object, compile: str | None, precision: str = "32") -> d
         "vectorize_particles": getattr(loss, "vectorize_particles", None),
         "compile": compile,
         "precision": precision,
+        "beta": beta,
     }
 
 
@@ -106,7 +110,7 @@ class RunState:
             "modules": live.modules.state_dict() if live.modules is not None else None,
             "rng": _streams.global_streams(),
             "loaders": _streams.loader_states(live.data),
-            "settings": loss_settings(live.loss, live.compile, live.precision),
+            "settings": loss_settings(live.loss, live.compile, live.precision, live.beta),
             "derived": bool(getattr(live.step, "derived", False)),
             "network_settings": _configuration.settings(live.modules),
             "world_size": self.world_size,
@@ -243,10 +247,11 @@ class RunState:
             ) from None
 
     def _compare_settings(self, path: Path, saved: dict | None) -> None:
-        live = loss_settings(self.live.loss, self.live.compile, self.live.precision)
+        live = self.live
+        live = loss_settings(live.loss, live.compile, live.precision, live.beta)
         if saved is None:
             return
-        saved = {"precision": "32", **saved}  # (a checkpoint without a precision: float32)
+        saved = {"precision": "32", "beta": 1.0, **saved}  # (older checkpoints: the defaults)
         if saved == live:
             return
         changed = [f"{k}={live[k]!r} (saved: {saved.get(k)!r})" for k in live

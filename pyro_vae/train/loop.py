@@ -234,7 +234,8 @@ def _train(
                 scale=kl_scale if beta != 1.0 else None, compile=compile, derive=loss is None,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
     run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world),
-              precision=precision, schedule=SaveSchedule.for_run(save_every, world))  # fmt: skip
+              precision=precision, schedule=SaveSchedule.for_run(save_every, world),
+              beta="a schedule" if callable(beta) else float(beta))  # fmt: skip
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(training_modes(modules, train=None if freeze_model else True))

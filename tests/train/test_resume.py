@@ -235,3 +235,9 @@ def test_changed_settings_are_listed_on_resume(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same settings: not a word
         run(5.0, 3, save=pv.Checkpoints(tmp_path, resume=True))
+
+
+def test_a_changed_kl_weight_is_told_on_resume(tmp_path):
+    fit_circle(tmp_path, 1)
+    with pytest.warns(UserWarning, match=r"beta=0\.2 \(saved: 1\.0\)"):
+        fit_circle(tmp_path, 2, resume=True, beta=0.2)
