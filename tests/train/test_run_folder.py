@@ -120,7 +120,7 @@ def test_a_save_dir_that_cannot_be_written_is_refused_before_training(tmp_path, 
     before the first training step (the operating system's refusal is simulated: root, as in
     CI, could write to a read-only folder anyway)."""
     steps = []
-    monkeypatch.setattr(pv.train._step.Step, "__call__", lambda *a: steps.append(1))
+    monkeypatch.setattr(pv.train.step.Step, "__call__", lambda *a: steps.append(1))
     real_open = os.open
 
     def refused(path, *args, **kwargs):
