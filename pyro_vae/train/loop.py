@@ -246,9 +246,8 @@ def _train(
             start = run.begin(resume=resume, overwrite=overwrite)
             warn_if_finished(start, epochs, save_dir)
             total, quiet = (epochs - start) * len(data), not (progress and run.writes)
-            run.bar = stack.enter_context(
-                tqdm(total=total, disable=quiet, desc="train", unit="step")
-            )
+            bar = tqdm(total=total, disable=quiet, desc="train", unit="step")
+            run.bar = stack.enter_context(bar)
             elapsed = run.history.seconds[-1] if run.history.seconds else 0.0
             for epoch in range(start + 1, epochs + 1):
                 kl_scale.beta = beta_at(beta, epoch)
@@ -256,9 +255,8 @@ def _train(
                 epoch_loss = train_epoch(run, epoch, log_every)
                 elapsed += time.perf_counter() - t0
                 close_epoch(run, epoch, epoch_loss, elapsed)
-                val_elbo = None
-                if validation is not None and (epoch % validate_every == 0 or epoch == epochs):
-                    val_elbo = validate(run, epoch, validation, validation_particles)
+                due = validation is not None and (epoch % validate_every == 0 or epoch == epochs)
+                val_elbo = validate(run, epoch, validation, validation_particles) if due else None
                 show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
                 if callback is not None:  # before saving: a schedule it sets is checkpointed
                     callback(epoch, run.history)
