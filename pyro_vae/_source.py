@@ -118,14 +118,12 @@ def prepare(
             "squared gradients: the loss becomes NaN within steps. Train and score in float32 "
             "(x.float(), vae.float()), or in bfloat16 (x.bfloat16(), vae.bfloat16())"
         )
+    fields = getattr(source, "fields", {})  # (a streamed source: its first batch's)
     if found is not None:
         check_module(found, source.device, source.points.dtype, fix=fix)
-        fields = getattr(source, "fields", {})
-        check_data(found, source.points, num_data=source.num_data, fields=fields)  # (streamed:
-        # its first batch)
+        check_data(found, source.points, num_data=source.num_data, fields=fields)
         if training:
             record_statistics(found, source)
-    fields = getattr(source, "fields", {})
     for name, value in fields.items():
         check_field(name, value, source.points.dtype)
     check_takes_fields("model", model, fields)
@@ -140,15 +138,19 @@ def record_statistics(modules: nn.Module, source: DataSource) -> None:
     takers = [m for m in modules.modules() if callable(getattr(m, "record_mean_total", None))]
     if not takers:
         return
-    if isinstance(source, Loader):
+    if isinstance(source, Loader):  # one pass, a batch at a time (nothing kept)
         total, count = torch.zeros((), dtype=torch.float64, device=source.device), 0
         with torch.random.fork_rng():  # (a shuffling loader: the run's stream is kept)
-            batches = [split_batch(batch)[0] for batch in source]
-        for x in batches:
-            total, count = total + x.reshape(len(x), -1).sum(-1).double().sum(), count + len(x)
+            for batch in source:
+                x = split_batch(batch)[0]
+                total, count = total + _totals(x).sum(), count + len(x)
         mean_total = total / max(count, 1)
     else:
-        points = source.points
-        mean_total = points.reshape(len(points), -1).sum(-1).double().mean()
+        mean_total = _totals(source.points).mean()
     for module in takers:
         module.record_mean_total(mean_total)
+
+
+def _totals(x: Tensor) -> Tensor:
+    """Each point's total count, in float64."""
+    return x.reshape(len(x), -1).sum(-1).double()
