@@ -41,7 +41,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_vae as pv
-from pyro_vae.devices.precision import _use_precision
+from pyro_vae.devices.precision import use_precision
 from pyro_vae.models import zoo
 from pyro_vae.train.step import Step
 
@@ -179,7 +179,7 @@ def step_epoch(step: Step, batches: pv.Batches, device, precision: str = "32") -
     _common.sync(device)
     t0 = time.perf_counter()
     total = 0.0
-    with _use_precision(precision):
+    with use_precision(precision):
         for x, idx in batches:
             x, idx = x.to(device, non_blocking=True), idx.to(device, non_blocking=True)
             total = total + step(x, idx) * (x.shape[0] / batches.num_data)

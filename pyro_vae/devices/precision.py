@@ -38,7 +38,7 @@ for overflow and skipped, through every optimizer path (Pyro's per-parameter opt
 
 Example:
     >>> net = torch.nn.Linear(4, 3)
-    >>> with _use_precision("bf16-mixed"):
+    >>> with use_precision("bf16-mixed"):
     ...     out = network(net, torch.zeros(2, 4))
     >>> out.dtype
     torch.float32
@@ -52,46 +52,17 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "network"]
+from .. import _precision
+from .._precision import Active, check_bf16_data, check_precision
 
-PRECISIONS = ("32", "bf16-mixed")
+__all__ = ["PRECISIONS", "network", "use_precision"]
+
+PRECISIONS = _precision.PRECISIONS
 """The precisions that ``fit``, ``evaluate``, ``infer_local`` and ``amortization_gap`` take."""
 
 
-class _Active:
-    """The precision of the calls now running (set by :func:`_use_precision`; read by
-    :func:`network`). A plain attribute, so that ``torch.compile`` guards on it."""
-
-    lower: torch.dtype | None = None
-
-
-def _check_precision(precision: object) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`.
-
-    Raises:
-        ValueError: For anything else, naming the choices (and why ``"16-mixed"`` is not one).
-    """
-    if isinstance(precision, str) and precision in PRECISIONS:
-        return precision
-    why = ""
-    if precision in ("16-mixed", "fp16", "16"):
-        why = (
-            " (float16 would need a gradient scaler on every optimizer path; bfloat16 has "
-            "float32's range and needs none)"
-        )
-    raise ValueError(
-        f"precision={precision!r} is not one of {list(PRECISIONS)}: '32' computes in the "
-        f"data's dtype, 'bf16-mixed' runs the networks' products in bfloat16{why}"
-    )
-
-
-def _current_precision() -> str:
-    """The precision of the calls now running: ``"32"`` or ``"bf16-mixed"``."""
-    return "32" if _Active.lower is None else "bf16-mixed"
-
-
 @contextmanager
-def _use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
+def use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]:
     """Within: :func:`network` calls run at ``precision``; the previous one is put back after.
     The setting is the process's (not one thread's): run one precision at a time.
 
@@ -104,15 +75,15 @@ def _use_precision(precision: str, data: Tensor | None = None) -> Iterator[None]
     Raises:
         ValueError: For an unknown precision, or ``"bf16-mixed"`` with such data.
     """
-    _check_precision(precision)
+    check_precision(precision)
     if precision == "bf16-mixed" and data is not None:
-        _check_data(data)
-    old = _Active.lower
-    _Active.lower = torch.bfloat16 if precision == "bf16-mixed" else None
+        check_bf16_data(data)
+    old = Active.lower
+    Active.lower = torch.bfloat16 if precision == "bf16-mixed" else None
     try:
         yield
     finally:
-        _Active.lower = old
+        Active.lower = old
 
 
 def network(net: nn.Module, *inputs: Tensor) -> Tensor:
@@ -132,7 +103,7 @@ def network(net: nn.Module, *inputs: Tensor) -> Tensor:
     Returns:
         The network's output (a tensor, or a tuple of them, each cast back).
     """
-    lower, first = _Active.lower, inputs[0]
+    lower, first = Active.lower, inputs[0]
     kind = first.device.type
     if lower is None or first.dtype == torch.float64 or kind not in ("cpu", "cuda"):
         return net(*inputs)
@@ -142,18 +113,3 @@ def network(net: nn.Module, *inputs: Tensor) -> Tensor:
     if isinstance(out, tuple):
         return tuple(o.to(dtype) if o.is_floating_point() else o for o in out)
     return out.to(dtype)
-
-
-def _check_data(data: Tensor) -> None:
-    if data.is_floating_point() and data.dtype != torch.float32:
-        raise ValueError(
-            f"precision='bf16-mixed' mixes bfloat16 into float32 arithmetic; the data are "
-            f"{data.dtype}. Convert them with .float() (and the model with .float()), or keep "
-            "precision='32'"
-        )
-    if data.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError(
-            f"precision='bf16-mixed' needs bfloat16 arithmetic, which "
-            f"{torch.cuda.get_device_name(data.device)} does not have (NVIDIA GPUs have it "
-            "from the Ampere generation on): keep precision='32'"
-        )

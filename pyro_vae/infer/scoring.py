@@ -33,11 +33,12 @@ from torch.utils.data import DataLoader
 
 from .._checks import check_int
 from .._placement import DeviceCheck
+from .._precision import check_precision
 from .._source import prepare
 from .._world import all_sum, get_world
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices.precision import _check_precision, _use_precision
+from ..devices.precision import use_precision
 from ..models.nets import training_modes
 from ._scorer import Scorer, score
 from ._weights import pair_scores, run_pair
@@ -173,7 +174,7 @@ def evaluate(
     check_int("num_particles", num_particles)
     check_int("max_rows", max_rows)
     num_particles, max_rows = int(num_particles), int(max_rows)  # (numpy integers too)
-    _check_precision(precision)
+    check_precision(precision)
     fix = "move the model and the data to one device and dtype (e.g. vae.to(data.device))"
     # once: the source (a tensor in chunks; a loader to the networks' device), the checks
     ready = prepare(model, guide, data, batch_size=max(1, max_rows // num_particles), fix=fix)
@@ -195,7 +196,7 @@ def evaluate(
     num_data = ready.data.num_data if _takes_num_data(model) and _takes_num_data(guide) else None
     with (
         training_modes(ready.modules, train=False),  # BatchNorm: its statistics, left as they are
-        _use_precision(precision, ready.data.points),
+        use_precision(precision, ready.data.points),
     ):
         scorer = Scorer(model, guide, num_particles, max_rows, max_plate_nesting, num_data)
         check = DeviceCheck(ready.device, ready.data.points.dtype, fix=fix)

@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from .._checks import LocalParameters, check_int
 from .._placement import default_device, move_param_store
+from .._precision import check_precision
 from .._source import find_modules, prepare
 from .._world import World, agree, check_same_data, min_max
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices.precision import _check_precision
 from ..infer.optim import LazyAdam
 from ._board import Board
 from ._distributed import ShardedBatches, combine_gradients, shard_local_guides, start_ranks
@@ -76,7 +76,7 @@ def check_options(
     check_int("validation_particles", validation_particles)
     if save_every is not None:
         check_int("save_every", save_every)
-    _check_precision(precision)
+    check_precision(precision)
     if e_steps and freeze_model:
         raise ValueError(
             "e_steps and freeze_model=True cannot be combined: freeze_model=True runs E-steps "

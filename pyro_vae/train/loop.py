@@ -31,7 +31,7 @@ from .._checks import check_int
 from .._world import get_world, timed_out
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices.precision import _use_precision
+from ..devices.precision import use_precision
 from ..infer.elbo import BetaELBO, LatentScale, TensorTrace_ELBO
 from ..infer.optim import LazyAdam
 from ..models.nets import training_modes
@@ -239,7 +239,7 @@ def _train(
     try:
         with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
             stack.enter_context(training_modes(modules, train=None if freeze_model else True))
-            stack.enter_context(_use_precision(precision, data.points))
+            stack.enter_context(use_precision(precision, data.points))
             if step.compile_mode is not None:  # a recompile limit: a warning, not a log line
                 stack.enter_context(limit_is_an_error())
             run.open(stack, log_dir)

@@ -35,9 +35,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .._checks import check_int
+from .._precision import check_precision
 from ..data.batches import Batches
 from ..data.loaders import Loader
-from ..devices.precision import _check_precision
 from .checkpoint import History
 
 __all__ = ["Checkpoints", "Compute", "Logging", "Validation"]
@@ -75,7 +75,7 @@ class Compute:
     distributed: bool | None = None
 
     def __post_init__(self) -> None:
-        _check_precision(self.precision)
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)

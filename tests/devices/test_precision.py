@@ -30,6 +30,7 @@ from helpers import (
 from torch import nn
 
 import pyro_vae as pv
+from pyro_vae._precision import check_precision, current_precision
 from pyro_vae.devices import precision as mp
 
 TOLERANCE = 1e-5  # relative: float32 against float64 on a few dozen terms
@@ -77,7 +78,7 @@ def score_both(piece: nn.Module, score) -> tuple[torch.Tensor, torch.Tensor]:
     for owner, name in networks(piece):
         records.append(Record(getattr(owner, name)))
         setattr(owner, name, records[-1])
-    with mp._use_precision("bf16-mixed"):
+    with mp.use_precision("bf16-mixed"):
         mixed = score(piece, torch.float32)
     for (owner, name), record in zip(networks(reference), records, strict=True):
         setattr(owner, name, Replay(record.outputs))
@@ -173,12 +174,12 @@ def test_network_runs_products_in_bfloat16_and_gives_float32():
     net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     x = torch.randn(5, 4)
     assert mp.network(net, x).dtype == torch.float32 and seen == [torch.float32]
-    with mp._use_precision("bf16-mixed"):
-        assert mp._current_precision() == "bf16-mixed"
+    with mp.use_precision("bf16-mixed"):
+        assert current_precision() == "bf16-mixed"
         out = mp.network(net, x)
         net64 = copy.deepcopy(net).double()
         assert mp.network(net64, x.double()).dtype == torch.float64  # float64: left alone
-    assert mp._current_precision() == "32"  # put back
+    assert current_precision() == "32"  # put back
     assert seen[1] == torch.bfloat16 and out.dtype == torch.float32
     out.sum().backward()
     assert all(p.grad.dtype == torch.float32 for p in net.parameters())
@@ -186,9 +187,9 @@ def test_network_runs_products_in_bfloat16_and_gives_float32():
 
 def test_bad_precisions_are_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"not one of \['32', 'bf16-mixed'\].*gradient scaler"):
-        mp._check_precision("16-mixed")
+        check_precision("16-mixed")
     with pytest.raises(ValueError, match="not one of"):
-        mp._check_precision(32)
+        check_precision(32)
     vae = pv.VAE(pv.StandardNormalPrior(1), pv.GaussianLikelihood(pv.MLP(1, 2), 2),
                  pv.GaussianEncoder(pv.MLP(2, 2), 1)).double()  # fmt: skip
     x = torch.randn(16, 2, dtype=torch.float64)
@@ -274,7 +275,7 @@ def test_on_fake_cuda_the_networks_products_are_bfloat16_and_the_rest_float32(mo
     monkeypatch.setattr(torch.cuda.amp.common, "amp_definitely_not_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     vae = pv.models.zoo.flow_prior_vae(latent_dim=4, hidden=32)
-    with pv.devices.fake_cuda(vae), mp._use_precision("bf16-mixed"), DtypeRecord() as record:
+    with pv.devices.fake_cuda(vae), mp.use_precision("bf16-mixed"), DtypeRecord() as record:
         x = torch.rand(8, 784, device="cuda").round()
         loss = vae.elbo_loss(x, torch.arange(8, device="cuda"), num_data=8)
     products = [(dtype, kind) for name, dtype, kind in record.ops if name.startswith("addmm")]
