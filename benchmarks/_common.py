@@ -13,7 +13,13 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # run as a file: the examples' package beside this one
     sys.path.insert(0, _ROOT)
 
-from benchmarks._baseline import plain_epoch, plain_loss, sync  # noqa: E402
+from benchmarks._baseline import (  # noqa: E402
+    plain_cvae_loss,
+    plain_epoch,
+    plain_loss,
+    plain_m2_loss,
+    sync,
+)
 from examples._common import (  # noqa: E402
     ACTIVATIONS,
     binarized_mnist,
@@ -26,8 +32,10 @@ __all__ = [
     "ACTIVATIONS",
     "binarized_mnist",
     "mnist_tensors",
+    "plain_cvae_loss",
     "plain_epoch",
     "plain_loss",
+    "plain_m2_loss",
     "replace_block",
     "sync",
     "write_results",

@@ -15,7 +15,11 @@ new ``fit(compile=True)`` call (its last, smaller batch compiles once more) is t
   examples/mnist_flow_posterior.py (z = 50, K = 2 maps, batch 100) with hidden width
   H = max(32, --hidden // 5): 204 by default, not the example's 200;
 * ``per_datapoint``: SVI steps of a per-datapoint guide for N = 10^4 and 10^6 points, with sparse
-  updates (LazyAdam) and with dense gradients (Pyro's Adam).
+  updates (LazyAdam) and with dense gradients (Pyro's Adam);
+* ``m2`` and ``cvae``: the models whose batches carry fields (examples/mnist_ssvae.py's M2 with
+  its enumerated label, examples/mnist_cvae.py's CVAE): ``fit``'s default (derived) step, Pyro's
+  traced loss, the compiled step in float32 and bf16-mixed, against a plain loop of the same
+  model (``_fields_speed.py``).
 
 The plain loop uses the same modules and distribution objects, so the difference is the cost
 of Pyro's inference machinery (traces, messengers, param store, per-parameter optimizers):
@@ -26,6 +30,7 @@ on CUDA), while ``LazyAdam`` takes the ``foreach`` path everywhere: the steps ar
 against the plain loop with ``foreach=True``, so that choice is not mistaken for Pyro's cost.
 
     python benchmarks/speed.py --device cpu          # or cuda; --json out.json
+    python benchmarks/speed.py --models m2 cvae      # some of the models
 """
 
 from __future__ import annotations
@@ -46,11 +51,13 @@ from pyro_vae.models import zoo
 from pyro_vae.train.step import Step
 
 try:
-    from . import _common
+    from . import _common, _fields_speed
 except ImportError:  # run as a file: python benchmarks/<name>.py
     import _common
+    import _fields_speed
 
 BF16 = "bf16-mixed"
+MODELS = ("flow_prior", "flow_posterior", "per_datapoint", "m2", "cvae")
 
 
 def package_epoch(
@@ -293,7 +300,28 @@ def main(args: argparse.Namespace) -> dict:
     }
     print(f"device: {result['device']}, {result['threads']} threads, data: {source}")
 
-    result["flow_prior"] = compare(
+    if "m2" in args.models or "cvae" in args.models:
+        labels = pv.load_mnist(args.data_dir, device=device)[1] if source == "MNIST" else (
+            torch.randint(0, 10, (len(x),), device=device))  # fmt: skip
+        fields = (x > 0.5).float()  # (thresholded, as both examples binarize)
+        if "m2" in args.models:
+            case = _fields_speed.m2_case(fields, labels[: len(x)])
+            result["m2"] = _fields_speed.field_steps("M2", case, fields, args=args, device=device)
+        if "cvae" in args.models:
+            case = _fields_speed.cvae_case(fields)
+            result["cvae"] = _fields_speed.field_steps("CVAE", case, fields, args=args,
+                                                       device=device)  # fmt: skip
+    if "flow_prior" in args.models:
+        result["flow_prior"] = _flow_prior(x, args, device, tutorial, loader)
+    if "flow_posterior" in args.models:
+        result["flow_posterior"] = _flow_posterior(x, args, device)
+    if "per_datapoint" in args.models:
+        _per_datapoint(result, args, device)
+    return _common.write_results(result, args, markdown)
+
+
+def _flow_prior(x, args, device, tutorial, loader) -> dict:
+    return compare(
         "flow prior (MAF prior, MLP 1024-1024, batch 256)",
         lambda: zoo.flow_prior_vae(hidden=args.hidden),
         x,
@@ -304,7 +332,10 @@ def main(args: argparse.Namespace) -> dict:
         tutorial=tutorial,
         loader=loader,
     )
-    result["flow_posterior"] = compare(
+
+
+def _flow_posterior(x, args, device) -> dict:
+    return compare(
         "flow posterior (IAF K=2, MLP 200-200, z=50, batch 100)",
         lambda: zoo.flow_posterior_vae("iaf", flows=2, hidden=max(32, args.hidden // 5)),
         x,
@@ -313,6 +344,9 @@ def main(args: argparse.Namespace) -> dict:
         args=args,
         device=device,
     )
+
+
+def _per_datapoint(result: dict, args, device) -> None:
     sizes = args.per_datapoint_sizes
     for sparse in (True, False):
         label = "sparse + LazyAdam" if sparse else "dense + pyro.optim.Adam"
@@ -337,13 +371,12 @@ def main(args: argparse.Namespace) -> dict:
         print(
             f"per-datapoint guide, {label}: {cells}; ratio {times[-1] / times[0]:.2f}", flush=True
         )
-    return _common.write_results(result, args, markdown)
 
 
 def _foreach_table(result: dict) -> list[str]:
     """The steps against a plain loop with foreach Adam (``LazyAdam``'s implementation;
     torch's default only on CUDA), when the run measured it."""
-    keys = [k for k in ("flow_prior", "flow_posterior") if "plain_foreach_step_ms" in result[k]]
+    keys = [k for k in _LABELS if "plain_foreach_step_ms" in result.get(k, {})]
     lines = [
         "",
         "| model | plain step, foreach Adam | pyro_vae step vs it | compiled step vs it |",
@@ -362,7 +395,7 @@ def _foreach_table(result: dict) -> list[str]:
 def _precision_table(result: dict) -> list[str]:
     """The steps in bf16-mixed beside float32, eager and compiled, against the plain float32
     loop (when the run measured them)."""
-    keys = [k for k in _LABELS if "compiled_bf16_step_ms" in result[k]]
+    keys = [k for k in _LABELS if "compiled_bf16_step_ms" in result.get(k, {})]
     lines = [
         "",
         "| model | plain float32 step | eager float32 | eager bf16-mixed | compiled float32 |"
@@ -404,6 +437,8 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for key, label in _LABELS.items():
+        if key not in result:
+            continue
         r = result[key]
         epoch = (
             (
@@ -441,7 +476,14 @@ def markdown(result: dict) -> str:
     lines += compiled
     lines += _foreach_table(result)
     lines += _precision_table(result)
-    lines += [
+    lines += _fields_speed.table(result)
+    return "\n".join(lines + _per_datapoint_table(result))
+
+
+def _per_datapoint_table(result: dict) -> list[str]:
+    if "per_datapoint_sparse" not in result:
+        return []
+    lines = [
         "",
         "| per-datapoint guide | "
         + " | ".join(f"N = {n:.0e}" for n in result["per_datapoint_sparse"]["sizes"])
@@ -455,7 +497,7 @@ def markdown(result: dict) -> str:
         r = result[key]
         cells = " | ".join(f"{t:.2f} ms" for t in r["step_ms"])
         lines.append(f"| {label} | {cells} | {r['ratio_largest_to_smallest']:.2f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -470,6 +512,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--limit", type=int, default=None, help="use only this many images")
     p.add_argument("--per-datapoint-sizes", type=int, nargs="+", default=[10**4, 10**6])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                   help="which models to time (default: all)")  # fmt: skip
     p.add_argument("--data-dir", default=pv.default_data_dir())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers of fit's loader path")

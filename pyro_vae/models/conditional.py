@@ -26,7 +26,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 
-from ._composition import check_role, takes
+from ._composition import batch_scale, check_role, log_density, negative_bound, particles, takes
 from .guides import Guide
 from .likelihoods import Likelihood
 from .nets import training_modes
@@ -203,6 +203,57 @@ class ConditionalVAE(VAE):
         self._register("guide", self.variational)
         with self._plate(x, idx, num_data) as ind:
             pyro.sample("z", self.variational(self.guide_input(x, fields), ind))
+
+    def elbo_loss(
+        self,
+        x: Tensor,
+        idx: Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        beta: float | Tensor = 1.0,
+        num_particles: int = 1,
+        **fields: Tensor,
+    ) -> Tensor:
+        r"""The negative ELBO of a minibatch (or, with :math:`K` ``num_particles``, the negative
+        importance-weighted bound) as :class:`~pyro_vae.TensorTrace_ELBO` (or
+        :class:`~pyro_vae.ImportanceWeightedELBO`) computes it from :meth:`model` and
+        :meth:`guide`, written in tensors: :meth:`VAE.elbo_loss <pyro_vae.VAE.elbo_loss>` with
+        :math:`p(z \mid c)`, :math:`p(x \mid z, c)` (the mask's features only) and
+        :math:`q(z \mid x, c)`. The random numbers are drawn in the guide's and the model's
+        order, so with the same seed the value is Pyro's (``fit`` checks that on its first
+        batch).
+
+        Args:
+            x: The minibatch, ``(B, *event_shape)``.
+            idx: Its dataset indices ``(B,)`` (default ``arange(B)``).
+            num_data: :math:`N` (default ``B``).
+            beta: The KL weight :math:`\beta`.
+            num_particles: :math:`K`.
+            **fields: The condition (and the mask), as :meth:`model` reads them.
+
+        Returns:
+            A 0-dim tensor: the loss, differentiable (pathwise) in every parameter.
+
+        Example:
+            >>> cvae = ConditionalVAE(GaussianEncoder(MLP(3, 2 * 2), 2),
+            ...                       BernoulliLikelihood(MLP(2 + 3, 10), 10),
+            ...                       GaussianEncoder(MLP(10 + 3, 2 * 2), 2))
+            >>> x, c = torch.rand(8, 10).round(), torch.randn(8, 3)
+            >>> with torch.random.fork_rng():
+            ...     pyro_loss = TensorTrace_ELBO().differentiable_loss(
+            ...         cvae.model, cvae.guide, x, c=c)
+            >>> bool(torch.isclose(cvae.elbo_loss(x, c=c), pyro_loss))
+            True
+        """
+        c, mask = self._fields(fields)
+        idx, scale = batch_scale(x, idx, num_data)
+        q = particles(self.variational(self.guide_input(x, fields), idx), num_particles,
+                      x.shape[0])  # fmt: skip
+        z = q()
+        log_q = q.log_prob(z)
+        log_z = self.prior(c).log_prob(z) if self.conditional_prior else log_density(self.prior, z)
+        log_x = self._likelihood(z, c, mask).log_prob(x)
+        return negative_bound(log_x, log_z, log_q, scale=scale, beta=beta, K=num_particles)
 
     def guide_input(self, x: Tensor, fields: dict[str, Tensor]) -> Tensor:
         """What the guide's encoder reads: :math:`[x, c]`, flattened, ``(B, F + C)``."""

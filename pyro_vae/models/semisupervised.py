@@ -21,6 +21,8 @@ it out, since it is not part of :math:`p(x)`.
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -28,7 +30,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..devices.precision import network
-from ._composition import check_role
+from ._composition import batch_scale, check_role
 from .guides import GaussianEncoder
 from .likelihoods import Likelihood
 from .nets import training_modes
@@ -139,6 +141,92 @@ class SemiSupervisedVAE(VAE):
             flat = x.flatten(1).expand(*label.shape, -1)
             inputs = torch.cat([flat, self._onehot(label, x)], -1)
             pyro.sample("z", self.variational(inputs, ind))
+
+    def elbo_loss(
+        self,
+        x: Tensor,
+        idx: Tensor | None = None,
+        *,
+        num_data: int | None = None,
+        beta: float | Tensor = 1.0,
+        num_particles: int = 1,
+        y: Tensor,
+        y_mask: Tensor,
+    ) -> Tensor:
+        r"""The negative ELBO of a minibatch as ``TraceEnum_ELBO`` computes it from
+        :meth:`model` and :meth:`guide`, written in tensors: the label's :math:`K` values are a
+        leading batch dimension, as Pyro's parallel enumeration makes them, and summed exactly.
+
+        .. math::
+
+            -\frac{N}{B} \sum_n \Big[ \sum_{k=1}^K q(k \mid x_n)\,\big(\log p(x_n \mid z_{kn}, k_n)
+            + \beta\,[\log p(z_{kn}) - \log q(z_{kn} \mid x_n, k_n)
+            + u_n (\log \tfrac1K - \log q(k \mid x_n))]\big)
+            + (1 - u_n) \log \tfrac1K + \alpha (1 - u_n) \log q(y_n \mid x_n) \Big]
+
+        with :math:`u_n = 1` where the label is unknown, :math:`k_n` the label read (the known
+        one where :math:`u_n = 0`, else :math:`k`) and :math:`z_{kn} \sim q(z \mid x_n, k_n)`,
+        drawn for every :math:`k` as the enumerated guide draws it. The weights :math:`q(k \mid
+        x_n)` are Pyro's Dice weights of the enumerated site, unmasked (they sum to one, so a
+        labelled point's terms are an average over its :math:`K` draws of :math:`z`). The
+        random numbers are drawn in the order of the guide and the model (the classifier, the
+        encoder, :math:`z`, the decoder, the classifier again for the auxiliary term), so with
+        the same seed the value is Pyro's; ``fit`` checks that on its first batch.
+
+        Args:
+            x: The minibatch, ``(B, *event_shape)``.
+            idx: Its dataset indices ``(B,)`` (default ``arange(B)``).
+            num_data: :math:`N` (default ``B``).
+            beta: The weight :math:`\beta` of the latent sites (:class:`~pyro_vae.LatentScale`).
+            num_particles: 1 (``TraceEnum_ELBO``'s one particle).
+            y: The labels ``(B,)`` (any value where unknown).
+            y_mask: ``(B,)``, true where the label is known.
+
+        Returns:
+            A 0-dim tensor: the loss, differentiable in every parameter (the weights too).
+
+        Raises:
+            NotImplementedError: For ``num_particles > 1``.
+
+        Example:
+            >>> m2 = SemiSupervisedVAE(MLP(6, 3), BernoulliLikelihood(MLP(2 + 3, 6), 6),
+            ...                        GaussianEncoder(MLP(6 + 3, 2 * 2), 2), num_classes=3)
+            >>> x, y = torch.rand(8, 6).round(), torch.randint(0, 3, (8,))
+            >>> known = torch.arange(8) < 4
+            >>> elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+            >>> with torch.random.fork_rng():
+            ...     pyro_loss = elbo.differentiable_loss(m2.model, m2.guide, x, y=y, y_mask=known)
+            >>> bool(torch.isclose(m2.elbo_loss(x, y=y, y_mask=known), pyro_loss))
+            True
+        """
+        if num_particles != 1:
+            raise NotImplementedError(
+                "SemiSupervisedVAE's derived estimator is TraceEnum_ELBO's (one particle); "
+                "a bound with several particles runs through Pyro's loss"
+            )
+        idx, scale = batch_scale(x, idx, num_data)
+        K, known = self.num_classes, y_mask
+        y = torch.where(known, y, 0)
+        # the guide: q(y | x) at every value (K, B), then z ~ q(z | x, label) for each
+        log_q_y = torch.log_softmax(network(self.classifier, x), -1).T
+        label = torch.where(known, y, torch.arange(K, device=x.device)[:, None])  # (K, B)
+        onehot = self._onehot(label, x)
+        q_z = self.variational(torch.cat([x.flatten(1).expand(K, -1, -1), onehot], -1), idx)
+        z = q_z()
+        log_q_z = q_z.log_prob(z)
+        # the model: p(z), p(x | z, label), p(y) = 1/K
+        log_p_z = dist.Normal(z.new_zeros(()), 1.0).log_prob(z).sum(-1)
+        log_x = self.likelihood(torch.cat([z, onehot], -1)).log_prob(x)
+        log_uniform = -math.log(K)
+        unknown = (~known).to(log_q_y.dtype)
+        latent = log_p_z - log_q_z + unknown * (log_uniform - log_q_y)
+        expected = (log_q_y.exp() * (log_x + beta * latent)).sum()
+        observed = known.to(log_q_y.dtype).sum() * log_uniform
+        if self.alpha:
+            logits = network(self.classifier, x)  # (the model's own call, as Pyro's)
+            log_q = torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
+            observed = observed + (self.alpha * log_q * known).sum()
+        return -scale * (expected + observed)
 
     field_names = ("y", "y_mask")
     """The fields of the batches the model and guide read."""

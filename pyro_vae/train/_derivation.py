@@ -16,12 +16,13 @@ from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO
 from torch import Tensor
 
+from ..devices.precision import use_precision
 from ..infer.elbo import ImportanceWeightedELBO, LatentScale, TensorTrace_ELBO
 from ..models.guides import PerDatapointGaussian
 from ..models.nets import training_modes
 from ..models.vae import VAE
 
-__all__ = ["check_derivation", "num_particles", "settle_nesting", "unsupported"]
+__all__ = ["check_derivation", "default_loss", "num_particles", "settle_nesting", "unsupported"]
 
 # Relative tolerance of the once-only check (float32: different summation orders).
 _TOLERANCE = 1e-3
@@ -56,12 +57,12 @@ def unsupported(model: object, guide: object, loss: ELBO) -> str | None:
             "the model and guide are not one pv.VAE's (a hand-written pair has no derived "
             "estimator)"
         )
-    elbo = type(loss) in (TensorTrace_ELBO, Trace_ELBO) and loss.num_particles == 1
-    if not elbo and type(loss) is not ImportanceWeightedELBO:
+    elbo = type(loss) in (TensorTrace_ELBO, Trace_ELBO, TraceEnum_ELBO)
+    if not (elbo and loss.num_particles == 1) and type(loss) is not ImportanceWeightedELBO:
         return (
             f"{type(loss).__name__} (num_particles={getattr(loss, 'num_particles', '?')}) has "
-            "no compiled form; TensorTrace_ELBO() or Trace_ELBO() with one particle, and "
-            "ImportanceWeightedELBO, have"
+            "no compiled form; TensorTrace_ELBO(), Trace_ELBO() or TraceEnum_ELBO() with one "
+            "particle, and ImportanceWeightedELBO, have"
         )
     local = vae.variational if isinstance(vae.variational, PerDatapointGaussian) else None
     sparse = [m for m in vae.modules() if getattr(m, "sparse", False) is True and m is not local]
@@ -71,6 +72,57 @@ def unsupported(model: object, guide: object, loss: ELBO) -> str | None:
             "compiled here (a per-datapoint guide can, as the guide of a one-layer pv.VAE)"
         )
     return None
+
+
+def default_loss(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    x: Tensor,
+    fields: dict[str, Tensor],
+    *,
+    num_data: int,
+) -> ELBO:
+    """``fit``'s loss when none is given: ``TraceEnum_ELBO(max_plate_nesting=n)`` where the
+    guide or the model marks a latent site for enumeration (``infer={"enumerate": ...}``, e.g.
+    :class:`~pyro_vae.SemiSupervisedVAE`'s unknown label, which ``Trace_ELBO`` would sample
+    instead of summing out), :class:`~pyro_vae.TensorTrace_ELBO` otherwise.
+
+    The pair runs once on the first two points (no gradients, nothing recorded, the random
+    streams restored; the caller puts the networks in eval mode). A pair that fails there gets
+    ``TensorTrace_ELBO``; the first step's checks name its problem.
+
+    Args:
+        model: The Pyro model.
+        guide: The guide.
+        x: The training points (or a first batch).
+        fields: Their fields (rows matching ``x``'s).
+        num_data: :math:`N`.
+
+    Example:
+        >>> m2 = SemiSupervisedVAE(MLP(6, 3), BernoulliLikelihood(MLP(2 + 3, 6), 6),
+        ...                        GaussianEncoder(MLP(6 + 3, 2 * 2), 2), num_classes=3)
+        >>> x, y = torch.rand(8, 6).round(), torch.randint(0, 3, (8,))
+        >>> loss = default_loss(m2.model, m2.guide, x, {"y": y, "y_mask": y > 0}, num_data=8)
+        >>> type(loss).__name__, loss.max_plate_nesting
+        ('TraceEnum_ELBO', 1)
+    """
+    first = min(2, x.shape[0])
+    idx = torch.arange(first, device=x.device)
+    kwargs = {"num_data": num_data, **{k: v[:first] for k, v in fields.items()}}
+    devices = [x.device] if x.device.type == "cuda" and torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block():
+            guide_trace = poutine.trace(guide).get_trace(x[:first], idx, **kwargs)
+            replayed = poutine.replay(model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(x[:first], idx, **kwargs)
+    except Exception:  # (the first step's checks say what is wrong, with their own words)
+        return TensorTrace_ELBO()
+    sites = [site for trace in (guide_trace, model_trace) for site in trace.nodes.values()
+             if site["type"] == "sample"]  # fmt: skip
+    if not any(site["infer"].get("enumerate") and not site["is_observed"] for site in sites):
+        return TensorTrace_ELBO()
+    dims = [-frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
+    return TraceEnum_ELBO(max_plate_nesting=max(dims, default=0))
 
 
 def settle_nesting(
@@ -96,11 +148,13 @@ def check_derivation(
     *,
     num_data: int,
     scale: LatentScale | None = None,
+    fields: dict[str, Tensor] | None = None,
 ) -> tuple[tuple[list[Tensor], list[Tensor]] | None, str | None]:
     """Whether the derived estimator of the VAE whose methods ``model`` and ``guide`` are
     (:meth:`~pyro_vae.VAE.elbo_loss`) gives ``loss``'s value and gradients on one batch, with
     the same random numbers (torch's generator is restored afterwards). The networks run in
-    eval mode (a BatchNorm's statistics stay as they are; the check trains nothing).
+    eval mode (a BatchNorm's statistics stay as they are; the check trains nothing) and in
+    float32 arithmetic (a bf16-mixed run's rounding is not the derivation's).
 
     Args:
         model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
@@ -110,6 +164,7 @@ def check_derivation(
         idx: Its indices.
         num_data: :math:`N`.
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
+        fields: The batch's fields (keywords of the model, the guide and ``elbo_loss``).
 
     Returns:
         The model's and the guide's parameters (as the eager step collects them), and
@@ -121,25 +176,31 @@ def check_derivation(
     devices = [x.device] if x.device.type == "cuda" else []
     # Pyro's guess of the plate nesting, where the loss makes one, as at the eager first step
     # (on the run's random stream, in the networks' mode): not among the common numbers
-    settle_nesting(loss, model, guide, x, idx, num_data=num_data)
-    with torch.random.fork_rng(devices=devices), training_modes(vae, train=False):
+    kwargs = {"num_data": num_data, **(fields or {})}
+    settle_nesting(loss, model, guide, x, idx, **kwargs)
+    # in float32 arithmetic whatever the run's precision: bf16-mixed rounds the networks'
+    # products to 2^-9, beyond the tolerance on gradients that cancel (M2's classifier); the
+    # estimators run the same networks at either precision
+    with (
+        torch.random.fork_rng(devices=devices),
+        training_modes(vae, train=False),
+        use_precision("32"),
+    ):
         torch.manual_seed(seed)
         with poutine.trace(param_only=True) as in_model:
-            poutine.trace(model).get_trace(x, idx, num_data=num_data)
+            poutine.trace(model).get_trace(x, idx, **kwargs)
         with poutine.trace(param_only=True) as in_guide:
-            guide(x, idx, num_data=num_data)
+            guide(x, idx, **kwargs)
         sides = tuple(
             [site["value"].unconstrained() for site in t.trace.nodes.values()]
             for t in (in_model, in_guide)
         )
         torch.manual_seed(seed)
         with LatentScale(beta), pyro.validation_enabled(False):
-            expected = loss.differentiable_loss(model, guide, x, idx, num_data=num_data)
+            expected = loss.differentiable_loss(model, guide, x, idx, **kwargs)
         torch.manual_seed(seed)
         try:
-            derived = vae.elbo_loss(
-                x, idx, num_data=num_data, beta=beta, num_particles=num_particles(loss)
-            )
+            derived = vae.elbo_loss(x, idx, beta=beta, num_particles=num_particles(loss), **kwargs)
         except NotImplementedError as e:
             return None, str(e)
     if x.device.type == "meta":

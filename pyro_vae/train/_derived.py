@@ -115,8 +115,9 @@ def option(mode: str) -> str:
 
 
 class CompiledLoss:
-    """The compiled negative ELBO of a :class:`~pyro_vae.VAE`: ``loss(x, idx)`` runs
-    :meth:`~pyro_vae.VAE.elbo_loss` as one graph (``torch.compile(fullgraph=True)``).
+    """The compiled negative ELBO of a :class:`~pyro_vae.VAE`: ``loss(x, idx, fields)`` runs
+    :meth:`~pyro_vae.VAE.elbo_loss` (a conditional or semi-supervised VAE's own, with the
+    batch's fields as keywords) as one graph (``torch.compile(fullgraph=True)``).
 
     β is passed as a tensor, so a warm-up does not recompile; the last, smaller minibatch of an
     epoch compiles once more (dynamo's automatic dynamic shapes: one graph for the full batches,
@@ -176,8 +177,8 @@ class CompiledLoss:
             self._value = value
         return self.beta
 
-    def __call__(self, x: Tensor, idx: Tensor) -> Tensor:
-        kw = {"num_data": self.num_data, "beta": self._beta(x.device)}
+    def __call__(self, x: Tensor, idx: Tensor, fields: dict[str, Tensor] | None = None) -> Tensor:
+        kw = {"num_data": self.num_data, "beta": self._beta(x.device), **(fields or {})}
         kw["num_particles"] = self.num_particles
         if self.cuda_graphs:  # the previous step's graph outputs may be overwritten now
             torch.compiler.cudagraph_mark_step_begin()
@@ -275,6 +276,7 @@ def compiled_loss(
     num_data: int,
     scale: LatentScale | None = None,
     mode: str | None = "default",
+    fields: dict[str, Tensor] | None = None,
 ) -> CompiledLoss | None:
     """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``; or
     ``None`` after one warning that names why the run stays eager (``mode=None``: the derived
@@ -290,12 +292,13 @@ def compiled_loss(
         num_data: :math:`N`.
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
         mode: ``torch.compile``'s mode (see :func:`compile_mode`), or ``None``.
+        fields: The batch's fields.
     """
     reason = unsupported(model, guide, loss)
     params = None
     if reason is None:
-        params, reason = check_derivation(model, guide, loss, x, idx,
-                                          num_data=num_data, scale=scale)  # fmt: skip
+        params, reason = check_derivation(model, guide, loss, x, idx, num_data=num_data,
+                                          scale=scale, fields=fields)  # fmt: skip
     if reason is not None:
         if mode is not None:  # (the eager derived step was not asked for: no word)
             warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step",

@@ -32,9 +32,10 @@ from .._world import get_world, timed_out
 from ..data.batches import Batches
 from ..data.loaders import Loader
 from ..devices.precision import use_precision
-from ..infer.elbo import BetaELBO, LatentScale, TensorTrace_ELBO
+from ..infer.elbo import BetaELBO, LatentScale
 from ..infer.optim import LazyAdam
 from ..models.nets import training_modes
+from ._derivation import default_loss
 from ._derived import limit_is_an_error
 from ._epoch import close_epoch, show_epoch, train_epoch, validate
 from ._run import (
@@ -228,10 +229,12 @@ def _train(
     validation = held_out(model, guide, validation, validation_particles, device, modules)
     check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
-    step = Step(model, guide, optim, loss if loss is not None else TensorTrace_ELBO(),
+    derive = loss is None  # (fit's default: the derived estimator of the default loss)
+    loss = loss if loss is not None else _default(model, guide, data, modules)
+    step = Step(model, guide, optim, loss,
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
-                scale=kl_scale if beta != 1.0 else None, compile=compile, derive=loss is None,
+                scale=kl_scale if beta != 1.0 else None, compile=compile, derive=derive,
                 combine=combine_for(data) if world is not None else None)  # fmt: skip
     run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world),
               precision=precision, schedule=SaveSchedule.for_run(save_every, world),
@@ -292,3 +295,12 @@ def _one_thread() -> Iterator[None]:
     finally:
         with _OWNER_LOCK:
             _OWNER.pop()
+
+
+def _default(model: Callable[..., object], guide: Callable[..., object], data: object,
+             modules: nn.Module | None) -> ELBO:  # fmt: skip
+    """``default_loss`` on the training set's points and fields, the networks in eval mode (a
+    BatchNorm's statistics stay)."""
+    with training_modes(modules, train=False):
+        return default_loss(model, guide, data.points, getattr(data, "fields", {}),
+                            num_data=data.num_data)  # fmt: skip

@@ -68,7 +68,7 @@ class Step:
         derive: Without ``compile``, take the derived estimator of a
             :class:`~pyro_vae.VAE`'s pair eagerly (the compiled step's estimator, uncompiled:
             no Pyro tracing per step) once it agrees with ``loss`` on the first batch; a pair
-            or loss without one, or batches with fields, take ``loss`` without a word.
+            or loss without one takes ``loss`` without a word.
 
     Raises:
         ValueError: For a schedule the loss cannot run (``e_steps``, ``freeze_model`` or
@@ -157,9 +157,10 @@ class Step:
             if self.to_compile:  # every step compiled (the checks draw no random numbers)
                 self.to_compile = False
                 self.compiled = self._compiled(x, idx, fields)
-            elif self.derive and not fields and self.svi is None:  # the derived step, eager
-                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
-                                              scale=self.scale, mode=None)  # fmt: skip
+            elif self.derive and self.svi is None:  # the derived step, eager
+                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, fields=fields,
+                                              num_data=self.num_data, scale=self.scale,
+                                              mode=None)  # fmt: skip
                 if self.compiled is None and self.expect_derived:
                     warnings.warn(
                         "the saved run took the VAE's derived estimator, which disagrees with "
@@ -173,35 +174,28 @@ class Step:
             optim = self.optim
             self.compiled_optim = CompiledAdam(optim, mode=self.compile_mode) if lazy else optim
         if self.compiled is not None:
-            return self._compiled_or_eager(x, idx, first=first)
+            return self._compiled_or_eager(x, idx, fields, first=first)
         with pyro.validation_enabled(False):
             return self._step(x, idx, fields, *self.plain, first=False)
 
     def _compiled(self, x: Tensor, idx: Tensor, fields: Fields) -> CompiledLoss | None:
-        """The compiled loss, or ``None`` after one warning that says why the run stays eager
-        (the derived estimator reads ``x`` alone: batches with fields stay eager)."""
-        if fields:
-            warnings.warn(
-                f"{option(self.compile_mode)}: the batches carry fields ({', '.join(fields)}), "
-                "and the "
-                "compiled estimator reads x alone; this run takes the eager step",
-                stacklevel=4,
-            )
-            return None
+        """The compiled loss, or ``None`` after one warning that says why the run stays
+        eager."""
         return compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
-                             scale=self.scale, mode=self.compile_mode)  # fmt: skip
+                             scale=self.scale, mode=self.compile_mode, fields=fields)  # fmt: skip
 
-    def _compiled_or_eager(self, x: Tensor, idx: Tensor, *, first: bool) -> Tensor:
+    def _compiled_or_eager(self, x: Tensor, idx: Tensor, fields: Fields, *, first: bool) -> Tensor:
         """The compiled step. Where compiling fails (a graph break, no C++ compiler, a
         recompile for the last batch or for Adam's M-step that cannot be made; compiling comes
         before the graph runs, so the failed call updated nothing), the run goes on with the
         eager step for this batch and the rest, with a warning (with ``e_steps``, E-steps
         already taken on this batch are taken again). An error that is not the compiler's
         comes back from the eager step. The derived step uncompiled raises its errors."""
+        step = partial(self._compiled_step, fields=fields)
         if self.compile_mode is None:
-            return self._schedule(self._compiled_step, x, idx)
+            return self._schedule(step, x, idx)
         try:
-            return self._schedule(self._compiled_step, x, idx)
+            return self._schedule(step, x, idx)
         except Exception as e:
             for p in self.compiled.params[0] + self.compiled.params[1]:
                 p.grad = None
@@ -219,17 +213,23 @@ class Step:
                 stacklevel=3,
             )
             if first:
-                return self._step(x, idx, {}, *self.checked, first=True)
+                return self._step(x, idx, fields, *self.checked, first=True)
             with pyro.validation_enabled(False):
-                return self._step(x, idx, {}, *self.plain, first=False)
+                return self._step(x, idx, fields, *self.plain, first=False)
 
     def _compiled_step(
-        self, x: Tensor, idx: Tensor, *, update_model: bool = True, update_guide: bool = True
+        self,
+        x: Tensor,
+        idx: Tensor,
+        *,
+        fields: Fields,
+        update_model: bool = True,
+        update_guide: bool = True,
     ) -> Tensor:
         params = self.compiled.stepped(update_model=update_model, update_guide=update_guide)
         hook = partial(self.combine, x=x) if self.combine is not None else None
         with pyro.validation_enabled(False):  # (checked once; one graph whatever the flag)
-            value = self.compiled(x, idx)
+            value = self.compiled(x, idx, fields)
         value = descend(value, params, self.compiled_optim, before_step=hook)
         return value.clone() if self.compiled.cuda_graphs else value  # (not the graph's buffer)
 

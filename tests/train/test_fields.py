@@ -178,11 +178,13 @@ def test_a_partially_observed_label_is_enumerated_exactly():
     assert -log_px.mean().item() != pytest.approx(-observed.mean().item(), rel=1e-3)  # (not moot)
 
 
-def test_compile_with_fields_stays_eager_with_one_warning():
+def test_compile_of_a_hand_written_pair_with_fields_stays_eager_with_one_warning():
+    """(A pv.ConditionalVAE or SemiSupervisedVAE compiles with its fields:
+    tests/train/test_derived_fields.py.)"""
     x, y = labelled_data()
     torch.manual_seed(0)
     pair = Conditional()
-    with pytest.warns(UserWarning, match=r"compile=True: the batches carry fields \(y\)") as caught:
+    with pytest.warns(UserWarning, match=r"compile=True: the model and guide are not") as caught:
         fit(pair, pv.Batches(x, y=y, batch_size=16), epochs=2, compile=True)
     assert len([w for w in caught if "compile=True" in str(w.message)]) == 1
 
