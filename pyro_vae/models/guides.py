@@ -84,7 +84,11 @@ class GaussianEncoder(nn.Module):
 
     def forward(self, x: Tensor, idx: Tensor | None = None) -> dist.Distribution:
         """Returns :math:`q(z \\mid x)`, batch shape ``(B,)``, event shape ``(D,)``."""
-        out = network(self.encoder, x)
+        return self.distribution(network(self.encoder, x))
+
+    def distribution(self, out: Tensor) -> dist.Distribution:
+        r"""The Gaussian of the encoder's output ``out`` ``(*batch, 2 D)``: :math:`\mu` and
+        :math:`\log \sigma` concatenated (for a caller that runs the encoder its own way)."""
         if out.shape[-1] != 2 * self.latent_dim:
             raise ValueError(
                 f"the encoder must output 2 * latent_dim = {2 * self.latent_dim} features "

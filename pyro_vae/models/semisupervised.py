@@ -22,6 +22,7 @@ it out, since it is not part of :math:`p(x)`.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pyro
 import pyro.distributions as dist
@@ -33,7 +34,7 @@ from ..devices.precision import network
 from ._composition import batch_scale, check_role
 from .guides import GaussianEncoder
 from .likelihoods import Likelihood
-from .nets import training_modes
+from .nets import MLP, training_modes
 from .vae import VAE
 
 __all__ = ["SemiSupervisedVAE"]
@@ -211,7 +212,7 @@ class SemiSupervisedVAE(VAE):
         log_q_y = torch.log_softmax(network(self.classifier, x), -1).T
         label = torch.where(known, y, torch.arange(K, device=x.device)[:, None])  # (K, B)
         onehot = self._onehot(label, x)
-        q_z = self.variational(torch.cat([x.flatten(1).expand(K, -1, -1), onehot], -1), idx)
+        q_z = self._per_class(x, onehot, idx)
         z = q_z()
         log_q_z = q_z.log_prob(z)
         # the model: p(z), p(x | z, label), p(y) = 1/K
@@ -223,10 +224,26 @@ class SemiSupervisedVAE(VAE):
         expected = (log_q_y.exp() * (log_x + beta * latent)).sum()
         observed = known.to(log_q_y.dtype).sum() * log_uniform
         if self.alpha:
-            logits = network(self.classifier, x)  # (the model's own call, as Pyro's)
+            logits = log_q_y.T
+            if _draws(self.classifier):  # active dropout: the model's own call, as Pyro's
+                logits = network(self.classifier, x)
             log_q = torch.log_softmax(logits, -1).gather(-1, y[:, None]).squeeze(-1)
             observed = observed + (self.alpha * log_q * known).sum()
         return -scale * (expected + observed)
+
+    def _per_class(self, x: Tensor, onehot: Tensor, idx: Tensor) -> dist.Distribution:
+        r""":math:`q(z \mid x, k)` for the label read at each class, batch ``(K, B)``: the
+        guide on :math:`[x, \mathrm{onehot}(k)]`. Where the guide is a
+        :class:`~pyro_vae.GaussianEncoder` over a :class:`~pyro_vae.MLP`, the first layer's
+        product is split, :math:`W [x; e] + b = W_x x + (W_e e + b)`, so that :math:`W_x x`
+        is taken once per point instead of once per point and class (the widest product of
+        the step, :math:`K` times fewer multiply-adds; the same function, its sums in another
+        order)."""
+        K, flat = self.num_classes, x.flatten(1)
+        guide, net = self.variational, getattr(self.variational, "encoder", None)
+        if type(guide) is not GaussianEncoder or type(net) is not MLP or len(net.in_shape) != 1:
+            return guide(torch.cat([flat.expand(K, -1, -1), onehot], -1), idx)
+        return guide.distribution(network(partial(_split_first, net, onehot), flat))
 
     field_names = ("y", "y_mask")
     """The fields of the batches the model and guide read."""
@@ -307,3 +324,21 @@ class SemiSupervisedVAE(VAE):
     def guide_layers(self) -> list[GaussianEncoder]:
         """M2's continuous latent's guide."""
         return [self.variational]
+
+
+def _split_first(net: MLP, onehot: Tensor, flat: Tensor) -> Tensor:
+    """``net(cat([flat.expand(K, ...), onehot], -1))``, ``(K, B, out)``, with the first layer's
+    product of ``flat`` ``(B, F)`` taken once: its weight's first ``F`` columns on ``flat``,
+    the others on the one-hot rows ``onehot`` ``(K, B, K)``."""
+    first, features = net[0], flat.shape[-1]
+    h = nn.functional.linear(flat, first.weight[:, :features], first.bias)  # (B, H)
+    h = h + onehot @ first.weight[:, features:].T.to(h.dtype)  # (K, B, H)
+    for layer in list(net)[1:]:
+        h = layer(h)
+    return h.reshape(*h.shape[:-1], *net.out_shape)
+
+
+def _draws(module: nn.Module) -> bool:
+    """Whether ``module`` draws random numbers in its forward pass (an active dropout)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.training and m.p > 0
+               for m in module.modules())  # fmt: skip

@@ -98,13 +98,16 @@ def fit(
         optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
             with sparse updates for per-datapoint parameters).
         loss: A Pyro ELBO, or a :class:`~pyro_vae.BetaELBO` (a weight on the KL term, or a
-            warm-up). Default ``None``: the ``model`` and ``guide`` of a
-            :class:`~pyro_vae.VAE` train through the VAE's derived estimator
+            warm-up). Default ``None``: :class:`~pyro_vae.TensorTrace_ELBO`, or
+            ``TraceEnum_ELBO(max_plate_nesting=n)`` where the guide or the model marks a latent
+            site for enumeration (:class:`~pyro_vae.SemiSupervisedVAE`'s unknown label); and
+            the ``model`` and ``guide`` of a :class:`~pyro_vae.VAE` (a
+            :class:`~pyro_vae.ConditionalVAE` and a :class:`~pyro_vae.SemiSupervisedVAE`
+            too, with the batch's fields) train through the VAE's derived estimator
             (:meth:`~pyro_vae.VAE.elbo_loss`, the one ``Compute(compile=True)`` compiles),
-            run eagerly: ``TensorTrace_ELBO``'s estimator without Pyro's tracing in every
-            step, checked against it on the first batch (values and every gradient, with the
-            same random numbers); other pairs, and batches with fields, take
-            :class:`~pyro_vae.TensorTrace_ELBO`. Pass ``loss=pv.TensorTrace_ELBO()`` for
+            run eagerly: that loss's estimator without Pyro's tracing in every step, checked
+            against it on the first batch (values and every gradient, with the same random
+            numbers); other pairs take the loss itself. Pass ``loss=pv.TensorTrace_ELBO()`` for
             Pyro's traced loss in every step. A loss without ``differentiable_loss`` is run
             through ``SVI.step`` (joint updates only). A resumed run takes the estimator its
             saved run took.
