@@ -51,6 +51,7 @@ from ._run import (
     run_folder,
     warn_if_finished,
 )
+from ._stopping import EarlyStopping
 from .checkpoint import History
 from .options import Checkpoints, Compute, Logging, Validation, flat_options
 from .step import Step
@@ -178,6 +179,7 @@ def train(
     validation: Batches | Loader | DataLoader | Tensor | None = None,
     validate_every: int = 1,
     validation_particles: int = 1,
+    patience: int | None = None,
     distributed: bool | None = None,
     log_dir: str | os.PathLike | None = None,
     log_images_every: int = 0,
@@ -213,6 +215,7 @@ def _train(
     validation: Batches | Loader | DataLoader | Tensor | None,
     validate_every: int,
     validation_particles: int,
+    patience: int | None,
     distributed: bool | None,
     log_dir: str | os.PathLike | None,
     log_images_every: int,
@@ -232,8 +235,7 @@ def _train(
     validation = held_out(model, guide, validation, validation_particles, device, modules)
     check_sparse(modules, optim)
     kl_scale = LatentScale()  # β on the latent sites of both (validation scores with β = 1)
-    derive = loss is None  # (fit's default: the derived estimator of the default loss)
-    loss = loss if loss is not None else _default(model, guide, data, modules)
+    loss, derive = _loss(loss, model, guide, data, modules)  # (derive: fit's default step)
     step = Step(model, guide, optim, loss,
                 num_data=data.num_data, device=device, dtype=data.points.dtype,
                 e_steps=e_steps, freeze_model=freeze_model, modules=modules,
@@ -242,35 +244,33 @@ def _train(
     run = Run(model, guide, data, step, optim, modules, device, world, run_folder(save_dir, world),
               precision=precision, schedule=SaveSchedule.for_run(save_every, world),
               beta="a schedule" if callable(beta) else float(beta))  # fmt: skip
-    try:
-        with ExitStack() as stack:  # closed in reverse: bar, run folder, board, modes
-            stack.enter_context(training_modes(modules, train=None if freeze_model else True))
-            stack.enter_context(use_precision(precision, data.points))
-            if step.compile_mode is not None:  # a recompile limit: a warning, not a log line
-                stack.enter_context(limit_is_an_error())
-            run.open(stack, log_dir)
-            start = run.begin(resume=resume, overwrite=overwrite)
-            warn_if_finished(start, epochs, save_dir)
-            total, quiet = (epochs - start) * len(data), not (progress and run.writes)
-            bar = tqdm(total=total, disable=quiet, desc="train", unit="step")
-            run.bar = stack.enter_context(bar)
-            elapsed = run.history.seconds[-1] if run.history.seconds else 0.0
-            for epoch in range(start + 1, epochs + 1):
-                kl_scale.beta = beta_at(beta, epoch)
-                t0 = time.perf_counter()
-                epoch_loss = train_epoch(run, epoch, log_every)
-                elapsed += time.perf_counter() - t0
-                close_epoch(run, epoch, epoch_loss, elapsed)
-                due = validation is not None and (epoch % validate_every == 0 or epoch == epochs)
-                val_elbo = validate(run, epoch, validation, validation_particles) if due else None
-                show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
-                if callback is not None:  # before saving: a schedule it sets is checkpointed
-                    callback(epoch, run.history)
-                run.save(epoch, last=epoch == epochs, training=elapsed)  # (history.json after)
-    except RuntimeError as e:  # a data-parallel process that did not answer: say so
-        if world is not None and timed_out(e) is not None:
-            raise timed_out(e) from e
-        raise
+    with _said_if_timed_out(world), ExitStack() as stack:  # closed in reverse: bar, folder, ...
+        stack.enter_context(training_modes(modules, train=None if freeze_model else True))
+        stack.enter_context(use_precision(precision, data.points))
+        if step.compile_mode is not None:  # a recompile limit: a warning, not a log line
+            stack.enter_context(limit_is_an_error())
+        run.open(stack, log_dir)
+        start = run.begin(resume=resume, overwrite=overwrite)
+        warn_if_finished(start, epochs, save_dir)
+        run.bar = stack.enter_context(_bar(run, (epochs - start) * len(data), progress))
+        elapsed = run.history.seconds[-1] if run.history.seconds else 0.0
+        stopping = EarlyStopping(patience, run.history, modules)  # (None: it does nothing)
+        for epoch in range(start + 1, epochs + 1 if not stopping.done else 0):
+            kl_scale.beta = beta_at(beta, epoch)
+            t0 = time.perf_counter()
+            epoch_loss = train_epoch(run, epoch, log_every)
+            elapsed += time.perf_counter() - t0
+            close_epoch(run, epoch, epoch_loss, elapsed)
+            due = validation is not None and (epoch % validate_every == 0 or epoch == epochs)
+            val_elbo = validate(run, epoch, validation, validation_particles) if due else None
+            show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
+            if callback is not None:  # before saving: a schedule it sets is checkpointed
+                callback(epoch, run.history)
+            stop = stopping.after(epoch, val_elbo)  # (at a stop: the best weights back)
+            run.save(epoch, last=epoch == epochs or stop, training=elapsed)  # (then history)
+            if stop:
+                break
+        stopping.finish(epochs)  # (after the last save: a resumed run continues exactly)
     return run.history
 
 
@@ -300,10 +300,29 @@ def _one_thread() -> Iterator[None]:
             _OWNER.pop()
 
 
-def _default(model: Callable[..., object], guide: Callable[..., object], data: object,
-             modules: nn.Module | None) -> ELBO:  # fmt: skip
-    """``default_loss`` on the training set's points and fields, the networks in eval mode (a
-    BatchNorm's statistics stay)."""
+def _loss(loss: ELBO | None, model: Callable[..., object], guide: Callable[..., object],
+          data: object, modules: nn.Module | None) -> tuple[ELBO, bool]:  # fmt: skip
+    """The run's loss, and whether the steps may take the derived estimator (fit's default,
+    ``loss=None``: ``default_loss`` on the training set's points and fields, the networks in
+    eval mode, so that a BatchNorm's statistics stay)."""
+    if loss is not None:
+        return loss, False
     with training_modes(modules, train=False):
-        return default_loss(model, guide, data.points, getattr(data, "fields", {}),
-                            num_data=data.num_data)  # fmt: skip
+        fields = getattr(data, "fields", {})
+        return default_loss(model, guide, data.points, fields, num_data=data.num_data), True
+
+
+def _bar(run: object, total: int, progress: bool) -> tqdm:
+    """The run's progress bar over ``total`` steps (silent on ranks that do not write)."""
+    return tqdm(total=total, disable=not (progress and run.writes), desc="train", unit="step")
+
+
+@contextmanager
+def _said_if_timed_out(world: object) -> Iterator[None]:
+    """Within: a data-parallel process that did not answer is said so (``timed_out``)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if world is not None and timed_out(e) is not None:
+            raise timed_out(e) from e
+        raise

@@ -132,19 +132,30 @@ class Validation:
             no parameters for new points: use :func:`~pyro_vae.infer_local`).
         every: Epochs between validations (and after the last one).
         num_particles: Guide samples per point.
+        patience: Early stopping, the rule of Pyro's ``examples/cvae``: the run stops once
+            this many validations in a row have not raised the validation ELBO above its
+            best, and the weights go back to the best validation's: at a stop, before the last
+            checkpoint (resuming the stopped run trains no further); after the last epoch, in
+            memory only (the checkpoint keeps the last weights, so that a run resumed with more
+            epochs continues exactly). ``None``: train every epoch, keep the last weights.
 
     Example:
         >>> Validation(torch.rand(8, 10).round(), every=5).every
         5
+        >>> Validation(torch.rand(8, 10).round(), patience=3).patience
+        3
     """
 
     data: Batches | Loader | DataLoader | Tensor
     every: int = 1
     num_particles: int = 1
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         check_int("every", self.every)
         check_int("num_particles", self.num_particles)
+        if self.patience is not None:
+            check_int("patience", self.patience)
 
 
 @dataclass(frozen=True)
@@ -208,6 +219,7 @@ def flat_options(
         "validation": validation.data if validation is not None else None,
         "validate_every": validation.every if validation is not None else 1,
         "validation_particles": validation.num_particles if validation is not None else 1,
+        "patience": validation.patience if validation is not None else None,
         "progress": log.progress,
         "log_every": log.every,
         "log_dir": log.tensorboard,
