@@ -32,22 +32,33 @@ def budget(metrics: dict) -> str:
 def cvae(metrics: dict) -> str:
     """The image-completion table: Pyro's quantity (the negative ELBO of the unknown pixels)
     beside Pyro's numbers, the importance-sampled bound in its own column."""
+    stopping = (
+        f"; early stopping on the test set's loss in each stage (patience "
+        f"{metrics['patience']}, Pyro's rule), so the epochs are a maximum"
+        if metrics.get("patience")
+        else ""
+    )
     lines = [
-        f"{budget(metrics)}. Nats per test image on the unknown pixels (lower is better). "
+        f"{budget(metrics)}{stopping}. Nats per test image on the unknown pixels (lower is "
+        "better). "
         "Beside Pyro's tutorial, its quantity: the negative ELBO (Pyro's is "
         "`Trace_ELBO(num_particles=10)`'s; ours averages K particles: the same expectation). "
         "Then the conditional NLL -log p(unknown | known), importance-sampled with K particles "
         "(a tighter bound, not comparable with Pyro's column).",
         "",
-        "| known quadrants | ours: negative ELBO | Pyro's tutorial: CVAE | Pyro's baseline | "
-        "ours: -log p, K-sample IS | K | training time |",
-        "|---|---|---|---|---|---|---|",
+        "| known quadrants | model | ours: negative ELBO | Pyro's tutorial: CVAE | ours: "
+        "baseline | Pyro's baseline | ours: -log p, K-sample IS | K | epochs (best) | "
+        "training time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in metrics["settings"]:
+        base = r.get("baseline_test_loss")
+        epochs = f"{r['epochs']} ({r['best_epoch']})" if r.get("best_epoch") else r["epochs"]
         lines.append(
-            f"| {r['quadrants']} | {r['test_neg_elbo']:.1f} | {r['pyro_cvae_neg_elbo']} | "
+            f"| {r['quadrants']} | {r.get('model', 'ours')} | {r['test_neg_elbo']:.1f} | "
+            f"{r['pyro_cvae_neg_elbo']} | {f'{base:.1f}' if base is not None else ''} | "
             f"{r['pyro_baseline_loss']} | {r['test_cll']:.1f} | {r['num_particles']} | "
-            f"{r['seconds'] / 60:.1f} min |"
+            f"{epochs} | {r['seconds'] / 60:.1f} min |"
         )
     return "\n".join(lines)
 

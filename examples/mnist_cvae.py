@@ -5,9 +5,16 @@ One, two or three quadrants of a digit are known; the model draws the rest (Sohn
 
 The data point ``x`` is the whole image; the batches carry two fields, the condition ``c``
 (the image with the unknown pixels set to -1) and the mask ``unknown`` (the pixels the
-likelihood scores), which ``fit`` and ``evaluate`` pass to the model and guide as keywords. The
-model is ``pyro_vae.models.zoo.completion_cvae`` (Pyro's networks; where the model differs
-from Pyro's, its docstring says). Two scores of the unknown pixels given the known ones, in
+likelihood scores), which ``fit`` and ``evaluate`` pass to the model and guide as keywords.
+
+``--model pyro`` (the default) is Pyro's model and training rule
+(``pyro_vae.models.zoo.pyro_cvae``): a deterministic baseline network is trained first (the
+Bernoulli loss of its completion of the unknown pixels, Adam, early stopping on the test set,
+which Pyro's example uses as its validation set), then frozen; the CVAE's prior network reads
+the condition completed by it, its recognition network the whole image; the CVAE trains with
+early stopping on the test set's ELBO too (``--patience 3``, Pyro's; each stage at most
+``--epochs``). ``--model ours`` is ``zoo.completion_cvae`` (prior on the condition itself,
+recognition on [x, c]; no baseline). Two scores of the unknown pixels given the known ones, in
 nats per test image: the negative ELBO, the quantity of Pyro's tutorial table (its
 ``Trace_ELBO(num_particles=10)`` loss: 71.8 / 51.0 / 24.2 for its CVAE and 100.4 / 61.9 / 25.4
 for a deterministic baseline, 1 / 2 / 3 known quadrants), and the conditional negative
@@ -15,19 +22,21 @@ log-likelihood -log p(x_unknown | x_known) estimated by importance sampling (a t
 not the tutorial's quantity). Known quadrants, as Pyro's: 1 = bottom left, 2 = the left half,
 3 = all but the bottom right.
 
-    python examples/mnist_cvae.py                   # 2 epochs per setting
-    python examples/mnist_cvae.py --epochs 10       # the results page's run
+    python examples/mnist_cvae.py                   # at most 2 epochs per stage and setting
+    python examples/mnist_cvae.py --epochs 101      # Pyro's budget (early stopping ends it)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import torch
 
 import pyro_vae as pv
 from pyro_vae.models import zoo
+from pyro_vae.models.completion import completion_loss
 
 try:
     from . import _common as scripts
@@ -49,6 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quadrants", type=int, nargs="+", default=[1, 2, 3], choices=(1, 2, 3))
     p.add_argument("--latent-dim", type=int, default=200)
     p.add_argument("--hidden", type=int, default=500)
+    p.add_argument(
+        "--model",
+        choices=("pyro", "ours"),
+        default="pyro",
+        help="pyro: Pyro's CVAE with its baseline network; ours: completion_cvae",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="early stopping on the test set's loss (Pyro's rule); 0: none",
+    )
     return p.parse_args(argv)
 
 
@@ -80,22 +101,69 @@ def completions(cvae: pv.ConditionalVAE, test: pv.Batches, path) -> str:
     return pv.save_grid(torch.cat(rows), path, nrow=8)
 
 
+def train_baseline(baseline: torch.nn.Module, train: pv.Batches, test: pv.Batches, args) -> int:
+    """Pyro's first stage: the baseline network alone, the Bernoulli loss of its completion of
+    the unknown pixels (mean per image), Adam at ``--lr``, early stopping on the test set
+    (``--patience``; the best epoch's weights kept), at most ``--epochs``; then frozen.
+    Returns the number of epochs trained."""
+    baseline.requires_grad_(True)
+    optimizer = torch.optim.Adam(baseline.parameters(), lr=args.lr)
+    best, since, kept, trained = math.inf, 0, None, 0
+    while trained < args.epochs and not (args.patience and since >= args.patience):
+        trained += 1
+        for x, _, fields in train:
+            loss = completion_loss(baseline(fields["c"]), x, fields["unknown"]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        score = baseline_score(baseline, test)
+        if score < best:
+            best, since = score, 0
+            kept = {k: v.clone() for k, v in baseline.state_dict().items()}
+        else:
+            since += 1
+    baseline.load_state_dict(kept)
+    baseline.requires_grad_(False)
+    return trained
+
+
+@torch.no_grad()
+def baseline_score(baseline: torch.nn.Module, test: pv.Batches) -> float:
+    """The baseline's loss on the test set, nats per image (Pyro's baseline row)."""
+    total = sum(completion_loss(baseline(f["c"]), x, f["unknown"]).sum() for x, _, f in test)
+    return float(total) / test.num_data
+
+
 def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) -> dict:
     train = conditioned(x_train, quadrants, batch_size=args.batch_size)
     test = conditioned(x_test, quadrants, batch_size=500, shuffle=False)
-    cvae = zoo.completion_cvae(latent_dim=args.latent_dim, hidden=args.hidden)
+    build = zoo.pyro_cvae if args.model == "pyro" else zoo.completion_cvae
+    cvae = build(latent_dim=args.latent_dim, hidden=args.hidden).to(device)
+    options = scripts.run_options(args, out / f"quadrants{quadrants}", device)
     t0 = time.perf_counter()
+    resumed = args.resume and (out / f"quadrants{quadrants}" / "checkpoint.pt").exists()
+    baseline_epochs = None  # (a resumed run's baseline comes with its checkpoint)
+    if args.model == "pyro" and not resumed:
+        baseline_epochs = train_baseline(cvae.prior.baseline, train, test, args)
+    validation = pv.Validation(test, patience=args.patience) if args.patience else None
     history = pv.fit(cvae.model, cvae.guide, train, epochs=args.epochs,
-                     optim=pv.LazyAdam({"lr": args.lr}),
-                     **scripts.run_options(args, out / f"quadrants{quadrants}",
-                                           device))  # fmt: skip
+                     optim=pv.LazyAdam({"lr": args.lr}), validation=validation,
+                     **options)  # fmt: skip
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
     result = scripts.score_test_set(cvae.model, cvae.guide, test, device, args.num_particles,
                                     default_particles=(1000, 100))  # fmt: skip
     image = completions(cvae, test, scripts.pictures(out) / f"completions{quadrants}.png")
+    best = history.val_epoch[history.val_elbo.index(max(history.val_elbo))] if (
+        validation is not None and history.val_elbo) else None  # fmt: skip
     return {
         "quadrants": quadrants,
+        "model": args.model,
         "epochs": len(history.epoch),
+        "best_epoch": best,
+        "baseline_epochs": baseline_epochs,
+        "baseline_test_loss": (
+            baseline_score(cvae.prior.baseline, test) if args.model == "pyro" else None
+        ),
         "train_loss": history.loss[-1] if history.loss else None,
         "test_neg_elbo": -result.elbo,
         "pyro_cvae_neg_elbo": PYRO_CVAE[quadrants],
@@ -111,7 +179,7 @@ def main(args: argparse.Namespace) -> dict:
     device, out = scripts.setup(args)
     x_train, _, x_test, _ = scripts.mnist_tensors(args, device)
     runs = [run(args, q, x_train, x_test, device, out) for q in args.quadrants]
-    metrics = scripts.settings_scores(args, runs, device)
+    metrics = {**scripts.settings_scores(args, runs, device), "patience": args.patience}
     return scripts.save_metrics(out, metrics)
 
 

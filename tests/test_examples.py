@@ -336,11 +336,20 @@ def test_compiled_zoo_benchmark_runs(tmp_path):
 
 
 @pytest.mark.mnist
-def test_mnist_cvae(mnist_dir, tmp_path):
+@pytest.mark.parametrize("model", ["pyro", "ours"])
+def test_mnist_cvae(mnist_dir, tmp_path, model):
     """The image-completion example: one run per number of known quadrants, each scoring only
-    the unknown pixels (fewer of them, a smaller NLL), pictures of completions."""
-    flags = "--epochs 1 --limit 256 --hidden 32 --latent-dim 4 --num-particles 8"
+    the unknown pixels (fewer of them, a smaller NLL), pictures of completions. Pyro's model
+    trains its baseline first and both stages stop early on the test set."""
+    flags = f"--epochs 2 --limit 256 --hidden 32 --latent-dim 4 --num-particles 8 --model {model}"
     _, _, metrics = run("mnist_cvae", flags, tmp_path, mnist_dir)
+    for r in metrics["settings"]:
+        assert r["model"] == model and 1 <= r["epochs"] <= 2
+        assert r["best_epoch"] in (1, 2)  # (early stopping's record: the weights kept)
+        if model == "pyro":
+            assert 1 <= r["baseline_epochs"] <= 2 and 0 < r["baseline_test_loss"] < math.inf
+        else:
+            assert r["baseline_epochs"] is None and r["baseline_test_loss"] is None
     assert [r["quadrants"] for r in metrics["settings"]] == [1, 2, 3]
     nll = [r["test_cll"] for r in metrics["settings"]]
     assert all(math.isfinite(v) and v > 0 for v in nll)

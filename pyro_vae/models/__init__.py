@@ -6,7 +6,8 @@ Modules: ``nets`` (MLP and convolutional networks), ``priors``, ``likelihoods``,
 (likelihoods of counts), ``library`` (latent library sizes of counts), ``discretized`` (8-bit
 values), ``guides``, ``flows`` (flow posteriors), ``vae`` (:class:`~pyro_vae.VAE`), ``conditional``
 (:class:`~pyro_vae.ConditionalVAE`), ``semisupervised`` (:class:`~pyro_vae.SemiSupervisedVAE`),
-``hierarchical`` (two or more stochastic layers) and
+``hierarchical`` (two or more stochastic layers), ``completion`` (the pieces of Pyro's
+image-completion CVAE) and
 :mod:`~pyro_vae.models.zoo` (the standard architectures of the examples).
 """
 

@@ -55,6 +55,9 @@ class ConditionalVAE(VAE):
             scores the features where it is true (the others are masked out of the ELBO);
             ``None``: every feature.
         decode_condition: Whether the likelihood's decoder reads :math:`c` beside :math:`z`.
+        encode_condition: Whether the guide's encoder reads :math:`c` beside :math:`x`
+            (``False``: :math:`q(z \mid x)` on the data point alone, as Pyro's recognition
+            network reads the whole image).
         name: Prefix of the names under which the modules enter Pyro's param store.
 
     Example:
@@ -78,6 +81,7 @@ class ConditionalVAE(VAE):
         condition: str = "c",
         mask: str | None = None,
         decode_condition: bool = True,
+        encode_condition: bool = True,
         name: str = "cvae",
     ) -> None:
         nn.Module.__init__(self)
@@ -88,6 +92,7 @@ class ConditionalVAE(VAE):
         self._check_latent_dims(prior, guide)
         self.prior, self.likelihood, self.variational = prior, likelihood, guide
         self.condition, self.mask, self.decode_condition = condition, mask, decode_condition
+        self.encode_condition = encode_condition
         self.name = name
 
     @property
@@ -113,8 +118,9 @@ class ConditionalVAE(VAE):
         c = c.to(like.dtype)
         features, d = math.prod(self.event_shape), self.variational.latent_dim
         zeros = c.new_zeros
-        pieces = [("guide q(z | x, c)", "[x, c]", features, c.shape[1],
-                   lambda: self.variational(zeros(1, features + c.shape[1]),
+        width = c.shape[1] if self.encode_condition else 0
+        pieces = [("guide q(z | x, c)", "[x, c]" if width else "x", features, width,
+                   lambda: self.variational(zeros(1, features + width),
                                             torch.zeros(1, dtype=torch.long, device=c.device))),
                   ("likelihood p(x | z, c)", "[z, c]" if self.decode_condition else "z", d,
                    c.shape[1] if self.decode_condition else 0,
@@ -144,7 +150,7 @@ class ConditionalVAE(VAE):
             guide = guide[0]
         return ConditionalVAE(self.prior, self.likelihood, guide, condition=self.condition,
                               mask=self.mask, decode_condition=self.decode_condition,
-                              name=name)  # fmt: skip
+                              encode_condition=self.encode_condition, name=name)  # fmt: skip
 
     def _fields(self, fields: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
         """The condition, flattened to ``(B, C)``, and the mask (or ``None``)."""
@@ -256,7 +262,10 @@ class ConditionalVAE(VAE):
         return negative_bound(log_x, log_z, log_q, scale=scale, beta=beta, K=num_particles)
 
     def guide_input(self, x: Tensor, fields: dict[str, Tensor]) -> Tensor:
-        """What the guide's encoder reads: :math:`[x, c]`, flattened, ``(B, F + C)``."""
+        """What the guide's encoder reads: :math:`[x, c]`, flattened, ``(B, F + C)`` (or
+        :math:`x` alone, ``encode_condition=False``)."""
+        if not self.encode_condition:
+            return x.flatten(1)
         return torch.cat([x.flatten(1), fields[self.condition].flatten(1)], -1)
 
     @torch.no_grad()

@@ -26,6 +26,7 @@ from typing import Literal, get_args
 import zuko
 from torch import nn
 
+from .completion import CompletionPrior
 from .conditional import ConditionalVAE
 from .flows import IAFEncoder, PlanarEncoder, ZukoFlowEncoder
 from .guides import GaussianEncoder, PerDatapointGaussian, SemiAmortizedGaussian
@@ -45,6 +46,7 @@ __all__ = [
     "iwae_vae",
     "latent2d_vae",
     "m2_vae",
+    "pyro_cvae",
 ]
 
 MNIST_SHAPE = (1, 28, 28)
@@ -272,10 +274,10 @@ def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalV
     :math:`p(x \mid z)` (200-500-500-784, Bernoulli logits; it reads :math:`z` alone, as
     Pyro's).
 
-    Where it differs from Pyro's model: Pyro's prior network reads the completion of a
-    deterministic baseline network (trained first, then frozen) where the image is unknown,
-    here the condition itself; Pyro's recognition network reads the whole image, here
-    :math:`[x, c]`.
+    Where it differs from Pyro's model (:func:`pyro_cvae` is Pyro's): Pyro's prior network
+    reads the completion of a deterministic baseline network (trained first, then frozen)
+    where the image is unknown, here the condition itself; Pyro's recognition network reads
+    the whole image, here :math:`[x, c]`.
 
     Example:
         >>> cvae = completion_cvae(latent_dim=4, hidden=16)
@@ -289,6 +291,34 @@ def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalV
         GaussianEncoder(MLP(2 * pixels, 2 * latent_dim, layers), latent_dim),
         mask="unknown",
         decode_condition=False,
+    )
+
+
+def pyro_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalVAE:
+    r"""Pyro's image-completion CVAE (``examples/cvae``) as it is: the prior network
+    :math:`p(z \mid c)` reads the condition completed by a deterministic baseline network
+    (:class:`~pyro_vae.models.completion.CompletionPrior`; the baseline, MLP 784-500-500-784,
+    frozen here: train it first with
+    :func:`~pyro_vae.models.completion.completion_loss`), the recognition network
+    :math:`q(z \mid x)` reads the whole image, the generation network :math:`p(x \mid z)`
+    reads :math:`z`; MLPs 784-500-500 to a Gaussian over 200 latents and 200-500-500-784, ReLU.
+    Pyro's networks end in a sigmoid (the probabilities of its Bernoulli) and an exponential
+    (its scale): the same distributions as the logits and log-scales here.
+
+    Example:
+        >>> cvae = pyro_cvae(latent_dim=4, hidden=16)
+        >>> cvae.sample(-torch.ones(2, 784)).shape
+        torch.Size([2, 784])
+    """
+    pixels, layers = 784, (hidden, hidden)
+    prior = GaussianEncoder(MLP(pixels, 2 * latent_dim, layers), latent_dim)
+    return ConditionalVAE(
+        CompletionPrior(MLP(pixels, pixels, layers), prior),
+        BernoulliLikelihood(MLP(latent_dim, pixels, layers), pixels),
+        GaussianEncoder(MLP(pixels, 2 * latent_dim, layers), latent_dim),
+        mask="unknown",
+        decode_condition=False,
+        encode_condition=False,
     )
 
 
