@@ -104,9 +104,8 @@ def completions(cvae: pv.ConditionalVAE, test: pv.Batches, path) -> str:
 def train_baseline(baseline: torch.nn.Module, train: pv.Batches, test: pv.Batches, args) -> int:
     """Pyro's first stage: the baseline network alone, the Bernoulli loss of its completion of
     the unknown pixels (mean per image), Adam at ``--lr``, early stopping on the test set
-    (``--patience``; the best epoch's weights kept), at most ``--epochs``; then frozen.
-    Returns the number of epochs trained."""
-    baseline.requires_grad_(True)
+    (``--patience``; the best epoch's weights kept), at most ``--epochs``. Returns the number
+    of epochs trained."""
     optimizer = torch.optim.Adam(baseline.parameters(), lr=args.lr)
     best, since, kept, trained = math.inf, 0, None, 0
     while trained < args.epochs and not (args.patience and since >= args.patience):
@@ -123,7 +122,6 @@ def train_baseline(baseline: torch.nn.Module, train: pv.Batches, test: pv.Batche
         else:
             since += 1
     baseline.load_state_dict(kept)
-    baseline.requires_grad_(False)
     return trained
 
 
@@ -137,14 +135,18 @@ def baseline_score(baseline: torch.nn.Module, test: pv.Batches) -> float:
 def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) -> dict:
     train = conditioned(x_train, quadrants, batch_size=args.batch_size)
     test = conditioned(x_test, quadrants, batch_size=500, shuffle=False)
-    build = zoo.pyro_cvae if args.model == "pyro" else zoo.completion_cvae
-    cvae = build(latent_dim=args.latent_dim, hidden=args.hidden).to(device)
     options = scripts.run_options(args, out / f"quadrants{quadrants}", device)
     t0 = time.perf_counter()
     resumed = args.resume and (out / f"quadrants{quadrants}" / "checkpoint.pt").exists()
-    baseline_epochs = None  # (a resumed run's baseline comes with its checkpoint)
+    baseline, baseline_epochs = None, None  # (a resumed run's baseline: in its checkpoint)
     if args.model == "pyro" and not resumed:
-        baseline_epochs = train_baseline(cvae.prior.baseline, train, test, args)
+        baseline = pv.MLP(784, 784, (args.hidden, args.hidden)).to(device)
+        baseline_epochs = train_baseline(baseline, train, test, args)
+    if args.model == "pyro":
+        cvae = zoo.pyro_cvae(latent_dim=args.latent_dim, hidden=args.hidden, baseline=baseline)
+    else:
+        cvae = zoo.completion_cvae(latent_dim=args.latent_dim, hidden=args.hidden)
+    cvae = cvae.to(device)
     validation = pv.Validation(test, patience=args.patience) if args.patience else None
     history = pv.fit(cvae.model, cvae.guide, train, epochs=args.epochs,
                      optim=pv.LazyAdam({"lr": args.lr}), validation=validation,

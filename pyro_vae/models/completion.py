@@ -25,9 +25,11 @@ __all__ = ["CompletionPrior", "completion_loss"]
 class CompletionPrior(nn.Module):
     r"""A conditional prior that reads its condition completed by a frozen baseline:
     :math:`\tilde c = c` where known, :math:`\sigma(b(c))` where :math:`c` holds ``unknown``,
-    then ``prior(c̃)``. The baseline's parameters are frozen here (``requires_grad=False``):
-    train it first (:func:`completion_loss`), as Pyro's example does; the CVAE's training
-    leaves it as it is (Pyro's runs it under ``torch.no_grad``).
+    then ``prior(c̃)``. Train the baseline first (:func:`completion_loss`), as Pyro's example
+    does, then build this prior with it: its parameters become buffers here, so that they are
+    saved, moved and loaded with the prior and never trained (Pyro's runs the baseline under
+    ``torch.no_grad``; a parameter with ``requires_grad=False`` would not be saved by Pyro's
+    param store, and ``pyro.module`` warns about it in training).
 
     Args:
         baseline: A network mapping conditions ``(B, F)`` to ``F`` logits of the pixels.
@@ -44,8 +46,7 @@ class CompletionPrior(nn.Module):
 
     def __init__(self, baseline: nn.Module, prior: Guide, *, unknown: float = -1.0) -> None:
         super().__init__()
-        self.baseline, self.prior, self.unknown = baseline, prior, unknown
-        self.baseline.requires_grad_(False)
+        self.baseline, self.prior, self.unknown = _frozen(baseline), prior, unknown
         self.latent_dim = prior.latent_dim
 
     def complete(self, c: Tensor) -> Tensor:
@@ -57,6 +58,17 @@ class CompletionPrior(nn.Module):
     def forward(self, c: Tensor, idx: Tensor | None = None):
         """:math:`p(z \\mid c)`, batch shape ``(B,)``."""
         return self.prior(self.complete(c), idx)
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """``module`` with each parameter turned into a buffer of the same name (the same tensor,
+    detached): a network that is run but not trained."""
+    for part in module.modules():
+        for name, param in list(part._parameters.items()):
+            if param is not None:
+                del part._parameters[name]
+                part.register_buffer(name, param.detach())
+    return module
 
 
 def completion_loss(logits: Tensor, x: Tensor, unknown: Tensor) -> Tensor:

@@ -294,12 +294,14 @@ def completion_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalV
     )
 
 
-def pyro_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalVAE:
+def pyro_cvae(
+    *, latent_dim: int = 200, hidden: int = 500, baseline: nn.Module | None = None
+) -> ConditionalVAE:
     r"""Pyro's image-completion CVAE (``examples/cvae``) as it is: the prior network
     :math:`p(z \mid c)` reads the condition completed by a deterministic baseline network
-    (:class:`~pyro_vae.models.completion.CompletionPrior`; the baseline, MLP 784-500-500-784,
-    frozen here: train it first with
-    :func:`~pyro_vae.models.completion.completion_loss`), the recognition network
+    (:class:`~pyro_vae.models.completion.CompletionPrior`; ``baseline``, an MLP 784-500-500-784
+    trained first with :func:`~pyro_vae.models.completion.completion_loss`, frozen here;
+    default: an untrained one, for loading a saved model), the recognition network
     :math:`q(z \mid x)` reads the whole image, the generation network :math:`p(x \mid z)`
     reads :math:`z`; MLPs 784-500-500 to a Gaussian over 200 latents and 200-500-500-784, ReLU.
     Pyro's networks end in a sigmoid (the probabilities of its Bernoulli) and an exponential
@@ -313,7 +315,7 @@ def pyro_cvae(*, latent_dim: int = 200, hidden: int = 500) -> ConditionalVAE:
     pixels, layers = 784, (hidden, hidden)
     prior = GaussianEncoder(MLP(pixels, 2 * latent_dim, layers), latent_dim)
     return ConditionalVAE(
-        CompletionPrior(MLP(pixels, pixels, layers), prior),
+        CompletionPrior(baseline if baseline is not None else MLP(pixels, pixels, layers), prior),
         BernoulliLikelihood(MLP(latent_dim, pixels, layers), pixels),
         GaussianEncoder(MLP(pixels, 2 * latent_dim, layers), latent_dim),
         mask="unknown",

@@ -226,3 +226,24 @@ def test_an_m2_run_resumes_exactly_on_its_derived_step(tmp_path, pyro_steps):
     assert history.loss == expected.loss
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_pyros_completion_cvae_derived_estimator_is_pyros():
+    """Pyro's CVAE (zoo.pyro_cvae's pieces): the prior reads the condition completed by a
+    frozen baseline, the guide the point alone; the baseline gets no gradient."""
+    from pyro_vae.models.completion import CompletionPrior
+
+    torch.manual_seed(0)
+    prior = CompletionPrior(pv.MLP(F, F, (5,)), pv.GaussianEncoder(pv.MLP(F, 2 * D), D))
+    vae = pv.ConditionalVAE(prior, pv.BernoulliLikelihood(pv.MLP(D, F, (5,)), F),
+                            pv.GaussianEncoder(pv.MLP(F, 2 * D, (5,)), D), mask="m",
+                            decode_condition=False, encode_condition=False)  # fmt: skip
+    unknown = torch.rand(B, F, generator=torch.Generator().manual_seed(5)) < 0.5
+    fields = {"c": torch.where(unknown, -1.0, points()), "m": unknown}
+    assert_same(vae, pv.TensorTrace_ELBO(), fields)
+    x, idx = points().double(), torch.arange(B)
+    fields = {"c": fields["c"].double(), "m": unknown}
+    vae.elbo_loss(x, idx, num_data=N, **fields).backward()
+    assert not list(prior.baseline.parameters())  # frozen: buffers, saved with the prior
+    assert len(prior.baseline.state_dict()) == 4
+    assert all(p.grad is not None for p in prior.prior.parameters())
