@@ -171,8 +171,10 @@ class SemiSupervisedVAE(VAE):
         x_n)` are Pyro's Dice weights of the enumerated site, unmasked (they sum to one, so a
         labelled point's terms are an average over its :math:`K` draws of :math:`z`). The
         random numbers are drawn in the order of the guide and the model (the classifier, the
-        encoder, :math:`z`, the decoder, the classifier again for the auxiliary term), so with
-        the same seed the value is Pyro's; ``fit`` checks that on its first batch.
+        encoder, :math:`z`, the decoder; the classifier again for the auxiliary term where a
+        dropout in it draws, as Pyro's model calls it twice; otherwise its logits are reused,
+        the same values), so with the same seed the value is Pyro's; ``fit`` checks that on its
+        first batch.
 
         Args:
             x: The minibatch, ``(B, *event_shape)``.
