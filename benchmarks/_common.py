@@ -38,5 +38,15 @@ __all__ = [
     "plain_m2_loss",
     "replace_block",
     "sync",
+    "twin",
     "write_results",
 ]
+
+
+def twin(build, like, name: str, device):
+    """A model from ``build()`` on ``device`` with ``like``'s initial values and its own
+    param-store names (``name``): the same start for each way a benchmark times."""
+    model = build().to(device)
+    model.load_state_dict(like.state_dict())
+    model.name = name
+    return model

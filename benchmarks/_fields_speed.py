@@ -79,10 +79,7 @@ def field_steps(name: str, case: dict, x: torch.Tensor, *, args, device) -> dict
     first = build().to(device)
 
     def copy(label: str) -> pv.VAE:  # the same initial values, its own param-store names
-        vae = build().to(device)
-        vae.load_state_dict(first.state_dict())
-        vae.name = label
-        return vae
+        return _common.twin(build, first, label, device)
 
     def batches(steps: int) -> pv.Batches:
         n = steps * size

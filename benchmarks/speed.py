@@ -88,10 +88,7 @@ def compare(
     vae_pkg = build().to(device)
 
     def copy(name: str) -> pv.VAE:  # the same initial values, its own param-store names
-        vae = build().to(device)
-        vae.load_state_dict(vae_pkg.state_dict())
-        vae.name = name
-        return vae
+        return _common.twin(build, vae_pkg, name, device)
 
     vae_ref, vae_fe = copy("plain"), copy("plain_foreach")
     vae_bf, vae_cmp, vae_cmp_bf = copy("bf16"), copy("compiled"), copy("compiled_bf16")

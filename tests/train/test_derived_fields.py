@@ -6,7 +6,6 @@ compiled run follows the eager one, and a loss they do not match is refused with
 
 from __future__ import annotations
 
-import sys
 import warnings
 
 import pyro
@@ -21,7 +20,6 @@ from torch import nn
 import pyro_vae as pv
 from pyro_vae.train._derivation import check_derivation, default_loss
 
-steps = sys.modules["pyro_vae.train.step"]
 B, N, F, C, D, K = 8, 40, 6, 3, 2, 3
 
 
@@ -139,20 +137,6 @@ def test_a_loss_the_estimator_does_not_match_is_refused():
                                  points(), torch.arange(B), num_data=N,
                                  fields=m2_fields())  # fmt: skip
     assert reason is None
-
-
-@pytest.fixture
-def pyro_steps(monkeypatch) -> list[int]:
-    """Counts the steps taken through Pyro's traced loss (``gradient_step``)."""
-    calls = []
-    original = steps.gradient_step
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(steps, "gradient_step", counted)
-    return calls
 
 
 def train(make, fields, loss=None, **options):

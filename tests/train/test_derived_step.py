@@ -16,20 +16,6 @@ import pyro_vae as pv
 steps = sys.modules["pyro_vae.train.step"]
 
 
-@pytest.fixture
-def pyro_steps(monkeypatch) -> list[int]:
-    """Counts the steps taken through Pyro's traced loss (``gradient_step``)."""
-    calls = []
-    original = steps.gradient_step
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(steps, "gradient_step", counted)
-    return calls
-
-
 def train(loss, epochs=3, **options):
     pyro.clear_param_store()
     torch.manual_seed(0)
