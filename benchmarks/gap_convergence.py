@@ -42,12 +42,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for epochs in args.epochs:
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        vae = zoo.iwae_vae(
-            layers=run["layers"],
-            prior=run["prior"],
-            num_pseudo=run["num_pseudo"] or 500,
-            activation=activation,
-        )
+        with torch.device("cpu"):  # (where its data are, whatever torch's default device)
+            vae = zoo.iwae_vae(
+                layers=run["layers"],
+                prior=run["prior"],
+                num_pseudo=run["num_pseudo"] or 500,
+                activation=activation,
+            )
         pv.load_checkpoint(args.run / "checkpoint.pt", vae)
         vae.eval()
         points = pv.Batches(test.data, batch_size=100, shuffle=False)

@@ -172,8 +172,9 @@ def binarized_mnist(
     the test set binarized once with a fixed seed (its first ``test_points`` images)."""
     x_train, _ = load_mnist(data_dir, train=True, device=device, download=download)
     x_test, _ = load_mnist(data_dir, train=False, device=device, download=download)
-    g = torch.Generator(device=device).manual_seed(1234)  # one fixed binarization of the test set
-    x_test = torch.bernoulli(x_test, generator=g)
+    # One fixed binarization of the test set, drawn on the CPU: the same on every device.
+    g = torch.Generator().manual_seed(1234)
+    x_test = torch.bernoulli(x_test.cpu(), generator=g).to(device)
     train = Batches(x_train[:limit], batch_size=batch_size, binarize="dynamic")
     return train, Batches(x_test[:test_points], batch_size=1000, shuffle=False)
 

@@ -30,13 +30,17 @@ __all__ = [
 
 
 def default_device() -> torch.device:
-    """``cuda`` when a GPU is available, else ``cpu``; under ``torchrun`` with several
-    processes, ``cuda:<LOCAL_RANK>`` (each process its own GPU).
+    """torch's default device when one other than the CPU is set
+    (``torch.set_default_device``), else ``cuda`` when a GPU is available, else ``cpu``; under
+    ``torchrun`` with several processes, ``cuda:<LOCAL_RANK>`` (each process its own GPU).
 
     Example:
         >>> default_device().type in ("cpu", "cuda")
         True
     """
+    chosen = torch.get_default_device()
+    if chosen.type != "cpu" and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return chosen
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

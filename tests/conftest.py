@@ -6,8 +6,11 @@ from pathlib import Path
 import pyro
 import pytest
 import torch
+from _pytest.doctest import DoctestItem
+from helpers import FAKE_TENSORS
 
 import pyro_vae as pv
+from pyro_vae.devices import stand_in
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,9 +47,12 @@ def mnist_dir() -> Path:
 
 
 def pytest_configure(config):
-    """``PYRO_VAE_TEST_DEVICE=cuda`` (``bash .ci/gpu``): torch's default device for the run."""
+    """``PYRO_VAE_TEST_DEVICE=cuda`` (``bash .ci/gpu``): torch's default device for the run;
+    ``fake-cuda``: the CUDA stand-in (:mod:`pyro_vae.devices.stand_in`), CI's run on the CPU."""
     device = os.environ.get("PYRO_VAE_TEST_DEVICE")
-    if device:
+    if device == "fake-cuda":
+        stand_in.install()
+    elif device:
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             raise pytest.UsageError(f"PYRO_VAE_TEST_DEVICE={device} but torch sees no CUDA device")
         torch.set_default_device(device)
@@ -60,6 +66,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow_compile" in item.keywords or item.path.name in LONG:
             item.add_marker(pytest.mark.long)
+    if stand_in.is_stand_in(torch.get_default_device()):
+        for item in items:
+            if isinstance(item, DoctestItem):  # (their outputs are the CPU's)
+                item.add_marker(pytest.mark.host_default("the examples print CPU tensors"))
+                if any("fake_cuda(" in example.source for example in item.dtest.examples):
+                    item.add_marker(pytest.mark.not_on_stand_in(FAKE_TENSORS))
+            marker = item.get_closest_marker("not_on_stand_in")
+            if marker is not None:
+                item.add_marker(pytest.mark.skip(reason=f"not on the stand-in: {marker.args[0]}"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -13,6 +13,7 @@ from types import ModuleType
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
@@ -22,7 +23,35 @@ from pyro.nn import DenseNN
 from torch import nn
 
 import pyro_vae as pv
+from pyro_vae.devices import stand_in
 from pyro_vae.models import zoo
+
+# PyTorch's RandomSampler (DataLoader(shuffle=True)) draws its order with a CPU generator on
+# torch's default device, which CUDA (and the stand-in) refuses: such tests run on the CPU.
+SHUFFLING_LOADER = pytest.mark.host_default(
+    "DataLoader(shuffle=True) draws on torch's default device with a CPU generator (PyTorch's)"
+)
+
+
+# Fake CUDA tensors (FakeTensorMode) look for the accelerator PyTorch sees: once the stand-in's
+# device is registered in the process, they fail.
+FAKE_TENSORS = "FakeTensorMode's CUDA tensors break once the stand-in's device is registered"
+
+
+def here() -> torch.device:
+    """torch's default device, where a test makes its tensors and trains: the CPU, or the
+    run's ``PYRO_VAE_TEST_DEVICE`` (CUDA, or the CUDA stand-in)."""
+    return torch.get_default_device()
+
+
+def generator(seed: int) -> torch.Generator:
+    """A seeded generator for torch's default device (CUDA refuses a CPU generator for CUDA
+    numbers; on the CUDA stand-in, :func:`pyro_vae.devices.stand_in.generator`)."""
+    device = torch.get_default_device()
+    if stand_in.is_stand_in(device):
+        return stand_in.generator(seed)
+    return torch.Generator(device=device).manual_seed(seed)
+
 
 # ---- small models ----------------------------------------------------------------------------
 
@@ -106,7 +135,7 @@ def ppca(dtype=torch.float64):
     """PPCA (Tipping & Bishop 1999) as a VAE whose guide is the exact posterior, data from it,
     the exact log p(x) and the posterior's map ``(a, b, cov)`` (see tests/test_exact.py)."""
     D, F, B, SIGMA = PPCA_D, PPCA_F, PPCA_B, PPCA_SIGMA
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     q, _ = torch.linalg.qr(torch.randn(F, F, generator=g, dtype=dtype))
     w = q[:, :D] * torch.tensor([2.0, 0.5], dtype=dtype)
     b = torch.randn(F, generator=g, dtype=dtype)
@@ -225,7 +254,7 @@ def fit_circle(save_dir, epochs, *, hidden=8, seed=0, optim=None, **options):
     torch.manual_seed(seed)
     vae = circle_vae(hidden=(hidden,))
     pyro.set_rng_seed(0)
-    options = grouped(save_dir=save_dir, progress=False, device="cpu", **options)
+    options = grouped(save_dir=save_dir, progress=False, device=here(), **options)
     history = pv.fit(
         vae.model,
         vae.guide,

@@ -7,6 +7,7 @@ import json
 import math
 
 import pytest
+from helpers import here
 
 
 def load_report():
@@ -53,7 +54,7 @@ def test_quality_runs_resumes_and_tabulates(mnist_dir, tmp_path):
         "--num-particles",
         "4",
         "--device",
-        "cpu",
+        str(here()),
         "--data-dir",
         str(mnist_dir),
         "--out",
@@ -72,7 +73,16 @@ def test_quality_iwae_rows_have_the_gap_columns(mnist_dir, tmp_path):
     quality = load_quality()
     argv = [
         *("--configs", "vae2", "--epochs", "1", "--limit", "200", "--num-particles", "4"),
-        *("--test-points", "50", "--gap-points", "10", "--gap-epochs", "2", "--device", "cpu"),
+        *(
+            "--test-points",
+            "50",
+            "--gap-points",
+            "10",
+            "--gap-epochs",
+            "2",
+            "--device",
+            str(here()),
+        ),
         *("--data-dir", str(mnist_dir), "--out", str(tmp_path)),
     ]
     text = quality.main(argv)
@@ -102,7 +112,7 @@ def test_precision_trains_both_ways_and_tabulates(mnist_dir, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:precision:start -->\n<!-- results:precision:end -->\n")
     args = ["--epochs", "1", "--limit", "512", "--hidden", "32", "--num-particles", "4",
-            "--data-dir", str(mnist_dir), "--no-progress", "--device", "cpu",
+            "--data-dir", str(mnist_dir), "--no-progress", "--device", str(here()),
             "--readme", str(readme)]  # fmt: skip
     result = precision.main(precision.parse_args(args))
     for key in ("32", "bf16-mixed", "float32_model_scored_in_bf16"):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers import load_example
 
+from pyro_vae.devices import stand_in
 from pyro_vae.models import zoo
 
 KEYS = {
@@ -60,6 +61,7 @@ def run(name: str, flags: str, out, data_dir=None):
     as set by ``bash .ci/gpu``; ``out``; no progress bar)."""
     example = load_example(name)
     device = os.environ.get("PYRO_VAE_TEST_DEVICE", "cpu")
+    device = stand_in.NAME if device == "fake-cuda" else device
     argv = [*flags.split(), "--device", device, "--out", str(out), "--no-progress"]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]

@@ -43,7 +43,7 @@ def load_mnist(
         root: The folder that holds ``MNIST/raw`` (torchvision's layout). Default:
             :func:`default_data_dir`.
         train: The 60000 training images, else the 10000 test images.
-        device: Where the tensors live.
+        device: Where the tensors live (default: torch's default device).
         download: Let torchvision download the files when they are missing.
         flatten: Images as ``(N, 784)`` vectors, else ``(N, 1, 28, 28)``.
 
@@ -83,13 +83,18 @@ def load_mnist(
             + ("" if download else " and download=False")
             + f" ({str(e).splitlines()[0] if str(e) else type(e).__name__}); {how}"
         ) from e
+    device = torch.get_default_device() if device is None else device
     images = ds.data.to(device=device, dtype=torch.float32).div_(255)
     images = images.flatten(1) if flatten else images.unsqueeze(1)
     return images, ds.targets.to(device)
 
 
 def make_circle(
-    num_data: int = 20000, *, noise: float = 0.1, seed: int = 0
+    num_data: int = 20000,
+    *,
+    noise: float = 0.1,
+    seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Points on a noisy unit circle: :math:`z_n \\sim \\mathcal{N}(0, 1)`,
     :math:`x_n = (\\cos z_n, \\sin z_n) + \\text{noise} \\cdot \\epsilon_n`.
@@ -97,7 +102,9 @@ def make_circle(
     Args:
         num_data: :math:`N`.
         noise: The noise's standard deviation.
-        seed: Seed of a private generator (the global RNG is untouched).
+        seed: Seed of a private generator (the global RNG is untouched). The points are
+            drawn on the CPU: the same points on every device.
+        device: Where they are returned (default: torch's default device).
 
     Returns:
         ``x`` ``(N, 2)`` and the true latents ``z`` ``(N, 1)``.
@@ -108,6 +115,8 @@ def make_circle(
         (torch.Size([100, 2]), torch.Size([100, 1]))
     """
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn(num_data, 1, generator=g)
-    x = torch.cat([z.cos(), z.sin()], -1) + noise * torch.randn(num_data, 2, generator=g)
-    return x, z
+    z = torch.randn(num_data, 1, generator=g, device="cpu")
+    eps = torch.randn(num_data, 2, generator=g, device="cpu")
+    x = torch.cat([z.cos(), z.sin()], -1) + noise * eps
+    device = torch.get_default_device() if device is None else device
+    return x.to(device), z.to(device)

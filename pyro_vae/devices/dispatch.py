@@ -90,6 +90,8 @@ _NO_KERNEL = {
     aten._has_compatible_shallow_copy_type.default,
 }
 _HERE = os.path.abspath(__file__)
+# Frames that are machinery, not the code under watch: this module and the CUDA stand-in's.
+_MACHINERY = {_HERE, os.path.join(os.path.dirname(_HERE), "stand_in.py")}
 _LIBRARIES = (os.sep + "torch" + os.sep, os.sep + "pyro" + os.sep, os.sep + "zuko" + os.sep)
 
 
@@ -127,7 +129,7 @@ def _call_site() -> tuple[str, str]:
     frame = sys._getframe(1)
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        skip = path == _HERE or any(lib in path for lib in _LIBRARIES)
+        skip = path in _MACHINERY or any(lib in path for lib in _LIBRARIES)
         if not skip and os.sep + "site-packages" + os.sep not in path and not path.startswith("<"):
             code = frame.f_code
             short = os.path.join(*path.split(os.sep)[-2:])

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices.stand_in import StandInTensor
+
 __all__ = ["CheckpointError", "History", "load_checkpoint", "save_model"]
 
 _CHECKPOINT = "checkpoint.pt"
@@ -103,12 +105,25 @@ def _as_data(value: object, where: str = "checkpoint") -> object:
         return torch.from_numpy(value.copy())
     if type(value) is torch.Tensor or type(value) is nn.Parameter or isinstance(value, _PLAIN):
         return value
+    if isinstance(value, StandInTensor):  # (the CUDA stand-in's: saved as CUDA tensors are)
+        return value
     raise TypeError(
         f"{where} would hold a {type(value).__module__}.{type(value).__qualname__} "
         f"({value!r:.80}), which torch.load(weights_only=True) cannot read back: the run would "
         "save checkpoints that nothing can resume. Give the optimizer plain numbers (e.g. "
         "{'lr': float(lr)}) and keep objects out of its settings"
     )
+
+
+def _moved(value: object, device: torch.device | str) -> object:
+    """``value`` with its tensors on ``device``, through dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 def _write_tmp(state: dict, path: Path) -> Path:
@@ -163,7 +178,9 @@ def _read_checkpoint(
             "map_location='cpu' (the file is not at fault)"
         )
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        # read on the host, then moved (a device without storages of its own, such as the
+        # CUDA stand-in, takes tensors but not a map_location)
+        state = _moved(torch.load(path, map_location="cpu", weights_only=True), device)
     except Exception as e:  # truncated, random bytes, empty, or code that is not data
         raise CheckpointError(
             f"the checkpoint {path} cannot be read as data ({type(e).__name__}: "

@@ -8,6 +8,7 @@ import math
 import pyro
 import pytest
 import torch
+from helpers import SHUFFLING_LOADER, generator, here
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -17,7 +18,7 @@ import pyro_vae as pv
 
 
 def image_folder(root, n: int = 48):
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     for label in ("a", "b"):
         (root / label).mkdir(parents=True)
         for i in range(n // 2):
@@ -28,13 +29,20 @@ def image_folder(root, n: int = 48):
     return ImageFolder(str(root), transform=flip)
 
 
+@SHUFFLING_LOADER
 def test_a_conv_vae_trains_from_png_files_through_a_dataloader_with_workers(tmp_path):
     dataset = pv.Indexed(image_folder(tmp_path / "images"), binarize="dynamic")
     train = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=2)
     vae = pv.models.zoo.conv_vae(latent_dim=4)
     test = DataLoader(dataset, batch_size=16)
     history = pv.fit(
-        vae.model, vae.guide, train, epochs=2, device="cpu", log=False, validation=test
+        vae.model,
+        vae.guide,
+        train,
+        epochs=2,
+        device=here(),
+        log=False,
+        validation=test,
     )
     assert history.val_epoch == [1, 2] and all(map(math.isfinite, history.val_elbo))
     assert history.epoch == [1, 2] and all(math.isfinite(loss) for loss in history.loss)
@@ -49,13 +57,14 @@ def test_a_per_datapoint_guide_reads_the_rows_of_the_loaders_indices():
     before = vae.variational.loc.detach().clone()
     seen = list(range(10, 20))  # the loader visits these 10 points only
     loader = DataLoader(pv.Indexed(TensorDataset(x)), batch_size=5, sampler=seen)
-    pv.fit(vae.model, vae.guide, loader, epochs=2, device="cpu", log=False)
+    pv.fit(vae.model, vae.guide, loader, epochs=2, device=here(), log=False)
     moved = (vae.variational.loc.detach() != before).any(-1)
     assert moved[10:20].all() and not moved[:10].any() and not moved[20:].any()
     with pytest.raises(ValueError, match=r"wrap the dataset in pv\.Indexed"):
         pv.fit(vae.model, vae.guide, pv.Loader(DataLoader(x), num_data=40), epochs=1)
 
 
+@SHUFFLING_LOADER
 def test_resume_through_a_dataloader_is_exact(tmp_path):
     x = pv.make_circle(64)[0]
 
@@ -70,7 +79,7 @@ def test_resume_through_a_dataloader_is_exact(tmp_path):
             vae.guide,
             loader,
             epochs=epochs,
-            device="cpu",
+            device=here(),
             log=False,
             save=pv.Checkpoints(save_dir, resume=resume),
         )

@@ -7,13 +7,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import bernoulli_vae
+from helpers import bernoulli_vae, here
 from torch import nn
 
 import pyro_vae as pv
 from pyro_vae.train.loop import train
 
-ON_META = r"'encoder\$\$\$weight' is on meta but the data are on cpu"
+ON_META = r"'encoder\$\$\$weight' is on meta but the data are on "  # (the data's device: any)
 FLOAT64 = r"of VAE is torch\.float64 but the data are torch\.float32"
 
 
@@ -43,19 +43,19 @@ def test_fit_names_a_parameter_on_another_device():
     pair = MetaEncoderPair()
     data = pv.Batches(torch.rand(16, 6), batch_size=8)
     with pytest.raises(ValueError, match=ON_META):
-        pv.fit(pair.model, pair.guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(pair.model, pair.guide, data, epochs=1, device=here(), log=False)
 
 
 def test_fit_names_a_parameter_of_another_dtype():
     vae = tiny_vae().double()  # float64 networks, float32 data
     data = pv.Batches(torch.rand(16, 6).round(), batch_size=8)
     with pytest.raises(ValueError, match=r"is torch\.float64 but the data are torch\.float32"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device=here(), log=False)
     # A prior's buffers count too (they have no pyro.param site).
     vae = tiny_vae()
     vae.prior.double()
     with pytest.raises(ValueError, match=r"buffer 'prior\.loc' of VAE is torch\.float64"):
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device=here(), log=False)
 
 
 def test_evaluate_and_infer_local_check_the_model_against_the_data():
@@ -85,7 +85,7 @@ def test_fit_finds_the_vae_behind_its_methods_and_checkpoints_its_buffers(tmp_pa
             vae.guide,
             pv.Batches(torch.rand(64, 6).round(), batch_size=16),
             epochs=epochs,
-            device="cpu",
+            device=here(),
             save=pv.Checkpoints(tmp_path, resume=resume, overwrite=overwrite),
             log=False,
         )
@@ -131,7 +131,7 @@ def test_fit_options_are_validated(options, message):
     vae = tiny_vae()
     data = pv.Batches(torch.rand(8, 6).round(), batch_size=4)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        train(vae.model, vae.guide, data, device="cpu", progress=False, **options)
+        train(vae.model, vae.guide, data, device=here(), progress=False, **options)
 
 
 def test_e_steps_and_freeze_model_messages_say_what_to_do():

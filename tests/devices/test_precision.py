@@ -26,12 +26,18 @@ from helpers import (
     circle_data,
     data_for,
     fit_circle,
+    here,
 )
 from torch import nn
 
 import pyro_vae as pv
+from conftest import FAKE_TENSORS
 from pyro_vae._precision import check_precision, current_precision
 from pyro_vae.devices import precision as mp
+
+# torch.autocast acts on CPU and CUDA tensors: the stand-in's have none, and these tests are
+# about the arithmetic it changes.
+pytestmark = pytest.mark.host_default("autocast has no kernels for the stand-in's tensors")
 
 TOLERANCE = 1e-5  # relative: float32 against float64 on a few dozen terms
 
@@ -246,7 +252,15 @@ def test_the_precision_is_saved_and_a_resume_under_another_is_told(tmp_path):
     bf16, resume = pv.Compute("cpu", precision="bf16-mixed"), pv.Checkpoints(tmp_path, resume=True)
     pv.fit(vae.model, vae.guide, circle_data(), epochs=1, device=bf16, save=tmp_path, log=False)
     with pytest.warns(UserWarning, match=r"precision='32' \(saved: 'bf16-mixed'\)"):
-        pv.fit(vae.model, vae.guide, circle_data(), epochs=2, device="cpu", save=resume, log=False)
+        pv.fit(
+            vae.model,
+            vae.guide,
+            circle_data(),
+            epochs=2,
+            device=here(),
+            save=resume,
+            log=False,
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same precision: not a word
         pv.fit(vae.model, vae.guide, circle_data(), epochs=3, save=resume, log=False,
@@ -268,6 +282,7 @@ class DtypeRecord(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
+@pytest.mark.not_on_stand_in(FAKE_TENSORS)
 def test_on_fake_cuda_the_networks_products_are_bfloat16_and_the_rest_float32(monkeypatch):
     """Autocast "cuda" (made available on fake CUDA tensors): the loss of a MAF-prior VAE
     runs the encoder's and decoder's 3 + 3 linear layers in bfloat16, the MAF's 3 x 3 in

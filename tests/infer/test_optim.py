@@ -7,6 +7,7 @@ import copy
 import pyro
 import pytest
 import torch
+from helpers import here
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
@@ -93,7 +94,7 @@ def per_datapoint_run(save_dir, epochs: int, *, resume: bool = False, init_seed:
         data,
         epochs=epochs,
         optim=optim,
-        device="cpu",
+        device=here(),
         save=pv.Checkpoints(save_dir, resume=resume),
         log=False,
     )

@@ -10,7 +10,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import HandWritten
+from helpers import HandWritten, generator, here
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 
@@ -336,7 +336,14 @@ def test_one_fit_step_is_one_svi_step_under_plain_sgd(name):
         data = pv.Batches(x, batch_size=16, shuffle=False)  # one step
         optim, loss = pyro.optim.SGD({"lr": 0.1}), EVERY_LOSS[name]()
         pv.fit(
-            vae.model, vae.guide, data, epochs=1, optim=optim, loss=loss, device="cpu", log=False
+            vae.model,
+            vae.guide,
+            data,
+            epochs=1,
+            optim=optim,
+            loss=loss,
+            device=here(),
+            log=False,
         )
 
     expected, actual = trained(svi), trained(fit)
@@ -358,7 +365,7 @@ def test_every_pyro_loss_trains_through_fit_and_says_which_step(name):
 
 
 def test_an_enumerated_discrete_site_trains_through_fit():
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     x = torch.cat([torch.randn(100, generator=g) - 2, torch.randn(100, generator=g) + 2])
     history = pv.fit(
         mixture_model,
@@ -368,7 +375,7 @@ def test_an_enumerated_discrete_site_trains_through_fit():
         loss=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
         optim=pv.LazyAdam({"lr": 0.05}),
         log=False,
-        device="cpu",
+        device=here(),
     )
     assert not history.svi_step and history.loss[-1] < history.loss[0]
     locs = pyro.param("locs").detach().sort().values
@@ -402,7 +409,13 @@ def test_fit_takes_the_steps_of_a_plain_svi_loop(setup):
 
     pair = start()
     history = pv.fit(
-        pair.model, pair.guide, data, epochs=3, optim=make_optim(), device="cpu", log=False
+        pair.model,
+        pair.guide,
+        data,
+        epochs=3,
+        optim=make_optim(),
+        device=here(),
+        log=False,
     )
     fitted = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 

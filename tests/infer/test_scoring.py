@@ -20,7 +20,17 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import COMBINATIONS, LATER_LIKELIHOODS, ZOO, build, data_for, ppca
+from helpers import (
+    COMBINATIONS,
+    LATER_LIKELIHOODS,
+    SHUFFLING_LOADER,
+    ZOO,
+    build,
+    data_for,
+    generator,
+    here,
+    ppca,
+)
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
@@ -186,7 +196,7 @@ def linear_cvae(dtype=torch.float64):
     """A conditional PPCA: p(z | c) = N(A c, s²), p(x | z, c) = N(W z + V c + b, σ² I), and the
     exact posterior as the guide (its encoder reads [x, c]); the exact log p(x | c)."""
     D, C, F, SIGMA = 2, 3, 4, 0.4
-    g = torch.Generator().manual_seed(3)
+    g = generator(3)
     A, W, V = (torch.randn(*s, generator=g, dtype=dtype) for s in ((D, C), (F, D), (F, C)))
     b, s = torch.randn(F, generator=g, dtype=dtype), 0.7
     prior_net, decoder, encoder = nn.Linear(C, 2 * D), nn.Linear(D + C, F), nn.Linear(F + C, 2 * D)
@@ -300,7 +310,7 @@ def test_conditional_and_semi_supervised_scoring_changes_nothing():
         assert model.training  # (the modes are put back)
 
 
-@pytest.mark.parametrize("through", ["batches", "loader"])
+@pytest.mark.parametrize("through", ["batches", pytest.param("loader", marks=SHUFFLING_LOADER)])
 def test_a_size_factor_keeps_the_whole_training_sets_mean_total(through):
     lik = pv.PoissonLikelihood(pv.MLP(2, 5, (8,)), 5, size_factor=True)
     vae = pv.VAE(pv.StandardNormalPrior(2), lik, pv.GaussianEncoder(pv.MLP(5, 4, (8,)), 2))
@@ -310,7 +320,15 @@ def test_a_size_factor_keeps_the_whole_training_sets_mean_total(through):
     else:
         dataset = pv.Indexed(TensorDataset(counts))
         data = DataLoader(dataset, batch_size=10, shuffle=True)
-    pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False, validation=counts[:5] * 0)
+    pv.fit(
+        vae.model,
+        vae.guide,
+        data,
+        epochs=1,
+        device=here(),
+        log=False,
+        validation=counts[:5] * 0,
+    )
     wanted = counts.sum(-1).mean().item()
     assert float(lik.mean_total) == pytest.approx(wanted, rel=1e-6)
     pv.evaluate(vae.model, vae.guide, counts[:3], num_particles=2)  # a test set's totals
@@ -345,7 +363,12 @@ def test_a_model_without_a_particle_dimension_is_scored_particle_by_particle():
     pair = PyroStyleCVAE()
     x, y = torch.rand(8, 6).round(), torch.randint(0, 3, (8,))
     pv.fit(
-        pair.model, pair.guide, pv.Batches(x, y=y, batch_size=8), epochs=1, device="cpu", log=False
+        pair.model,
+        pair.guide,
+        pv.Batches(x, y=y, batch_size=8),
+        epochs=1,
+        device=here(),
+        log=False,
     )
     with pytest.warns(UserWarning, match=r"(?s)one at a time.*expand"):
         ours = pv.evaluate(pair.model, pair.guide, pv.Batches(x, y=y, batch_size=8),

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers import generator, here
 from pyro import poutine
 from torch import nn
 
@@ -21,7 +22,7 @@ def linear_cvae(dtype=torch.float64) -> tuple[pv.ConditionalVAE, dict]:
     weights. The guide has the exact posterior's mean, Σ (A c + Wᵀ (x - V c - b) / σ²) with
     Σ = (I + Wᵀ W / σ²)⁻¹, and 1.5 times its marginal standard deviations: a good proposal,
     not the posterior (whose covariance is not diagonal)."""
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     A, W, V = (torch.randn(*s, generator=g, dtype=dtype) for s in ((D, C), (F, D), (F, C)))
     b, sigma = torch.randn(F, generator=g, dtype=dtype), 0.7
     prior_net, decoder, encoder = nn.Linear(C, 2 * D), nn.Linear(D + C, F), nn.Linear(F + C, 2 * D)
@@ -48,7 +49,7 @@ def test_evaluate_gives_the_exact_conditional_log_likelihood():
     with the condition passed as a field, is within 0.02 nats of it; shuffled conditions are
     far from it."""
     cvae, p = linear_cvae()
-    g = torch.Generator().manual_seed(1)
+    g = generator(1)
     c = torch.randn(40, C, generator=g, dtype=torch.float64)
     mean = c @ (p["W"] @ p["A"] + p["V"]).T + p["b"]
     cov = p["W"] @ p["W"].T + p["sigma"] ** 2 * torch.eye(F, dtype=torch.float64)
@@ -86,7 +87,7 @@ def test_the_mask_scores_the_masked_features_only():
 
 
 def test_a_conditional_vae_trains_through_fit_and_draws_from_its_conditions():
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     c = torch.randn(300, C, generator=g)
     x = (c @ torch.randn(C, F, generator=g) + 0.1 * torch.randn(300, F, generator=g)).sigmoid()
     cvae = pv.ConditionalVAE(
@@ -99,7 +100,7 @@ def test_a_conditional_vae_trains_through_fit_and_draws_from_its_conditions():
         cvae.guide,
         pv.Batches(x, c=c, batch_size=50),
         epochs=15,
-        device="cpu",
+        device=here(),
         log=False,
         optim=pv.LazyAdam({"lr": 1e-2}),
     )
@@ -126,7 +127,7 @@ def test_local_inference_and_the_amortization_gap_read_the_condition():
     [x, c]: the per-datapoint optimum is at least as good as the encoder (ELBO), and both
     bound the importance-sampled log p(x | c)."""
     cvae, _ = linear_cvae(torch.float32)
-    g = torch.Generator().manual_seed(2)
+    g = generator(2)
     c, x = torch.randn(64, C, generator=g), torch.randn(64, F, generator=g)
     data = pv.Batches(x, c=c, batch_size=32)
     local = pv.infer_local(cvae, data, epochs=1, lr=1e-7, init=cvae.variational)  # (stays put)
@@ -146,7 +147,7 @@ def test_a_network_of_the_wrong_width_is_named_with_its_piece():
                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2))  # fmt: skip
     message = r"likelihood p\(x \| z, c\) reads \[z, c\]: 5 features \(2 \+ 3 of the field 'c'\)"
     with pytest.raises(ValueError, match=message):
-        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=8), epochs=1, device="cpu",
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=8), epochs=1, device=here(),
                log=False)  # fmt: skip
 
 
@@ -157,4 +158,4 @@ def test_a_mask_field_of_the_wrong_shape_is_named():
                              pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), mask="m")  # fmt: skip
     data = pv.Batches(x, c=c, m=torch.ones(16, 3, dtype=torch.bool), batch_size=8)
     with pytest.raises(ValueError, match=r"mask field 'm' has rows of shape \(3,\).*\(6,\)"):
-        pv.fit(cvae.model, cvae.guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(cvae.model, cvae.guide, data, epochs=1, device=here(), log=False)

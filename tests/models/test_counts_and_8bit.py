@@ -11,6 +11,7 @@ import math
 import pyro
 import pytest
 import torch
+from helpers import generator, here
 from torch import nn
 
 import pyro_vae as pv
@@ -46,7 +47,7 @@ class Scaled(nn.Module):
 
 @pytest.fixture
 def counts():
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     x = torch.poisson(torch.rand(B, G, generator=g, dtype=torch.float64) * 8)
     x[0, :3] = 0  # zeros, the zero-inflation's edge
     return x
@@ -112,7 +113,7 @@ def test_multinomial_against_torch(counts):
 
 @pytest.mark.parametrize("components", [1, 3])
 def test_the_256_probabilities_of_a_pixel_sum_to_one(components):
-    g = torch.Generator().manual_seed(1)
+    g = generator(1)
     shape = (4, components)  # 4 pixels with their own parameters
     loc = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
     log_scale = torch.rand(shape, generator=g, dtype=torch.float64) * 4 - 6  # sharp to wide
@@ -197,14 +198,19 @@ def test_data_outside_the_support_are_refused_with_the_fix(lik, data, message):
     vae = pv.VAE(pv.StandardNormalPrior(2), likelihood, pv.GaussianEncoder(pv.MLP(G, 4), 2))
     with pytest.raises(ValueError, match=message):
         pv.fit(
-            vae.model, vae.guide, pv.Batches(data, batch_size=2), epochs=1, device="cpu", log=False
+            vae.model,
+            vae.guide,
+            pv.Batches(data, batch_size=2),
+            epochs=1,
+            device=here(),
+            log=False,
         )
 
 
 def synthetic_counts(n=400, genes=20, seed=0):
     """Counts of two cell types with their own expression profiles, library sizes varying
     by a factor of 4: NB draws."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     profiles = torch.distributions.Dirichlet(torch.ones(genes)).sample((2,))
     kind = torch.randint(0, 2, (n,), generator=g)
     library = 200 + 600 * torch.rand(n, generator=g)
@@ -238,7 +244,7 @@ def test_count_vaes_train_and_evaluate(make, per_datapoint):
         vae.guide,
         pv.Batches(x, batch_size=100),
         epochs=15,
-        device="cpu",
+        device=here(),
         log=False,
         optim=optim,
     )
@@ -263,7 +269,12 @@ def test_an_8bit_vae_trains_and_reports_bits_per_dim():
                  pv.DiscretizedLogisticLikelihood(pv.MLP(2, 16 * 6, (16,)), 16, components=2),
                  pv.GaussianEncoder(nn.Sequential(Scaled(), pv.MLP(16, 4, (16,))), 2))  # fmt: skip
     history = pv.fit(
-        vae.model, vae.guide, pv.Batches(x, batch_size=16), epochs=5, device="cpu", log=False
+        vae.model,
+        vae.guide,
+        pv.Batches(x, batch_size=16),
+        epochs=5,
+        device=here(),
+        log=False,
     )
     assert history.loss[-1] < history.loss[0]
     result = pv.evaluate(vae.model, vae.guide, x, num_particles=8)
@@ -289,7 +300,7 @@ def test_a_zinb_run_resumes_exactly(tmp_path):
             vae.guide,
             pv.Batches(x, batch_size=40),
             epochs=epochs,
-            device="cpu",
+            device=here(),
             log=False,
             save=pv.Checkpoints(folder, resume=True),
         )
@@ -360,7 +371,7 @@ def train_counts(vae: pv.VAE, train: torch.Tensor, held: torch.Tensor, epochs: i
         vae.guide,
         pv.Batches(train, batch_size=128),
         epochs=epochs,
-        device="cpu",
+        device=here(),
         optim=pv.LazyAdam({"lr": 3e-3}),
         log=False,
     )
@@ -377,7 +388,7 @@ def test_a_zinb_vae_comes_within_a_few_nats_of_the_true_model():
     importance-sampled with a per-cell Gaussian fitted to its posterior
     (:func:`true_log_likelihood`: its ELBO within 3 nats of it, so the estimate is tight)."""
     genes, latent = 50, 10
-    truth, sample = zinb_truth(genes, latent, torch.Generator().manual_seed(0), library="observed")
+    truth, sample = zinb_truth(genes, latent, generator(0), library="observed")
     (train, _), (held, _) = sample(3000), sample(500)
     torch.manual_seed(0)
     vae = count_vae(pv.StandardNormalPrior(latent), genes, size_factor=True)
@@ -398,7 +409,7 @@ def test_a_latent_library_vae_recovers_the_library_sizes():
     is 0.79, the dropouts and the counts' noise between them), median error < 0.2 (seen:
     -0.11)."""
     genes, latent = 50, 10
-    truth, sample = zinb_truth(genes, latent, torch.Generator().manual_seed(1), library="latent")
+    truth, sample = zinb_truth(genes, latent, generator(1), library="latent")
     (train, _), (held, library) = sample(3000), sample(500)
     torch.manual_seed(0)
     prior = pv.LatentLibraryPrior.from_counts(latent, train)
@@ -472,7 +483,7 @@ def test_a_poisson_size_factor_trains_on_an_all_zero_row():
     counts = torch.poisson(torch.full((16, G), 3.0))
     counts[5] = 0
     history = pv.fit(vae.model, vae.guide, pv.Batches(counts, batch_size=8), epochs=2,
-                     device="cpu", log=False)  # fmt: skip
+                     device=here(), log=False)  # fmt: skip
     assert all(math.isfinite(v) for v in history.loss)
     assert all(bool(p.isfinite().all()) for p in vae.parameters())
     assert float(lik(torch.zeros(1, 2)).log_prob(counts[5:6])) == pytest.approx(0.0, abs=1e-4)

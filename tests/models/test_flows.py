@@ -7,6 +7,7 @@ import pyro
 import pytest
 import torch
 import zuko
+from helpers import generator, here
 from pyro.distributions.transforms import ComposeTransform
 from torch import nn
 from torch.autograd.functional import jacobian
@@ -102,7 +103,7 @@ class Banana(nn.Module):
 
 
 def banana_elbo(guide: nn.Module) -> float:
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     z = torch.randn(512, 2, generator=g)
     x = z[:, 1:2] + z[:, 0:1] ** 2 + 0.1 * torch.randn(512, 1, generator=g)
     pyro.clear_param_store()
@@ -113,7 +114,7 @@ def banana_elbo(guide: nn.Module) -> float:
         vae.guide,
         pv.Batches(x, batch_size=256),
         epochs=150,
-        device="cpu",
+        device=here(),
         optim=pv.LazyAdam({"lr": 1e-2}),
         log=False,
     )

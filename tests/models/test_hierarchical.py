@@ -9,6 +9,7 @@ import math
 import pyro
 import pytest
 import torch
+from helpers import generator
 from pyro import poutine
 from torch import nn
 
@@ -27,7 +28,7 @@ def linear_hierarchy(dtype=torch.float64):
     """z2 ~ N(0, I), z1 | z2 ~ N(A z2 + a, S1² I), x | z1 ~ N(W z1 + b, σ² I), with A diagonal
     and W with orthogonal columns: every posterior factor is a diagonal Gaussian, linear in its
     input, so the guide q(z1|x) q(z2|z1) = p(z1|x) p(z2|z1) is exact."""
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     q, _ = torch.linalg.qr(torch.randn(F, F, generator=g, dtype=dtype))
     w = q[:, :D1] * torch.tensor([2.0, 0.7], dtype=dtype)
     b = torch.randn(F, generator=g, dtype=dtype)
@@ -174,9 +175,7 @@ def small_two_layer(seed: int) -> pv.HierarchicalVAE:
 def two_layer_run(save_dir, epochs, *, resume=False, seed=0):
     pyro.clear_param_store()
     vae = small_two_layer(seed)
-    data = pv.Batches(
-        torch.rand(40, 6, generator=torch.Generator().manual_seed(1)).round(), batch_size=10
-    )
+    data = pv.Batches(torch.rand(40, 6, generator=generator(1)).round(), batch_size=10)
     pyro.set_rng_seed(0)
     loss = pv.ImportanceWeightedELBO(3, max_plate_nesting=1)
     history = pv.fit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from helpers import here
 
 import pyro_vae as pv
 
@@ -30,7 +31,15 @@ def test_batchnorm_eval_mode_makes_evaluation_deterministic():
     vae = conv_vae()
     x = torch.rand(16, 1, 28, 28)
     data = pv.Batches(x, batch_size=8)
-    pv.fit(vae.model, vae.guide, data, epochs=2, modules=vae, device="cpu", log=False)
+    pv.fit(
+        vae.model,
+        vae.guide,
+        data,
+        epochs=2,
+        modules=vae,
+        device=here(),
+        log=False,
+    )
     assert vae.training  # fit trains in train mode
 
     # In train mode BatchNorm normalizes with the batch's statistics: a point's reconstruction

@@ -9,6 +9,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from helpers import SHUFFLING_LOADER, generator, here
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -51,7 +52,7 @@ def test_the_enumerated_bound_of_a_mixed_minibatch_is_the_hand_computed_one(alph
     unlabelled: the same summed over y under q(y | x), minus log q(y | x): fit's loss with
     TraceEnum_ELBO (one full batch, a step of size 0) equals it to 1e-9."""
     m2 = tiny_m2(alpha)
-    g = torch.Generator().manual_seed(1)
+    g = generator(1)
     x = torch.randn(6, F, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 2, 1, 0, 1, 2])
     known = torch.tensor([True, False, True, False, False, True])
@@ -63,7 +64,7 @@ def test_the_enumerated_bound_of_a_mixed_minibatch_is_the_hand_computed_one(alph
         epochs=1,
         loss=TraceEnum_ELBO(max_plate_nesting=1),
         optim=pyro.optim.SGD({"lr": 0.0}),
-        device="cpu",
+        device=here(),
         log=False,
     )
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_the_enumerated_bound_of_a_mixed_minibatch_is_the_hand_computed_one(alph
 def test_m2_learns_a_classifier_from_a_few_labels():
     """Two separated classes in 4 dimensions, 10 % of the labels known: after a few epochs
     q(y | x) classifies held-out points (label switching is ruled out by the known labels)."""
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     n = 400
     y = torch.randint(0, 2, (n,), generator=g)
     x = (torch.randn(n, 4, generator=g) + 3.0 * (2 * y[:, None] - 1)).sigmoid()
@@ -108,7 +109,7 @@ def test_m2_learns_a_classifier_from_a_few_labels():
         pv.Batches(x, y=y, y_mask=known, batch_size=50),
         epochs=20,
         loss=TraceEnum_ELBO(max_plate_nesting=1),
-        device="cpu",
+        device=here(),
         optim=pv.LazyAdam({"lr": 1e-2}),
         log=False,
     )
@@ -129,11 +130,12 @@ def test_m2_refuses_local_inference_with_the_reason():
         m2.with_guide(pv.PerDatapointGaussian(6, D), name="local")
 
 
+@SHUFFLING_LOADER
 def test_m2_trains_from_a_dataloader_and_resumes_exactly(tmp_path):
     """Through a shuffled DataLoader over a labelled dataset (``Indexed(..., fields=("y",
     "y_mask"))``), with TraceEnum_ELBO: 1 epoch, then resumed to 3, gives the losses of 3
     epochs straight (other initial weights before the resume: all restored)."""
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     x, y = torch.rand(60, 4, generator=g).round(), torch.randint(0, 2, (60,), generator=g)
     known = torch.rand(60, generator=g) < 0.3
     dataset = pv.Indexed(TensorDataset(x, y, known), fields=("y", "y_mask"))
@@ -151,7 +153,7 @@ def test_m2_trains_from_a_dataloader_and_resumes_exactly(tmp_path):
         pyro.set_rng_seed(0)
         loader = DataLoader(dataset, batch_size=20, shuffle=True)
         folder = pv.Checkpoints(tmp_path / "run", resume=resume, overwrite=not resume)
-        return pv.fit(m2.model, m2.guide, loader, epochs=epochs, device="cpu", log=False,
+        return pv.fit(m2.model, m2.guide, loader, epochs=epochs, device=here(), log=False,
                       loss=TraceEnum_ELBO(max_plate_nesting=1), save=folder).loss  # fmt: skip
 
     straight = run(3, resume=False, seed=0)
@@ -187,7 +189,7 @@ def test_m2_labels_that_cannot_be_read_are_named(change, message):
     y, known = change(y, known)
     with pytest.raises(ValueError, match=message):
         pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8), epochs=1,
-               loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu", log=False)  # fmt: skip
+               loss=TraceEnum_ELBO(max_plate_nesting=1), device=here(), log=False)  # fmt: skip
 
 
 def test_m2_takes_minus_one_for_an_unknown_label():
@@ -196,7 +198,7 @@ def test_m2_takes_minus_one_for_an_unknown_label():
     x, known = torch.rand(8, 6).round(), torch.arange(8) < 4
     y = torch.where(known, torch.randint(0, 3, (8,)), -1)
     history = pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8),
-                     epochs=1, loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu",
+                     epochs=1, loss=TraceEnum_ELBO(max_plate_nesting=1), device=here(),
                      log=False)  # fmt: skip
     assert math.isfinite(history.loss[0])
 
@@ -207,4 +209,4 @@ def test_a_classifier_of_the_wrong_width_is_refused():
     x, y, known = torch.rand(8, 6).round(), torch.randint(0, 3, (8,)), torch.arange(8) < 4
     with pytest.raises(ValueError, match=r"gives 2 logits per point but num_classes=3"):
         pv.fit(m2.model, m2.guide, pv.Batches(x, y=y, y_mask=known, batch_size=8), epochs=1,
-               loss=TraceEnum_ELBO(max_plate_nesting=1), device="cpu", log=False)  # fmt: skip
+               loss=TraceEnum_ELBO(max_plate_nesting=1), device=here(), log=False)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch._inductor.config
-from helpers import grouped
+from helpers import generator, grouped, here
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from torch import nn
 
@@ -48,7 +48,7 @@ def cvae(prior: str = "conditional", mask: bool = False, decode: bool = True) ->
 
 
 def m2_fields(known: str = "half", n: int = B) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(3)
+    g = generator(3)
     y = torch.randint(0, K, (n,), generator=g)
     mask = {"half": torch.arange(n) % 2 == 0, "all": torch.ones(n, dtype=torch.bool),
             "none": torch.zeros(n, dtype=torch.bool)}[known]  # fmt: skip
@@ -56,7 +56,7 @@ def m2_fields(known: str = "half", n: int = B) -> dict[str, torch.Tensor]:
 
 
 def cvae_fields(mask: bool, n: int = B) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(4)
+    g = generator(4)
     fields = {"c": torch.randn(n, C, generator=g)}
     if mask:
         fields["m"] = torch.rand(n, F, generator=g) < 0.5
@@ -64,7 +64,7 @@ def cvae_fields(mask: bool, n: int = B) -> dict[str, torch.Tensor]:
 
 
 def points(n: int = B) -> torch.Tensor:
-    return torch.rand(n, F, generator=torch.Generator().manual_seed(2)).round()
+    return torch.rand(n, F, generator=generator(2)).round()
 
 
 def assert_same(vae, loss, fields, beta: float = 1.0, rtol: float = 1e-9) -> None:
@@ -146,8 +146,8 @@ def train(make, fields, loss=None, **options):
     pyro.set_rng_seed(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # (no fallback, no sampled enumeration)
-        history = pv.fit(vae.model, vae.guide, data, epochs=2,
-                         **grouped(device="cpu", progress=False, loss=loss, **options))  # fmt: skip
+        options = grouped(device=here(), progress=False, loss=loss, **options)
+        history = pv.fit(vae.model, vae.guide, data, epochs=2, **options)
     return vae, history
 
 
@@ -199,7 +199,7 @@ def test_an_m2_run_resumes_exactly_on_its_derived_step(tmp_path, pyro_steps):
         data = pv.Batches(points(N), batch_size=16, **fields)
         pyro.set_rng_seed(1)
         save = pv.Checkpoints(folder, resume=resume)
-        history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device="cpu", save=save,
+        history = pv.fit(vae.model, vae.guide, data, epochs=epochs, device=here(), save=save,
                          log=False)  # fmt: skip
         return vae, history
 
@@ -222,7 +222,7 @@ def test_pyros_completion_cvae_derived_estimator_is_pyros():
     vae = pv.ConditionalVAE(prior, pv.BernoulliLikelihood(pv.MLP(D, F, (5,)), F),
                             pv.GaussianEncoder(pv.MLP(F, 2 * D, (5,)), D), mask="m",
                             decode_condition=False, encode_condition=False)  # fmt: skip
-    unknown = torch.rand(B, F, generator=torch.Generator().manual_seed(5)) < 0.5
+    unknown = torch.rand(B, F, generator=generator(5)) < 0.5
     fields = {"c": torch.where(unknown, -1.0, points()), "m": unknown}
     assert_same(vae, pv.TensorTrace_ELBO(), fields)
     x, idx = points().double(), torch.arange(B)

@@ -9,7 +9,7 @@ import sys
 import pyro
 import pytest
 import torch
-from helpers import HandWritten, circle_data, circle_vae, fit_circle, grouped
+from helpers import HandWritten, circle_data, circle_vae, fit_circle, grouped, here
 
 import pyro_vae as pv
 
@@ -22,7 +22,7 @@ def train(loss, epochs=3, **options):
     vae = circle_vae()
     pyro.set_rng_seed(1)
     history = pv.fit(vae.model, vae.guide, circle_data(), epochs=epochs,
-                     **grouped(device="cpu", progress=False, loss=loss, **options))  # fmt: skip
+                     **grouped(device=here(), progress=False, loss=loss, **options))  # fmt: skip
     return vae, history
 
 
@@ -39,7 +39,14 @@ def test_the_default_step_is_the_derived_one_and_follows_pyros_loss(pyro_steps, 
 
 def test_a_hand_written_pair_takes_pyros_loss(pyro_steps):
     pair = HandWritten(features=2, latent=1)
-    pv.fit(pair.model, pair.guide, circle_data(), epochs=1, device="cpu", log=False)
+    pv.fit(
+        pair.model,
+        pair.guide,
+        circle_data(),
+        epochs=1,
+        device=here(),
+        log=False,
+    )
     assert pyro_steps
 
 

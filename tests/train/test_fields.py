@@ -11,7 +11,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import grouped
+from helpers import SHUFFLING_LOADER, generator, grouped, here
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from torch import nn
@@ -24,7 +24,7 @@ N, F = 48, 3
 
 def labelled_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``N`` points in ``F`` dimensions whose mean depends on a binary label."""
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     y = (torch.rand(N, generator=g) < 0.4).long()
     x = torch.randn(N, F, generator=g) + 2.0 * y[:, None]
     return x, y
@@ -58,7 +58,7 @@ class Conditional(nn.Module):
 
 def fit(pair, data, epochs, **options):
     return pv.fit(pair.model, pair.guide, data, epochs=epochs,
-                  **grouped(device="cpu", progress=False, **options))  # fmt: skip
+                  **grouped(device=here(), progress=False, **options))  # fmt: skip
 
 
 def test_fields_reach_the_model_and_guide_through_fit_and_evaluate():
@@ -111,6 +111,7 @@ def test_a_run_with_fields_resumes_exactly(tmp_path):
     assert resumed == straight
 
 
+@SHUFFLING_LOADER
 def test_a_dataloader_over_a_labelled_dataset_passes_the_named_fields():
     """Through a shuffled DataLoader over ``Indexed(..., fields=("y",))`` each batch's labels
     are its points' labels (checked in the model against ``idx``), in fit and in evaluate."""
@@ -141,7 +142,7 @@ def test_a_partially_observed_label_is_enumerated_exactly():
     ``poutine.mask``): fit's loss on one full batch, with a step of size 0, is the negative
     log-likelihood computed by hand (float32: Pyro's enumerated ELBO multiplies float64 costs
     by float32 factors)."""
-    g = torch.Generator().manual_seed(1)
+    g = generator(1)
     x = torch.randn(12, generator=g) * 2.0
     y = (x > 0).long()
     mask = torch.tensor([True, False] * 6)
@@ -168,7 +169,14 @@ def test_a_partially_observed_label_is_enumerated_exactly():
         warnings.simplefilter("ignore", UserWarning)  # (Pyro: the guide has no site)
         loss, optim = TraceEnum_ELBO(max_plate_nesting=1), pyro.optim.SGD({"lr": 0.0})
         history = pv.fit(
-            model, guide, data, epochs=1, loss=loss, optim=optim, device="cpu", log=False
+            model,
+            guide,
+            data,
+            epochs=1,
+            loss=loss,
+            optim=optim,
+            device=here(),
+            log=False,
         )
     w = torch.tensor([0.3, 0.7], dtype=torch.float64)
     joint = w.log() + dist.Normal(locs0.double(), 1.0).log_prob(x.double()[:, None])  # (12, 2)
@@ -214,5 +222,5 @@ def test_a_float64_condition_is_refused_by_name():
     with pytest.raises(
         ValueError, match=r"field 'c' holds torch.float64 .*c=c.to\(torch.float32\)"
     ):
-        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=1, device="cpu",
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=1, device=here(),
                log=False)  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
-from helpers import HandWritten, bernoulli_vae, circle_vae
+from helpers import HandWritten, bernoulli_vae, circle_vae, generator, here
 
 import pyro_vae as pv
 
@@ -23,7 +23,15 @@ def test_training_on_mnist_lowers_the_loss(mnist_dir):
     held_out = pv.load_mnist(mnist_dir, train=False)[0][:256].round()
     vae = small_vae()
     before = pv.evaluate(vae.model, vae.guide, held_out, num_particles=4).elbo
-    history = pv.fit(vae.model, vae.guide, train, epochs=2, modules=vae, device="cpu", log=False)
+    history = pv.fit(
+        vae.model,
+        vae.guide,
+        train,
+        epochs=2,
+        modules=vae,
+        device=here(),
+        log=False,
+    )
     after = pv.evaluate(vae.model, vae.guide, held_out, num_particles=4).elbo
     assert history.epoch == [1, 2] and len(history.loss) == 2
     assert history.loss[1] < history.loss[0] - 20  # from ~540 nats per image at the start
@@ -31,7 +39,7 @@ def test_training_on_mnist_lowers_the_loss(mnist_dir):
 
 
 def linear_gaussian_data(n: int = 512) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
+    g = generator(0)
     w = torch.randn(5, 2, generator=g)
     return torch.randn(n, 2, generator=g) @ w.T + 0.1 * torch.randn(n, 5, generator=g)
 
@@ -45,7 +53,7 @@ def test_hand_written_pyro_program_trains():
         data,
         epochs=30,
         optim=pyro.optim.Adam({"lr": 0.03}),
-        device="cpu",
+        device=here(),
         log=False,
     )
     assert history.loss[-1] < history.loss[0] - 3, history.loss
@@ -69,7 +77,7 @@ def _train(tmp_path, epochs, *, resume=False, init_seed=0):
         data,
         epochs=epochs,
         modules=vae,
-        device="cpu",
+        device=here(),
         save=pv.Checkpoints(tmp_path / "vae", resume=resume),
         log=False,
     )
@@ -82,7 +90,7 @@ def _train(tmp_path, epochs, *, resume=False, init_seed=0):
         pair.guide,
         data,
         epochs=epochs,
-        device="cpu",
+        device=here(),
         save=pv.Checkpoints(tmp_path / "hand", resume=resume),
         log=False,
     )
@@ -107,13 +115,14 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
 
 def test_fit_without_device_trains_on_the_default_device():
-    """The default device is the GPU when there is one, and fit without device= (and without
-    modules=) moves the VAE there and trains it there."""
+    """The default device is torch's when one is set, else the GPU when there is one, and fit
+    without device= (and without modules=) moves the VAE there and trains it there."""
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert pv.default_device() == torch.device(expected)
+    expected = here().type if here().type != "cpu" else expected
+    assert pv.default_device().type == expected
     vae = small_vae(features=6, latent=2, hidden=8)
     before = {k: v.detach().cpu().clone() for k, v in vae.named_parameters()}
-    data = pv.Batches(torch.rand(64, 6).round(), batch_size=32)  # on the CPU
+    data = pv.Batches(torch.rand(64, 6, device="cpu").round(), batch_size=32)  # (fit moves it)
     history = pv.fit(vae.model, vae.guide, data, epochs=2, log=False)
     assert history.epoch == [1, 2]
     devices = {p.device.type for p in vae.parameters()} | {b.device.type for b in vae.buffers()}
@@ -149,14 +158,22 @@ def test_kl_warm_up_schedule_reaches_the_training_loop():
         seen.append(epoch)
         return min(1.0, epoch / 3)
 
-    pv.fit(vae.model, vae.guide, data, epochs=4, loss=pv.BetaELBO(beta), device="cpu", log=False)
+    pv.fit(
+        vae.model,
+        vae.guide,
+        data,
+        epochs=4,
+        loss=pv.BetaELBO(beta),
+        device=here(),
+        log=False,
+    )
     assert seen == [1, 2, 3, 4]
 
 
 def test_fit_takes_a_tensor_as_evaluate_does():
     """A plain tensor is shuffled minibatches of up to 256, as infer_local takes it."""
     vae = bernoulli_vae()
-    history = pv.fit(vae.model, vae.guide, torch.rand(300, 6).round(), epochs=1, device="cpu",
+    history = pv.fit(vae.model, vae.guide, torch.rand(300, 6).round(), epochs=1, device=here(),
                      log=False)  # fmt: skip
     assert history.epoch == [1]
 
@@ -204,7 +221,7 @@ def test_a_one_shot_loader_is_refused_by_name():
     x = torch.rand(24, 6).round()
     batches = OneShot([(x[i : i + 8], torch.arange(i, i + 8)) for i in (0, 8, 16)])
     with pytest.raises(ValueError, match="no batch in epoch 2: a one-shot iterable"):
-        pv.fit(vae.model, vae.guide, pv.Loader(batches, num_data=24), epochs=2, device="cpu",
+        pv.fit(vae.model, vae.guide, pv.Loader(batches, num_data=24), epochs=2, device=here(),
                log=False)  # fmt: skip
 
 
@@ -218,10 +235,11 @@ def test_a_loss_that_is_not_finite_at_the_initial_weights_is_not_a_step_size_pro
         pass
 
     with pytest.raises(FloatingPointError, match=r"at the initial weights .* no step size"):
-        pv.fit(model, guide, pv.Batches(torch.randn(8), batch_size=4), epochs=1, device="cpu",
+        pv.fit(model, guide, pv.Batches(torch.randn(8), batch_size=4), epochs=1, device=here(),
                log=False)  # fmt: skip
 
 
+@pytest.mark.host_default("torch's default device is per thread: the second thread's is the CPU")
 def test_a_second_thread_is_refused_while_a_fit_trains():
     """Pyro's handlers are global to a process: a fit in another thread while one trains is
     refused with the reason (it failed with "duplicate plate"); a fit after it runs."""
@@ -236,7 +254,7 @@ def test_a_second_thread_is_refused_while_a_fit_trains():
     def first():
         try:
             vae = bernoulli_vae()
-            pv.fit(vae.model, vae.guide, torch.rand(16, 6).round(), epochs=1, device="cpu",
+            pv.fit(vae.model, vae.guide, torch.rand(16, 6).round(), epochs=1, device=here(),
                    log=pv.Logging(progress=False, callback=hold))  # fmt: skip
         except Exception as e:
             errors.append(e)
@@ -247,14 +265,21 @@ def test_a_second_thread_is_refused_while_a_fit_trains():
     try:
         other = bernoulli_vae()
         with pytest.raises(RuntimeError, match="already training in another thread"):
-            pv.fit(other.model, other.guide, torch.rand(16, 6).round(), epochs=1, device="cpu",
+            pv.fit(other.model, other.guide, torch.rand(16, 6).round(), epochs=1, device=here(),
                    log=False)  # fmt: skip
     finally:
         release.set()
         thread.join(30)
     assert not errors
     again = bernoulli_vae()
-    pv.fit(again.model, again.guide, torch.rand(16, 6).round(), epochs=1, device="cpu", log=False)
+    pv.fit(
+        again.model,
+        again.guide,
+        torch.rand(16, 6).round(),
+        epochs=1,
+        device=here(),
+        log=False,
+    )
 
 
 def test_a_plate_that_ignores_num_data_is_told():
@@ -270,5 +295,5 @@ def test_a_plate_that_ignores_num_data_is_told():
         pass
 
     with pytest.warns(UserWarning, match=r"minibatch of 4 of the 16 points without scaling"):
-        pv.fit(model, guide, pv.Batches(torch.randn(16), batch_size=4), epochs=1, device="cpu",
+        pv.fit(model, guide, pv.Batches(torch.randn(16), batch_size=4), epochs=1, device=here(),
                log=False)  # fmt: skip

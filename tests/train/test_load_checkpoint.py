@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyro
 import pytest
 import torch
+from helpers import here
 
 import pyro_vae as pv
 from pyro_vae.train.checkpoint import CheckpointError
@@ -25,7 +26,7 @@ def test_a_trained_vae_is_restored_for_inference(tmp_path):
         epochs=2,
         save=tmp_path,
         log=False,
-        device="cpu",
+        device=here(),
     )
     pyro.clear_param_store()
     torch.manual_seed(1)
@@ -49,7 +50,7 @@ def test_another_architecture_is_named(tmp_path):
         epochs=1,
         save=tmp_path,
         log=False,
-        device="cpu",
+        device=here(),
     )
     with pytest.raises(
         CheckpointError, match=r"'likelihood\.decoder\.0\.weight' has shape \(8, 2\)"

@@ -12,7 +12,7 @@ import pyro
 import pytest
 import torch
 from helpers import PPCA_D as D
-from helpers import ppca
+from helpers import here, ppca
 from pyro.infer import Trace_ELBO
 
 import pyro_vae as pv
@@ -157,7 +157,7 @@ def test_switching_inference_is_one_argument():
             data,
             epochs=15,
             log=False,
-            device="cpu",
+            device=here(),
             optim=pv.LazyAdam({"lr": 1e-2}),
         )
         assert history.loss[-1] < history.loss[0] - 5, (kind, history.loss)
@@ -174,7 +174,14 @@ def test_variational_em_schedule_and_frozen_e_step():
     vae = circle_vae(pv.PerDatapointGaussian(n, 1))
     optim = RecordingLazyAdam({"lr": 1e-2})
     history = pv.fit(
-        vae.model, vae.guide, data, epochs=10, e_steps=3, device="cpu", optim=optim, log=False
+        vae.model,
+        vae.guide,
+        data,
+        epochs=10,
+        e_steps=3,
+        device=here(),
+        optim=optim,
+        log=False,
     )
     assert history.loss[-1] < history.loss[0] - 5
     # The schedule: per batch, 3 steps on the guide's parameters alone, then 1 on the model's.
@@ -193,7 +200,7 @@ def test_variational_em_schedule_and_frozen_e_step():
         data,
         epochs=2,
         freeze_model=True,
-        device="cpu",
+        device=here(),
         optim=pv.LazyAdam({"lr": 1e-2}),
         progress=False,
     )
@@ -238,7 +245,7 @@ def test_per_datapoint_inference_recovers_the_exact_ppca_posterior():
         loss=Trace_ELBO(num_particles=128, vectorize_particles=True, max_plate_nesting=1),
         optim=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.995}),
         freeze_model=True,
-        device="cpu",
+        device=here(),
         progress=False,
     )
     post_loc = x @ a.T - a @ b  # posterior means are O(1); scales 0.15 and 0.51

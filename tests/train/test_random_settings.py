@@ -44,7 +44,7 @@ import pyro.infer
 import pyro.optim
 import pytest
 import torch
-from helpers import circle_vae, grouped
+from helpers import SHUFFLING_LOADER, circle_vae, generator, grouped, here
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
@@ -200,7 +200,7 @@ class Outcome:
 
 
 def make_data(cfg: Config, n: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed)
     shape = (n, cfg.features)
     if cfg.values == "binary":
         return torch.rand(shape, generator=g).round()
@@ -297,7 +297,7 @@ def run(
             epochs=epochs,
             optim=optim,
             loss=make_loss(cfg),
-            device="cpu",
+            device=here(),
             modules=None if fresh else vae,
             save_dir=save_dir,
             resume=resume,
@@ -367,6 +367,7 @@ def assert_identical(a, b, where: str = "") -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+@SHUFFLING_LOADER
 @FUZZ
 @given(cfg=configs())
 @example(cfg=Config())
@@ -441,7 +442,7 @@ def test_dynamic_binarization_of_values_outside_the_unit_interval_is_a_value_err
     )
     with pytest.raises(ValueError, match="binarize"):
         data = pv.Batches(torch.tensor([[2.0, -1.0]]), batch_size=1, binarize="dynamic")
-        pv.fit(vae.model, vae.guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(vae.model, vae.guide, data, epochs=1, device=here(), log=False)
 
 
 def infinite_gradient_model(x, idx, num_data):
@@ -461,7 +462,7 @@ def test_a_step_that_makes_parameters_nan_is_neither_returned_nor_saved():
     data = pv.Batches(torch.zeros(4, 1), batch_size=4)
     with tempfile.TemporaryDirectory() as save_dir:
         with pytest.raises(FloatingPointError, match="'w'"):
-            pv.fit(infinite_gradient_model, empty_guide, data, epochs=2, device="cpu",
+            pv.fit(infinite_gradient_model, empty_guide, data, epochs=2, device=here(),
                    save=save_dir, log=False)  # fmt: skip
         path = Path(save_dir) / "checkpoint.pt"
         if path.exists():
@@ -469,7 +470,14 @@ def test_a_step_that_makes_parameters_nan_is_neither_returned_nor_saved():
             assert all(bool(v.isfinite().all()) for v in saved.values()), saved
     pyro.clear_param_store()
     with pytest.raises(FloatingPointError, match="'w'"):
-        pv.fit(infinite_gradient_model, empty_guide, data, epochs=1, device="cpu", log=False)
+        pv.fit(
+            infinite_gradient_model,
+            empty_guide,
+            data,
+            epochs=1,
+            device=here(),
+            log=False,
+        )
 
 
 def test_a_nan_validation_elbo_is_an_error():
@@ -489,7 +497,16 @@ def test_a_nan_validation_elbo_is_an_error():
     data = pv.Batches(torch.zeros(4, 1), batch_size=4)
     optim = pv.LazyAdam({"lr": 100.0})
     with pytest.raises(FloatingPointError, match="validation ELBO"):
-        pv.fit(model, guide, data, epochs=1, optim=optim, validation=data, device="cpu", log=False)
+        pv.fit(
+            model,
+            guide,
+            data,
+            epochs=1,
+            optim=optim,
+            validation=data,
+            device=here(),
+            log=False,
+        )
 
 
 def small_vae() -> pv.VAE:
@@ -516,7 +533,7 @@ def test_a_run_stopped_by_epochs_resumes_exactly_with_validation():
             optim=pv.LazyAdam({"lr": 1e-2}),
             validation=pv.Validation(validation, every=3),
             save=pv.Checkpoints(save_dir, resume=resume),
-            device="cpu",
+            device=here(),
             log=False,
         ).loss
 

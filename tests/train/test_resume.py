@@ -9,7 +9,7 @@ import warnings
 import pyro
 import pytest
 import torch
-from helpers import circle_data, circle_vae, fit_circle, grouped
+from helpers import circle_data, circle_vae, fit_circle, grouped, here
 from pyro.infer import TraceEnum_ELBO
 
 import pyro_vae as pv
@@ -40,7 +40,8 @@ def test_a_corrupt_checkpoint_gets_one_clear_error(tmp_path, damage):
     if damage == "truncated":
         path.write_bytes(good[: len(good) // 2])
     elif damage == "random":
-        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+        noise = torch.randint(0, 256, (4096,), dtype=torch.uint8, device="cpu")
+        path.write_bytes(noise.numpy().tobytes())
     elif damage == "empty":
         path.write_bytes(b"")
     else:
@@ -128,7 +129,7 @@ def test_lazy_adam_new_local_lr_on_resume(tmp_path):
             circle_data(),
             epochs=epochs,
             optim=optim,
-            **grouped(save_dir=save_dir, device="cpu", progress=False, **options),
+            **grouped(save_dir=save_dir, device=here(), progress=False, **options),
         )
 
     per_datapoint(tmp_path, 1, pv.LazyAdam({"lr": 1e-2}, local_lr=0.1))
@@ -206,7 +207,7 @@ def test_a_changed_fixed_value_is_refused_on_resume(tmp_path):
         pyro.clear_param_store()
         vae = pv.VAE(pv.StandardNormalPrior(1), pv.GaussianLikelihood(pv.MLP(1, 2), 2, scale=scale),
                      pv.GaussianEncoder(pv.MLP(2, 2), 1))  # fmt: skip
-        return pv.fit(vae.model, vae.guide, circle_data(), epochs=2, device="cpu", log=False,
+        return pv.fit(vae.model, vae.guide, circle_data(), epochs=2, device=here(), log=False,
                       **options)  # fmt: skip
 
     run(0.5, save=tmp_path)
@@ -226,7 +227,7 @@ def test_changed_settings_are_listed_on_resume(tmp_path):
                                   pv.GaussianEncoder(pv.MLP(6 + 3, 4), 2), num_classes=3,
                                   alpha=alpha)  # fmt: skip
         data = pv.Batches(x, y=y, y_mask=torch.arange(32) < 8, batch_size=16)
-        return pv.fit(m2.model, m2.guide, data, epochs=epochs, device="cpu", log=False,
+        return pv.fit(m2.model, m2.guide, data, epochs=epochs, device=here(), log=False,
                       loss=TraceEnum_ELBO(max_plate_nesting=1), **options)  # fmt: skip
 
     run(0.0, 1, save=tmp_path)

@@ -12,7 +12,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import fit_circle
+from helpers import fit_circle, here
 
 import pyro_vae as pv
 from pyro_vae.train import _run_state
@@ -204,7 +204,7 @@ def test_a_non_finite_loss_stops_at_the_next_read_and_keeps_the_checkpoint(tmp_p
     pyro.enable_validation(False)  # a NaN from the parameters, not from validated inputs
     pair = NaNAfter(bad_step=100 + 4)  # 100 steps an epoch: the third step of epoch 2
     batches = pv.Batches(pv.make_circle(1000)[0], batch_size=10)
-    options = {"device": "cpu", "save": tmp_path, "log": pv.Logging(progress=False, every=5)}
+    options = {"device": here(), "save": tmp_path, "log": pv.Logging(progress=False, every=5)}
     with pytest.raises(FloatingPointError) as info:
         pv.fit(pair.model, pair.guide, batches, epochs=3, **options)
     message = str(info.value)

@@ -15,7 +15,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from helpers import circle_vae, fit_circle
+from helpers import circle_vae, fit_circle, generator, here
 from torch import nn
 from torch.distributions import transform_to
 from torch.utils.data import DataLoader, TensorDataset
@@ -79,7 +79,7 @@ def test_parameters_created_after_the_first_step_are_saved_and_resumed(tmp_path)
             pair.guide,
             pv.Batches(x, batch_size=8),
             epochs=epochs,
-            device="cpu",
+            device=here(),
             save=pv.Checkpoints(save_dir, resume=resume),
             log=False,
             optim=pyro.optim.Adam({"lr": 0.05}),
@@ -115,7 +115,7 @@ def test_a_dataloader_with_its_own_generator_resumes_exactly(tmp_path, where):
     points = pv.make_circle(64)[0]
 
     def train(save_dir, epochs, resume):
-        g = torch.Generator().manual_seed(7)
+        g = generator(7)
         dataset = pv.Indexed(TensorDataset(points))
         if where == "loader":
             loader = DataLoader(dataset, batch_size=16, shuffle=True, generator=g)
@@ -131,7 +131,7 @@ def test_a_dataloader_with_its_own_generator_resumes_exactly(tmp_path, where):
             vae.guide,
             loader,
             epochs=epochs,
-            device="cpu",
+            device=here(),
             save=pv.Checkpoints(save_dir, resume=resume),
             log=False,
             optim=pv.LazyAdam({"lr": 1e-2}),

@@ -8,7 +8,7 @@ import sys
 import pyro
 import pytest
 import torch
-from helpers import bernoulli_vae
+from helpers import SHUFFLING_LOADER, bernoulli_vae, generator, here
 
 import pyro_vae as pv
 
@@ -30,7 +30,7 @@ def test_fit_writes_scalars_and_images(tmp_path):
         vae.guide,
         pv.Batches(x, batch_size=16),
         epochs=3,
-        device="cpu",
+        device=here(),
         log=pv.Logging(progress=False, every=2, tensorboard=tmp_path, images_every=1),
         loss=pv.BetaELBO(lambda epoch: epoch / 4),
         validation=pv.Batches(x[:32], batch_size=16),
@@ -57,7 +57,7 @@ def test_fit_writes_scalars_and_images(tmp_path):
 
 def test_logging_leaves_training_unchanged(tmp_path):
     """Image logging draws its own random numbers: the losses are bit-identical."""
-    x = torch.rand(64, 784, generator=torch.Generator().manual_seed(1)).round()
+    x = torch.rand(64, 784, generator=generator(1)).round()
     losses = []
     for log_dir in (None, tmp_path):
         pyro.clear_param_store()
@@ -68,7 +68,7 @@ def test_logging_leaves_training_unchanged(tmp_path):
             vae.guide,
             pv.Batches(x, batch_size=16),
             epochs=2,
-            device="cpu",
+            device=here(),
             log=pv.Logging(progress=False, tensorboard=log_dir, images_every=1 if log_dir else 0),
         )
         losses.append(history.loss)
@@ -84,7 +84,7 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
             vae.guide,
             pv.Batches(torch.rand(16, 784).round(), batch_size=8),
             epochs=1,
-            device="cpu",
+            device=here(),
             log=pv.Logging(progress=False, tensorboard=tmp_path),
         )
 
@@ -109,7 +109,7 @@ def test_8bit_images_are_shown_as_grey_values(tmp_path):
             return self.net(x / 255)
 
     vae = pv.VAE(pv.StandardNormalPrior(2), lik, pv.GaussianEncoder(Scaled(), 2))
-    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, device="cpu",
+    pv.fit(vae.model, vae.guide, pv.Batches(x, batch_size=8), epochs=1, device=here(),
            log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
@@ -124,11 +124,12 @@ def test_a_model_without_pictures_says_so_once(tmp_path):
                              pv.BernoulliLikelihood(pv.MLP(2 + 3, 784), 784),
                              pv.GaussianEncoder(pv.MLP(784 + 3, 4), 2))  # fmt: skip
     with pytest.warns(UserWarning, match=r"no TensorBoard images .*need the fields \(c\)") as got:
-        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=2, device="cpu",
+        pv.fit(cvae.model, cvae.guide, pv.Batches(x, c=c, batch_size=16), epochs=2, device=here(),
                log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
     assert len([w for w in got if "TensorBoard images" in str(w.message)]) == 1
 
 
+@SHUFFLING_LOADER
 def test_reconstructions_read_the_latents_of_their_own_points(tmp_path, monkeypatch):
     """A shuffled DataLoader and a per-datapoint guide: the grid's points are the loader's
     first batch, and the guide is asked for those points' latents (their indices), not for
@@ -145,7 +146,7 @@ def test_reconstructions_read_the_latents_of_their_own_points(tmp_path, monkeypa
 
     monkeypatch.setattr(pv.VAE, "reconstruct", reconstruct)
     loader = torch.utils.data.DataLoader(pv.Indexed(x), batch_size=8, shuffle=True)
-    pv.fit(vae.model, vae.guide, loader, epochs=1, device="cpu",
+    pv.fit(vae.model, vae.guide, loader, epochs=1, device=here(),
            optim=pv.LazyAdam({"lr": 1e-3}),
            log=pv.Logging(progress=False, tensorboard=tmp_path, images_every=1))  # fmt: skip
     points, idx = asked[-1]

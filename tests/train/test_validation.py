@@ -7,7 +7,7 @@ import sys
 import pyro
 import pytest
 import torch
-from helpers import circle_data, circle_vae, ppca
+from helpers import circle_data, circle_vae, here, ppca
 
 import pyro_vae as pv
 from pyro_vae.train.loop import train
@@ -24,7 +24,7 @@ def test_validation_elbo_is_recorded_at_the_promised_epochs_and_is_exact():
         train,
         epochs=5,
         optim=pyro.optim.Adam({"lr": 0.0}),
-        device="cpu",
+        device=here(),
         log=False,
         validation=pv.Validation(x, every=2, num_particles=3),
     )
@@ -43,7 +43,7 @@ def test_validation_tracks_a_worse_guide_and_survives_save_and_load(tmp_path):
         pv.Batches(x, batch_size=16),
         epochs=60,
         optim=pyro.optim.Adam({"lr": 0.02}),
-        device="cpu",
+        device=here(),
         progress=False,
         validation=x,
         validate_every=20,
@@ -82,7 +82,7 @@ def _run(folder, epochs, weights, *, patience=3, resume=False):
     def keep(epoch, history):
         weights[epoch] = [p.detach().clone() for p in vae.parameters()]
 
-    history = pv.fit(vae.model, vae.guide, circle_data(), epochs=epochs, device="cpu",
+    history = pv.fit(vae.model, vae.guide, circle_data(), epochs=epochs, device=here(),
                      save=pv.Checkpoints(folder, resume=resume),
                      validation=pv.Validation(circle_data().data[:8], patience=patience),
                      log=pv.Logging(progress=False, callback=keep))  # fmt: skip
