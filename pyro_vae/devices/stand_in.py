@@ -231,16 +231,19 @@ class StandInTensor(Tensor):
 
     @property
     def data(self) -> Tensor:
+        """The tensor without its autograd history (setting it takes another stand-in
+        tensor's values: the C++ side swaps its storage, ``raw`` follows)."""
         return Tensor.data.__get__(self)
 
     @data.setter
-    def data(self, new: Tensor) -> None:  # (the impl is swapped in C++: its values too)
+    def data(self, new: Tensor) -> None:
         if not isinstance(new, StandInTensor):
             raise RuntimeError(f"a {NAME} tensor's .data set to a {new.device} tensor")
         Tensor.data.__set__(self, new)
         self.raw = new.raw
 
-    def tolist(self) -> object:  # a host read, as on CUDA
+    def tolist(self) -> object:
+        """The values as (nested) Python numbers: a host read, as on CUDA."""
         return self.raw.tolist()
 
     def __reduce_ex__(self, protocol: int) -> tuple:
