@@ -62,17 +62,18 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """The long tier: every ``slow_compile`` test and every test of a module listed in
     ``LONG`` is also marked ``long`` (``bash .ci/test`` leaves them out; CI runs them with
-    ``-m long``). On the CUDA stand-in, ``not_on_stand_in`` tests (and the doctests of fake
-    CUDA tensors) are skipped; without CUDA, ``cuda`` tests are."""
+    ``-m long``). On the CUDA stand-in, the doctests run with the CPU as default device
+    (``host_default``), ``not_on_stand_in`` tests (and the doctests of fake CUDA tensors) are
+    skipped; without CUDA, ``cuda`` tests are."""
     for item in items:
         if "slow_compile" in item.keywords or item.path.name in LONG:
             item.add_marker(pytest.mark.long)
     if stand_in.is_stand_in(torch.get_default_device()):
         for item in items:
-            if isinstance(item, DoctestItem) and any(
-                "fake_cuda(" in example.source for example in item.dtest.examples
-            ):
-                item.add_marker(pytest.mark.not_on_stand_in(FAKE_TENSORS))
+            if isinstance(item, DoctestItem):  # (they show CPU tensors and devices)
+                item.add_marker(pytest.mark.host_default("the examples print CPU outputs"))
+                if any("fake_cuda(" in example.source for example in item.dtest.examples):
+                    item.add_marker(pytest.mark.not_on_stand_in(FAKE_TENSORS))
             marker = item.get_closest_marker("not_on_stand_in")
             if marker is not None:
                 item.add_marker(pytest.mark.skip(reason=f"not on the stand-in: {marker.args[0]}"))
