@@ -290,13 +290,13 @@ def _check(func: Callable, args: tuple, kwargs: dict) -> None:
 
 
 def _run(func: Callable, args: tuple, kwargs: dict) -> object:
+    if func is aten._has_compatible_shallow_copy_type.default:  # (x.data = y: same device)
+        return isinstance(args[0], StandInTensor) == isinstance(args[1], StandInTensor)
     target = _target(func, args, kwargs)
     _check(func, args, kwargs)
     flat = tree_flatten((args, kwargs))[0]
     wrappers = {id(t.raw): t for t in flat if isinstance(t, StandInTensor)}
     cpu_args, cpu_kwargs = tree_map(_to_cpu, args), tree_map(_to_cpu, kwargs)
-    if func is aten._has_compatible_shallow_copy_type.default:  # (x.data = y: same device)
-        return isinstance(args[0], StandInTensor) == isinstance(args[1], StandInTensor)
     if func in (aten._copy_from.default, aten._copy_from_and_resize.default):
         src, dst = cpu_args[:2]  # (no CPU kernel: the copy itself)
         out = dst.copy_(src)
@@ -312,7 +312,7 @@ def _run(func: Callable, args: tuple, kwargs: dict) -> object:
         if target.type != NAME:
             return value
         if value._is_zerotensor():  # no memory behind it, and the key that knows is off here
-            value = torch.zeros(value.shape, dtype=value.dtype)
+            value = torch.zeros(value.shape, dtype=value.dtype, device="cpu")
         if value.is_neg() or value.is_conj():  # (bits that the keys above us would read)
             value = value.resolve_neg().resolve_conj()
         return StandInTensor(value)
