@@ -268,16 +268,14 @@ def _to_cpu(value: object) -> object:
 def _target(func: Callable, args: tuple, kwargs: dict) -> torch.device:
     """Where the op's results live: its ``device=``, else the stand-in."""
     device = kwargs.get("device")
-    if device is not None and func not in _COPIES:
-        return torch.device(device)
-    if func is aten._to_copy.default and device is not None:
+    if device is not None and (func not in _COPIES or func is aten._to_copy.default):
         return torch.device(device)
     return _DEVICE
 
 
-def _check(func: Callable, args: tuple, kwargs: dict) -> None:
-    """Refuses what CUDA refuses: CPU tensors beside stand-in ones."""
-    flat = tree_flatten((args, kwargs))[0]
+def _check(func: Callable, flat: list) -> None:
+    """Refuses what CUDA refuses: CPU tensors beside stand-in ones (``flat``: the op's
+    arguments, flattened)."""
     if func not in _COPIES and func not in _INDEXING:
         host = [t for t in flat if isinstance(t, Tensor) and t.device.type == "cpu" and t.dim()]
         here = [t for t in flat if isinstance(t, StandInTensor)]
@@ -293,8 +291,8 @@ def _run(func: Callable, args: tuple, kwargs: dict) -> object:
     if func is aten._has_compatible_shallow_copy_type.default:  # (x.data = y: same device)
         return isinstance(args[0], StandInTensor) == isinstance(args[1], StandInTensor)
     target = _target(func, args, kwargs)
-    _check(func, args, kwargs)
     flat = tree_flatten((args, kwargs))[0]
+    _check(func, flat)
     wrappers = {id(t.raw): t for t in flat if isinstance(t, StandInTensor)}
     cpu_args, cpu_kwargs = tree_map(_to_cpu, args), tree_map(_to_cpu, kwargs)
     if func in (aten._copy_from.default, aten._copy_from_and_resize.default):
