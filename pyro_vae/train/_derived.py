@@ -50,6 +50,7 @@ __all__ = [
     "CompiledLoss",
     "compile_mode",
     "compiled_loss",
+    "derivation",
     "fresh",
     "limit_is_an_error",
     "option",
@@ -294,15 +295,36 @@ def compiled_loss(
         mode: ``torch.compile``'s mode (see :func:`compile_mode`), or ``None``.
         fields: The batch's fields.
     """
+    compiled, reason = derivation(model, guide, loss, x, idx, num_data=num_data, scale=scale,
+                                  mode=mode, fields=fields)  # fmt: skip
+    if reason is not None and mode is not None:  # (the eager derived step: no word)
+        warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)
+    return compiled
+
+
+def derivation(
+    model: Callable[..., object],
+    guide: Callable[..., object],
+    loss: ELBO,
+    x: Tensor,
+    idx: Tensor,
+    *,
+    num_data: int,
+    scale: LatentScale | None = None,
+    mode: str | None = None,
+    fields: dict[str, Tensor] | None = None,
+) -> tuple[CompiledLoss | None, str | None]:
+    """:func:`compiled_loss` without a warning: the compiled (or, ``mode=None``, eager)
+    derived loss and ``None``, or ``None`` and why the pair has none or why its check on
+    ``(x, idx)`` fails (the words of :func:`~pyro_vae.train._derivation.unsupported` and
+    :func:`~pyro_vae.train._derivation.check_derivation`)."""
     reason = unsupported(model, guide, loss)
     params = None
     if reason is None:
         params, reason = check_derivation(model, guide, loss, x, idx, num_data=num_data,
                                           scale=scale, fields=fields)  # fmt: skip
     if reason is not None:
-        if mode is not None:  # (the eager derived step was not asked for: no word)
-            warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step",
-                          stacklevel=3)  # fmt: skip
-        return None
-    return CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
-                        num_particles=num_particles(loss), mode=mode)  # fmt: skip
+        return None, reason
+    compiled = CompiledLoss(model.__self__, num_data=num_data, params=params, scale=scale,
+                            num_particles=num_particles(loss), mode=mode)  # fmt: skip
+    return compiled, None

@@ -38,7 +38,7 @@ from ..data.batches import Fields
 from ..infer.elbo import LatentScale
 from ..infer.optim import LazyAdam
 from ..models.nets import training_modes
-from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
+from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, derivation, option
 from ._gradient import descend, gradient_step
 
 __all__ = ["Step", "gradient_step"]
@@ -158,14 +158,21 @@ class Step:
                 self.to_compile = False
                 self.compiled = self._compiled(x, idx, fields)
             elif self.derive and self.svi is None:  # the derived step, eager
-                self.compiled = compiled_loss(*self.raw, self.loss, x, idx, fields=fields,
-                                              num_data=self.num_data, scale=self.scale,
-                                              mode=None)  # fmt: skip
+                self.compiled, why = derivation(
+                    *self.raw,
+                    self.loss,
+                    x,
+                    idx,
+                    fields=fields,
+                    num_data=self.num_data,
+                    scale=self.scale,
+                )
                 if self.compiled is None and self.expect_derived:
                     warnings.warn(
                         "the saved run took the VAE's derived estimator, which disagrees with "
-                        f"{type(self.loss).__name__} on this resumed run's first batch: the run "
-                        "goes on with Pyro's loss, and its continuation is not bit-exact",
+                        f"{type(self.loss).__name__} on this resumed run's first batch ({why}): "
+                        "the run goes on with Pyro's loss, and its continuation is not "
+                        "bit-exact",
                         stacklevel=3,
                     )
             if self.compiled is None:
