@@ -1,7 +1,8 @@
 """The optimizer's part of a run's state: its type and settings as a checkpoint records them,
-and its saved state put back with this run's settings where they differ (a new ``lr`` on
-resume replaces the saved one, with a warning; equal ones keep the saved hyperparameters, so
-a schedule continues where it was).
+and its saved state put back with this run's settings where they differ (a new ``lr`` or a
+new setting of a learning-rate scheduler on resume replaces the saved one, with a warning;
+equal ones keep the saved hyperparameters, so a schedule continues where it was); and the
+once-an-epoch step of a Pyro learning-rate scheduler.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ import warnings
 from pathlib import Path
 
 import pyro.optim
+import torch
+from pyro.optim.lr_scheduler import PyroLRScheduler
 
 from ..infer.optim import is_row_sparse_group
+from .checkpoint import CheckpointError
 
-__all__ = ["optim_settings", "restore_optim", "same_type"]
+__all__ = ["optim_settings", "restore_optim", "same_type", "step_schedule"]
+
+_DATA = (bool, int, float, str, type(None))
 
 
 def _type_name(name: str) -> str:
@@ -33,12 +39,50 @@ def optim_settings(optim: pyro.optim.PyroOptim, names: list[str] = ()) -> dict:
     parameter name in ``names``, ``args_by_param``) and ``local_lr``."""
     cls = type(optim)
     args = getattr(optim, "pt_optim_args", None)
+    name = _type_name(f"{cls.__module__}.{cls.__qualname__}")
+    schedule = None
+    if isinstance(optim, PyroLRScheduler):  # (one Pyro class for every torch scheduler)
+        inner = (optim.pt_scheduler_constructor, optim.pt_optim_constructor)
+        name += f"({', '.join(f'{c.__module__}.{c.__qualname__}' for c in inner)})"
+        schedule = {k: v for k, v in optim.kwargs.items() if isinstance(v, _DATA)}
     return {
-        "type": _type_name(f"{cls.__module__}.{cls.__qualname__}"),
+        "type": name,
         "args": dict(args) if isinstance(args, dict) else None,
         "args_by_param": {n: dict(args(n)) for n in names} if callable(args) else None,
         "local_lr": getattr(optim, "local_lr", None),
+        "schedule": schedule,
     }
+
+
+def step_schedule(
+    optim: pyro.optim.PyroOptim, *, loss: float, val_elbo: float | None, validated: bool
+) -> None:
+    """After an epoch: a Pyro learning-rate scheduler (a
+    :class:`~pyro.optim.lr_scheduler.PyroLRScheduler` such as ``pyro.optim.ExponentialLR``)
+    takes its step, as Pyro's docs step it after each epoch. ``ReduceLROnPlateau`` steps on the
+    validation loss (:math:`-` ``val_elbo``) where the run has a validation set
+    (``validated``; only after the epochs it validates), else on the epoch's training loss
+    ``loss``. Other optimizers: nothing.
+
+    Example:
+        >>> sched = pyro.optim.ExponentialLR(
+        ...     {"optimizer": torch.optim.Adam, "optim_args": {"lr": 0.1}, "gamma": 0.5})
+        >>> p = torch.zeros(1, requires_grad=True)
+        >>> p.grad = torch.ones(1)
+        >>> sched([p])
+        >>> step_schedule(sched, loss=1.0, val_elbo=None, validated=False)
+        >>> sched.optim_objs[p].optimizer.param_groups[0]["lr"]
+        0.05
+    """
+    if not isinstance(optim, PyroLRScheduler):
+        return
+    if issubclass(optim.pt_scheduler_constructor, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if not validated:
+            optim.step(loss)
+        elif val_elbo is not None:
+            optim.step(-val_elbo)
+    else:
+        optim.step()
 
 
 def restore_optim(
@@ -64,9 +108,11 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
             if new and name in optim_state:
                 changed[name] = new
     local_lr_changed = live["local_lr"] != saved["local_lr"]
-    if not changed and not local_lr_changed:
+    schedule = _changed_schedule(optim_state, saved.get("schedule"), live.get("schedule"), path)
+    if not changed and not local_lr_changed and not schedule:
         return optim_state
     shown = sorted({f"{k}={v!r}" for new in changed.values() for k, v in new.items()})
+    shown += sorted(f"{k}={v!r}" for k, v in schedule.items())
     if local_lr_changed:
         shown.append(f"local_lr={live['local_lr']!r}")
     warnings.warn(
@@ -75,6 +121,9 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
         stacklevel=5,
     )
     for name, per_param in optim_state.items():
+        if "scheduler" in per_param:  # (a scheduler's state and its optimizer's)
+            per_param["scheduler"].update(schedule)
+            per_param = per_param["optimizer"]
         for group in per_param.get("param_groups", []):
             sparse = is_row_sparse_group(group)
             for k, v in changed.get(name, {}).items():
@@ -83,3 +132,21 @@ def _with_settings(optim_state: dict, saved: dict, live: dict, path: Path) -> di
             if sparse and live["local_lr"] is not None:
                 group["lr"] = live["local_lr"]
     return optim_state
+
+
+def _changed_schedule(optim_state: dict, saved: dict | None, live: dict | None, path: Path) -> dict:
+    """A learning-rate scheduler's settings that this run changes (``{}``: none); a setting the
+    scheduler's saved state does not hold under its own name cannot replace it: an error."""
+    if not live or saved is None:
+        return {}
+    new = {k: v for k, v in live.items() if saved.get(k, object()) != v}
+    states = [s["scheduler"] for s in optim_state.values() if "scheduler" in s]
+    for k, v in new.items():
+        if any(k not in state for state in states):
+            raise CheckpointError(
+                f"resuming {path} with the scheduler setting {k}={v!r} (the checkpoint's: "
+                f"{saved.get(k, 'none')!r}), which the scheduler's saved state does not hold "
+                f"as such: it cannot replace it. Resume with {k}={saved.get(k)!r}, or start "
+                "over with overwrite=True"
+            )
+    return new

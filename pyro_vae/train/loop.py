@@ -38,6 +38,7 @@ from ..models.nets import training_modes
 from ._derivation import default_loss
 from ._derived import limit_is_an_error
 from ._epoch import close_epoch, show_epoch, train_epoch, validate
+from ._optim_state import step_schedule
 from ._run import (
     Run,
     SaveSchedule,
@@ -97,7 +98,11 @@ def fit(
             come, and the data checks see the first batch only.
         epochs: Train until this many epochs are done (counting those of a resumed run).
         optim: A Pyro optimizer; default :class:`~pyro_vae.LazyAdam` with ``lr=1e-3`` (Adam,
-            with sparse updates for per-datapoint parameters).
+            with sparse updates for per-datapoint parameters). A Pyro learning-rate scheduler
+            (``pyro.optim.ExponentialLR``, ``pyro.optim.ReduceLROnPlateau``, ...) steps once
+            after each epoch, as Pyro's docs step it; ``ReduceLROnPlateau`` on the validation
+            loss where there is a validation set (after the epochs it validates), else on the
+            epoch's training loss. Its state resumes with the run.
         loss: A Pyro ELBO, or a :class:`~pyro_vae.BetaELBO` (a weight on the KL term, or a
             warm-up). Default ``None``: :class:`~pyro_vae.TensorTrace_ELBO`, or
             ``TraceEnum_ELBO(max_plate_nesting=n)`` where the guide or the model marks a latent
@@ -264,6 +269,9 @@ def _train(
             due = validation is not None and (epoch % validate_every == 0 or epoch == epochs)
             val_elbo = validate(run, epoch, validation, validation_particles) if due else None
             show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
+            step_schedule(
+                optim, loss=epoch_loss, val_elbo=val_elbo, validated=validation is not None
+            )
             if callback is not None:  # before saving: a schedule it sets is checkpointed
                 callback(epoch, run.history)
             stop = stopping.after(epoch, val_elbo)  # (at a stop: the best weights back)
