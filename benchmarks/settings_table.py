@@ -6,7 +6,8 @@
     python benchmarks/settings_table.py runs/mnist_ssvae_5 --readme docs/results.md --block ssvae
 
 Reads the run's ``metrics.json`` (one row per setting) and, with ``--readme``, puts the table
-between the block's markers.
+between the block's markers. Several runs of one budget (settings run side by side, one
+folder each) make one table, their rows in the order given.
 """
 
 from __future__ import annotations
@@ -86,13 +87,30 @@ def markdown(metrics: dict) -> str:
     return cvae(metrics) if "test_cll" in metrics["settings"][0] else ssvae(metrics)
 
 
+_BUDGET = ("epochs", "batch_size", "lr", "latent_dim", "hidden", "device", "patience")
+
+
+def merged(runs: list[dict]) -> dict:
+    """The metrics of runs of one budget as one run's: the settings' rows in order. Runs whose
+    budgets differ are refused (one table states one budget)."""
+    for other in runs[1:]:
+        differ = [k for k in _BUDGET if other.get(k) != runs[0].get(k)]
+        if differ:
+            raise ValueError(
+                f"the runs differ in {', '.join(differ)}: one table states one budget; make a "
+                "table of each"
+            )
+    return {**runs[0], "settings": [r for run in runs for r in run["settings"]]}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("run", help="the example's --out folder")
+    p.add_argument("run", nargs="+", help="the example's --out folder (several: one table)")
     p.add_argument("--readme", default=None)
     p.add_argument("--block", required=True)
     args = p.parse_args(argv)
-    text = markdown(json.loads((Path(args.run) / "metrics.json").read_text()))
+    runs = [json.loads((Path(run) / "metrics.json").read_text()) for run in args.run]
+    text = markdown(merged(runs))
     print(text)
     if args.readme:
         _common.replace_block(Path(args.readme), args.block, text)

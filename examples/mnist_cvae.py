@@ -32,6 +32,7 @@ import argparse
 import math
 import time
 
+import pyro.optim
 import torch
 
 import pyro_vae as pv
@@ -69,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=3,
         help="early stopping on the test set's loss (Pyro's rule); 0: none",
+    )
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.0,
+        help="multiply the CVAE stage's rate by this after each validation that does not "
+        "improve (pyro.optim.ReduceLROnPlateau, patience 0); 0: a constant rate (Pyro's)",
     )
     return p.parse_args(argv)
 
@@ -132,6 +140,17 @@ def baseline_score(baseline: torch.nn.Module, test: pv.Batches) -> float:
     return float(total) / test.num_data
 
 
+def optimizer(args: argparse.Namespace) -> pyro.optim.PyroOptim:
+    """Adam at ``--lr`` (Pyro's), or with ``--lr-decay`` Adam whose rate is multiplied by it
+    after each validation that does not improve the best (``fit`` steps the scheduler on the
+    validation loss after each epoch)."""
+    if not args.lr_decay:
+        return pv.LazyAdam({"lr": args.lr})
+    return pyro.optim.ReduceLROnPlateau({"optimizer": torch.optim.Adam,
+                                         "optim_args": {"lr": args.lr},
+                                         "factor": args.lr_decay, "patience": 0})  # fmt: skip
+
+
 def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) -> dict:
     train = conditioned(x_train, quadrants, batch_size=args.batch_size)
     test = conditioned(x_test, quadrants, batch_size=500, shuffle=False)
@@ -148,9 +167,8 @@ def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) 
         cvae = zoo.completion_cvae(latent_dim=args.latent_dim, hidden=args.hidden)
     cvae = cvae.to(device)
     validation = pv.Validation(test, patience=args.patience) if args.patience else None
-    history = pv.fit(cvae.model, cvae.guide, train, epochs=args.epochs,
-                     optim=pv.LazyAdam({"lr": args.lr}), validation=validation,
-                     **options)  # fmt: skip
+    history = pv.fit(cvae.model, cvae.guide, train, epochs=args.epochs, optim=optimizer(args),
+                     validation=validation, **options)  # fmt: skip
     seconds = history.seconds[-1] if history.seconds else time.perf_counter() - t0
     result = scripts.score_test_set(cvae.model, cvae.guide, test, device, args.num_particles,
                                     default_particles=(1000, 100))  # fmt: skip
@@ -159,7 +177,7 @@ def run(args: argparse.Namespace, quadrants: int, x_train, x_test, device, out) 
         validation is not None and history.val_elbo) else None  # fmt: skip
     return {
         "quadrants": quadrants,
-        "model": args.model,
+        "model": args.model + (f", rate x{args.lr_decay} on a plateau" if args.lr_decay else ""),
         "epochs": len(history.epoch),
         "best_epoch": best,
         "baseline_epochs": baseline_epochs,

@@ -130,3 +130,26 @@ def test_epochs_times_every_way_and_tabulates(tmp_path):
                                             "--readme", str(readme)]))  # fmt: skip
     assert len(result["seconds"]) == 5 and all(s > 0 for s in result["seconds"].values())
     assert readme.read_text().count("\n| ") == 6  # the header and five rows
+
+
+def test_settings_table_makes_one_table_of_runs_of_one_budget(tmp_path):
+    """Settings run side by side (one folder each) make one table, rows in the order given;
+    runs of different budgets are refused."""
+    table = importlib.import_module("benchmarks.settings_table")
+    budget = {"epochs": 50, "batch_size": 200, "lr": 0.001, "latent_dim": 50, "hidden": 500,
+              "device": "cpu"}  # fmt: skip
+    for labels, error in ((100, 12.5), (600, 5.25)):
+        row = {"labels": labels, "test_error": error, "kingma_m2_error": 1.0, "alpha": 46.0,
+               "train_loss": 99.0, "seconds": 60.0, "test_points": 10000}  # fmt: skip
+        (tmp_path / str(labels)).mkdir()
+        metrics = {**budget, "settings": [row]}
+        (tmp_path / str(labels) / "metrics.json").write_text(json.dumps(metrics))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:m2:start -->\n<!-- results:m2:end -->\n")
+    table.main([str(tmp_path / "100"), str(tmp_path / "600"), "--readme", str(readme),
+                "--block", "m2"])  # fmt: skip
+    text = readme.read_text()
+    assert text.index("| 100 | 12.50 % |") < text.index("| 600 | 5.25 % |")
+    assert "50 epochs per setting" in text
+    with pytest.raises(ValueError, match="differ in epochs"):
+        table.merged([{**budget, "settings": []}, {**budget, "epochs": 5, "settings": []}])

@@ -338,15 +338,18 @@ def test_compiled_zoo_benchmark_runs(tmp_path):
 
 
 @pytest.mark.mnist
-@pytest.mark.parametrize("model", ["pyro", "ours"])
+@pytest.mark.parametrize("model", ["pyro", "ours", "pyro --lr-decay 0.5"])
 def test_mnist_cvae(mnist_dir, tmp_path, model):
     """The image-completion example: one run per number of known quadrants, each scoring only
     the unknown pixels (fewer of them, a smaller NLL), pictures of completions. Pyro's model
-    trains its baseline first and both stages stop early on the test set."""
+    trains its baseline first and both stages stop early on the test set (``--lr-decay``: the
+    CVAE stage with a rate lowered on plateaus)."""
     flags = f"--epochs 2 --limit 256 --hidden 32 --latent-dim 4 --num-particles 8 --model {model}"
     _, _, metrics = run("mnist_cvae", flags, tmp_path, mnist_dir)
+    label = "pyro, rate x0.5 on a plateau" if "decay" in model else model
+    model = model.split()[0]
     for r in metrics["settings"]:
-        assert r["model"] == model and 1 <= r["epochs"] <= 2
+        assert r["model"] == label and 1 <= r["epochs"] <= 2
         assert r["best_epoch"] in (1, 2)  # (early stopping's record: the weights kept)
         if model == "pyro":
             assert 1 <= r["baseline_epochs"] <= 2 and 0 < r["baseline_test_loss"] < math.inf
