@@ -13,8 +13,11 @@ Bernoulli loss of its completion of the unknown pixels, Adam, early stopping on 
 which Pyro's example uses as its validation set), then frozen; the CVAE's prior network reads
 the condition completed by it, its recognition network the whole image; the CVAE trains with
 early stopping on the test set's ELBO too (``--patience 3``, Pyro's; each stage at most
-``--epochs``). ``--model ours`` is ``zoo.completion_cvae`` (prior on the condition itself,
-recognition on [x, c]; no baseline). Two scores of the unknown pixels given the known ones, in
+``--epochs``); ``--lr-decay 0.5`` multiplies the CVAE stage's rate by 0.5 after each
+validation that does not improve on the best (``pyro.optim.ReduceLROnPlateau``, which ``fit``
+steps after each epoch): the same model and stopping rule, a decaying rate. ``--model ours``
+is ``zoo.completion_cvae`` (prior on the condition itself, recognition on [x, c]; no
+baseline). Two scores of the unknown pixels given the known ones, in
 nats per test image: the negative ELBO, the quantity of Pyro's tutorial table (its
 ``Trace_ELBO(num_particles=10)`` loss: 71.8 / 51.0 / 24.2 for its CVAE and 100.4 / 61.9 / 25.4
 for a deterministic baseline, 1 / 2 / 3 known quadrants), and the conditional negative
@@ -24,6 +27,7 @@ not the tutorial's quantity). Known quadrants, as Pyro's: 1 = bottom left, 2 = t
 
     python examples/mnist_cvae.py                   # at most 2 epochs per stage and setting
     python examples/mnist_cvae.py --epochs 101      # Pyro's budget (early stopping ends it)
+    python examples/mnist_cvae.py --epochs 100 --lr-decay 0.5
 """
 
 from __future__ import annotations

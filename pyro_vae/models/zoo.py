@@ -336,7 +336,7 @@ def m2_vae(
     Where it differs from Pyro's model and its training: ReLU after the hidden layers (Pyro's:
     softplus), logits into the categorical and Bernoulli distributions (Pyro's: probabilities
     through an epsilon-clipped softmax and sigmoid), PyTorch's default initialisation (the
-    same), and, in ``examples/mnist_ssvae.py``, Adam at 1e-3 (Pyro's: 3e-4), the auxiliary
+    same), and, in ``examples/mnist_ssvae.py``, Adam at 1e-3 (Pyro's: 4.2e-4), the auxiliary
     term inside the ELBO's step (Pyro's: a second SVI objective on the labelled batches),
     labelled and unlabelled points mixed in every minibatch (Pyro's: a labelled batch every
     N / labels batches) and all 60000 training images for training, no validation set (Pyro's:
