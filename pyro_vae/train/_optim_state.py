@@ -55,7 +55,7 @@ def optim_settings(optim: pyro.optim.PyroOptim, names: list[str] = ()) -> dict:
 
 
 def step_schedule(
-    optim: pyro.optim.PyroOptim, *, loss: float, val_elbo: float | None, validated: bool
+    optim: pyro.optim.PyroOptim, loss: float, val_elbo: float | None, *, validated: bool
 ) -> None:
     """After an epoch: a Pyro learning-rate scheduler (a
     :class:`~pyro.optim.lr_scheduler.PyroLRScheduler` such as ``pyro.optim.ExponentialLR``)

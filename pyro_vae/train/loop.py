@@ -269,9 +269,7 @@ def _train(
             due = validation is not None and (epoch % validate_every == 0 or epoch == epochs)
             val_elbo = validate(run, epoch, validation, validation_particles) if due else None
             show_epoch(run, epoch, epoch_loss, kl_scale.beta, val_elbo, log_images_every)
-            step_schedule(
-                optim, loss=epoch_loss, val_elbo=val_elbo, validated=validation is not None
-            )
+            step_schedule(optim, epoch_loss, val_elbo, validated=validation is not None)
             if callback is not None:  # before saving: a schedule it sets is checkpointed
                 callback(epoch, run.history)
             stop = stopping.after(epoch, val_elbo)  # (at a stop: the best weights back)
