@@ -50,7 +50,6 @@ __all__ = [
     "CompiledLoss",
     "compile_mode",
     "compiled_loss",
-    "derivation",
     "fresh",
     "limit_is_an_error",
     "option",
@@ -278,10 +277,11 @@ def compiled_loss(
     scale: LatentScale | None = None,
     mode: str | None = "default",
     fields: dict[str, Tensor] | None = None,
-) -> CompiledLoss | None:
-    """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``; or
-    ``None`` after one warning that names why the run stays eager (``mode=None``: the derived
-    estimator uncompiled, or ``None`` without a word: the run takes Pyro's loss).
+) -> tuple[CompiledLoss | None, str | None]:
+    """The compiled loss of a pair, checked against ``loss`` on the batch ``(x, idx)``, and
+    ``None``; or ``None`` and why the run cannot take it (the words of
+    :func:`~pyro_vae.train._derivation.unsupported` and
+    :func:`~pyro_vae.train._derivation.check_derivation`), for the caller's warning.
 
     Args:
         model: ``vae.model`` of a :class:`~pyro_vae.VAE`.
@@ -292,32 +292,10 @@ def compiled_loss(
         idx: Its indices.
         num_data: :math:`N`.
         scale: The run's β (:class:`~pyro_vae.LatentScale`), if any.
-        mode: ``torch.compile``'s mode (see :func:`compile_mode`), or ``None``.
+        mode: ``torch.compile``'s mode (see :func:`compile_mode`), or ``None``: the derived
+            estimator uncompiled.
         fields: The batch's fields.
     """
-    compiled, reason = derivation(model, guide, loss, x, idx, num_data=num_data, scale=scale,
-                                  mode=mode, fields=fields)  # fmt: skip
-    if reason is not None and mode is not None:  # (the eager derived step: no word)
-        warnings.warn(f"{option(mode)}: {reason}; this run takes the eager step", stacklevel=3)
-    return compiled
-
-
-def derivation(
-    model: Callable[..., object],
-    guide: Callable[..., object],
-    loss: ELBO,
-    x: Tensor,
-    idx: Tensor,
-    *,
-    num_data: int,
-    scale: LatentScale | None = None,
-    mode: str | None = None,
-    fields: dict[str, Tensor] | None = None,
-) -> tuple[CompiledLoss | None, str | None]:
-    """:func:`compiled_loss` without a warning: the compiled (or, ``mode=None``, eager)
-    derived loss and ``None``, or ``None`` and why the pair has none or why its check on
-    ``(x, idx)`` fails (the words of :func:`~pyro_vae.train._derivation.unsupported` and
-    :func:`~pyro_vae.train._derivation.check_derivation`)."""
     reason = unsupported(model, guide, loss)
     params = None
     if reason is None:

@@ -38,7 +38,7 @@ from ..data.batches import Fields
 from ..infer.elbo import LatentScale
 from ..infer.optim import LazyAdam
 from ..models.nets import training_modes
-from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, derivation, option
+from ._derived import CompiledAdam, CompiledLoss, compile_mode, compiled_loss, option
 from ._gradient import descend, gradient_step
 
 __all__ = ["Step", "gradient_step"]
@@ -158,15 +158,9 @@ class Step:
                 self.to_compile = False
                 self.compiled = self._compiled(x, idx, fields)
             elif self.derive and self.svi is None:  # the derived step, eager
-                self.compiled, why = derivation(
-                    *self.raw,
-                    self.loss,
-                    x,
-                    idx,
-                    fields=fields,
-                    num_data=self.num_data,
-                    scale=self.scale,
-                )
+                self.compiled, why = compiled_loss(*self.raw, self.loss, x, idx, fields=fields,
+                                                   num_data=self.num_data, scale=self.scale,
+                                                   mode=None)  # fmt: skip
                 if self.compiled is None and self.expect_derived:
                     warnings.warn(
                         "the saved run took the VAE's derived estimator, which disagrees with "
@@ -188,8 +182,13 @@ class Step:
     def _compiled(self, x: Tensor, idx: Tensor, fields: Fields) -> CompiledLoss | None:
         """The compiled loss, or ``None`` after one warning that says why the run stays
         eager."""
-        return compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
-                             scale=self.scale, mode=self.compile_mode, fields=fields)  # fmt: skip
+        compiled, why = compiled_loss(*self.raw, self.loss, x, idx, num_data=self.num_data,
+                                      scale=self.scale, mode=self.compile_mode,
+                                      fields=fields)  # fmt: skip
+        if why is not None:
+            warnings.warn(f"{option(self.compile_mode)}: {why}; this run takes the eager step",
+                          stacklevel=2)  # fmt: skip
+        return compiled
 
     def _compiled_or_eager(self, x: Tensor, idx: Tensor, fields: Fields, *, first: bool) -> Tensor:
         """The compiled step. Where compiling fails (a graph break, no C++ compiler, a

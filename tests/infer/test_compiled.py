@@ -363,7 +363,8 @@ def test_the_check_accepts_batchnorm_and_trains_nothing():
     before = {k: v.clone() for k, v in vae.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        compiled = compiled_loss(vae.model, vae.guide, pv.TensorTrace_ELBO(), x, idx, num_data=N)
+        compiled, _ = compiled_loss(vae.model, vae.guide, pv.TensorTrace_ELBO(), x, idx,
+                                    num_data=N)  # fmt: skip
     assert compiled is not None  # (torch.compile compiles at the first call: not here)
     assert all(torch.equal(v, vae.state_dict()[k]) for k, v in before.items())
     assert vae.training  # the mode as found

@@ -60,7 +60,7 @@ def test_a_resumed_run_takes_the_estimator_its_saved_run_took(tmp_path, pyro_ste
     fit_circle(tmp_path / "b", 1)
     pyro_steps.clear()
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(steps, "derivation", lambda *a, **k: (None, "the gradient of w differs"))
+        m.setattr(steps, "compiled_loss", lambda *a, **k: (None, "the gradient of w differs"))
         with pytest.warns(
             UserWarning, match=r"derived estimator.*\(the gradient of w differs\).*not bit-exact"
         ):
